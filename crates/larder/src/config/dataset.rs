@@ -1,0 +1,704 @@
+//! One entry of the `datasets:` list: every AI Toolkit `DatasetConfig` key, plus larder's own.
+
+use std::path::{Path, PathBuf};
+
+use super::extract::{At, is_unset};
+use super::yaml::Node;
+use super::{ConfigWarning, resolve_path};
+use crate::{Error, Result};
+
+/// How images are assigned to buckets.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "strategy")]
+pub enum BucketStrategy {
+    /// AI Toolkit's area-based buckets (the default): the largest size of at most R² pixels,
+    /// sides divisible by the model's divisibility, closest in area to the image.
+    AiToolkit,
+    /// kohya sd-scripts' predefined bucket list: the bucket with the closest aspect ratio.
+    Kohya {
+        /// Smallest bucket side.
+        min_reso: u32,
+        /// Largest bucket side.
+        max_reso: u32,
+        /// Bucket sides are multiples of this.
+        reso_steps: u32,
+        /// Never scale an image up: buckets are cut from the image's own size.
+        no_upscale: bool,
+    },
+    /// A fixed list of bucket sizes from the user: the bucket with the closest aspect ratio.
+    List {
+        /// The allowed (width, height) sizes.
+        sizes: Vec<(u32, u32)>,
+    },
+}
+
+/// Where a dataset's images are listed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum Source {
+    /// A folder, walked recursively.
+    Folder(PathBuf),
+    /// AI Toolkit's JSON dataset file: `{"<image path>": {"caption": ..., "caption_short": ...}}`.
+    AitkJson(PathBuf),
+    /// A JSON-lines file of records `{"path", "caption", "width", "height"}`.
+    Jsonl(PathBuf),
+    /// A CSV file with a header row naming the columns `path`, `caption`, `width`, `height`.
+    Csv(PathBuf),
+}
+
+impl Source {
+    /// The folder or file the dataset comes from.
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Folder(p) | Source::AitkJson(p) | Source::Jsonl(p) | Source::Csv(p) => p,
+        }
+    }
+}
+
+/// Caching switches; they take effect in `larder prepare`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CacheOptions {
+    /// `cache_latents`: keep VAE latents (larder always keeps them in its store when set).
+    pub latents: bool,
+    /// `cache_latents_to_disk`.
+    pub latents_to_disk: bool,
+    /// `cache_text_embeddings`.
+    pub text_embeddings: bool,
+    /// `cache_clip_vision_to_disk`.
+    pub clip_vision_to_disk: bool,
+}
+
+/// Loader settings AI Toolkit passes to its PyTorch DataLoader; larder maps them onto its
+/// reader threads.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LoaderOptions {
+    /// `num_workers` (AI Toolkit default 2): larder uses this many reader threads.
+    pub num_workers: u32,
+    /// `persistent_workers`: larder's threads always persist; accepted for compatibility.
+    pub persistent_workers: bool,
+    /// `prefetch_factor` (default 2): batches prepared ahead per worker.
+    pub prefetch_factor: u32,
+    /// `gpu_prefetch_batches` (default 0): batches copied to the GPU ahead of use.
+    pub gpu_prefetch_batches: u32,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions {
+            num_workers: 2,
+            persistent_workers: false,
+            prefetch_factor: 2,
+            gpu_prefetch_batches: 0,
+        }
+    }
+}
+
+/// One dataset as configured. A `resolution` list stays one entry here, with several
+/// resolutions; the plan expands it into one dataset per resolution, as AI Toolkit does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DatasetConfig {
+    /// Where the images are listed (`folder_path` or `dataset_path`).
+    pub source: Source,
+    /// Caption file extension including the dot (`caption_ext`, default `.txt`).
+    pub caption_ext: String,
+    /// Caption for images whose caption file is missing or blank.
+    pub default_caption: Option<String>,
+    /// Replaces `[trigger]`/`[name]` and is prepended to captions that lack it.
+    pub trigger_word: Option<String>,
+    /// Words of which some are appended to each caption.
+    pub random_triggers: Vec<String>,
+    /// How many random triggers to append (a random count up to this when above 1).
+    pub random_triggers_max: u32,
+    /// `(from, to)` substring replacements applied to every loaded caption.
+    pub replacements: Vec<(String, String)>,
+    /// Probability of training an item with an empty caption.
+    pub caption_dropout_rate: f64,
+    /// Probability of dropping each comma-separated token (after the first `keep_tokens`).
+    pub token_dropout_rate: f64,
+    /// Number of leading tokens never dropped.
+    pub keep_tokens: u32,
+    /// Shuffle the comma-separated tokens.
+    pub shuffle_tokens: bool,
+    /// Use the `caption_short` of a JSON dataset file.
+    pub use_short_captions: bool,
+    /// Target resolutions (side of the square of equal area); one planned dataset each.
+    pub resolutions: Vec<u32>,
+    /// `bucket_tolerance` as written (AI Toolkit overrides it with the model's divisibility).
+    pub bucket_tolerance: Option<u32>,
+    /// Bucket images (default true); when false every image is center-cropped to R×R.
+    pub buckets: bool,
+    /// Factor applied to each image's size before bucketing.
+    pub scale: f64,
+    /// Random rather than centered crop, drawn once per item from the seed.
+    pub random_crop: bool,
+    /// Resize the short side to R and crop an R×R square.
+    pub square_crop: bool,
+    /// Add a horizontally flipped copy of every item.
+    pub flip_x: bool,
+    /// Add a vertically flipped copy of every item (after `flip_x` copies).
+    pub flip_y: bool,
+    /// How many times the item list is repeated.
+    pub num_repeats: u32,
+    /// Folders of control images paired by file stem.
+    pub control_paths: Vec<PathBuf>,
+    /// Background color for transparent control images.
+    pub control_transparent_color: [u8; 3],
+    /// Folder of masks paired by file stem.
+    pub mask_path: Option<PathBuf>,
+    /// Use the image's alpha channel as the mask.
+    pub alpha_mask: bool,
+    /// Invert masks.
+    pub invert_mask: bool,
+    /// Masks are mapped from [0, 1] to [mask_min_value, 1].
+    pub mask_min_value: f64,
+    /// Folder of RGBA inpainting images paired by stem.
+    pub inpaint_path: Option<PathBuf>,
+    /// A regularization dataset (the trigger word is not forced into captions).
+    pub is_reg: bool,
+    /// Weight of the network for this dataset.
+    pub network_weight: f64,
+    /// Loss multiplier for this dataset's items.
+    pub loss_multiplier: f64,
+    /// Caching switches.
+    pub cache: CacheOptions,
+    /// Loader settings.
+    pub loader: LoaderOptions,
+    /// larder: the seed of every random choice for this dataset (crops, captions, order).
+    pub seed: u64,
+    /// larder: the bucket strategy.
+    pub bucket_strategy: BucketStrategy,
+}
+
+/// Reads one dataset entry. `defaults` holds larder keys from the top-level `larder:` section.
+pub(crate) fn parse_dataset(
+    at: &At<'_>,
+    node: &Node,
+    larder: &LarderDefaults,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<DatasetConfig> {
+    let entries = at.map(node)?;
+    let mut cfg = DatasetConfig::defaults(Source::Folder(PathBuf::new()), larder);
+    let mut source: Option<(String, &Node, At<'_>)> = None;
+    let mut caption_type: Option<String> = None;
+    let mut numbered_controls: Vec<(u8, PathBuf)> = Vec::new();
+    let mut random_triggers_max_node: Option<&Node> = None;
+    let mut kohya: Option<&Node> = None;
+    let mut bucket_list: Option<&Node> = None;
+    let mut strategy_node: Option<&Node> = None;
+
+    for (key_node, v) in entries {
+        let key = key_node.as_key().unwrap_or_default();
+        let a = at.child(key);
+        match key {
+            "folder_path" | "dataset_path" => {
+                // AI Toolkit prefers dataset_path when both are given.
+                if key == "dataset_path" || source.is_none() {
+                    let text = a.string(v)?;
+                    source = Some((text, v, a));
+                }
+            }
+            "caption_ext" => {
+                if let Some(ext) = a.opt_string(v)? {
+                    cfg.caption_ext = if ext.starts_with('.') {
+                        ext
+                    } else {
+                        format!(".{ext}")
+                    };
+                }
+            }
+            "caption_type" => caption_type = a.opt_string(v)?,
+            "default_caption" => cfg.default_caption = a.opt_string(v)?,
+            "trigger_word" => cfg.trigger_word = a.opt_string(v)?,
+            "random_triggers" => cfg.random_triggers = random_triggers(&a, v)?,
+            "random_triggers_max" => {
+                cfg.random_triggers_max = a.uint(v, 0, 1_000)?;
+                random_triggers_max_node = Some(v);
+            }
+            "replacements" => {
+                cfg.replacements = a
+                    .strings(v)?
+                    .into_iter()
+                    .map(|r| match r.split_once('|') {
+                        Some((from, to)) if !from.is_empty() && !to.contains('|') => {
+                            Ok((from.to_owned(), to.to_owned()))
+                        }
+                        _ => Err(a.error(v, format!("expected \"from|to\" strings, found {r:?}"))),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "caption_dropout_rate" => cfg.caption_dropout_rate = a.float(v, 0.0, 1.0)?,
+            "token_dropout_rate" => cfg.token_dropout_rate = a.float(v, 0.0, 1.0)?,
+            "keep_tokens" => cfg.keep_tokens = a.uint(v, 0, 10_000)?,
+            "shuffle_tokens" => cfg.shuffle_tokens = a.bool(v)?,
+            "use_short_captions" => cfg.use_short_captions = a.bool(v)?,
+            "resolution" => cfg.resolutions = resolutions(&a, v)?,
+            "bucket_tolerance" => cfg.bucket_tolerance = Some(a.uint(v, 1, 1024)?),
+            "buckets" => cfg.buckets = a.bool(v)?,
+            "scale" => cfg.scale = a.float(v, f64::MIN_POSITIVE, 64.0)?,
+            "random_crop" => cfg.random_crop = a.bool(v)?,
+            "square_crop" => cfg.square_crop = a.bool(v)?,
+            "flip_x" => cfg.flip_x = a.bool(v)?,
+            "flip_y" => cfg.flip_y = a.bool(v)?,
+            "num_repeats" => cfg.num_repeats = a.uint(v, 1, 1_000_000)?,
+            "control_path" => {
+                cfg.control_paths = a
+                    .strings(v)?
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| resolve_path(at.file, &p))
+                    .collect();
+            }
+            "control_path_1" | "control_path_2" | "control_path_3" => {
+                if let Some(p) = a.opt_string(v)? {
+                    let n = key.as_bytes()[key.len() - 1];
+                    numbered_controls.push((n, resolve_path(at.file, &p)));
+                }
+            }
+            "control_transparent_color" => cfg.control_transparent_color = color(&a, v)?,
+            "mask_path" => cfg.mask_path = a.opt_string(v)?.map(|p| resolve_path(at.file, &p)),
+            "alpha_mask" => cfg.alpha_mask = a.bool(v)?,
+            "invert_mask" => cfg.invert_mask = a.bool(v)?,
+            "mask_min_value" => cfg.mask_min_value = a.float(v, 0.0, 1.0)?,
+            "inpaint_path" => {
+                cfg.inpaint_path = a.opt_string(v)?.map(|p| resolve_path(at.file, &p))
+            }
+            "is_reg" => cfg.is_reg = a.bool(v)?,
+            "network_weight" => cfg.network_weight = a.float(v, -1e6, 1e6)?,
+            "loss_multiplier" => cfg.loss_multiplier = a.float(v, 0.0, 1e6)?,
+            "cache_latents" => cfg.cache.latents = a.bool(v)?,
+            "cache_latents_to_disk" => cfg.cache.latents_to_disk = a.bool(v)?,
+            "cache_text_embeddings" => cfg.cache.text_embeddings = a.bool(v)?,
+            "cache_clip_vision_to_disk" => cfg.cache.clip_vision_to_disk = a.bool(v)?,
+            "num_workers" => cfg.loader.num_workers = a.uint(v, 0, 1024)?,
+            "persistent_workers" => cfg.loader.persistent_workers = a.bool(v)?,
+            "prefetch_factor" => cfg.loader.prefetch_factor = a.uint(v, 1, 1024)?,
+            "gpu_prefetch_batches" => cfg.loader.gpu_prefetch_batches = a.uint(v, 0, 1024)?,
+            // larder's own keys.
+            "seed" => cfg.seed = a.int(v, 0, i64::MAX)? as u64,
+            "bucket_strategy" => strategy_node = Some(v),
+            "kohya_buckets" => kohya = Some(v),
+            "bucket_list" => bucket_list = Some(v),
+            // Recognised with nothing to do: larder always reads sizes from headers, fast.
+            "fast_image_size" => {
+                a.bool(v)?;
+            }
+            "type" => {
+                let t = a.string(v)?;
+                if t != "image" {
+                    return Err(
+                        a.error(v, format!("only `type: image` datasets exist, found {t:?}"))
+                    );
+                }
+            }
+            _ => {
+                if let Some(reason) = not_implemented(key) {
+                    if !is_unset(&v.value) && !is_default(key, v) {
+                        warnings.push(ConfigWarning::new(
+                            &a,
+                            key_node.line,
+                            format!("not implemented by larder yet ({reason}); ignored"),
+                        ));
+                    }
+                } else {
+                    let hint = suggestion(key)
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    warnings.push(ConfigWarning::new(
+                        &a,
+                        key_node.line,
+                        format!("unknown key, ignored{hint}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    // AI Toolkit's legacy `caption_type` replaces caption_ext verbatim, without adding a dot.
+    if let Some(t) = caption_type {
+        cfg.caption_ext = t;
+    }
+    // `control_path_1..3` replace `control_path` when any of them is set.
+    if !numbered_controls.is_empty() {
+        numbered_controls.sort_by_key(|(n, _)| *n);
+        cfg.control_paths = numbered_controls.into_iter().map(|(_, p)| p).collect();
+    }
+    if let Some(node) = random_triggers_max_node
+        && cfg.random_triggers_max as usize > cfg.random_triggers.len()
+        && !cfg.random_triggers.is_empty()
+    {
+        return Err(at.child("random_triggers_max").error(
+            node,
+            format!(
+                "asks for up to {} random triggers but `random_triggers` has only {}",
+                cfg.random_triggers_max,
+                cfg.random_triggers.len()
+            ),
+        ));
+    }
+    if let Some(strategy) = parse_bucket_strategy(at, strategy_node, kohya, bucket_list)? {
+        cfg.bucket_strategy = strategy;
+    }
+    let Some((text, node, a)) = source else {
+        return Err(at.error(
+            node,
+            "needs `folder_path` (or `dataset_path`): the folder of images",
+        ));
+    };
+    cfg.source = source_of(&a, node, &text)?;
+    Ok(cfg)
+}
+
+impl DatasetConfig {
+    /// A dataset reading `source` with every setting at its default.
+    pub fn new(source: Source) -> Self {
+        Self::defaults(source, &LarderDefaults::default())
+    }
+
+    fn defaults(source: Source, larder: &LarderDefaults) -> Self {
+        DatasetConfig {
+            source,
+            caption_ext: ".txt".to_owned(),
+            default_caption: None,
+            trigger_word: None,
+            random_triggers: Vec::new(),
+            random_triggers_max: 1,
+            replacements: Vec::new(),
+            caption_dropout_rate: 0.0,
+            token_dropout_rate: 0.0,
+            keep_tokens: 0,
+            shuffle_tokens: false,
+            use_short_captions: false,
+            resolutions: vec![512],
+            bucket_tolerance: None,
+            buckets: true,
+            scale: 1.0,
+            random_crop: false,
+            square_crop: false,
+            flip_x: false,
+            flip_y: false,
+            num_repeats: 1,
+            control_paths: Vec::new(),
+            control_transparent_color: [0, 0, 0],
+            mask_path: None,
+            alpha_mask: false,
+            invert_mask: false,
+            mask_min_value: 0.0,
+            inpaint_path: None,
+            is_reg: false,
+            network_weight: 1.0,
+            loss_multiplier: 1.0,
+            cache: CacheOptions::default(),
+            loader: LoaderOptions::default(),
+            seed: larder.seed,
+            bucket_strategy: larder.bucket_strategy.clone(),
+        }
+    }
+}
+
+/// larder keys that the top-level `larder:` section sets for every dataset.
+#[derive(Debug, Clone)]
+pub(crate) struct LarderDefaults {
+    pub seed: u64,
+    pub bucket_strategy: BucketStrategy,
+}
+
+impl Default for LarderDefaults {
+    fn default() -> Self {
+        LarderDefaults {
+            seed: 0,
+            bucket_strategy: BucketStrategy::AiToolkit,
+        }
+    }
+}
+
+fn source_of(at: &At<'_>, node: &Node, text: &str) -> Result<Source> {
+    let path = resolve_path(at.file, text);
+    if path.is_dir() {
+        return Ok(Source::Folder(path));
+    }
+    if !path.exists() {
+        return Err(at.error(
+            node,
+            format!("{} does not exist (relative paths are looked up beside the config file, then in the current directory)", path.display()),
+        ));
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("json") => Ok(Source::AitkJson(path)),
+        Some("jsonl") => Ok(Source::Jsonl(path)),
+        Some("csv") => Ok(Source::Csv(path)),
+        _ => Err(at.error(
+            node,
+            format!(
+                "{} is neither a folder nor a .json, .jsonl or .csv list of images",
+                path.display()
+            ),
+        )),
+    }
+}
+
+fn resolutions(at: &At<'_>, node: &Node) -> Result<Vec<u32>> {
+    let one = |n: &Node| at.uint(n, 8, 16_384);
+    let list: Vec<u32> = match &node.value {
+        super::yaml::Value::Seq(items) => items.iter().map(one).collect::<Result<_>>()?,
+        _ => vec![
+            one(node)
+                .map_err(|_| at.expected(node, "a resolution from 8 to 16384 or a list of them"))?,
+        ],
+    };
+    if list.is_empty() {
+        return Err(at.expected(node, "at least one resolution"));
+    }
+    Ok(list)
+}
+
+/// `random_triggers` is a list of words, or the path of a text file with one trigger per line
+/// (blank lines skipped), as AI Toolkit reads it.
+fn random_triggers(at: &At<'_>, node: &Node) -> Result<Vec<String>> {
+    if let super::yaml::Value::Str(s) = &node.value {
+        let path = resolve_path(at.file, s);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            return Ok(text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect());
+        }
+    }
+    at.strings(node)
+}
+
+fn color(at: &At<'_>, node: &Node) -> Result<[u8; 3]> {
+    let items = at
+        .seq(node)
+        .map_err(|_| at.expected(node, "a list of three 0-255 values [r, g, b]"))?;
+    if items.len() != 3 {
+        return Err(at.expected(node, "a list of three 0-255 values [r, g, b]"));
+    }
+    let mut rgb = [0u8; 3];
+    for (c, n) in rgb.iter_mut().zip(items) {
+        *c = at.uint(n, 0, 255)? as u8;
+    }
+    Ok(rgb)
+}
+
+/// Reads the larder keys `bucket_strategy`, `kohya_buckets` and `bucket_list` of the mapping at
+/// `parent`; options for a strategy imply that strategy. `None` when none of them is set.
+pub(crate) fn parse_bucket_strategy(
+    parent: &At<'_>,
+    strategy: Option<&Node>,
+    kohya: Option<&Node>,
+    list: Option<&Node>,
+) -> Result<Option<BucketStrategy>> {
+    let kohya_at = parent.child("kohya_buckets");
+    let list_at = parent.child("bucket_list");
+    let Some(node) = strategy else {
+        return match (kohya, list) {
+            (Some(k), _) => kohya_strategy(&kohya_at, Some(k)).map(Some),
+            (None, Some(l)) => list_strategy(&list_at, l).map(Some),
+            (None, None) => Ok(None),
+        };
+    };
+    let at = parent.child("bucket_strategy");
+    match at.string(node)?.as_str() {
+        "aitk" | "ai_toolkit" | "ai-toolkit" => Ok(Some(BucketStrategy::AiToolkit)),
+        "kohya" => kohya_strategy(&kohya_at, kohya).map(Some),
+        "list" => match list {
+            Some(l) => list_strategy(&list_at, l).map(Some),
+            None => Err(at.error(
+                node,
+                "`bucket_strategy: list` needs a `bucket_list` of sizes",
+            )),
+        },
+        other => Err(at.error(
+            node,
+            format!("expected one of aitk, kohya, list, found {other:?}"),
+        )),
+    }
+}
+
+fn kohya_strategy(at: &At<'_>, node: Option<&Node>) -> Result<BucketStrategy> {
+    let (mut min_reso, mut max_reso, mut reso_steps, mut no_upscale) = (256, 1024, 64, false);
+    if let Some(node) = node {
+        for (k, v) in at.map(node)? {
+            let key = k.as_key().unwrap_or_default();
+            let a = at.child(key);
+            match key {
+                "min_reso" | "min_bucket_reso" => min_reso = a.uint(v, 8, 16_384)?,
+                "max_reso" | "max_bucket_reso" => max_reso = a.uint(v, 8, 16_384)?,
+                "reso_steps" | "bucket_reso_steps" => reso_steps = a.uint(v, 1, 1024)?,
+                "no_upscale" | "bucket_no_upscale" => no_upscale = a.bool(v)?,
+                _ => {
+                    return Err(a.error(
+                        k,
+                        "expected one of min_reso, max_reso, reso_steps, no_upscale",
+                    ));
+                }
+            }
+        }
+        if min_reso > max_reso {
+            return Err(at.error(
+                node,
+                format!("min_reso {min_reso} is above max_reso {max_reso}"),
+            ));
+        }
+    }
+    Ok(BucketStrategy::Kohya {
+        min_reso,
+        max_reso,
+        reso_steps,
+        no_upscale,
+    })
+}
+
+fn list_strategy(at: &At<'_>, node: &Node) -> Result<BucketStrategy> {
+    let what = "a list of sizes, each \"WxH\" or [w, h]";
+    let mut sizes = Vec::new();
+    for (i, item) in at.seq(node)?.iter().enumerate() {
+        let a = at.index(i);
+        let size = match &item.value {
+            super::yaml::Value::Str(s) => s
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?))),
+            super::yaml::Value::Seq(wh) if wh.len() == 2 => {
+                Some((a.uint(&wh[0], 1, 16_384)?, a.uint(&wh[1], 1, 16_384)?))
+            }
+            _ => None,
+        };
+        match size {
+            Some((w, h)) if w > 0 && h > 0 => sizes.push((w, h)),
+            _ => return Err(a.expected(item, what)),
+        }
+    }
+    if sizes.is_empty() {
+        return Err(at.expected(node, what));
+    }
+    Ok(BucketStrategy::List { sizes })
+}
+
+/// AI Toolkit keys larder reads but does not act on yet, with what they belong to.
+fn not_implemented(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "num_frames" | "shrink_video_to_frames" | "fps" | "do_i2v" | "auto_frame_count" => {
+            "video datasets"
+        }
+        "do_audio" | "audio_preserve_pitch" | "audio_normalize" => "audio",
+        "augments" | "augmentations" | "shuffle_augmentations" => "image augmentations",
+        "clip_image_path"
+        | "clip_image_from_same_folder"
+        | "clip_image_augmentations"
+        | "clip_image_shuffle_augmentations" => "CLIP image inputs",
+        "unconditional_path" => "unconditional images",
+        "controls" | "control_from_same_folder" | "num_controls_from_same_folder" => {
+            "generated or same-folder controls"
+        }
+        "full_size_control_images" => "downscaled control images",
+        "random_scale" => "random scaling",
+        "standardize_images" => "image standardization",
+        "extra_values" => "per-item extra values",
+        "guidance_type" => "guidance types",
+        "poi" => "point-of-interest crops (deprecated in AI Toolkit)",
+        "replay_transforms" => "transform replay",
+        "load_image_when_caching_latents" => "image loading while caching latents",
+        "resize_method" => "resize methods other than larder's",
+        "debug" => "dataset debugging",
+        _ => return None,
+    })
+}
+
+/// Returns true if and only if `node` holds AI Toolkit's default for `key`, so that leaving it
+/// in a config changes nothing and deserves no warning.
+fn is_default(key: &str, node: &Node) -> bool {
+    use super::yaml::Value::{Bool, Float, Int, Str};
+    matches!(
+        (key, &node.value),
+        ("num_frames", Int(1))
+            | (
+                "shrink_video_to_frames"
+                    | "do_i2v"
+                    | "full_size_control_images"
+                    | "replay_transforms",
+                Bool(true)
+            )
+            | ("fps", Int(16 | 24))
+            | ("guidance_type", Str(_))
+            | ("num_controls_from_same_folder", Int(1))
+    ) || matches!((key, &node.value), ("fps", Float(f)) if *f == 16.0)
+}
+
+/// The known key closest to a misspelt one, if any is within two edits.
+fn suggestion(key: &str) -> Option<&'static str> {
+    KNOWN_KEYS
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "folder_path",
+    "dataset_path",
+    "caption_ext",
+    "caption_type",
+    "default_caption",
+    "trigger_word",
+    "random_triggers",
+    "random_triggers_max",
+    "replacements",
+    "caption_dropout_rate",
+    "token_dropout_rate",
+    "keep_tokens",
+    "shuffle_tokens",
+    "use_short_captions",
+    "resolution",
+    "bucket_tolerance",
+    "buckets",
+    "scale",
+    "random_crop",
+    "square_crop",
+    "flip_x",
+    "flip_y",
+    "num_repeats",
+    "control_path",
+    "control_transparent_color",
+    "mask_path",
+    "alpha_mask",
+    "invert_mask",
+    "mask_min_value",
+    "inpaint_path",
+    "is_reg",
+    "network_weight",
+    "loss_multiplier",
+    "cache_latents",
+    "cache_latents_to_disk",
+    "cache_text_embeddings",
+    "cache_clip_vision_to_disk",
+    "num_workers",
+    "persistent_workers",
+    "prefetch_factor",
+    "gpu_prefetch_batches",
+    "seed",
+    "bucket_strategy",
+    "kohya_buckets",
+    "bucket_list",
+];
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,79 @@
+//! The one error type of the library.
+
+use std::path::PathBuf;
+
+/// The result type of every fallible larder operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in larder, with the file, key or item it concerns.
+///
+/// Problems with individual dataset files (a corrupt image, a missing caption) are not errors:
+/// the scan records them as [`Finding`](crate::Finding)s and goes on. An `Error` means the
+/// operation as a whole cannot proceed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A config value has the wrong type or an unusable value.
+    #[error("{}:{line}: `{key}`: {message}", path.display())]
+    Config {
+        /// The config file (or the folder given in place of one).
+        path: PathBuf,
+        /// 1-based line of the offending value; 0 when the problem has no single line.
+        line: u64,
+        /// The dotted key path, e.g. `datasets[0].resolution`.
+        key: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// The config file is not valid YAML.
+    #[error("{}: invalid YAML: {message}", path.display())]
+    Yaml {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's description, with line and column.
+        message: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A metadata file (JSON, JSONL or CSV list of images) could not be read.
+    #[error("{}: {message}", path.display())]
+    Metadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What was wrong, with the line or record where known.
+        message: String,
+    },
+    /// An argument given to a larder function is out of its allowed range.
+    #[error("invalid argument `{name}`: {message}")]
+    InvalidArgument {
+        /// The argument's name.
+        name: &'static str,
+        /// What was wrong and what is allowed.
+        message: String,
+    },
+    /// An image could not be decoded or encoded.
+    #[error("{}: {message}", path.display())]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What the codec reported.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! larder: the data engine for diffusion-model fine-tuning.
+//!
+//! larder reads the `datasets:` section that AI Toolkit users already write, scans the images
+//! (sizes from headers, EXIF orientation applied, captions, masks and controls paired), and
+//! plans buckets and crops exactly as AI Toolkit does by default.
+//!
+//! ```no_run
+//! use larder::{Config, Plan, scan};
+//!
+//! let config = Config::load("examples/sample/config.yaml")?;
+//! let scanned = scan(&config)?;
+//! let plan = Plan::new(&config, &scanned)?;
+//! for (bucket, count) in plan.bucket_counts() {
+//!     println!("{bucket}: {count} items");
+//! }
+//! # Ok::<(), larder::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod caption;
+mod config;
+mod error;
+mod plan;
+mod report;
+mod rng;
+mod scan;
+pub mod synth;
+
+pub use caption::{CaptionContext, CaptionRecipe};
+pub use config::{
+    BucketStrategy, CacheOptions, Config, ConfigWarning, DEFAULT_DIVISIBILITY, DatasetConfig,
+    LoaderOptions, Source, divisibility_for_arch,
+};
+pub use error::{Error, Result};
+pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
+pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
+pub use scan::{
+    CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
+    ScannedImage, scan, scan_with,
+};

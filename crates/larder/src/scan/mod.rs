@@ -1,0 +1,562 @@
+//! Scanning datasets: list images, read their sizes from headers, pair captions, masks and
+//! controls, and record every problem as a finding instead of failing.
+
+mod header;
+mod metadata;
+mod walk;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rayon::prelude::*;
+
+pub use header::ImageFormat;
+
+use crate::config::{Config, DatasetConfig, Source};
+use crate::{Error, Result};
+use header::HeaderProblem;
+use metadata::MetaRecord;
+use walk::IMAGE_EXTENSIONS;
+
+/// Extensions AI Toolkit tries, in order, for inpaint images (they need an alpha channel).
+const INPAINT_EXTENSIONS: [&str; 2] = ["png", "webp"];
+
+impl ImageFormat {
+    /// The format a file name's extension announces, if it is one larder reads.
+    pub fn from_path(path: &Path) -> Option<ImageFormat> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "jpg" | "jpeg" => Some(ImageFormat::Jpeg),
+            "png" => Some(ImageFormat::Png),
+            "webp" => Some(ImageFormat::Webp),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of problem a finding reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// A file or folder could not be read (permissions, I/O error).
+    Unreadable,
+    /// A zero-byte file.
+    Empty,
+    /// The file ends before its format says it should.
+    Truncated,
+    /// The header is damaged or gives an impossible size.
+    Corrupt,
+    /// A format larder does not read (GIF, BMP, TIFF, ...), or a misnamed file.
+    Unsupported,
+    /// Several images share a stem, and so share a caption file, mask and controls.
+    DuplicateStem,
+    /// A metadata file lists an image that does not exist.
+    MissingImage,
+    /// No caption file and no `default_caption`: the item trains with an empty caption.
+    MissingCaption,
+    /// The caption file exists but cannot be read, or is not UTF-8; the image is kept.
+    CaptionUnreadable,
+    /// `mask_path` is set but this image has no mask.
+    MissingMask,
+    /// A `control_path` folder has no control image for this image.
+    MissingControl,
+    /// `inpaint_path` is set but this image has no inpaint image.
+    MissingInpaint,
+    /// `scale` shrinks the image to nothing; it is left out of the plan.
+    TooSmall,
+}
+
+impl FindingKind {
+    /// Returns true if and only if images with this finding are left out of the dataset.
+    pub fn excludes_image(self) -> bool {
+        matches!(
+            self,
+            FindingKind::Unreadable
+                | FindingKind::Empty
+                | FindingKind::Truncated
+                | FindingKind::Corrupt
+                | FindingKind::Unsupported
+                | FindingKind::MissingImage
+                | FindingKind::TooSmall
+        )
+    }
+}
+
+/// One problem with one file, found by the scan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// Index of the dataset in the config.
+    pub dataset: usize,
+    /// What kind of problem.
+    pub kind: FindingKind,
+    /// The file concerned.
+    pub path: PathBuf,
+    /// A sentence for humans.
+    pub detail: String,
+}
+
+impl Finding {
+    pub(crate) fn new(dataset: usize, kind: FindingKind, path: &Path, detail: String) -> Self {
+        Finding {
+            dataset,
+            kind,
+            path: path.to_path_buf(),
+            detail,
+        }
+    }
+}
+
+/// Where an image's caption came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptionSource {
+    /// Its caption file.
+    File,
+    /// The metadata file that listed it.
+    Metadata,
+    /// `default_caption` (the caption file was missing or blank).
+    Default,
+    /// Nothing: the caption is empty.
+    None,
+}
+
+/// One usable image, as the scan found it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScannedImage {
+    /// The image file.
+    pub path: PathBuf,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// The format (from the header; from the extension when a metadata file gave the size).
+    pub format: ImageFormat,
+    /// Width as displayed (after EXIF orientation).
+    pub width: u32,
+    /// Height as displayed (after EXIF orientation).
+    pub height: u32,
+    /// EXIF orientation (1 = upright, 6 = rotated 90° clockwise, ...).
+    pub orientation: u8,
+    /// The caption as loaded: trimmed, with `replacements` applied; empty when there is none.
+    pub caption: String,
+    /// The short caption of a JSON dataset file, if any.
+    pub caption_short: Option<String>,
+    /// Where the caption came from.
+    pub caption_source: CaptionSource,
+    /// The paired mask, when `mask_path` is set and one exists.
+    pub mask: Option<PathBuf>,
+    /// The paired control image of each `control_path` folder, in config order.
+    pub controls: Vec<Option<PathBuf>>,
+    /// The paired inpaint image, when `inpaint_path` is set and one exists.
+    pub inpaint: Option<PathBuf>,
+}
+
+/// The usable images of one configured dataset.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ScannedDataset {
+    /// Images in path order (or metadata-file order).
+    pub images: Vec<ScannedImage>,
+}
+
+/// The result of scanning every dataset of a config.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ScanReport {
+    /// One entry per configured dataset, in config order.
+    pub datasets: Vec<ScannedDataset>,
+    /// Every problem found, grouped by dataset and sorted by kind and path.
+    pub findings: Vec<Finding>,
+}
+
+/// Knobs of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Show a progress bar on standard error when it is a terminal.
+    pub progress: bool,
+}
+
+/// Scans every dataset of `config` with default options.
+pub fn scan(config: &Config) -> Result<ScanReport> {
+    scan_with(config, &ScanOptions::default())
+}
+
+/// Scans every dataset of `config`.
+///
+/// Problems with individual files become [`Finding`]s; an `Err` means a dataset as a whole
+/// could not be listed (its folder is gone, its metadata file is malformed).
+pub fn scan_with(config: &Config, options: &ScanOptions) -> Result<ScanReport> {
+    let mut report = ScanReport::default();
+    for (index, dataset) in config.datasets.iter().enumerate() {
+        let (scanned, mut findings) = scan_dataset(index, dataset, options)?;
+        findings.sort_by(|a, b| (a.kind, &a.path).cmp(&(b.kind, &b.path)));
+        report.datasets.push(scanned);
+        report.findings.extend(findings);
+    }
+    Ok(report)
+}
+
+/// One image to look at: its path and what a metadata file said of it.
+struct Candidate {
+    path: PathBuf,
+    meta: Option<MetaRecord>,
+}
+
+fn scan_dataset(
+    index: usize,
+    cfg: &DatasetConfig,
+    options: &ScanOptions,
+) -> Result<(ScannedDataset, Vec<Finding>)> {
+    let mut findings = Vec::new();
+    let candidates: Vec<Candidate> = match &cfg.source {
+        Source::Folder(root) => {
+            if !root.is_dir() {
+                return Err(Error::io(
+                    root,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "dataset folder does not exist",
+                    ),
+                ));
+            }
+            let mut exclude: Vec<PathBuf> = cfg.control_paths.clone();
+            exclude.extend(cfg.mask_path.iter().cloned());
+            exclude.extend(cfg.inpaint_path.iter().cloned());
+            let listing = walk::list_images(root, &exclude, index);
+            findings.extend(listing.findings);
+            listing
+                .images
+                .into_iter()
+                .map(|path| Candidate { path, meta: None })
+                .collect()
+        }
+        Source::AitkJson(p) => wrap(metadata::read_aitk_json(p)?),
+        Source::Jsonl(p) => wrap(metadata::read_jsonl(p)?),
+        Source::Csv(p) => wrap(metadata::read_csv(p)?),
+    };
+
+    let pairing = Pairing::new(index, cfg, &mut findings);
+    let bar = progress_bar(options, candidates.len());
+    let results: Vec<(Option<ScannedImage>, Vec<Finding>)> = candidates
+        .into_par_iter()
+        .map(|c| {
+            let r = scan_one(index, cfg, &pairing, c);
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+
+    let mut images = Vec::with_capacity(results.len());
+    for (image, mut f) in results {
+        images.extend(image);
+        findings.append(&mut f);
+    }
+    findings.extend(duplicate_stems(index, cfg, &images));
+    Ok((ScannedDataset { images }, findings))
+}
+
+fn wrap(records: Vec<MetaRecord>) -> Vec<Candidate> {
+    records
+        .into_iter()
+        .map(|m| Candidate {
+            path: m.path.clone(),
+            meta: Some(m),
+        })
+        .collect()
+}
+
+fn progress_bar(options: &ScanOptions, len: usize) -> indicatif::ProgressBar {
+    // Small folders scan faster than a bar can draw; off a terminal a bar is only noise.
+    if !options.progress || len < 2_000 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} scanning {pos}/{len} images [{elapsed_precise}] {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// The mask, control and inpaint folders of a dataset, each indexed by stem once.
+struct Pairing {
+    masks: Option<HashMap<String, PathBuf>>,
+    controls: Vec<Option<HashMap<String, PathBuf>>>,
+    inpaint: Option<HashMap<String, PathBuf>>,
+}
+
+impl Pairing {
+    fn new(dataset: usize, cfg: &DatasetConfig, findings: &mut Vec<Finding>) -> Self {
+        let mut index = |dir: &Path, exts: &[&str]| match walk::stem_index(dir, exts) {
+            Ok(map) => Some(map),
+            Err(e) => {
+                findings.push(Finding::new(
+                    dataset,
+                    FindingKind::Unreadable,
+                    dir,
+                    format!("cannot list folder: {e}"),
+                ));
+                None
+            }
+        };
+        Pairing {
+            masks: cfg
+                .mask_path
+                .as_deref()
+                .and_then(|d| index(d, &IMAGE_EXTENSIONS)),
+            controls: cfg
+                .control_paths
+                .iter()
+                .map(|d| index(d, &IMAGE_EXTENSIONS))
+                .collect(),
+            inpaint: cfg
+                .inpaint_path
+                .as_deref()
+                .and_then(|d| index(d, &INPAINT_EXTENSIONS)),
+        }
+    }
+}
+
+fn stem(path: &Path) -> &str {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+}
+
+fn scan_one(
+    dataset: usize,
+    cfg: &DatasetConfig,
+    pairing: &Pairing,
+    c: Candidate,
+) -> (Option<ScannedImage>, Vec<Finding>) {
+    let mut findings = Vec::new();
+    let mut finding = |kind, path: &Path, detail: String| {
+        findings.push(Finding::new(dataset, kind, path, detail))
+    };
+    let path = c.path;
+
+    // Sizes from a metadata file are trusted and spare opening the image.
+    let facts = match c.meta.as_ref().and_then(|m| m.size) {
+        Some((width, height)) => match (std::fs::metadata(&path), ImageFormat::from_path(&path)) {
+            (Ok(md), Some(format)) => Ok((
+                md.len(),
+                header::Header {
+                    format,
+                    width,
+                    height,
+                    orientation: 1,
+                },
+            )),
+            (Err(e), _) => Err((
+                FindingKind::MissingImage,
+                format!("listed in the metadata file but not readable: {e}"),
+            )),
+            (Ok(_), None) => Err((
+                FindingKind::Unsupported,
+                "extension is not jpg, jpeg, png or webp".into(),
+            )),
+        },
+        None => match std::fs::metadata(&path) {
+            Err(e) if c.meta.is_some() && e.kind() == std::io::ErrorKind::NotFound => Err((
+                FindingKind::MissingImage,
+                "listed in the metadata file but does not exist".into(),
+            )),
+            Err(e) => Err((FindingKind::Unreadable, e.to_string())),
+            Ok(md) => header::probe(&path)
+                .map(|h| (md.len(), h))
+                .map_err(|p| match p {
+                    HeaderProblem::Empty => (FindingKind::Empty, "zero-byte file".into()),
+                    HeaderProblem::Unsupported(m) => (FindingKind::Unsupported, m),
+                    HeaderProblem::Corrupt(m) => {
+                        (FindingKind::Corrupt, format!("damaged header: {m}"))
+                    }
+                    HeaderProblem::Truncated => (
+                        FindingKind::Truncated,
+                        "file ends early (cut off while copying or downloading?)".into(),
+                    ),
+                    HeaderProblem::Unreadable(m) => (FindingKind::Unreadable, m),
+                }),
+        },
+    };
+    let (bytes, head) = match facts {
+        Ok(f) => f,
+        Err((kind, detail)) => {
+            finding(kind, &path, detail);
+            return (None, findings);
+        }
+    };
+
+    let (caption, caption_source) = load_caption(cfg, &path, c.meta.as_ref(), &mut finding);
+    let caption_short = c
+        .meta
+        .and_then(|m| m.caption_short)
+        .map(|s| apply_replacements(cfg, s.trim()));
+    let stem = stem(&path);
+    let mask = pairing.masks.as_ref().and_then(|m| {
+        let hit = m.get(stem).cloned();
+        if hit.is_none() {
+            finding(
+                FindingKind::MissingMask,
+                &path,
+                "no mask with this stem in mask_path".into(),
+            );
+        }
+        hit
+    });
+    let controls = pairing
+        .controls
+        .iter()
+        .zip(&cfg.control_paths)
+        .map(|(m, dir)| {
+            let hit = m.as_ref().and_then(|m| m.get(stem).cloned());
+            if hit.is_none() && m.is_some() {
+                finding(
+                    FindingKind::MissingControl,
+                    &path,
+                    format!("no control image with this stem in {}", dir.display()),
+                );
+            }
+            hit
+        })
+        .collect();
+    let inpaint = pairing.inpaint.as_ref().and_then(|m| {
+        let hit = m.get(stem).cloned();
+        if hit.is_none() {
+            finding(
+                FindingKind::MissingInpaint,
+                &path,
+                "no .png or .webp with this stem in inpaint_path".into(),
+            );
+        }
+        hit
+    });
+    let image = ScannedImage {
+        path,
+        bytes,
+        format: head.format,
+        width: head.width,
+        height: head.height,
+        orientation: head.orientation,
+        caption,
+        caption_short,
+        caption_source,
+        mask,
+        controls,
+        inpaint,
+    };
+    (Some(image), findings)
+}
+
+/// Loads an image's caption as AI Toolkit does: from the metadata file when it has one, else
+/// from `<stem><caption_ext>` beside the image, else `default_caption` (also for a blank file).
+fn load_caption(
+    cfg: &DatasetConfig,
+    image: &Path,
+    meta: Option<&MetaRecord>,
+    finding: &mut impl FnMut(FindingKind, &Path, String),
+) -> (String, CaptionSource) {
+    if let Some(m) = meta {
+        let text = if cfg.use_short_captions {
+            m.caption_short.as_ref().or(m.caption.as_ref())
+        } else {
+            m.caption.as_ref()
+        };
+        if let Some(text) = text {
+            return (
+                apply_replacements(cfg, text.trim()),
+                CaptionSource::Metadata,
+            );
+        }
+    }
+    let caption_path = {
+        let mut s = image.with_extension("").into_os_string();
+        s.push(&cfg.caption_ext);
+        PathBuf::from(s)
+    };
+    let from_file = match std::fs::read(&caption_path) {
+        Ok(bytes) => {
+            let text = match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(e) => {
+                    finding(
+                        FindingKind::CaptionUnreadable,
+                        &caption_path,
+                        "caption is not valid UTF-8; invalid bytes replaced".into(),
+                    );
+                    String::from_utf8_lossy(e.as_bytes()).into_owned()
+                }
+            };
+            let text = text.trim();
+            (!text.is_empty()).then(|| text.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            finding(
+                FindingKind::CaptionUnreadable,
+                &caption_path,
+                format!("cannot read caption: {e}"),
+            );
+            None
+        }
+    };
+    match (from_file, &cfg.default_caption) {
+        (Some(text), _) => (apply_replacements(cfg, &text), CaptionSource::File),
+        (None, Some(default)) => (
+            apply_replacements(cfg, default.trim()),
+            CaptionSource::Default,
+        ),
+        (None, None) => {
+            finding(
+                FindingKind::MissingCaption,
+                image,
+                format!("no {} caption file and no default_caption", cfg.caption_ext),
+            );
+            (String::new(), CaptionSource::None)
+        }
+    }
+}
+
+/// Applies the `replacements` ("from|to") of a dataset in config order.
+fn apply_replacements(cfg: &DatasetConfig, text: &str) -> String {
+    cfg.replacements
+        .iter()
+        .fold(text.to_owned(), |acc, (from, to)| {
+            acc.replace(from.as_str(), to)
+        })
+}
+
+/// Findings for images that share a stem: in one folder they share a caption file; when mask
+/// or control folders are configured, anywhere in the dataset they share a mask and controls.
+fn duplicate_stems(dataset: usize, cfg: &DatasetConfig, images: &[ScannedImage]) -> Vec<Finding> {
+    let paired =
+        cfg.mask_path.is_some() || !cfg.control_paths.is_empty() || cfg.inpaint_path.is_some();
+    let mut first: HashMap<(Option<&Path>, &str), &Path> = HashMap::new();
+    let mut out = Vec::new();
+    for img in images {
+        let dir = if paired { None } else { img.path.parent() };
+        let key = (dir, stem(&img.path));
+        match first.get(&key) {
+            Some(earlier) => out.push(Finding::new(
+                dataset,
+                FindingKind::DuplicateStem,
+                &img.path,
+                format!(
+                    "same stem as {}: both use the same {}",
+                    earlier.display(),
+                    if paired {
+                        "caption, mask and controls"
+                    } else {
+                        "caption file"
+                    }
+                ),
+            )),
+            None => {
+                first.insert(key, &img.path);
+            }
+        }
+    }
+    out
+}
