@@ -118,9 +118,11 @@ impl CaptionRecipe {
     /// none) and prepends the trigger when the caption lacks it, except for regularization data.
     fn inject_trigger(&self, caption: &str) -> String {
         let trigger = self.trigger_word.as_deref().unwrap_or("");
-        let caption = caption
+        let replaced = caption
             .replace("[name]", trigger)
             .replace("[trigger]", trigger);
+        // A placeholder replaced by nothing leaves an empty token behind; tidy it away.
+        let caption = split_tokens(&replaced).join(", ");
         if trigger.trim().is_empty() || self.is_reg || caption.contains(trigger) {
             return caption;
         }
@@ -150,4 +152,149 @@ fn sample<'a>(rng: &mut Stream, from: &'a [String], n: usize) -> Vec<&'a str> {
     }
     pool.truncate(n);
     pool
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe() -> CaptionRecipe {
+        CaptionRecipe {
+            caption_dropout_rate: 0.0,
+            token_dropout_rate: 0.0,
+            keep_tokens: 0,
+            shuffle_tokens: false,
+            trigger_word: None,
+            is_reg: false,
+            random_triggers: Vec::new(),
+            random_triggers_max: 1,
+        }
+    }
+
+    fn ctx(epoch: u64, item: u64) -> CaptionContext {
+        CaptionContext {
+            seed: 7,
+            epoch,
+            item,
+        }
+    }
+
+    #[test]
+    fn tokens_are_trimmed_and_joined_with_one_space() {
+        assert_eq!(recipe().apply(" a ,b,, c\n", ctx(0, 0)), "a, b, c");
+    }
+
+    #[test]
+    fn trigger_replaces_placeholders_and_is_prepended_when_missing() {
+        let r = CaptionRecipe {
+            trigger_word: Some("sks".into()),
+            ..recipe()
+        };
+        assert_eq!(r.apply("[trigger], a dog", ctx(0, 0)), "sks, a dog");
+        assert_eq!(r.apply("photo of [name]", ctx(0, 0)), "photo of sks");
+        assert_eq!(r.apply("a dog", ctx(0, 0)), "sks a dog");
+        assert_eq!(r.apply("", ctx(0, 0)), "sks");
+    }
+
+    #[test]
+    fn regularization_captions_are_not_given_the_trigger() {
+        let r = CaptionRecipe {
+            trigger_word: Some("sks".into()),
+            is_reg: true,
+            ..recipe()
+        };
+        assert_eq!(r.apply("a dog", ctx(0, 0)), "a dog");
+        assert_eq!(r.apply("[trigger] dog", ctx(0, 0)), "sks dog");
+    }
+
+    #[test]
+    fn placeholders_vanish_without_a_trigger() {
+        assert_eq!(recipe().apply("[trigger], a dog", ctx(0, 0)), "a dog");
+    }
+
+    #[test]
+    fn full_caption_dropout_empties_the_caption_before_the_trigger() {
+        let r = CaptionRecipe {
+            caption_dropout_rate: 1.0,
+            trigger_word: Some("sks".into()),
+            ..recipe()
+        };
+        assert_eq!(r.apply("a, b", ctx(0, 0)), "");
+    }
+
+    #[test]
+    fn caption_dropout_hits_about_its_rate() {
+        let r = CaptionRecipe {
+            caption_dropout_rate: 0.25,
+            ..recipe()
+        };
+        let dropped = (0..4000)
+            .filter(|&i| r.apply("a, b", ctx(0, i)).is_empty())
+            .count();
+        assert!((850..1150).contains(&dropped), "{dropped} of 4000");
+    }
+
+    #[test]
+    fn token_dropout_keeps_the_first_keep_tokens() {
+        let r = CaptionRecipe {
+            token_dropout_rate: 1.0,
+            keep_tokens: 2,
+            ..recipe()
+        };
+        assert_eq!(r.apply("a, b, c, d", ctx(0, 0)), "a, b");
+        let r = CaptionRecipe {
+            token_dropout_rate: 0.5,
+            keep_tokens: 1,
+            ..recipe()
+        };
+        for i in 0..50 {
+            assert!(r.apply("a, b, c, d", ctx(0, i)).starts_with('a'));
+        }
+    }
+
+    #[test]
+    fn shuffles_are_reproducible_per_context_and_vary_across_epochs() {
+        let r = CaptionRecipe {
+            shuffle_tokens: true,
+            ..recipe()
+        };
+        let caption = "a, b, c, d, e, f, g, h";
+        assert_eq!(r.apply(caption, ctx(3, 9)), r.apply(caption, ctx(3, 9)));
+        let epochs: std::collections::HashSet<String> =
+            (0..10).map(|e| r.apply(caption, ctx(e, 9))).collect();
+        assert!(epochs.len() > 5, "{epochs:?}");
+        for shuffled in &epochs {
+            let mut tokens: Vec<&str> = shuffled.split(", ").collect();
+            tokens.sort_unstable();
+            assert_eq!(tokens.join(", "), caption);
+        }
+    }
+
+    #[test]
+    fn random_triggers_are_distinct_and_within_the_maximum() {
+        let triggers: Vec<String> = ["x", "y", "z"].map(String::from).to_vec();
+        let r = CaptionRecipe {
+            random_triggers: triggers.clone(),
+            random_triggers_max: 2,
+            ..recipe()
+        };
+        let mut counts = [0usize; 3];
+        for i in 0..300 {
+            let c = r.apply("base", ctx(0, i));
+            let added: Vec<&str> = c.split(", ").skip(1).collect();
+            assert!(added.len() <= 2);
+            let unique: std::collections::HashSet<_> = added.iter().collect();
+            assert_eq!(unique.len(), added.len(), "{c}");
+            assert!(added.iter().all(|t| triggers.iter().any(|x| x == t)));
+            counts[added.len()] += 1;
+        }
+        // With a maximum above 1 the count is uniform over 0..=max.
+        assert!(counts.iter().all(|&n| n > 60), "{counts:?}");
+        let one = CaptionRecipe {
+            random_triggers: triggers,
+            random_triggers_max: 1,
+            ..recipe()
+        };
+        assert_eq!(one.apply("", ctx(0, 1)).split(", ").count(), 1);
+    }
 }

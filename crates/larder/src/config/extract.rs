@@ -62,8 +62,8 @@ impl<'a> At<'a> {
         match &node.value {
             Value::Bool(b) => Ok(*b),
             Value::Str(s) => match s.to_ascii_lowercase().as_str() {
-                "yes" | "on" | "true" | "y" => Ok(true),
-                "no" | "off" | "false" | "n" => Ok(false),
+                "yes" | "on" | "true" => Ok(true),
+                "no" | "off" | "false" => Ok(false),
                 _ => Err(self.expected(node, "true or false")),
             },
             _ => Err(self.expected(node, "true or false")),

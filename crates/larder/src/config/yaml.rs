@@ -68,7 +68,12 @@ impl Node {
 
 /// Parses YAML text into a located tree.
 pub(crate) fn parse(text: &str) -> Result<Node, serde_saphyr::Error> {
-    let spanned: Spanned<Value> = serde_saphyr::from_str(text)?;
+    // Only `true`/`false` become booleans here. PyYAML, which AI Toolkit uses, also reads
+    // yes/no/on/off as booleans but not `y`/`n`; the typed readers in `extract` accept those
+    // spellings where a boolean is expected, so a trigger word `y` stays a string.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let spanned: Spanned<Value> = serde_saphyr::from_str_with_options(text, options)?;
     Ok(Node::from(spanned))
 }
 
@@ -184,8 +189,7 @@ mod tests {
 
     #[test]
     fn nodes_know_their_lines_through_anchors_and_merges() {
-        let text =
-            "base: &b\n  resolution: 512\n  flip_x: yes\nds:\n  <<: *b\n  caption_ext: txt\n";
+        let text = "base: &b\n  resolution: 512\n  flip_x: yes\nds:\n  <<: *b\n  caption_ext: txt\n  t: [y, n, true]\n";
         let root = parse(text).expect("valid yaml");
         let ds = root.get("ds").expect("ds");
         assert_eq!(ds.get("caption_ext").map(|n| n.line), Some(6));
@@ -195,5 +199,14 @@ mod tests {
         );
         let base = root.get("base").expect("base");
         assert_eq!(base.get("resolution").map(|n| n.line), Some(2));
+        assert_eq!(
+            ds.get("flip_x").map(|n| &n.value),
+            Some(&Value::Str("yes".into()))
+        );
+        let t = ds.get("t").map(|n| &n.value);
+        assert!(
+            matches!(t, Some(Value::Seq(v)) if v[0].value == Value::Str("y".into()) && v[2].value == Value::Bool(true)),
+            "{t:?}"
+        );
     }
 }

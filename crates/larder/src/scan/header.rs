@@ -37,6 +37,7 @@ pub(crate) struct Header {
 /// Why an image could not be used, as the scan reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HeaderProblem {
+    NotFound,
     Empty,
     Unsupported(String),
     Corrupt(String),
@@ -44,35 +45,55 @@ pub(crate) enum HeaderProblem {
     Unreadable(String),
 }
 
-/// Reads the header facts of the image at `path`.
-pub(crate) fn probe(path: &Path) -> Result<Header, HeaderProblem> {
-    let file = File::open(path).map_err(|e| HeaderProblem::Unreadable(e.to_string()))?;
-    let len = file
-        .metadata()
-        .map_err(|e| HeaderProblem::Unreadable(e.to_string()))?
-        .len();
+/// How much of each file is read up front: one page holds the size and, for most files, the
+/// EXIF block; larger headers are followed into the file.
+const HEAD_BYTES: usize = 4096;
+
+/// Reads the header facts of the image at `path`, and its length in bytes.
+///
+/// This is the scan's hot path, so it keeps system calls few: one open, one fstat, one read of
+/// the head (which holds the size, the EXIF block and, for small files, the end), one read of
+/// the last bytes when the file is larger, one close.
+pub(crate) fn probe(path: &Path) -> Result<(u64, Header), HeaderProblem> {
+    let unreadable = |e: std::io::Error| HeaderProblem::Unreadable(e.to_string());
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => HeaderProblem::NotFound,
+        _ => unreadable(e),
+    })?;
+    let len = file.metadata().map_err(unreadable)?.len();
     if len == 0 {
         return Err(HeaderProblem::Empty);
     }
-    let mut reader = BufReader::with_capacity(8 * 1024, file);
-    let kind = imagesize::reader_type(&mut reader).map_err(|e| match e {
-        imagesize::ImageError::NotSupported => {
-            HeaderProblem::Unsupported("not a JPEG, PNG or WebP file".into())
-        }
-        other => HeaderProblem::Corrupt(other.to_string()),
-    })?;
-    let format = match kind {
-        imagesize::ImageType::Jpeg => ImageFormat::Jpeg,
-        imagesize::ImageType::Png => ImageFormat::Png,
-        imagesize::ImageType::Webp => ImageFormat::Webp,
-        other => {
+    let mut head = [0u8; HEAD_BYTES];
+    let head_len = HEAD_BYTES.min(len as usize);
+    file.read_exact(&mut head[..head_len]).map_err(unreadable)?;
+    let head = &head[..head_len];
+    let format = match imagesize::image_type(head) {
+        Ok(imagesize::ImageType::Jpeg) => ImageFormat::Jpeg,
+        Ok(imagesize::ImageType::Png) => ImageFormat::Png,
+        Ok(imagesize::ImageType::Webp) => ImageFormat::Webp,
+        Ok(other) => {
             return Err(HeaderProblem::Unsupported(format!(
                 "{other:?} images are not supported (use JPEG, PNG or WebP)"
             )));
         }
+        Err(imagesize::ImageError::NotSupported) => {
+            return Err(HeaderProblem::Unsupported(
+                "not a JPEG, PNG or WebP file".into(),
+            ));
+        }
+        Err(e) => return Err(HeaderProblem::Corrupt(e.to_string())),
     };
-    rewind(&mut reader)?;
-    let size = imagesize::reader_size(&mut reader).map_err(|e| match e {
+    let whole_head = head_len as u64 == len;
+    // The size is in the head for all but JPEGs with large metadata before their frame header.
+    let size = match imagesize::blob_size(head) {
+        Err(imagesize::ImageError::IoError(_)) if !whole_head => {
+            file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
+            imagesize::reader_size(BufReader::new(&mut file))
+        }
+        other => other,
+    }
+    .map_err(|e| match e {
         imagesize::ImageError::IoError(_) => HeaderProblem::Truncated,
         other => HeaderProblem::Corrupt(other.to_string()),
     })?;
@@ -85,17 +106,26 @@ pub(crate) fn probe(path: &Path) -> Result<Header, HeaderProblem> {
             )));
         }
     };
-    rewind(&mut reader)?;
-    // A damaged EXIF block is common in the wild and harmless to training: treat it as absent.
-    let orientation = match format {
-        ImageFormat::Jpeg => jpeg_exif(&mut reader),
-        ImageFormat::Png => png_exif(&mut reader),
-        ImageFormat::Webp => webp_exif(&mut reader),
+    let orientation = match find_exif(format, &mut std::io::Cursor::new(head)) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !whole_head => {
+            find_exif(format, &mut BufReader::new(&mut file))
+        }
+        other => other,
     }
+    // A damaged EXIF block is common in the wild and harmless to training: treat it as absent.
     .ok()
     .flatten()
     .map_or(1, orientation_from_tiff);
-    if !is_complete(&mut reader, format, len)? {
+    let complete = if whole_head {
+        is_complete(format, head, head, len)
+    } else {
+        // The file is longer than the head, so it has 64 bytes of tail; a positioned read
+        // fetches them without moving the file offset (one system call, not two).
+        let mut tail = [0u8; 64];
+        read_exact_at(&file, &mut tail, len - 64).map_err(unreadable)?;
+        is_complete(format, head, &tail, len)
+    };
+    if !complete {
         return Err(HeaderProblem::Truncated);
     }
     let (width, height) = if (5..=8).contains(&orientation) {
@@ -103,52 +133,59 @@ pub(crate) fn probe(path: &Path) -> Result<Header, HeaderProblem> {
     } else {
         (width, height)
     };
-    Ok(Header {
-        format,
-        width,
-        height,
-        orientation,
-    })
+    Ok((
+        len,
+        Header {
+            format,
+            width,
+            height,
+            orientation,
+        },
+    ))
 }
 
-fn rewind<R: Seek>(reader: &mut R) -> Result<(), HeaderProblem> {
-    reader
-        .seek(SeekFrom::Start(0))
-        .map(|_| ())
-        .map_err(|e| HeaderProblem::Unreadable(e.to_string()))
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
 }
 
-/// Returns true if and only if the file ends the way a whole file of its format ends.
+#[cfg(not(unix))]
+fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
+}
+
+fn find_exif<R: BufRead + Seek>(
+    format: ImageFormat,
+    r: &mut R,
+) -> std::io::Result<Option<Vec<u8>>> {
+    match format {
+        ImageFormat::Jpeg => jpeg_exif(r),
+        ImageFormat::Png => png_exif(r),
+        ImageFormat::Webp => webp_exif(r),
+    }
+}
+
+/// Returns true if and only if the file ends the way a whole file of its format ends, judged
+/// from its first bytes `head` and its last bytes `tail`.
 ///
 /// Decoders accept the header of a cut-off file and fail (or fill gray) only when the pixels are
-/// read, which in a trainer happens hours later; checking the end marker now costs one read.
-fn is_complete<R: Read + Seek>(
-    reader: &mut R,
-    format: ImageFormat,
-    len: u64,
-) -> Result<bool, HeaderProblem> {
-    let tail_len = len.min(64);
-    let mut tail = vec![0u8; tail_len as usize];
-    reader
-        .seek(SeekFrom::Start(len - tail_len))
-        .and_then(|_| reader.read_exact(&mut tail))
-        .map_err(|e| HeaderProblem::Unreadable(e.to_string()))?;
-    Ok(match format {
+/// read, which in a trainer happens hours later; checking the end now costs one read.
+fn is_complete(format: ImageFormat, head: &[u8], tail: &[u8], len: u64) -> bool {
+    let tail = &tail[tail.len().saturating_sub(64)..];
+    match format {
         // Some cameras pad after the end-of-image marker, so look for it near the end.
         ImageFormat::Jpeg => tail.windows(2).any(|w| w == [0xFF, 0xD9]),
         ImageFormat::Png => {
             tail.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82])
         }
         ImageFormat::Webp => {
-            let mut head = [0u8; 8];
-            reader
-                .seek(SeekFrom::Start(0))
-                .and_then(|_| reader.read_exact(&mut head))
-                .map_err(|e| HeaderProblem::Unreadable(e.to_string()))?;
-            let riff_len = u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]]));
-            len >= riff_len + 8
+            head.len() >= 8 && {
+                let riff_len = u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]]));
+                len >= riff_len + 8
+            }
         }
-    })
+    }
 }
 
 fn read_u16_be<R: Read>(r: &mut R) -> std::io::Result<u16> {
@@ -224,8 +261,15 @@ fn png_exif<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Finds a WebP `EXIF` chunk; only extended (VP8X) files can carry one.
+/// Finds a WebP `EXIF` chunk; only extended (VP8X) files whose header flags EXIF carry one.
 fn webp_exif<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut vp8x = [0u8; 9];
+    r.seek(SeekFrom::Start(12))?;
+    r.read_exact(&mut vp8x)?;
+    const EXIF_FLAG: u8 = 0x08;
+    if &vp8x[0..4] != b"VP8X" || vp8x[8] & EXIF_FLAG == 0 {
+        return Ok(None);
+    }
     r.seek(SeekFrom::Start(12))?;
     loop {
         let mut head = [0u8; 8];

@@ -1,0 +1,258 @@
+//! Reading configs: AI Toolkit job files, `datasets:` files, folders; errors and warnings.
+
+use larder::{BucketStrategy, Config, Error, Source};
+
+use crate::{file, image};
+
+fn tmp_with_images() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("imgs")).expect("mkdir");
+    image(&dir.path().join("imgs"), "a.jpg", 64, 48, Some("a"));
+    dir
+}
+
+#[test]
+fn reads_an_ai_toolkit_job_file_with_its_model_divisibility() {
+    let dir = tmp_with_images();
+    let path = file(
+        dir.path(),
+        "job.yaml",
+        "job: extension\nconfig:\n  name: x\n  process:\n    - type: sd_trainer\n      model:\n        name_or_path: Qwen/Qwen-Image\n        arch: qwen_image\n      datasets:\n        - folder_path: imgs\n          resolution: [512, 1024]\n          caption_ext: caption\n          flip_x: yes\n          control_path: imgs\n",
+    );
+    let config = Config::load(&path).expect("valid job file");
+    assert_eq!(config.divisibility, 32);
+    assert_eq!(config.arch.as_deref(), Some("qwen_image"));
+    let d = &config.datasets[0];
+    assert_eq!(d.resolutions, vec![512, 1024]);
+    assert_eq!(d.caption_ext, ".caption");
+    assert!(d.flip_x);
+    assert_eq!(d.source, Source::Folder(dir.path().join("imgs")));
+    assert_eq!(d.control_paths, vec![dir.path().join("imgs")]);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn legacy_model_flags_pick_the_divisibility() {
+    let dir = tmp_with_images();
+    let job = |model: &str| {
+        format!(
+            "config:\n  process:\n    - model:\n{model}      datasets:\n        - folder_path: imgs\n"
+        )
+    };
+    let load = |text: String| Config::load(file(dir.path(), "j.yaml", &text)).expect("valid");
+    assert_eq!(load(job("        is_flux: true\n")).divisibility, 32);
+    assert_eq!(load(job("        is_xl: true\n")).divisibility, 16);
+    assert_eq!(load(job("        name_or_path: x\n")).divisibility, 16);
+    assert_eq!(load(job("        arch: 'flux:schnell'\n")).divisibility, 32);
+    assert_eq!(load(job("        arch: wan22_5b\n")).divisibility, 32);
+}
+
+#[test]
+fn unknown_architecture_is_an_error_naming_the_line() {
+    let dir = tmp_with_images();
+    let path = file(
+        dir.path(),
+        "j.yaml",
+        "config:\n  process:\n    - model:\n        arch: mystery\n      datasets:\n        - folder_path: imgs\n",
+    );
+    let err = Config::load(&path).expect_err("unknown arch");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("j.yaml:4") && msg.contains("mystery") && msg.contains("larder.divisibility"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn reads_a_datasets_file_with_anchors_merges_and_yes_no() {
+    let dir = tmp_with_images();
+    let path = file(
+        dir.path(),
+        "d.yaml",
+        "common: &c\n  folder_path: imgs\n  shuffle_tokens: yes\n  caption_dropout_rate: 0.1\ndatasets:\n  - <<: *c\n    resolution: 768\n  - <<: *c\n    is_reg: on\n    random_crop: no\nlarder:\n  seed: 9\n  divisibility: 64\n",
+    );
+    let config = Config::load(&path).expect("valid");
+    assert_eq!(config.datasets.len(), 2);
+    assert_eq!(config.divisibility, 64);
+    assert!(
+        config
+            .datasets
+            .iter()
+            .all(|d| d.shuffle_tokens && d.seed == 9)
+    );
+    assert_eq!(config.datasets[0].resolutions, vec![768]);
+    assert_eq!(config.datasets[1].resolutions, vec![512]);
+    assert!(config.datasets[1].is_reg && !config.datasets[1].random_crop);
+    // `common` is not a key larder knows at the top level.
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert_eq!(config.warnings[0].key, "common");
+}
+
+#[test]
+fn a_folder_is_a_config_with_defaults() {
+    let dir = tmp_with_images();
+    let config = Config::load(dir.path().join("imgs")).expect("folder");
+    assert_eq!(config.datasets.len(), 1);
+    let d = &config.datasets[0];
+    assert_eq!(
+        (d.resolutions.clone(), d.caption_ext.as_str(), d.num_repeats),
+        (vec![512], ".txt", 1)
+    );
+    assert_eq!(d.bucket_strategy, BucketStrategy::AiToolkit);
+    assert_eq!(config.divisibility, larder::DEFAULT_DIVISIBILITY);
+}
+
+#[test]
+fn wrong_types_name_file_line_key_and_expectation() {
+    let dir = tmp_with_images();
+    let cases = [
+        (
+            "resolution: big\n",
+            "datasets[0].resolution",
+            "a resolution",
+        ),
+        (
+            "caption_dropout_rate: 1.5\n",
+            "datasets[0].caption_dropout_rate",
+            "from 0 to 1",
+        ),
+        ("flip_x: maybe\n", "datasets[0].flip_x", "true or false"),
+        ("num_repeats: 0\n", "datasets[0].num_repeats", "from 1"),
+        (
+            "replacements: ['no-bar']\n",
+            "datasets[0].replacements",
+            "from|to",
+        ),
+        (
+            "control_transparent_color: [1, 2]\n",
+            "datasets[0].control_transparent_color",
+            "three",
+        ),
+        (
+            "bucket_strategy: fancy\n",
+            "datasets[0].bucket_strategy",
+            "aitk, kohya, list",
+        ),
+    ];
+    for (line, key, expected) in cases {
+        let text = format!("datasets:\n  - folder_path: imgs\n    {line}");
+        let path = file(dir.path(), "bad.yaml", &text);
+        match Config::load(&path) {
+            Err(Error::Config {
+                path: p,
+                line: 3,
+                key: k,
+                message,
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(k, key);
+                assert!(message.contains(expected), "{message}");
+            }
+            other => panic!("{line}: expected a config error on line 3, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn missing_folder_and_invalid_yaml_are_errors() {
+    let dir = tmp_with_images();
+    let err = Config::load(file(
+        dir.path(),
+        "m.yaml",
+        "datasets:\n  - folder_path: nowhere\n",
+    ))
+    .expect_err("missing");
+    assert!(
+        err.to_string().contains("nowhere") && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+    let err = Config::load(file(dir.path(), "y.yaml", "datasets: [\n")).expect_err("bad yaml");
+    assert!(matches!(err, Error::Yaml { .. }), "{err:?}");
+    let err = Config::load(file(dir.path(), "n.yaml", "train: {}\n")).expect_err("no datasets");
+    assert!(err.to_string().contains("no datasets"), "{err}");
+}
+
+#[test]
+fn unimplemented_and_unknown_keys_warn_once_each() {
+    let dir = tmp_with_images();
+    let path = file(
+        dir.path(),
+        "w.yaml",
+        "datasets:\n  - folder_path: imgs\n    num_frames: 33\n    augments: [ColorJitter]\n    shufle_tokens: true\n    num_frames_default: 1\n    fps: 16\n",
+    );
+    let config = Config::load(&path).expect("valid");
+    let keys: Vec<(&str, u64)> = config
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_str(), w.line))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("datasets[0].num_frames", 3),
+            ("datasets[0].augments", 4),
+            ("datasets[0].shufle_tokens", 5),
+            ("datasets[0].num_frames_default", 6)
+        ]
+    );
+    assert!(config.warnings[0].message.contains("video"));
+    assert!(
+        config.warnings[2]
+            .message
+            .contains("did you mean `shuffle_tokens`")
+    );
+}
+
+#[test]
+fn random_triggers_come_from_a_list_or_a_file() {
+    let dir = tmp_with_images();
+    file(dir.path(), "triggers.txt", "alpha\n\n  \nbeta gamma\n");
+    let config = Config::load(file(
+        dir.path(),
+        "t.yaml",
+        "datasets:\n  - folder_path: imgs\n    random_triggers: triggers.txt\n    random_triggers_max: 2\n  - folder_path: imgs\n    random_triggers: [x, y]\n    replacements: ['cat|dog']\n",
+    ))
+    .expect("valid");
+    assert_eq!(
+        config.datasets[0].random_triggers,
+        vec!["alpha", "beta gamma"]
+    );
+    assert_eq!(config.datasets[1].random_triggers, vec!["x", "y"]);
+    assert_eq!(
+        config.datasets[1].replacements,
+        vec![("cat".to_owned(), "dog".to_owned())]
+    );
+    let err = Config::load(file(
+        dir.path(),
+        "t2.yaml",
+        "datasets:\n  - folder_path: imgs\n    random_triggers: [x]\n    random_triggers_max: 3\n",
+    ))
+    .expect_err("more than listed");
+    assert!(err.to_string().contains("random_triggers_max"), "{err}");
+}
+
+#[test]
+fn kohya_and_list_strategies_parse_with_defaults() {
+    let dir = tmp_with_images();
+    let config = Config::load(file(
+        dir.path(),
+        "k.yaml",
+        "datasets:\n  - folder_path: imgs\n    bucket_strategy: kohya\n    kohya_buckets: {max_reso: 2048, no_upscale: true}\n  - folder_path: imgs\n    bucket_list: ['512x768', [768, 512]]\n",
+    ))
+    .expect("valid");
+    assert_eq!(
+        config.datasets[0].bucket_strategy,
+        BucketStrategy::Kohya {
+            min_reso: 256,
+            max_reso: 2048,
+            reso_steps: 64,
+            no_upscale: true
+        }
+    );
+    assert_eq!(
+        config.datasets[1].bucket_strategy,
+        BucketStrategy::List {
+            sizes: vec![(512, 768), (768, 512)]
+        }
+    );
+}
