@@ -18,8 +18,18 @@ struct Cli {
 enum Command {
     /// Scan a dataset: sizes, buckets, captions and problems, without decoding any image.
     Scan(cmd::scan::Args),
+    /// Prepare a dataset into a store: decode, resize, crop and pack into shards; resumable.
+    Prepare(cmd::store::PrepareArgs),
+    /// Show what a store holds: items, buckets, fields, codecs, sizes, findings.
+    Inspect(cmd::store::StoreArgs),
+    /// Check every shard checksum and catalog entry of a store; exit 1 when anything is broken.
+    Verify(cmd::store::VerifyArgs),
+    /// Remove entries and shards of a store that no item references.
+    Gc(cmd::store::StoreArgs),
     /// Benchmark the scan against AI Toolkit's way of reading image sizes (needs Python + Pillow).
     BenchScan(cmd::bench_scan::Args),
+    /// Benchmark prepare against AI Toolkit's pixel path, and print codec sizes and errors.
+    BenchPrepare(cmd::bench_prepare::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,7 +43,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scan(args) => cmd::scan::run(args),
+        Command::Prepare(args) => cmd::store::prepare(args),
+        Command::Inspect(args) => cmd::store::inspect(args),
+        Command::Verify(args) => cmd::store::verify(args),
+        Command::Gc(args) => cmd::store::gc(args),
         Command::BenchScan(args) => cmd::bench_scan::run(args),
+        Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
     };
     match result {
         Ok(code) => code,

@@ -58,6 +58,29 @@ pub enum Error {
         /// What was wrong and what is allowed.
         message: String,
     },
+    /// Stored tensor bytes could not be decoded (corrupt compressed data, wrong length).
+    #[error("codec: {message}")]
+    Codec {
+        /// What was wrong.
+        message: String,
+    },
+    /// A store is damaged, incomplete, or not a larder store.
+    #[error("{}: {message}", path.display())]
+    Store {
+        /// The store, shard or catalog concerned.
+        path: PathBuf,
+        /// What was wrong and what to run about it.
+        message: String,
+    },
+    /// The catalog database reported an error.
+    #[error("{}: catalog: {source}", path.display())]
+    Catalog {
+        /// The catalog file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// An image could not be decoded or encoded.
     #[error("{}: {message}", path.display())]
     Image {

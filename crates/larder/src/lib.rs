@@ -20,10 +20,13 @@
 mod caption;
 mod config;
 mod error;
+mod image;
 mod plan;
+mod prepare;
 mod report;
 mod rng;
 mod scan;
+pub mod store;
 pub mod synth;
 
 pub use caption::{CaptionContext, CaptionRecipe};
@@ -32,6 +35,8 @@ pub use config::{
     LoaderOptions, Source, divisibility_for_arch,
 };
 pub use error::{Error, Result};
+pub use prepare::{PrepareOptions, PrepareReport, config_digest, prepare};
+pub use store::{FieldData, Store, StoredItem};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
 pub use scan::{

@@ -1,8 +1,10 @@
 //! larder's integration tests: one binary, one module per stage.
 
 mod config;
+mod interop;
 mod plan;
 mod scan;
+mod store;
 
 use std::path::{Path, PathBuf};
 

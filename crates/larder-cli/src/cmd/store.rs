@@ -1,0 +1,219 @@
+//! `larder prepare`, `inspect`, `verify` and `gc`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use larder::store::codec::Codec;
+use larder::{Config, PrepareOptions, Store};
+
+/// Arguments of `larder prepare`.
+#[derive(Debug, clap::Args)]
+pub struct PrepareArgs {
+    /// An AI Toolkit job file, a YAML file with a `datasets:` list, or a folder of images.
+    config: PathBuf,
+    /// The store folder to create or update.
+    #[arg(long)]
+    out: PathBuf,
+    /// Target shard size, e.g. 256MiB, 64KiB, 1GB.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    shard_size: u64,
+    /// Codec of image fields (pixels, masks, controls): u8, u8+zstd, u8+zstd:<level>, u8+lz4.
+    #[arg(long, default_value = "u8", value_parser = parse_codec)]
+    image_codec: Codec,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of the commands that take a store.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The store folder.
+    store: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `larder verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Forget broken shards (catalog rows and files) so the next `larder prepare` rebuilds them.
+    #[arg(long)]
+    repair: bool,
+}
+
+fn parse_codec(s: &str) -> Result<Codec, String> {
+    Codec::parse(s).map_err(|e| e.to_string())
+}
+
+/// Parses "256MiB", "64KiB", "1GB", "4096".
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
+}
+
+pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    let options = PrepareOptions {
+        shard_bytes: args.shard_size,
+        image_codec: args.image_codec,
+        progress: !args.json,
+    };
+    let report = larder::prepare(&config, &args.out, &options).with_context(|| format!("preparing {}", args.out.display()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{}: {} items, {} entries ({} computed, {} already stored), {} sources hashed, {} shards written ({:.1} MiB), {:.2}s",
+        args.out.display(),
+        report.items,
+        report.entries,
+        report.entries_computed,
+        report.entries_reused,
+        report.sources_hashed,
+        report.shards_written,
+        report.bytes_written as f64 / (1 << 20) as f64,
+        report.seconds
+    )?;
+    if !report.findings.is_empty() {
+        writeln!(out, "findings ({}; `larder inspect` lists them):", report.findings.len())?;
+        for f in report.findings.iter().take(10) {
+            writeln!(out, "  {:?}: {}: {}", f.kind, f.path.display(), f.detail)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn inspect(args: StoreArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&args.store)?;
+    let i = store.inspect()?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &i)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "store {}", i.root.display())?;
+    writeln!(
+        out,
+        "config {} (digest {})",
+        i.config_source.as_deref().unwrap_or("?"),
+        i.config_digest.as_deref().unwrap_or("?")
+    )?;
+    writeln!(out, "{} items in {} buckets; {} shards, {:.1} MiB", i.items, i.buckets.len(), i.shards, i.shard_bytes as f64 / (1 << 20) as f64)?;
+    writeln!(out)?;
+    writeln!(out, "{:<10} {:>8} {:<8} {:<14} {:>12} {:>12} {:>7}", "field", "entries", "dtype", "codec", "stored", "raw", "ratio")?;
+    for (name, f) in &i.fields {
+        writeln!(
+            out,
+            "{:<10} {:>8} {:<8} {:<14} {:>12} {:>12} {:>6.2}x",
+            name,
+            f.entries,
+            f.dtypes.join(","),
+            f.codecs.join(","),
+            f.stored_bytes,
+            f.raw_bytes,
+            f.compression_ratio
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "{:<12} {:>8}", "bucket", "items")?;
+    for (b, n) in &i.buckets {
+        writeln!(out, "{b:<12} {n:>8}")?;
+    }
+    if !i.findings.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "findings:")?;
+        for (kind, list) in &i.findings {
+            writeln!(out, "  {kind}: {}", list.len())?;
+            for f in list.iter().take(10) {
+                writeln!(out, "    {f}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let repair = args.repair;
+    let args = args.store;
+    let mut store = Store::open(&args.store)?;
+    let report = if repair { store.repair()? } else { store.verify()? };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        for p in &report.problems {
+            match &p.entry {
+                Some(e) => writeln!(out, "BROKEN {} entry {e}: {}", p.path.display(), p.message)?,
+                None => writeln!(out, "BROKEN {}: {}", p.path.display(), p.message)?,
+            }
+        }
+        for s in &report.strays {
+            writeln!(out, "stray file (not in the catalog; `larder gc` removes it): {}", s.display())?;
+        }
+        writeln!(
+            out,
+            "{}: {} shards, {} entries, {} items checked, {} problems",
+            args.store.display(),
+            report.shards,
+            report.entries,
+            report.items,
+            report.problems.len()
+        )?;
+        if !report.problems.is_empty() {
+            if repair {
+                writeln!(out, "broken shards forgotten; run `larder prepare` with the same config to rebuild them")?;
+            } else {
+                writeln!(out, "run `larder verify --repair`, then `larder prepare`, to rebuild what is broken")?;
+            }
+        }
+    }
+    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn gc(args: StoreArgs) -> anyhow::Result<ExitCode> {
+    let mut store = Store::open(&args.store)?;
+    let report = store.gc()?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{}: removed {} entries and {} shards, freed {:.1} MiB",
+            args.store.display(),
+            report.entries_removed,
+            report.shards_removed,
+            report.bytes_freed as f64 / (1 << 20) as f64
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,600 @@
+//! `larder prepare`: turn a config into a store.
+//!
+//! The work is a pipeline: the scan and plan say what items exist; content hashes and keys say
+//! which entries the store lacks; a pool of threads decodes, resizes and crops those, grouped by
+//! bucket; one writer packs the results into shards and commits each shard with its entries in
+//! one catalog transaction; the item list is committed last. Killing the process at any point
+//! loses at most the shard being built: the next run finds every committed entry by its key and
+//! does only the rest.
+
+mod sources;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use rusqlite::params;
+
+use crate::config::{Config, DatasetConfig};
+use crate::image::{self, Convert, PIPELINE};
+use crate::plan::{Flip, Plan, PlannedItem};
+use crate::scan::{Finding, FindingKind, ScanOptions, ScannedImage};
+use crate::store::catalog::Catalog;
+use crate::store::codec::{self, Codec, Values};
+use crate::store::key::{entry_key, item_key};
+use crate::store::shard::{PendingTensor, ShardBuilder};
+use crate::store::{CATALOG_FILE, SHARD_DIR, TMP_DIR};
+use crate::{Error, Result};
+
+/// Settings of a prepare run.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// Target size of a shard in bytes; a shard closes once its data reaches this size.
+    pub shard_bytes: u64,
+    /// Codec of the `pixels`, `mask`, `control.N` and `inpaint` fields (a u8 codec).
+    pub image_codec: Codec,
+    /// Show a progress bar on standard error when it is a terminal.
+    pub progress: bool,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions {
+            shard_bytes: 256 << 20,
+            image_codec: Codec::RAW_U8,
+            progress: false,
+        }
+    }
+}
+
+/// What a prepare run did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PrepareReport {
+    /// Items in the store's item list.
+    pub items: usize,
+    /// Distinct entries the items reference.
+    pub entries: usize,
+    /// Entries computed in this run.
+    pub entries_computed: usize,
+    /// Entries found in the store already.
+    pub entries_reused: usize,
+    /// Source files read and hashed in this run (the rest were known by size and mtime).
+    pub sources_hashed: usize,
+    /// Shards written in this run.
+    pub shards_written: usize,
+    /// Bytes of shard files written in this run.
+    pub bytes_written: u64,
+    /// Problems found: from the scan, the plan, and images that failed to decode.
+    pub findings: Vec<Finding>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// One field of one item to store: where its pixels come from and how they are converted.
+#[derive(Debug, Clone)]
+struct FieldJob {
+    field: String,
+    source: PathBuf,
+    convert: Convert,
+    /// Mask mapping: (invert, min_value).
+    mask: Option<(bool, f64)>,
+    key: String,
+}
+
+/// An item as it will be recorded, with its fields.
+#[derive(Debug)]
+struct ItemPlan<'a> {
+    planned: PlannedItem,
+    image: &'a ScannedImage,
+    content_hash: String,
+    item_key: String,
+    fields: Vec<FieldJob>,
+}
+
+/// The fields a dataset asks for, with their sources, for one image.
+fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<(String, PathBuf, Convert, Option<(bool, f64)>)> {
+    let mut out = vec![("pixels".to_owned(), img.path.clone(), Convert::Rgb, None)];
+    let mask_map = Some((cfg.invert_mask, cfg.mask_min_value));
+    // alpha_mask takes priority over mask_path, as in AI Toolkit.
+    if cfg.alpha_mask {
+        out.push(("mask".into(), img.path.clone(), Convert::Alpha, mask_map));
+    } else if let Some(m) = &img.mask {
+        out.push(("mask".into(), m.clone(), Convert::Luma, mask_map));
+    }
+    for (n, c) in img.controls.iter().enumerate() {
+        if let Some(c) = c {
+            out.push((format!("control.{n}"), c.clone(), Convert::RgbOver(cfg.control_transparent_color), None));
+        }
+    }
+    if let Some(p) = &img.inpaint {
+        out.push(("inpaint".into(), p.clone(), Convert::Rgba, None));
+    }
+    out
+}
+
+fn convert_params(convert: Convert, mask: Option<(bool, f64)>) -> String {
+    let base = match convert {
+        Convert::Rgb => "rgb".to_owned(),
+        Convert::RgbOver(c) => format!("rgb-over:{},{},{}", c[0], c[1], c[2]),
+        Convert::Rgba => "rgba".to_owned(),
+        Convert::Luma => "luma601".to_owned(),
+        Convert::Alpha => "alpha".to_owned(),
+    };
+    match mask {
+        Some((invert, min)) => format!("{base};invert={invert};min={min}"),
+        None => base,
+    }
+}
+
+/// A computed entry on its way to the writer, or the reason it failed.
+enum Produced {
+    Entry { key: String, tensor: PendingTensor, meta: Option<String>, encoded: EncodedInfo },
+    Failed { key: String, finding: Finding },
+}
+
+/// An entry in the shard being built, waiting for the shard's commit.
+struct Pending {
+    key: String,
+    tensor: String,
+    info: EncodedInfo,
+}
+
+/// What the catalog records of an entry besides its location.
+struct EncodedInfo {
+    dtype: &'static str,
+    shape: Vec<usize>,
+    codec: String,
+    raw_len: usize,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// Prepares `config` into the store directory `out`.
+pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<PrepareReport> {
+    let started = Instant::now();
+    if options.image_codec.repr != codec::Repr::U8 {
+        return Err(Error::InvalidArgument {
+            name: "image_codec",
+            message: format!("image fields are u8; {} is not a u8 codec (use u8, u8+zstd or u8+lz4)", options.image_codec.name()),
+        });
+    }
+    let scan = crate::scan::scan_with(config, &ScanOptions { progress: options.progress })?;
+    let plan = Plan::new(config, &scan)?;
+    let mut report = PrepareReport::default();
+    report.findings.extend(scan.findings.iter().cloned());
+    report.findings.extend(plan.findings.iter().cloned());
+
+    let (_lock, catalog) = open_for_writing(out)?;
+
+    // Content hashes of every source file the items need.
+    let mut all_sources: Vec<PathBuf> = Vec::new();
+    for item in &plan.items {
+        let img = &scan.datasets[item.dataset].images[item.image];
+        for (_, p, _, _) in field_sources(&config.datasets[item.dataset], img) {
+            all_sources.push(p);
+        }
+    }
+    all_sources.sort();
+    all_sources.dedup();
+    let (hashes, failures, hashed) = sources::hash_sources(&catalog, &all_sources)?;
+    report.sources_hashed = hashed;
+    let unreadable: HashSet<&Path> = failures.iter().map(|(p, _)| p.as_path()).collect();
+    for (p, e) in &failures {
+        report.findings.push(Finding::new(0, FindingKind::Unreadable, p, format!("cannot read while hashing: {e}")));
+    }
+
+    let codec_name = options.image_codec.name();
+    let mut items: Vec<ItemPlan<'_>> = Vec::with_capacity(plan.items.len());
+    for planned in &plan.items {
+        let cfg = &config.datasets[planned.dataset];
+        let img = &scan.datasets[planned.dataset].images[planned.image];
+        let sources = field_sources(cfg, img);
+        if sources.iter().any(|(_, p, _, _)| unreadable.contains(p.as_path())) {
+            continue;
+        }
+        let Some(content_hash) = hashes.get(&img.path).cloned() else { continue };
+        let ikey = item_key(&content_hash, &planned.placement, planned.flip);
+        let fields = sources
+            .into_iter()
+            .map(|(field, source, convert, mask)| {
+                let params = convert_params(convert, mask);
+                let src_hash = hashes.get(&source).map(String::as_str).unwrap_or_default();
+                let key = entry_key(&ikey, &field, src_hash, &params, &codec_name, PIPELINE);
+                FieldJob { field, source, convert, mask, key }
+            })
+            .collect();
+        items.push(ItemPlan { planned: *planned, image: img, content_hash, item_key: ikey, fields });
+    }
+
+    // The entries to compute: referenced, not stored, each once; grouped by bucket so that a
+    // batch reads from few shards.
+    let stored = catalog.entry_keys()?;
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut todo: Vec<(&ItemPlan<'_>, &FieldJob)> = Vec::new();
+    for item in &items {
+        for f in &item.fields {
+            if seen.insert(&f.key) && !stored.contains(&f.key) {
+                todo.push((item, f));
+            }
+        }
+    }
+    report.entries = seen.len();
+    report.entries_reused = seen.len() - todo.len();
+    todo.sort_by_key(|(item, f)| (item.planned.placement.bucket, item.image.path.as_path(), f.field.as_str()));
+
+    let (catalog, written, failed) = run_pipeline(catalog, out, options, &todo, &mut report)?;
+    report.entries_computed = written;
+
+    // Items whose entries failed are left out, with the finding recorded.
+    let failed_keys: HashSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
+    let mut failed_images: HashSet<&Path> = HashSet::new();
+    for (_, finding) in &failed {
+        report.findings.push(finding.clone());
+    }
+    let kept: Vec<&ItemPlan<'_>> = items
+        .iter()
+        .filter(|item| {
+            let ok = item.fields.iter().all(|f| !failed_keys.contains(f.key.as_str()));
+            if !ok {
+                failed_images.insert(&item.image.path);
+            }
+            ok
+        })
+        .collect();
+    report.items = kept.len();
+    commit_items(&catalog, config, &kept, &report.findings, options)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Creates the store layout, takes the store's lock, opens the catalog, and clears what an
+/// interrupted run may have left: temporary files and shard files the catalog never recorded.
+fn open_for_writing(out: &Path) -> Result<(File, Catalog)> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::Store {
+            path: out.to_path_buf(),
+            message: "exists and is not a folder; choose another --out".into(),
+        });
+    }
+    for dir in [out.to_path_buf(), out.join(SHARD_DIR), out.join(TMP_DIR)] {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    let lock_path = out.join(".lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(Error::Store {
+                path: out.to_path_buf(),
+                message: "another `larder prepare` is writing this store; wait for it to finish".into(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+    }
+    let catalog = Catalog::open(&out.join(CATALOG_FILE), true)?;
+    crate::store::remove_strays(out, &catalog)?;
+    Ok((lock, catalog))
+}
+
+/// Computes `todo` on all cores and writes it; returns (entries written, failed entries).
+#[allow(clippy::type_complexity)]
+fn run_pipeline(
+    catalog: Catalog,
+    out: &Path,
+    options: &PrepareOptions,
+    todo: &[(&ItemPlan<'_>, &FieldJob)],
+    report: &mut PrepareReport,
+) -> Result<(Catalog, usize, Vec<(String, Finding)>)> {
+    let bar = progress_bar(options.progress, todo.len());
+    let threads = rayon::current_num_threads().max(1);
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<Produced>>(2);
+    let tmp = out.join(TMP_DIR);
+    let shard_dir = out.join(SHARD_DIR);
+
+    let outcome = std::thread::scope(|s| {
+        // The writer owns the shard being built and the catalog connection.
+        let shard_bytes = options.shard_bytes;
+        let writer = s.spawn(move || -> Result<(Catalog, usize, usize, u64, Vec<(String, Finding)>)> {
+            let mut builder = ShardBuilder::default();
+            let mut pending: Vec<Pending> = Vec::new();
+            let mut names: HashSet<String> = HashSet::new();
+            let (mut written, mut shards, mut bytes) = (0usize, 0usize, 0u64);
+            let mut failed = Vec::new();
+            for batch in rx {
+                for produced in batch {
+                    match produced {
+                        Produced::Failed { key, finding } => failed.push((key, finding)),
+                        Produced::Entry { key, tensor, meta, encoded } => {
+                            // Two datasets may cut the same image alike with different field
+                            // parameters; one shard cannot hold two tensors of one name.
+                            if names.contains(&tensor.name) {
+                                let (n, b) = flush(&catalog, &mut builder, &mut pending, &tmp, &shard_dir)?;
+                                names.clear();
+                                written += n;
+                                shards += 1;
+                                bytes += b;
+                            }
+                            names.insert(tensor.name.clone());
+                            pending.push(Pending { key, tensor: tensor.name.clone(), info: encoded });
+                            builder.push(tensor, meta);
+                            if builder.data_bytes() as u64 >= shard_bytes {
+                                let (n, b) = flush(&catalog, &mut builder, &mut pending, &tmp, &shard_dir)?;
+                                names.clear();
+                                written += n;
+                                shards += 1;
+                                bytes += b;
+                            }
+                        }
+                    }
+                }
+            }
+            if !builder.is_empty() {
+                let (n, b) = flush(&catalog, &mut builder, &mut pending, &tmp, &shard_dir)?;
+                written += n;
+                shards += 1;
+                bytes += b;
+            }
+            Ok((catalog, written, shards, bytes, failed))
+        });
+
+        // Chunks keep the output order deterministic while all cores work on each chunk.
+        let chunk = threads * 8;
+        let mut send_result = Ok(());
+        for part in todo.chunks(chunk) {
+            let produced: Vec<Produced> = part.par_iter().map(|(item, job)| produce(item, job, options.image_codec)).collect();
+            bar.inc(part.len() as u64);
+            if tx.send(produced).is_err() {
+                // The writer stopped: its error is reported below.
+                send_result = Err(());
+                break;
+            }
+        }
+        drop(tx);
+        let joined = writer.join();
+        let _ = send_result;
+        match joined {
+            Ok(r) => r,
+            Err(_) => Err(Error::Store {
+                path: out.to_path_buf(),
+                message: "the shard writer thread panicked".into(),
+            }),
+        }
+    });
+    bar.finish_and_clear();
+    let (catalog, written, shards, bytes, failed) = outcome?;
+    report.shards_written = shards;
+    report.bytes_written = bytes;
+    Ok((catalog, written, failed))
+}
+
+/// Writes the shard being built and commits it with its entries in one transaction.
+fn flush(
+    catalog: &Catalog,
+    builder: &mut ShardBuilder,
+    pending: &mut Vec<Pending>,
+    tmp: &Path,
+    shard_dir: &Path,
+) -> Result<(usize, u64)> {
+    let shard = std::mem::take(builder).write(tmp, shard_dir)?;
+    let tx = catalog.conn.unchecked_transaction().map_err(|e| catalog.err(e))?;
+    tx.execute(
+        "INSERT INTO shards(file, bytes, blake3) VALUES (?1, ?2, ?3) ON CONFLICT(file) DO NOTHING",
+        params![shard.file, shard.bytes as i64, shard.blake3],
+    )
+    .map_err(|e| catalog.err(e))?;
+    let shard_id: i64 = tx
+        .query_row("SELECT id FROM shards WHERE file = ?1", [&shard.file], |r| r.get(0))
+        .map_err(|e| catalog.err(e))?;
+    let places: HashMap<&str, _> = shard.tensors.iter().map(|p| (p.name.as_str(), p)).collect();
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT OR REPLACE INTO entries(key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(|e| catalog.err(e))?;
+        for Pending { key, tensor, info } in pending.iter() {
+            let place = places.get(tensor.as_str()).ok_or_else(|| Error::Store {
+                path: shard_dir.join(&shard.file),
+                message: format!("tensor {tensor} missing from the shard just written"),
+            })?;
+            insert
+                .execute(params![
+                    key,
+                    shard_id,
+                    place.name,
+                    place.offset as i64,
+                    place.length as i64,
+                    info.dtype,
+                    serde_json::to_string(&info.shape).unwrap_or_default(),
+                    info.codec,
+                    info.raw_len as i64,
+                    serde_json::to_string(&info.scale).unwrap_or_default(),
+                    serde_json::to_string(&info.bias).unwrap_or_default(),
+                ])
+                .map_err(|e| catalog.err(e))?;
+        }
+    }
+    tx.commit().map_err(|e| catalog.err(e))?;
+    let n = pending.len();
+    pending.clear();
+    Ok((n, shard.bytes))
+}
+
+/// Decodes, places and encodes one field of one item.
+fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced {
+    let fail = |e: Error| Produced::Failed {
+        key: job.key.clone(),
+        finding: Finding::new(
+            item.planned.dataset,
+            FindingKind::Corrupt,
+            &job.source,
+            format!("cannot decode for field {}: {e}", job.field),
+        ),
+    };
+    let decoded = match image::decode(&job.source, job.convert) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let channels = decoded.channels.count();
+    let mut data = match image::place(decoded, &item.planned.placement, item.planned.flip) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    if let Some((invert, min)) = job.mask {
+        image::map_mask(&mut data, invert, min);
+    }
+    let b = item.planned.placement.bucket;
+    let shape = vec![channels, b.height as usize, b.width as usize];
+    let encoded = match codec::encode(image_codec, Values::U8(&data), &shape) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let stored_dtype = if image_codec.is_raw() { image_codec.element_dtype() } else { "U8" };
+    let stored_shape = if image_codec.is_raw() { shape.clone() } else { vec![encoded.bytes.len()] };
+    // Compressed tensors are opaque bytes to safetensors readers; the header metadata says how
+    // to decode them, so a shard is understandable without the catalog.
+    let meta = (!image_codec.is_raw()).then(|| {
+        serde_json::json!({"codec": image_codec.name(), "dtype": image_codec.element_dtype(), "shape": shape, "raw_len": encoded.raw_len}).to_string()
+    });
+    Produced::Entry {
+        key: job.key.clone(),
+        tensor: PendingTensor {
+            name: format!("{}/{}", item.item_key, job.field),
+            dtype: stored_dtype,
+            shape: stored_shape,
+            bytes: encoded.bytes,
+        },
+        meta,
+        encoded: EncodedInfo {
+            dtype: image_codec.element_dtype(),
+            shape,
+            codec: image_codec.name(),
+            raw_len: encoded.raw_len,
+            scale: encoded.scale,
+            bias: encoded.offset,
+        },
+    }
+}
+
+fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Replaces the item list, findings, datasets and encoders in one transaction: until it
+/// commits, readers see the previous prepare's complete store.
+fn commit_items(catalog: &Catalog, config: &Config, items: &[&ItemPlan<'_>], findings: &[Finding], options: &PrepareOptions) -> Result<()> {
+    let err = |e| catalog.err(e);
+    let tx = catalog.conn.unchecked_transaction().map_err(err)?;
+    tx.execute_batch("DELETE FROM item_fields; DELETE FROM items; DELETE FROM findings; DELETE FROM datasets; DELETE FROM encoders;")
+        .map_err(err)?;
+    {
+        let mut ins_item = tx
+            .prepare(
+                "INSERT INTO items(id, dataset, path, bytes, content_hash, width, height, orientation, resolution,
+                   bucket_w, bucket_h, scale_to_w, scale_to_h, crop_x, crop_y, flip, repeat, caption, caption_short,
+                   is_reg, loss_multiplier, network_weight, item_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+            )
+            .map_err(err)?;
+        let mut ins_field = tx.prepare("INSERT INTO item_fields(item, field, entry) VALUES (?1, ?2, ?3)").map_err(err)?;
+        for (id, item) in items.iter().enumerate() {
+            let p = &item.planned;
+            let cfg = &config.datasets[p.dataset];
+            let img = item.image;
+            ins_item
+                .execute(params![
+                    id as i64,
+                    p.dataset as i64,
+                    img.path.to_string_lossy(),
+                    img.bytes as i64,
+                    item.content_hash,
+                    img.width,
+                    img.height,
+                    img.orientation,
+                    p.resolution,
+                    p.placement.bucket.width,
+                    p.placement.bucket.height,
+                    p.placement.scale_to_width,
+                    p.placement.scale_to_height,
+                    p.placement.crop_x,
+                    p.placement.crop_y,
+                    flip_name(p.flip),
+                    p.repeat,
+                    img.caption,
+                    img.caption_short,
+                    cfg.is_reg,
+                    cfg.loss_multiplier,
+                    cfg.network_weight,
+                    item.item_key,
+                ])
+                .map_err(err)?;
+            for f in &item.fields {
+                ins_field.execute(params![id as i64, f.field, f.key]).map_err(err)?;
+            }
+        }
+        let mut ins_finding = tx.prepare("INSERT INTO findings(dataset, kind, path, detail) VALUES (?1, ?2, ?3, ?4)").map_err(err)?;
+        for f in findings {
+            let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            ins_finding.execute(params![f.dataset as i64, kind, f.path.to_string_lossy(), f.detail]).map_err(err)?;
+        }
+        let mut ins_ds = tx.prepare("INSERT INTO datasets(id, source, config) VALUES (?1, ?2, ?3)").map_err(err)?;
+        for (i, d) in config.datasets.iter().enumerate() {
+            let json = serde_json::to_string(d).unwrap_or_default();
+            ins_ds.execute(params![i as i64, d.source.path().to_string_lossy(), json]).map_err(err)?;
+        }
+        let image_fields = serde_json::json!({"codec": options.image_codec.name(), "filter": "catmull-rom (Pillow BICUBIC)", "layout": "CHW"}).to_string();
+        for field in ["pixels", "mask", "control", "inpaint"] {
+            tx.execute("INSERT INTO encoders(field, identity, params) VALUES (?1, ?2, ?3)", params![field, PIPELINE, image_fields])
+                .map_err(err)?;
+        }
+    }
+    let digest = config_digest(config);
+    for (k, v) in [
+        ("config_digest", digest.as_str()),
+        ("config_source", &config.source.to_string_lossy()),
+        ("divisibility", &config.divisibility.to_string()),
+        ("larder_version", env!("CARGO_PKG_VERSION")),
+        ("resize_filter", "catmull-rom"),
+    ] {
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![k, v],
+        )
+        .map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+fn flip_name(f: Flip) -> &'static str {
+    match f {
+        Flip::None => "none",
+        Flip::X => "x",
+        Flip::Y => "y",
+        Flip::XY => "xy",
+    }
+}
+
+/// BLAKE3 of the config as larder understood it (datasets and divisibility), so a store says
+/// which config made it.
+pub fn config_digest(config: &Config) -> String {
+    let json = serde_json::json!({"datasets": config.datasets, "divisibility": config.divisibility});
+    blake3::hash(json.to_string().as_bytes()).to_hex()[..32].to_owned()
+}

@@ -1,0 +1,231 @@
+//! The catalog: one SQLite file that describes a store.
+//!
+//! SQLite because it is one file, transactional (a prepare commits each shard and its entries
+//! atomically, and the item list last), and readable by every tool users have: `sqlite3`,
+//! pandas, DuckDB. The schema is specified in docs/store-format.md.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Error, Result};
+
+/// Version of the catalog schema; a store with another version is refused with advice.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    path TEXT PRIMARY KEY, bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, blake3 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY, file TEXT NOT NULL UNIQUE, bytes INTEGER NOT NULL, blake3 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY, shard INTEGER NOT NULL REFERENCES shards(id), tensor TEXT NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, dtype TEXT NOT NULL, shape TEXT NOT NULL,
+    codec TEXT NOT NULL, raw_len INTEGER NOT NULL, scale TEXT NOT NULL, bias TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_by_shard ON entries(shard);
+CREATE TABLE IF NOT EXISTS datasets (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, config TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY, dataset INTEGER NOT NULL, path TEXT NOT NULL, bytes INTEGER NOT NULL,
+    content_hash TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+    orientation INTEGER NOT NULL, resolution INTEGER NOT NULL, bucket_w INTEGER NOT NULL,
+    bucket_h INTEGER NOT NULL, scale_to_w INTEGER NOT NULL, scale_to_h INTEGER NOT NULL,
+    crop_x INTEGER NOT NULL, crop_y INTEGER NOT NULL, flip TEXT NOT NULL, repeat INTEGER NOT NULL,
+    caption TEXT NOT NULL, caption_short TEXT, is_reg INTEGER NOT NULL,
+    loss_multiplier REAL NOT NULL, network_weight REAL NOT NULL, item_key TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS items_by_bucket ON items(bucket_w, bucket_h);
+-- item_fields.entry has no foreign key on purpose: `verify --repair` drops the entries of a
+-- broken shard while items still name them, until the next prepare recomputes them.
+CREATE TABLE IF NOT EXISTS item_fields (
+    item INTEGER NOT NULL REFERENCES items(id), field TEXT NOT NULL,
+    entry TEXT NOT NULL, PRIMARY KEY (item, field));
+CREATE INDEX IF NOT EXISTS item_fields_by_entry ON item_fields(entry);
+CREATE TABLE IF NOT EXISTS findings (
+    dataset INTEGER NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS encoders (
+    field TEXT PRIMARY KEY, identity TEXT NOT NULL, params TEXT NOT NULL);
+";
+
+/// An open catalog.
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    pub conn: Connection,
+    pub path: PathBuf,
+}
+
+/// One stored entry (a tensor of one field of one item), as the catalog records it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EntryRow {
+    pub key: String,
+    pub shard: i64,
+    pub tensor: String,
+    pub offset: u64,
+    pub length: u64,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub codec: String,
+    pub raw_len: u64,
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Catalog {
+    /// Opens (creating when `create`) the catalog at `path`.
+    pub fn open(path: &Path, create: bool) -> Result<Catalog> {
+        if !create && !path.is_file() {
+            return Err(Error::Store {
+                path: path.to_path_buf(),
+                message: "no catalog here: not a larder store (run `larder prepare` to make one)".into(),
+            });
+        }
+        let flags = if create {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+        } else {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| catalog_error(path, e))?;
+        let cat = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        cat.conn
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| cat.err(e))?;
+        if create {
+            cat.conn.execute_batch(SCHEMA).map_err(|e| cat.err(e))?;
+            let version: Option<String> = cat.meta("schema_version")?;
+            match version {
+                None => cat.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
+                Some(v) => cat.check_version(&v)?,
+            }
+        } else {
+            let v = cat.meta("schema_version")?.unwrap_or_default();
+            cat.check_version(&v)?;
+        }
+        Ok(cat)
+    }
+
+    fn check_version(&self, v: &str) -> Result<()> {
+        if v == SCHEMA_VERSION.to_string() {
+            return Ok(());
+        }
+        Err(Error::Store {
+            path: self.path.clone(),
+            message: format!(
+                "catalog schema version {v:?}, this larder reads version {SCHEMA_VERSION}: prepare the dataset into a new store"
+            ),
+        })
+    }
+
+    pub fn err(&self, e: rusqlite::Error) -> Error {
+        catalog_error(&self.path, e)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The keys of every stored entry.
+    pub fn entry_keys(&self) -> Result<std::collections::HashSet<String>> {
+        let mut stmt = self.conn.prepare("SELECT key FROM entries").map_err(|e| self.err(e))?;
+        let keys = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))?;
+        Ok(keys)
+    }
+
+    /// Every entry, for readers and verification.
+    pub fn entries(&self) -> Result<Vec<EntryRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias FROM entries")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, String>(9)?,
+                    r.get::<_, String>(10)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias) =
+                row.map_err(|e| self.err(e))?;
+            let parse = |what: &str, text: &str| -> Result<serde_json::Value> {
+                serde_json::from_str(text).map_err(|e| Error::Store {
+                    path: self.path.clone(),
+                    message: format!("entry {key}: unreadable {what} {text:?}: {e}"),
+                })
+            };
+            let floats = |v: serde_json::Value| -> Vec<f32> {
+                v.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
+            };
+            let shape_v = parse("shape", &shape)?;
+            let shape: Vec<usize> = shape_v
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect())
+                .unwrap_or_default();
+            out.push(EntryRow {
+                scale: floats(parse("scale", &scale)?),
+                bias: floats(parse("bias", &bias)?),
+                key,
+                shard,
+                tensor,
+                offset: offset as u64,
+                length: length as u64,
+                dtype,
+                shape,
+                codec,
+                raw_len: raw_len as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every shard: (id, file, bytes, blake3).
+    pub fn shards(&self) -> Result<Vec<(i64, String, u64, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, file, bytes, blake3 FROM shards ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}
+
+pub(crate) fn catalog_error(path: &Path, source: rusqlite::Error) -> Error {
+    Error::Catalog {
+        path: path.to_path_buf(),
+        source,
+    }
+}

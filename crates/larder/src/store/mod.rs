@@ -1,0 +1,249 @@
+//! The larder store: sharded safetensors files and a SQLite catalog in one folder.
+//!
+//! ```text
+//! store/
+//!   catalog.sqlite        items, entries, shards, findings, config digest (docs/store-format.md)
+//!   shards/<hash>.safetensors
+//!   tmp/                  shards being written; emptied by the next writer
+//! ```
+//!
+//! [`Store`] reads a store; [`prepare`](crate::prepare()) writes one.
+
+pub(crate) mod catalog;
+pub mod codec;
+pub(crate) mod key;
+pub(crate) mod shard;
+mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use catalog::{Catalog, EntryRow};
+use shard::MappedShard;
+
+pub use shard::{SafetensorsFile, TensorRef};
+pub use verify::{FieldStats, GcReport, Inspection, Problem, VerifyReport};
+
+use crate::{Error, Result};
+
+/// File name of the catalog inside a store.
+pub const CATALOG_FILE: &str = "catalog.sqlite";
+/// Folder of the shard files inside a store.
+pub const SHARD_DIR: &str = "shards";
+/// Folder of shards being written.
+pub const TMP_DIR: &str = "tmp";
+
+/// An item as the store records it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredItem {
+    /// Item id (its position in the store's item list).
+    pub id: u64,
+    /// Index of the dataset in the config.
+    pub dataset: u32,
+    /// Source image.
+    pub path: String,
+    /// Bucket width.
+    pub bucket_w: u32,
+    /// Bucket height.
+    pub bucket_h: u32,
+    /// The caption as loaded (before the per-epoch transforms).
+    pub caption: String,
+    /// The item's fields and the keys of their entries.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// The stored bytes of one field, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldData {
+    /// u8 values (images, masks).
+    U8 {
+        /// C×H×W values.
+        values: Vec<u8>,
+        /// The shape.
+        shape: Vec<usize>,
+    },
+    /// Float values (latents, embeddings), decoded from their codec.
+    F32 {
+        /// The values.
+        values: Vec<f32>,
+        /// The shape.
+        shape: Vec<usize>,
+    },
+}
+
+/// A store opened for reading.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    catalog: Mutex<Catalog>,
+    entries: HashMap<String, EntryRow>,
+    shard_files: HashMap<i64, String>,
+    maps: Mutex<HashMap<i64, Arc<MappedShard>>>,
+}
+
+impl Store {
+    /// Opens the store in `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        let catalog = Catalog::open(&root.join(CATALOG_FILE), false)?;
+        let entries = catalog.entries()?.into_iter().map(|e| (e.key.clone(), e)).collect();
+        let shard_files = catalog.shards()?.into_iter().map(|(id, file, _, _)| (id, file)).collect();
+        Ok(Store {
+            root,
+            catalog: Mutex::new(catalog),
+            entries,
+            shard_files,
+            maps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every item, in id order.
+    pub fn items(&self) -> Result<Vec<StoredItem>> {
+        let cat = self.catalog();
+        let err = |e| cat.err(e);
+        let mut fields: HashMap<u64, BTreeMap<String, String>> = HashMap::new();
+        let mut stmt = cat.conn.prepare("SELECT item, field, entry FROM item_fields").map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(err)?;
+        for row in rows {
+            let (item, field, entry) = row.map_err(err)?;
+            fields.entry(item as u64).or_default().insert(field, entry);
+        }
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT id, dataset, path, bucket_w, bucket_h, caption FROM items ORDER BY id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, u32>(3)?, r.get::<_, u32>(4)?, r.get::<_, String>(5)?))
+            })
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, dataset, path, bucket_w, bucket_h, caption) = row.map_err(err)?;
+            out.push(StoredItem {
+                id: id as u64,
+                dataset: dataset as u32,
+                path,
+                bucket_w,
+                bucket_h,
+                caption,
+                fields: fields.remove(&(id as u64)).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn shard(&self, id: i64) -> Result<Arc<MappedShard>> {
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = maps.get(&id) {
+            return Ok(m.clone());
+        }
+        let file = self.shard_files.get(&id).ok_or_else(|| Error::Store {
+            path: self.root.join(CATALOG_FILE),
+            message: format!("entry refers to shard {id}, which the catalog does not list; run `larder verify`"),
+        })?;
+        let path = self.root.join(SHARD_DIR).join(file);
+        if !path.is_file() {
+            return Err(Error::Store {
+                path,
+                message: "shard is missing; run `larder verify --repair`, then `larder prepare` again to rebuild it".into(),
+            });
+        }
+        let mapped = Arc::new(MappedShard::open(&path)?);
+        maps.insert(id, mapped.clone());
+        Ok(mapped)
+    }
+
+    /// The stored bytes of entry `key` as they lie in the shard (compressed when the codec
+    /// compresses), with the entry's description.
+    pub(crate) fn stored_bytes(&self, key: &str) -> Result<(Arc<MappedShard>, &EntryRow)> {
+        let entry = self.entries.get(key).ok_or_else(|| Error::Store {
+            path: self.root.join(CATALOG_FILE),
+            message: format!("no entry {key}; run `larder verify`"),
+        })?;
+        Ok((self.shard(entry.shard)?, entry))
+    }
+
+    /// Reads and decodes entry `key`.
+    pub fn read_entry(&self, key: &str) -> Result<FieldData> {
+        let (map, entry) = self.stored_bytes(key)?;
+        let codec = codec::Codec::parse(&entry.codec)?;
+        let stored = map.slice(entry.offset, entry.length)?;
+        let elements = codec::decompress(codec, stored, entry.raw_len as usize).map_err(|e| Error::Store {
+            path: map.path.clone(),
+            message: format!("entry {key} ({}): {e}", entry.tensor),
+        })?;
+        if codec.repr == codec::Repr::U8 {
+            return Ok(FieldData::U8 {
+                values: elements.into_owned(),
+                shape: entry.shape.clone(),
+            });
+        }
+        let values = codec::decode_f32(codec, &elements, &entry.shape, &entry.scale, &entry.bias)?;
+        Ok(FieldData::F32 {
+            values,
+            shape: entry.shape.clone(),
+        })
+    }
+
+    /// Reads `field` of `item`.
+    pub fn read_field(&self, item: &StoredItem, field: &str) -> Result<FieldData> {
+        let key = item.fields.get(field).ok_or_else(|| Error::InvalidArgument {
+            name: "field",
+            message: format!("item {} has no field {field:?} (it has {:?})", item.id, item.fields.keys().collect::<Vec<_>>()),
+        })?;
+        self.read_entry(key)
+    }
+}
+
+/// Removes what an interrupted writer left: temporary files, and shard files that no catalog
+/// row records (renamed into place, but killed before the commit). Shards the catalog records
+/// but which are gone or of the wrong size are forgotten, so their entries are computed again;
+/// finding a corrupted byte needs a full read, which is `larder verify`'s job.
+pub(crate) fn remove_strays(root: &Path, catalog: &Catalog) -> Result<Vec<PathBuf>> {
+    for (id, file, bytes, _) in catalog.shards()? {
+        let len = std::fs::metadata(root.join(SHARD_DIR).join(&file)).map(|m| m.len()).ok();
+        if len != Some(bytes) {
+            tracing::warn!("shard {file} is missing or resized; its entries will be prepared again");
+            let err = |e| catalog.err(e);
+            let tx = catalog.conn.unchecked_transaction().map_err(err)?;
+            tx.execute("DELETE FROM entries WHERE shard = ?1", [id]).map_err(err)?;
+            tx.execute("DELETE FROM shards WHERE id = ?1", [id]).map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+    }
+    let found = strays(root, catalog)?;
+    for path in &found {
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(found)
+}
+
+/// Files in `shards/` the catalog does not list, and anything in `tmp/`.
+pub(crate) fn strays(root: &Path, catalog: &Catalog) -> Result<Vec<PathBuf>> {
+    let known: std::collections::HashSet<String> = catalog.shards()?.into_iter().map(|s| s.1).collect();
+    let mut out = Vec::new();
+    for (dir, only_unknown) in [(root.join(SHARD_DIR), true), (root.join(TMP_DIR), false)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !only_unknown || !known.contains(&name) {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

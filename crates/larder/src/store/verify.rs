@@ -1,0 +1,327 @@
+//! Looking after a store: `inspect` (what is in it), `verify` (is every byte as recorded) and
+//! `gc` (drop what nothing references).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use super::shard::hash_file;
+use super::{CATALOG_FILE, SHARD_DIR, Store, strays};
+use crate::Result;
+
+/// A summary of a store.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    /// The store folder.
+    pub root: PathBuf,
+    /// Digest of the config that made it.
+    pub config_digest: Option<String>,
+    /// The config file or folder it was made from.
+    pub config_source: Option<String>,
+    /// Items in the item list.
+    pub items: u64,
+    /// Items per bucket ("WxH").
+    pub buckets: BTreeMap<String, u64>,
+    /// Per field: entries, dtype, codec, stored and raw bytes.
+    pub fields: BTreeMap<String, FieldStats>,
+    /// Shard files and their total size.
+    pub shards: u64,
+    /// Total bytes of shard files.
+    pub shard_bytes: u64,
+    /// Findings recorded by the last prepare, per kind, with paths.
+    pub findings: BTreeMap<String, Vec<String>>,
+    /// Pipeline identity per field.
+    pub encoders: BTreeMap<String, String>,
+}
+
+/// Statistics of one field.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FieldStats {
+    /// Distinct entries.
+    pub entries: u64,
+    /// Element dtype(s).
+    pub dtypes: Vec<String>,
+    /// Codec(s).
+    pub codecs: Vec<String>,
+    /// Bytes as stored.
+    pub stored_bytes: u64,
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    /// raw_bytes / stored_bytes.
+    pub compression_ratio: f64,
+}
+
+/// One thing `verify` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The shard file, or the catalog.
+    pub path: PathBuf,
+    /// The entry or item concerned, if one.
+    pub entry: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The result of `verify`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Shards checked.
+    pub shards: u64,
+    /// Entries checked.
+    pub entries: u64,
+    /// Items checked.
+    pub items: u64,
+    /// Everything found wrong; empty when the store is sound.
+    pub problems: Vec<Problem>,
+    /// Files in the store that the catalog does not know (harmless; `gc` removes them).
+    pub strays: Vec<PathBuf>,
+}
+
+/// The result of `gc`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcReport {
+    /// Entries removed from the catalog.
+    pub entries_removed: u64,
+    /// Shard files deleted.
+    pub shards_removed: u64,
+    /// Bytes freed on disk.
+    pub bytes_freed: u64,
+}
+
+fn field_family(field: &str) -> &str {
+    field.split('.').next().unwrap_or(field)
+}
+
+impl Store {
+    /// Summarizes the store.
+    pub fn inspect(&self) -> Result<Inspection> {
+        let cat = self.catalog();
+        let err = |e| cat.err(e);
+        let count = |sql: &str| -> Result<u64> { cat.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64).map_err(err) };
+        let items = count("SELECT COUNT(*) FROM items")?;
+        let mut buckets = BTreeMap::new();
+        let mut stmt = cat.conn.prepare("SELECT bucket_w, bucket_h, COUNT(*) FROM items GROUP BY bucket_w, bucket_h").map_err(err)?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)?))).map_err(err)? {
+            let (w, h, n) = row.map_err(err)?;
+            buckets.insert(format!("{w}x{h}"), n as u64);
+        }
+        let mut fields: BTreeMap<String, FieldStats> = BTreeMap::new();
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT DISTINCT f.field, e.key, e.dtype, e.codec, e.length, e.raw_len FROM item_fields f JOIN entries e ON e.key = f.entry")
+            .map_err(err)?;
+        let mut seen = HashSet::new();
+        for row in stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?)))
+            .map_err(err)?
+        {
+            let (field, key, dtype, codec, len, raw) = row.map_err(err)?;
+            if !seen.insert(key) {
+                continue;
+            }
+            let s = fields.entry(field_family(&field).to_owned()).or_default();
+            s.entries += 1;
+            s.stored_bytes += len as u64;
+            s.raw_bytes += raw as u64;
+            if !s.dtypes.contains(&dtype) {
+                s.dtypes.push(dtype);
+            }
+            if !s.codecs.contains(&codec) {
+                s.codecs.push(codec);
+            }
+        }
+        for s in fields.values_mut() {
+            s.compression_ratio = s.raw_bytes as f64 / s.stored_bytes.max(1) as f64;
+        }
+        let shards = cat.shards()?;
+        let mut findings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut stmt = cat.conn.prepare("SELECT kind, path, detail FROM findings ORDER BY kind, path").map_err(err)?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(err)? {
+            let (kind, path, detail) = row.map_err(err)?;
+            findings.entry(kind).or_default().push(format!("{path}: {detail}"));
+        }
+        let mut encoders = BTreeMap::new();
+        let mut stmt = cat.conn.prepare("SELECT field, identity FROM encoders").map_err(err)?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(err)? {
+            let (f, id) = row.map_err(err)?;
+            encoders.insert(f, id);
+        }
+        Ok(Inspection {
+            root: self.root.clone(),
+            config_digest: cat.meta("config_digest")?,
+            config_source: cat.meta("config_source")?,
+            items,
+            buckets,
+            fields,
+            shards: shards.len() as u64,
+            shard_bytes: shards.iter().map(|s| s.2).sum(),
+            findings,
+            encoders,
+        })
+    }
+
+    /// Checks every shard's checksum and header, and every catalog entry and item reference.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let cat = self.catalog();
+        let mut report = VerifyReport::default();
+        let shards = cat.shards()?;
+        let mut by_shard: BTreeMap<i64, Vec<&super::EntryRow>> = BTreeMap::new();
+        for e in self.entries.values() {
+            by_shard.entry(e.shard).or_default().push(e);
+        }
+        let known: HashSet<i64> = shards.iter().map(|s| s.0).collect();
+        for (id, file, bytes, blake3) in &shards {
+            report.shards += 1;
+            let path = self.root.join(SHARD_DIR).join(file);
+            let problem = |message: String, entry: Option<String>| Problem { path: path.clone(), entry, message };
+            if !path.is_file() {
+                report.problems.push(problem("shard file is missing".into(), None));
+                continue;
+            }
+            let (actual_bytes, actual_hash) = hash_file(&path)?;
+            if actual_bytes != *bytes || &actual_hash != blake3 {
+                report.problems.push(problem(
+                    format!("checksum mismatch: catalog says {bytes} bytes, blake3 {}…; file has {actual_bytes} bytes, blake3 {}…", &blake3[..16], &actual_hash[..16]),
+                    None,
+                ));
+                continue;
+            }
+            let map = match self.shard(*id) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.problems.push(problem(e.to_string(), None));
+                    continue;
+                }
+            };
+            let parsed = safetensors::SafeTensors::read_metadata(map.bytes());
+            let (header_len, meta) = match parsed {
+                Ok(m) => m,
+                Err(e) => {
+                    report.problems.push(problem(format!("not a valid safetensors file: {e}"), None));
+                    continue;
+                }
+            };
+            let data_start = 8 + header_len as u64;
+            let tensors = meta.tensors();
+            for e in by_shard.get(id).into_iter().flatten() {
+                report.entries += 1;
+                let Some(info) = tensors.get(&e.tensor) else {
+                    report.problems.push(problem(format!("tensor {} is not in the shard", e.tensor), Some(e.key.clone())));
+                    continue;
+                };
+                let (begin, end) = info.data_offsets;
+                if data_start + begin as u64 != e.offset || (end - begin) as u64 != e.length {
+                    report.problems.push(problem(
+                        format!("tensor {} lies at {}..{} in the shard, the catalog says {}+{}", e.tensor, data_start + begin as u64, data_start + end as u64, e.offset, e.length),
+                        Some(e.key.clone()),
+                    ));
+                }
+            }
+        }
+        for e in self.entries.values() {
+            if !known.contains(&e.shard) {
+                report.problems.push(Problem {
+                    path: self.root.join(CATALOG_FILE),
+                    entry: Some(e.key.clone()),
+                    message: format!("refers to shard {}, which the catalog does not list", e.shard),
+                });
+            }
+        }
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT f.item, f.field, f.entry FROM item_fields f LEFT JOIN entries e ON e.key = f.entry WHERE e.key IS NULL")
+            .map_err(|e| cat.err(e))?;
+        for row in stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(|e| cat.err(e))?
+        {
+            let (item, field, entry) = row.map_err(|e| cat.err(e))?;
+            report.problems.push(Problem {
+                path: self.root.join(CATALOG_FILE),
+                entry: Some(entry),
+                message: format!("item {item} field {field} refers to an entry that does not exist"),
+            });
+        }
+        report.items = cat.conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0)).map_err(|e| cat.err(e))? as u64;
+        report.strays = strays(&self.root, &cat)?;
+        Ok(report)
+    }
+
+    /// Verifies the store and forgets every broken shard: its catalog rows and entries go, and
+    /// so does the file. The next `larder prepare` recomputes exactly the lost entries.
+    pub fn repair(&mut self) -> Result<VerifyReport> {
+        let report = self.verify()?;
+        let broken: HashSet<&std::path::Path> =
+            report.problems.iter().filter(|p| p.entry.is_none()).map(|p| p.path.as_path()).collect();
+        {
+            let cat = self.catalog();
+            let err = |e| cat.err(e);
+            let tx = cat.conn.unchecked_transaction().map_err(err)?;
+            for (id, file, _, _) in cat.shards()? {
+                let path = self.root.join(SHARD_DIR).join(&file);
+                if broken.contains(path.as_path()) {
+                    tx.execute("DELETE FROM entries WHERE shard = ?1", [id]).map_err(err)?;
+                    tx.execute("DELETE FROM shards WHERE id = ?1", [id]).map_err(err)?;
+                }
+            }
+            // Entries whose shard row is gone cannot be read either.
+            tx.execute("DELETE FROM entries WHERE shard NOT IN (SELECT id FROM shards)", []).map_err(err)?;
+            tx.commit().map_err(err)?;
+            for path in &broken {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(crate::Error::io(path, e)),
+                }
+            }
+        }
+        *self = Store::open(&self.root)?;
+        Ok(report)
+    }
+
+    /// Removes entries no item references, shard files with no entries left, and stray files.
+    /// Shards that still hold referenced entries are kept whole.
+    pub fn gc(&mut self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        {
+            let cat = self.catalog();
+            let err = |e| cat.err(e);
+            let tx = cat.conn.unchecked_transaction().map_err(err)?;
+            report.entries_removed = tx
+                .execute("DELETE FROM entries WHERE key NOT IN (SELECT entry FROM item_fields)", [])
+                .map_err(err)? as u64;
+            let mut empty = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare("SELECT id, file, bytes FROM shards WHERE id NOT IN (SELECT DISTINCT shard FROM entries)")
+                    .map_err(err)?;
+                for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))).map_err(err)? {
+                    empty.push(row.map_err(err)?);
+                }
+            }
+            for (id, _, _) in &empty {
+                tx.execute("DELETE FROM shards WHERE id = ?1", [id]).map_err(err)?;
+            }
+            // The catalog forgets the shards first, then the files go: a crash in between
+            // leaves stray files, which the next writer or gc removes, never dangling rows.
+            tx.commit().map_err(err)?;
+            for (_, file, bytes) in &empty {
+                let path = self.root.join(SHARD_DIR).join(file);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        report.shards_removed += 1;
+                        report.bytes_freed += *bytes as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(crate::Error::io(&path, e)),
+                }
+            }
+            for path in strays(&self.root, &cat)? {
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(&path).map_err(|e| crate::Error::io(&path, e))?;
+                report.bytes_freed += bytes;
+            }
+        }
+        *self = Store::open(&self.root)?;
+        Ok(report)
+    }
+}
