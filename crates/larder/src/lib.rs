@@ -35,11 +35,11 @@ pub use config::{
     LoaderOptions, Source, divisibility_for_arch,
 };
 pub use error::{Error, Result};
-pub use prepare::{PrepareOptions, PrepareReport, config_digest, prepare};
-pub use store::{FieldData, Store, StoredItem};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
+pub use prepare::{PrepareOptions, PrepareReport, config_digest, prepare};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
 pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
     ScannedImage, scan, scan_with,
 };
+pub use store::{FieldData, Store, StoredItem};

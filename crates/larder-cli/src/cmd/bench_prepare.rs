@@ -49,7 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let data = args.dir.join(format!("jpegs-{}", args.images));
     generate(&data, args.images)?;
     let script = args.dir.join("aitk_prepare.py");
-    std::fs::write(&script, PEER_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    std::fs::write(&script, PEER_SCRIPT)
+        .with_context(|| format!("writing {}", script.display()))?;
     let divisibility = 16;
 
     let mut larder_runs = Vec::new();
@@ -64,7 +65,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let report = larder::prepare(&config, &store, &PrepareOptions::default())?;
         larder_runs.push(start.elapsed().as_secs_f64());
         if report.items != args.images {
-            bail!("larder prepared {} items, expected {}", report.items, args.images);
+            bail!(
+                "larder prepared {} items, expected {}",
+                report.items,
+                args.images
+            );
         }
         let _ = std::fs::remove_dir_all(&store);
 
@@ -78,13 +83,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .arg(divisibility.to_string())
             .arg(args.processes.to_string())
             .output()
-            .with_context(|| format!("running {} (install: pip install pillow numpy safetensors)", args.python))?;
+            .with_context(|| {
+                format!(
+                    "running {} (install: pip install pillow numpy safetensors)",
+                    args.python
+                )
+            })?;
         if !output.status.success() {
-            bail!("the peer failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "the peer failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
-        let v: serde_json::Value = serde_json::from_slice(&output.stdout).context("reading the peer's JSON")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("reading the peer's JSON")?;
         if v["items"].as_u64() != Some(args.images as u64) {
-            bail!("the peer prepared {} items, expected {}", v["items"], args.images);
+            bail!(
+                "the peer prepared {} items, expected {}",
+                v["items"],
+                args.images
+            );
         }
         peer_runs.push(v["seconds"].as_f64().context("the peer printed no time")?);
         let _ = std::fs::remove_dir_all(&out);
@@ -99,10 +117,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rayon::current_num_threads()
     );
     println!("{:<52} {:>10} {:>10}", "contender", "images/s", "seconds");
-    println!("{:<52} {:>10.1} {:>10.2}", "larder prepare (threads, one shard writer)", args.images as f64 / l, l);
     println!(
         "{:<52} {:>10.1} {:>10.2}",
-        format!("AI Toolkit way (PIL, {} processes, file per image)", args.processes),
+        "larder prepare (threads, one shard writer)",
+        args.images as f64 / l,
+        l
+    );
+    println!(
+        "{:<52} {:>10.1} {:>10.2}",
+        format!(
+            "AI Toolkit way (PIL, {} processes, file per image)",
+            args.processes
+        ),
         args.images as f64 / p,
         p
     );
@@ -123,14 +149,32 @@ fn print_codec_table() -> anyhow::Result<()> {
         .map(|i| {
             let (ch, y, x) = (i / (h * w), (i / w) % h, i % w);
             let (fy, fx, fc) = (y as f32 / 9.0, x as f32 / 7.0, ch as f32);
-            (fy + fc).sin() * 1.7 + (fx * 0.8 - fc * 0.3).cos() * 0.9 + ((x * 31 + y * 17 + ch * 7) % 13) as f32 * 0.01
+            (fy + fc).sin() * 1.7
+                + (fx * 0.8 - fc * 0.3).cos() * 0.9
+                + ((x * 31 + y * 17 + ch * 7) % 13) as f32 * 0.01
         })
         .collect();
     let shape = [c, h, w];
     let max_abs = latent.iter().fold(0f32, |m, v| m.max(v.abs()));
-    println!("latent-shaped field {c}x{h}x{w} f32 ({} bytes raw), values within ±{max_abs:.2}", latent.len() * 4);
-    println!("{:<14} {:>12} {:>8} {:>12} {:>12}", "codec", "bytes/item", "vs f32", "max |error|", "rms error");
-    for name in ["f32", "f16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int8+zstd", "bf16+zstd", "fp8_e4m3+lz4"] {
+    println!(
+        "latent-shaped field {c}x{h}x{w} f32 ({} bytes raw), values within ±{max_abs:.2}",
+        latent.len() * 4
+    );
+    println!(
+        "{:<14} {:>12} {:>8} {:>12} {:>12}",
+        "codec", "bytes/item", "vs f32", "max |error|", "rms error"
+    );
+    for name in [
+        "f32",
+        "f16",
+        "bf16",
+        "fp8_e4m3",
+        "fp8_e5m2",
+        "int8",
+        "int8+zstd",
+        "bf16+zstd",
+        "fp8_e4m3+lz4",
+    ] {
         let codec = Codec::parse(name)?;
         let enc = codec::encode(codec, Values::F32(&latent), &shape)?;
         let elements = codec::decompress(codec, &enc.bytes, enc.raw_len)?;
@@ -161,17 +205,29 @@ fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("generating {n} JPEGs of 1-3 MP in {} (once)...", dir.display());
-    (0..n).into_par_iter().try_for_each(|i| -> anyhow::Result<()> {
-        let mp = 1.0 + (i % 21) as f64 / 10.0;
-        let aspect = [1.0, 1.5, 0.667, 1.333, 0.75, 1.777][i % 6];
-        let w = (mp * 1e6 * aspect).sqrt() as u32;
-        let h = (mp * 1e6 / aspect).sqrt() as u32;
-        let jpeg = larder::synth::encode(&larder::synth::render(w, h, i as u64), larder::ImageFormat::Jpeg)?;
-        let bytes = if i % 10 == 7 { larder::synth::with_jpeg_orientation(&jpeg, 6) } else { jpeg };
-        std::fs::write(dir.join(format!("photo_{i:05}.jpg")), bytes)?;
-        Ok(())
-    })?;
+    eprintln!(
+        "generating {n} JPEGs of 1-3 MP in {} (once)...",
+        dir.display()
+    );
+    (0..n)
+        .into_par_iter()
+        .try_for_each(|i| -> anyhow::Result<()> {
+            let mp = 1.0 + (i % 21) as f64 / 10.0;
+            let aspect = [1.0, 1.5, 0.667, 1.333, 0.75, 1.777][i % 6];
+            let w = (mp * 1e6 * aspect).sqrt() as u32;
+            let h = (mp * 1e6 / aspect).sqrt() as u32;
+            let jpeg = larder::synth::encode(
+                &larder::synth::render(w, h, i as u64),
+                larder::ImageFormat::Jpeg,
+            )?;
+            let bytes = if i % 10 == 7 {
+                larder::synth::with_jpeg_orientation(&jpeg, 6)
+            } else {
+                jpeg
+            };
+            std::fs::write(dir.join(format!("photo_{i:05}.jpg")), bytes)?;
+            Ok(())
+        })?;
     std::fs::write(&marker, n.to_string())?;
     Ok(())
 }

@@ -19,7 +19,7 @@ pub struct PrepareArgs {
     /// Target shard size, e.g. 256MiB, 64KiB, 1GB.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     shard_size: u64,
-    /// Codec of image fields (pixels, masks, controls): u8, u8+zstd, u8+zstd:<level>, u8+lz4.
+    /// Codec of image fields (pixels, masks, controls): u8, u8+zstd, u8+zstd:LEVEL, u8+lz4.
     #[arg(long, default_value = "u8", value_parser = parse_codec)]
     image_codec: Codec,
     /// Print the report as JSON.
@@ -56,7 +56,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1000,
@@ -65,9 +67,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "mib" | "m" => 1 << 20,
         "gb" => 1_000_000_000,
         "gib" | "g" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
-    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
@@ -80,7 +88,8 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         image_codec: args.image_codec,
         progress: !args.json,
     };
-    let report = larder::prepare(&config, &args.out, &options).with_context(|| format!("preparing {}", args.out.display()))?;
+    let report = larder::prepare(&config, &args.out, &options)
+        .with_context(|| format!("preparing {}", args.out.display()))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -101,7 +110,11 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         report.seconds
     )?;
     if !report.findings.is_empty() {
-        writeln!(out, "findings ({}; `larder inspect` lists them):", report.findings.len())?;
+        writeln!(
+            out,
+            "findings ({}; `larder inspect` lists them):",
+            report.findings.len()
+        )?;
         for f in report.findings.iter().take(10) {
             writeln!(out, "  {:?}: {}: {}", f.kind, f.path.display(), f.detail)?;
         }
@@ -125,9 +138,20 @@ pub fn inspect(args: StoreArgs) -> anyhow::Result<ExitCode> {
         i.config_source.as_deref().unwrap_or("?"),
         i.config_digest.as_deref().unwrap_or("?")
     )?;
-    writeln!(out, "{} items in {} buckets; {} shards, {:.1} MiB", i.items, i.buckets.len(), i.shards, i.shard_bytes as f64 / (1 << 20) as f64)?;
+    writeln!(
+        out,
+        "{} items in {} buckets; {} shards, {:.1} MiB",
+        i.items,
+        i.buckets.len(),
+        i.shards,
+        i.shard_bytes as f64 / (1 << 20) as f64
+    )?;
     writeln!(out)?;
-    writeln!(out, "{:<10} {:>8} {:<8} {:<14} {:>12} {:>12} {:>7}", "field", "entries", "dtype", "codec", "stored", "raw", "ratio")?;
+    writeln!(
+        out,
+        "{:<10} {:>8} {:<8} {:<14} {:>12} {:>12} {:>7}",
+        "field", "entries", "dtype", "codec", "stored", "raw", "ratio"
+    )?;
     for (name, f) in &i.fields {
         writeln!(
             out,
@@ -163,7 +187,11 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let repair = args.repair;
     let args = args.store;
     let mut store = Store::open(&args.store)?;
-    let report = if repair { store.repair()? } else { store.verify()? };
+    let report = if repair {
+        store.repair()?
+    } else {
+        store.verify()?
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -176,7 +204,11 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
         for s in &report.strays {
-            writeln!(out, "stray file (not in the catalog; `larder gc` removes it): {}", s.display())?;
+            writeln!(
+                out,
+                "stray file (not in the catalog; `larder gc` removes it): {}",
+                s.display()
+            )?;
         }
         writeln!(
             out,
@@ -189,13 +221,23 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         )?;
         if !report.problems.is_empty() {
             if repair {
-                writeln!(out, "broken shards forgotten; run `larder prepare` with the same config to rebuild them")?;
+                writeln!(
+                    out,
+                    "broken shards forgotten; run `larder prepare` with the same config to rebuild them"
+                )?;
             } else {
-                writeln!(out, "run `larder verify --repair`, then `larder prepare`, to rebuild what is broken")?;
+                writeln!(
+                    out,
+                    "run `larder verify --repair`, then `larder prepare`, to rebuild what is broken"
+                )?;
             }
         }
     }
-    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn gc(args: StoreArgs) -> anyhow::Result<ExitCode> {

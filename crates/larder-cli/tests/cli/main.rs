@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn larder(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_larder")).args(args).output().expect("run larder")
+    Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .output()
+        .expect("run larder")
 }
 
 pub fn sample_config() -> PathBuf {

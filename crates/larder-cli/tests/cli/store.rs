@@ -16,11 +16,17 @@ fn dataset(root: &Path, n: usize) -> PathBuf {
     for i in 0..n {
         let (w, h) = [(96, 64), (64, 96), (80, 80), (120, 60)][i % 4];
         let ext = ["jpg", "png", "webp"][i % 3];
-        larder::synth::write_image(&imgs.join(format!("img{i:03}.{ext}")), w, h, i as u64).expect("image");
-        std::fs::write(imgs.join(format!("img{i:03}.txt")), format!("caption {i}")).expect("caption");
+        larder::synth::write_image(&imgs.join(format!("img{i:03}.{ext}")), w, h, i as u64)
+            .expect("image");
+        std::fs::write(imgs.join(format!("img{i:03}.txt")), format!("caption {i}"))
+            .expect("caption");
     }
     let config = root.join("c.yaml");
-    std::fs::write(&config, "datasets:\n  - folder_path: imgs\n    resolution: 64\n    flip_x: true\n").expect("config");
+    std::fs::write(
+        &config,
+        "datasets:\n  - folder_path: imgs\n    resolution: 64\n    flip_x: true\n",
+    )
+    .expect("config");
     config
 }
 
@@ -41,12 +47,23 @@ fn committed_entries(store: &Path) -> usize {
     if !path.exists() {
         return 0;
     }
-    let db = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open catalog");
-    db.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0)).expect("count") as usize
+    // Read-write, as the next prepare opens it: a process killed inside a transaction leaves a
+    // hot journal that only a writer may roll back. A process killed while creating the
+    // catalog may leave it without tables: nothing is committed then.
+    let db = rusqlite::Connection::open(&path).expect("open catalog");
+    match db.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0)) {
+        Ok(n) => n as usize,
+        Err(e) if e.to_string().contains("no such table") => 0,
+        Err(e) => panic!("counting entries: {e}"),
+    }
 }
 
 fn report(out: &std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "prepare failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "prepare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("prepare --json prints one document")
 }
 
@@ -55,17 +72,35 @@ fn prepare_inspect_verify_on_the_sample_dataset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
     let out = larder(&["prepare", s(&sample_config()), "--out", s(&store)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("36 items") && text.contains("computed"), "{text}");
+    assert!(
+        text.contains("36 items") && text.contains("computed"),
+        "{text}"
+    );
     let out = larder(&["inspect", s(&store)]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for expected in ["36 items", "pixels", "mask", "control", "truncated: 1", "broken_cut.jpg"] {
+    for expected in [
+        "36 items",
+        "pixels",
+        "mask",
+        "control",
+        "truncated: 1",
+        "broken_cut.jpg",
+    ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
     let out = larder(&["verify", s(&store)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -73,30 +108,59 @@ fn kill_9_at_any_point_then_prepare_again_completes_without_redoing_work() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dataset(dir.path(), 48);
     let reference = dir.path().join("reference");
-    let full = report(&larder(&["prepare", s(&config), "--out", s(&reference), "--shard-size", "8KiB", "--json"]));
+    let full = report(&larder(&[
+        "prepare",
+        s(&config),
+        "--out",
+        s(&reference),
+        "--shard-size",
+        "8KiB",
+        "--json",
+    ]));
     let total = full["entries"].as_u64().expect("entries") as usize;
-    assert!(full["shards_written"].as_u64().expect("shards") > 20, "{full}");
+    assert!(
+        full["shards_written"].as_u64().expect("shards") > 20,
+        "{full}"
+    );
 
     let store = dir.path().join("store");
     // Kill after the first shard, after about a third, after about two thirds, and then at a
     // few moments in time regardless of progress.
     let shard_targets = [1usize, total / 3, total * 2 / 3];
     let mut committed_before = 0;
-    for (round, target) in shard_targets.iter().map(|t| Some(*t)).chain([None, None]).enumerate() {
+    for (round, target) in shard_targets
+        .iter()
+        .map(|t| Some(*t))
+        .chain([None, None])
+        .enumerate()
+    {
         let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args(["prepare", s(&config), "--out", s(&store), "--shard-size", "8KiB", "--json"])
+            .args([
+                "prepare",
+                s(&config),
+                "--out",
+                s(&store),
+                "--shard-size",
+                "8KiB",
+                "--json",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
         let started = Instant::now();
         loop {
-            let shards = std::fs::read_dir(store.join("shards")).map(|d| d.count()).unwrap_or(0);
+            let shards = std::fs::read_dir(store.join("shards"))
+                .map(|d| d.count())
+                .unwrap_or(0);
             let reached = match target {
                 Some(t) => shards >= t.max(1),
                 None => started.elapsed() > Duration::from_millis(40 * round as u64),
             };
-            if reached || child.try_wait().expect("poll").is_some() || started.elapsed() > Duration::from_secs(60) {
+            if reached
+                || child.try_wait().expect("poll").is_some()
+                || started.elapsed() > Duration::from_secs(60)
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -104,28 +168,58 @@ fn kill_9_at_any_point_then_prepare_again_completes_without_redoing_work() {
         child.kill().ok();
         child.wait().expect("reap");
         let committed = committed_entries(&store);
-        assert!(committed >= committed_before, "round {round}: committed entries went from {committed_before} to {committed}");
+        assert!(
+            committed >= committed_before,
+            "round {round}: committed entries went from {committed_before} to {committed}"
+        );
         committed_before = committed;
     }
 
-    let resumed = report(&larder(&["prepare", s(&config), "--out", s(&store), "--shard-size", "8KiB", "--json"]));
+    let resumed = report(&larder(&[
+        "prepare",
+        s(&config),
+        "--out",
+        s(&store),
+        "--shard-size",
+        "8KiB",
+        "--json",
+    ]));
     let reused = resumed["entries_reused"].as_u64().expect("reused") as usize;
     let computed = resumed["entries_computed"].as_u64().expect("computed") as usize;
     assert_eq!(reused + computed, total);
     // Nothing committed before the last kill is done again.
     assert_eq!(reused, committed_before, "{resumed}");
     let verify = larder(&["verify", s(&store)]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
-    assert_eq!(contents(&store), contents(&reference).into_iter().map(|(k, v)| (k.replace(s(&reference), s(&store)), v)).collect());
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert_eq!(
+        contents(&store),
+        contents(&reference)
+            .into_iter()
+            .map(|(k, v)| (k.replace(s(&reference), s(&store)), v))
+            .collect()
+    );
 }
 
 /// Runs `larder` as an unprivileged user when the tests run as root (root ignores file
 /// permissions, which is the point of the test).
 fn larder_unprivileged(args: &[&str]) -> std::process::Output {
-    let root = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
     let mut cmd = if root {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_larder")]);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_larder"),
+        ]);
         c
     } else {
         Command::new(env!("CARGO_BIN_EXE_larder"))
@@ -136,7 +230,11 @@ fn larder_unprivileged(args: &[&str]) -> std::process::Output {
 fn chmod_tree(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     for entry in walk(path) {
-        let m = if entry.is_dir() { mode | 0o111 } else { mode & 0o666 };
+        let m = if entry.is_dir() {
+            mode | 0o111
+        } else {
+            mode & 0o666
+        };
         std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(m)).expect("chmod");
     }
 }
@@ -156,15 +254,28 @@ fn a_read_only_store_gives_a_clear_error_and_stays_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dataset(dir.path(), 6);
     let store = dir.path().join("store");
-    report(&larder(&["prepare", s(&config), "--out", s(&store), "--json"]));
+    report(&larder(&[
+        "prepare",
+        s(&config),
+        "--out",
+        s(&store),
+        "--json",
+    ]));
     let before = contents(&store);
     chmod_tree(dir.path(), 0o555);
-    std::fs::write(&config, "datasets:\n  - folder_path: imgs\n    resolution: 96\n").ok();
+    std::fs::write(
+        &config,
+        "datasets:\n  - folder_path: imgs\n    resolution: 96\n",
+    )
+    .ok();
     let out = larder_unprivileged(&["prepare", s(&config), "--out", s(&store)]);
     chmod_tree(dir.path(), 0o755);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(s(&store)) && (err.contains("ermission denied") || err.contains("ead-only")), "{err}");
+    assert!(
+        err.contains(s(&store)) && (err.contains("ermission denied") || err.contains("ead-only")),
+        "{err}"
+    );
     assert_eq!(contents(&store), before);
     assert!(larder(&["verify", s(&store)]).status.success());
 }
@@ -176,20 +287,46 @@ fn a_write_that_fails_midway_leaves_the_previous_store_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dataset(dir.path(), 8);
     let store = dir.path().join("store");
-    report(&larder(&["prepare", s(&config), "--out", s(&store), "--json"]));
+    report(&larder(&[
+        "prepare",
+        s(&config),
+        "--out",
+        s(&store),
+        "--json",
+    ]));
     let before = contents(&store);
-    std::fs::write(&config, "datasets:\n  - folder_path: imgs\n    resolution: 128\n").expect("config");
+    std::fs::write(
+        &config,
+        "datasets:\n  - folder_path: imgs\n    resolution: 128\n",
+    )
+    .expect("config");
     let script = format!(
         "trap '' XFSZ; exec prlimit --fsize=20000 {} prepare {} --out {}",
         env!("CARGO_BIN_EXE_larder"),
         s(&config),
         s(&store)
     );
-    let out = Command::new("sh").arg("-c").arg(script).output().expect("sh");
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("too large") || err.contains("No space"), "{err}");
-    assert_eq!(contents(&store), before, "the item list is replaced only by a complete prepare");
+    assert!(
+        err.contains("too large") || err.contains("No space"),
+        "{err}"
+    );
+    assert_eq!(
+        contents(&store),
+        before,
+        "the item list is replaced only by a complete prepare"
+    );
     assert!(larder(&["verify", s(&store)]).status.success());
 }
 
@@ -198,8 +335,19 @@ fn verify_exits_non_zero_and_names_a_corrupted_shard() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dataset(dir.path(), 4);
     let store = dir.path().join("store");
-    report(&larder(&["prepare", s(&config), "--out", s(&store), "--json"]));
-    let shard = std::fs::read_dir(store.join("shards")).expect("shards").flatten().next().expect("shard").path();
+    report(&larder(&[
+        "prepare",
+        s(&config),
+        "--out",
+        s(&store),
+        "--json",
+    ]));
+    let shard = std::fs::read_dir(store.join("shards"))
+        .expect("shards")
+        .flatten()
+        .next()
+        .expect("shard")
+        .path();
     let mut bytes = std::fs::read(&shard).expect("read");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
@@ -207,6 +355,10 @@ fn verify_exits_non_zero_and_names_a_corrupted_shard() {
     let out = larder(&["verify", s(&store)]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(shard.file_name().and_then(|n| n.to_str()).expect("name")) && text.contains("checksum"), "{text}");
+    assert!(
+        text.contains(shard.file_name().and_then(|n| n.to_str()).expect("name"))
+            && text.contains("checksum"),
+        "{text}"
+    );
     assert!(text.contains("--repair"), "{text}");
 }

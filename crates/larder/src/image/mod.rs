@@ -16,7 +16,8 @@ use crate::{Error, Result};
 /// Identity of the pixel pipeline, part of every cache key: a change here must invalidate
 /// stored tensors. fast_image_resize's Catmull-Rom filter is the cubic (a = -0.5) that Pillow's
 /// `Image.BICUBIC`, which AI Toolkit uses, implements.
-pub const PIPELINE: &str = "decode=image-0.25+exif;resize=fast_image_resize-6/catmull-rom;layout=chw-u8;v1";
+pub const PIPELINE: &str =
+    "decode=image-0.25+exif;resize=fast_image_resize-6/catmull-rom;layout=chw-u8;v1";
 
 /// Channel layouts of the stored images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +98,10 @@ pub(crate) fn decode(path: &Path, convert: Convert) -> Result<Decoded> {
                     let a = u32::from(px[3]);
                     for c in 0..3 {
                         // Rounded integer blend: (fg·a + bg·(255 − a)) / 255.
-                        out.push(((u32::from(px[c]) * a + u32::from(bg[c]) * (255 - a) + 127) / 255) as u8);
+                        out.push(
+                            ((u32::from(px[c]) * a + u32::from(bg[c]) * (255 - a) + 127) / 255)
+                                as u8,
+                        );
                     }
                 }
                 (Channels::Rgb, out)
@@ -110,7 +114,13 @@ pub(crate) fn decode(path: &Path, convert: Convert) -> Result<Decoded> {
             // Pillow's exact integer formula: (R·19595 + G·38470 + B·7471 + 0x8000) >> 16.
             let data = rgb
                 .pixels()
-                .map(|p| ((u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471 + 0x8000) >> 16) as u8)
+                .map(|p| {
+                    ((u32::from(p[0]) * 19595
+                        + u32::from(p[1]) * 38470
+                        + u32::from(p[2]) * 7471
+                        + 0x8000)
+                        >> 16) as u8
+                })
                 .collect();
             (Channels::L, data)
         }
@@ -143,10 +153,11 @@ pub(crate) fn place(mut img: Decoded, placement: &Placement, flip: Flip) -> Resu
         img.data
     } else {
         let pixel_type = img.channels.pixel_type();
-        let src = fr::images::Image::from_vec_u8(img.width, img.height, img.data, pixel_type).map_err(|e| Error::InvalidArgument {
-            name: "image",
-            message: e.to_string(),
-        })?;
+        let src = fr::images::Image::from_vec_u8(img.width, img.height, img.data, pixel_type)
+            .map_err(|e| Error::InvalidArgument {
+                name: "image",
+                message: e.to_string(),
+            })?;
         let mut dst = fr::images::Image::new(sw, sh, pixel_type);
         // Alpha is resized as its own channel, as Pillow does for RGBA without premultiplying.
         let options = fr::ResizeOptions::new()
@@ -160,7 +171,10 @@ pub(crate) fn place(mut img: Decoded, placement: &Placement, flip: Flip) -> Resu
             })?;
         dst.into_vec()
     };
-    let (bw, bh) = (placement.bucket.width as usize, placement.bucket.height as usize);
+    let (bw, bh) = (
+        placement.bucket.width as usize,
+        placement.bucket.height as usize,
+    );
     let (cx, cy) = (placement.crop_x as usize, placement.crop_y as usize);
     if cx + bw > sw as usize || cy + bh > sh as usize {
         return Err(Error::InvalidArgument {
@@ -168,16 +182,18 @@ pub(crate) fn place(mut img: Decoded, placement: &Placement, flip: Flip) -> Resu
             message: format!("crop {bw}x{bh} at ({cx}, {cy}) does not fit in {sw}x{sh}"),
         });
     }
-    // Crop and transpose to channels-first in one pass.
-    let mut out = vec![0u8; c * bw * bh];
+    // Crop and transpose to channels-first: one pass over each source row per channel, with
+    // fixed-size pixel chunks so the compiler can vectorise the gather.
     let row_stride = sw as usize * c;
+    let mut out = Vec::with_capacity(c * bw * bh);
     for ch in 0..c {
-        let plane = &mut out[ch * bw * bh..(ch + 1) * bw * bh];
         for y in 0..bh {
-            let src_row = &resized[(cy + y) * row_stride + cx * c..][..bw * c];
-            let dst_row = &mut plane[y * bw..(y + 1) * bw];
-            for (x, d) in dst_row.iter_mut().enumerate() {
-                *d = src_row[x * c + ch];
+            let row = &resized[(cy + y) * row_stride + cx * c..][..bw * c];
+            match c {
+                1 => out.extend_from_slice(row),
+                3 => out.extend(row.chunks_exact(3).map(|px| px[ch])),
+                4 => out.extend(row.chunks_exact(4).map(|px| px[ch])),
+                _ => out.extend(row.iter().skip(ch).step_by(c)),
             }
         }
     }
@@ -185,7 +201,11 @@ pub(crate) fn place(mut img: Decoded, placement: &Placement, flip: Flip) -> Resu
 }
 
 fn flip_in_place(img: &mut Decoded, flip: Flip) {
-    let (w, h, c) = (img.width as usize, img.height as usize, img.channels.count());
+    let (w, h, c) = (
+        img.width as usize,
+        img.height as usize,
+        img.channels.count(),
+    );
     if matches!(flip, Flip::X | Flip::XY) {
         for row in img.data.chunks_exact_mut(w * c) {
             for x in 0..w / 2 {
@@ -229,7 +249,9 @@ mod tests {
 
     fn decoded(w: u32, h: u32, c: Channels) -> Decoded {
         let n = c.count();
-        let data = (0..w * h).flat_map(|i| (0..n).map(move |k| (i as usize * n + k) as u8)).collect();
+        let data = (0..w * h)
+            .flat_map(|i| (0..n).map(move |k| (i as usize * n + k) as u8))
+            .collect();
         Decoded {
             width: w,
             height: h,
@@ -240,7 +262,10 @@ mod tests {
 
     fn identity(w: u32, h: u32) -> Placement {
         Placement {
-            bucket: Bucket { width: w, height: h },
+            bucket: Bucket {
+                width: w,
+                height: h,
+            },
             scale_to_width: w,
             scale_to_height: h,
             crop_x: 0,
@@ -259,16 +284,28 @@ mod tests {
     #[test]
     fn flips_mirror_rows_and_columns() {
         let img = decoded(3, 2, Channels::L);
-        assert_eq!(place(img.clone(), &identity(3, 2), Flip::X).expect("x"), vec![2, 1, 0, 5, 4, 3]);
-        assert_eq!(place(img.clone(), &identity(3, 2), Flip::Y).expect("y"), vec![3, 4, 5, 0, 1, 2]);
-        assert_eq!(place(img, &identity(3, 2), Flip::XY).expect("xy"), vec![5, 4, 3, 2, 1, 0]);
+        assert_eq!(
+            place(img.clone(), &identity(3, 2), Flip::X).expect("x"),
+            vec![2, 1, 0, 5, 4, 3]
+        );
+        assert_eq!(
+            place(img.clone(), &identity(3, 2), Flip::Y).expect("y"),
+            vec![3, 4, 5, 0, 1, 2]
+        );
+        assert_eq!(
+            place(img, &identity(3, 2), Flip::XY).expect("xy"),
+            vec![5, 4, 3, 2, 1, 0]
+        );
     }
 
     #[test]
     fn crop_takes_the_planned_window() {
         let img = decoded(4, 3, Channels::L);
         let p = Placement {
-            bucket: Bucket { width: 2, height: 2 },
+            bucket: Bucket {
+                width: 2,
+                height: 2,
+            },
             scale_to_width: 4,
             scale_to_height: 3,
             crop_x: 1,
@@ -286,7 +323,10 @@ mod tests {
             data: [10u8, 200, 90].repeat(40 * 30),
         };
         let p = Placement {
-            bucket: Bucket { width: 16, height: 16 },
+            bucket: Bucket {
+                width: 16,
+                height: 16,
+            },
             scale_to_width: 21,
             scale_to_height: 16,
             crop_x: 2,

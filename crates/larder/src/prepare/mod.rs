@@ -73,14 +73,20 @@ pub struct PrepareReport {
     pub seconds: f64,
 }
 
-/// One field of one item to store: where its pixels come from and how they are converted.
+/// One field of an item: where its pixels come from and how they are converted.
 #[derive(Debug, Clone)]
-struct FieldJob {
+struct FieldSource {
     field: String,
     source: PathBuf,
     convert: Convert,
     /// Mask mapping: (invert, min_value).
     mask: Option<(bool, f64)>,
+}
+
+/// A field to store, with its entry key.
+#[derive(Debug, Clone)]
+struct FieldJob {
+    what: FieldSource,
     key: String,
 }
 
@@ -95,22 +101,33 @@ struct ItemPlan<'a> {
 }
 
 /// The fields a dataset asks for, with their sources, for one image.
-fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<(String, PathBuf, Convert, Option<(bool, f64)>)> {
-    let mut out = vec![("pixels".to_owned(), img.path.clone(), Convert::Rgb, None)];
+fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
+    let field = |field: String, source: &PathBuf, convert, mask| FieldSource {
+        field,
+        source: source.clone(),
+        convert,
+        mask,
+    };
+    let mut out = vec![field("pixels".into(), &img.path, Convert::Rgb, None)];
     let mask_map = Some((cfg.invert_mask, cfg.mask_min_value));
     // alpha_mask takes priority over mask_path, as in AI Toolkit.
     if cfg.alpha_mask {
-        out.push(("mask".into(), img.path.clone(), Convert::Alpha, mask_map));
+        out.push(field("mask".into(), &img.path, Convert::Alpha, mask_map));
     } else if let Some(m) = &img.mask {
-        out.push(("mask".into(), m.clone(), Convert::Luma, mask_map));
+        out.push(field("mask".into(), m, Convert::Luma, mask_map));
     }
     for (n, c) in img.controls.iter().enumerate() {
         if let Some(c) = c {
-            out.push((format!("control.{n}"), c.clone(), Convert::RgbOver(cfg.control_transparent_color), None));
+            out.push(field(
+                format!("control.{n}"),
+                c,
+                Convert::RgbOver(cfg.control_transparent_color),
+                None,
+            ));
         }
     }
     if let Some(p) = &img.inpaint {
-        out.push(("inpaint".into(), p.clone(), Convert::Rgba, None));
+        out.push(field("inpaint".into(), p, Convert::Rgba, None));
     }
     out
 }
@@ -131,8 +148,16 @@ fn convert_params(convert: Convert, mask: Option<(bool, f64)>) -> String {
 
 /// A computed entry on its way to the writer, or the reason it failed.
 enum Produced {
-    Entry { key: String, tensor: PendingTensor, meta: Option<String>, encoded: EncodedInfo },
-    Failed { key: String, finding: Finding },
+    Entry {
+        key: String,
+        tensor: PendingTensor,
+        meta: Option<String>,
+        encoded: EncodedInfo,
+    },
+    Failed {
+        key: String,
+        finding: Finding,
+    },
 }
 
 /// An entry in the shard being built, waiting for the shard's commit.
@@ -158,10 +183,18 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
     if options.image_codec.repr != codec::Repr::U8 {
         return Err(Error::InvalidArgument {
             name: "image_codec",
-            message: format!("image fields are u8; {} is not a u8 codec (use u8, u8+zstd or u8+lz4)", options.image_codec.name()),
+            message: format!(
+                "image fields are u8; {} is not a u8 codec (use u8, u8+zstd or u8+lz4)",
+                options.image_codec.name()
+            ),
         });
     }
-    let scan = crate::scan::scan_with(config, &ScanOptions { progress: options.progress })?;
+    let scan = crate::scan::scan_with(
+        config,
+        &ScanOptions {
+            progress: options.progress,
+        },
+    )?;
     let plan = Plan::new(config, &scan)?;
     let mut report = PrepareReport::default();
     report.findings.extend(scan.findings.iter().cloned());
@@ -173,17 +206,22 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
     let mut all_sources: Vec<PathBuf> = Vec::new();
     for item in &plan.items {
         let img = &scan.datasets[item.dataset].images[item.image];
-        for (_, p, _, _) in field_sources(&config.datasets[item.dataset], img) {
-            all_sources.push(p);
+        for f in field_sources(&config.datasets[item.dataset], img) {
+            all_sources.push(f.source);
         }
     }
     all_sources.sort();
     all_sources.dedup();
-    let (hashes, failures, hashed) = sources::hash_sources(&catalog, &all_sources)?;
-    report.sources_hashed = hashed;
-    let unreadable: HashSet<&Path> = failures.iter().map(|(p, _)| p.as_path()).collect();
-    for (p, e) in &failures {
-        report.findings.push(Finding::new(0, FindingKind::Unreadable, p, format!("cannot read while hashing: {e}")));
+    let hashes = sources::hash_sources(&catalog, &all_sources)?;
+    report.sources_hashed = hashes.hashed;
+    let unreadable: HashSet<&Path> = hashes.failures.iter().map(|(p, _)| p.as_path()).collect();
+    for (p, e) in &hashes.failures {
+        report.findings.push(Finding::new(
+            0,
+            FindingKind::Unreadable,
+            p,
+            format!("cannot read while hashing: {e}"),
+        ));
     }
 
     let codec_name = options.image_codec.name();
@@ -192,21 +230,36 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
         let cfg = &config.datasets[planned.dataset];
         let img = &scan.datasets[planned.dataset].images[planned.image];
         let sources = field_sources(cfg, img);
-        if sources.iter().any(|(_, p, _, _)| unreadable.contains(p.as_path())) {
+        if sources
+            .iter()
+            .any(|f| unreadable.contains(f.source.as_path()))
+        {
             continue;
         }
-        let Some(content_hash) = hashes.get(&img.path).cloned() else { continue };
+        let Some(content_hash) = hashes.hashes.get(&img.path).cloned() else {
+            continue;
+        };
         let ikey = item_key(&content_hash, &planned.placement, planned.flip);
         let fields = sources
             .into_iter()
-            .map(|(field, source, convert, mask)| {
-                let params = convert_params(convert, mask);
-                let src_hash = hashes.get(&source).map(String::as_str).unwrap_or_default();
-                let key = entry_key(&ikey, &field, src_hash, &params, &codec_name, PIPELINE);
-                FieldJob { field, source, convert, mask, key }
+            .map(|what| {
+                let params = convert_params(what.convert, what.mask);
+                let src_hash = hashes
+                    .hashes
+                    .get(&what.source)
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                let key = entry_key(&ikey, &what.field, src_hash, &params, &codec_name, PIPELINE);
+                FieldJob { what, key }
             })
             .collect();
-        items.push(ItemPlan { planned: *planned, image: img, content_hash, item_key: ikey, fields });
+        items.push(ItemPlan {
+            planned: *planned,
+            image: img,
+            content_hash,
+            item_key: ikey,
+            fields,
+        });
     }
 
     // The entries to compute: referenced, not stored, each once; grouped by bucket so that a
@@ -223,26 +276,27 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
     }
     report.entries = seen.len();
     report.entries_reused = seen.len() - todo.len();
-    todo.sort_by_key(|(item, f)| (item.planned.placement.bucket, item.image.path.as_path(), f.field.as_str()));
+    todo.sort_by_key(|(item, f)| {
+        (
+            item.planned.placement.bucket,
+            item.image.path.as_path(),
+            f.what.field.as_str(),
+        )
+    });
 
-    let (catalog, written, failed) = run_pipeline(catalog, out, options, &todo, &mut report)?;
-    report.entries_computed = written;
+    let (catalog, written) = run_pipeline(catalog, out, options, &todo)?;
+    report.entries_computed = written.entries;
+    report.shards_written = written.shards;
+    report.bytes_written = written.bytes;
 
     // Items whose entries failed are left out, with the finding recorded.
-    let failed_keys: HashSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
-    let mut failed_images: HashSet<&Path> = HashSet::new();
-    for (_, finding) in &failed {
-        report.findings.push(finding.clone());
-    }
+    let failed_keys: HashSet<String> = written.failed.iter().map(|(k, _)| k.clone()).collect();
+    report
+        .findings
+        .extend(written.failed.into_iter().map(|(_, finding)| finding));
     let kept: Vec<&ItemPlan<'_>> = items
         .iter()
-        .filter(|item| {
-            let ok = item.fields.iter().all(|f| !failed_keys.contains(f.key.as_str()));
-            if !ok {
-                failed_images.insert(&item.image.path);
-            }
-            ok
-        })
+        .filter(|item| item.fields.iter().all(|f| !failed_keys.contains(&f.key)))
         .collect();
     report.items = kept.len();
     commit_items(&catalog, config, &kept, &report.findings, options)?;
@@ -274,7 +328,8 @@ fn open_for_writing(out: &Path) -> Result<(File, Catalog)> {
         Err(std::fs::TryLockError::WouldBlock) => {
             return Err(Error::Store {
                 path: out.to_path_buf(),
-                message: "another `larder prepare` is writing this store; wait for it to finish".into(),
+                message: "another `larder prepare` is writing this store; wait for it to finish"
+                    .into(),
             });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
@@ -284,149 +339,179 @@ fn open_for_writing(out: &Path) -> Result<(File, Catalog)> {
     Ok((lock, catalog))
 }
 
-/// Computes `todo` on all cores and writes it; returns (entries written, failed entries).
-#[allow(clippy::type_complexity)]
+/// What the writer did.
+#[derive(Default)]
+struct Written {
+    entries: usize,
+    shards: usize,
+    bytes: u64,
+    /// Entries that failed to compute, with the finding that says why.
+    failed: Vec<(String, Finding)>,
+}
+
+/// Packs computed entries into shards and commits each shard with its entries.
+struct ShardWriter<'a> {
+    catalog: Catalog,
+    tmp: &'a Path,
+    shard_dir: &'a Path,
+    target_bytes: u64,
+    builder: ShardBuilder,
+    pending: Vec<Pending>,
+    names: HashSet<String>,
+    done: Written,
+}
+
+impl ShardWriter<'_> {
+    fn add(&mut self, produced: Produced) -> Result<()> {
+        let (key, tensor, meta, info) = match produced {
+            Produced::Failed { key, finding } => {
+                self.done.failed.push((key, finding));
+                return Ok(());
+            }
+            Produced::Entry {
+                key,
+                tensor,
+                meta,
+                encoded,
+            } => (key, tensor, meta, encoded),
+        };
+        // Two datasets may cut one image alike with different field parameters; a shard
+        // cannot hold two tensors of one name, so the second starts a new shard.
+        if self.names.contains(&tensor.name) {
+            self.flush()?;
+        }
+        self.names.insert(tensor.name.clone());
+        self.pending.push(Pending {
+            key,
+            tensor: tensor.name.clone(),
+            info,
+        });
+        self.builder.push(tensor, meta);
+        if self.builder.data_bytes() as u64 >= self.target_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the shard being built and commits it with its entries in one transaction.
+    fn flush(&mut self) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let shard = std::mem::take(&mut self.builder).write(self.tmp, self.shard_dir)?;
+        let catalog = &self.catalog;
+        let err = |e| catalog.err(e);
+        let tx = catalog.conn.unchecked_transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO shards(file, bytes, blake3) VALUES (?1, ?2, ?3) ON CONFLICT(file) DO NOTHING",
+            params![shard.file, shard.bytes as i64, shard.blake3],
+        )
+        .map_err(err)?;
+        let shard_id: i64 = tx
+            .query_row(
+                "SELECT id FROM shards WHERE file = ?1",
+                [&shard.file],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        let places: HashMap<&str, _> = shard.tensors.iter().map(|p| (p.name.as_str(), p)).collect();
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO entries(key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(err)?;
+            for Pending { key, tensor, info } in &self.pending {
+                let place = places.get(tensor.as_str()).ok_or_else(|| Error::Store {
+                    path: self.shard_dir.join(&shard.file),
+                    message: format!("tensor {tensor} missing from the shard just written"),
+                })?;
+                insert
+                    .execute(params![
+                        key,
+                        shard_id,
+                        place.name,
+                        place.offset as i64,
+                        place.length as i64,
+                        info.dtype,
+                        serde_json::json!(info.shape).to_string(),
+                        info.codec,
+                        info.raw_len as i64,
+                        serde_json::json!(info.scale).to_string(),
+                        serde_json::json!(info.bias).to_string(),
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        self.done.entries += self.pending.len();
+        self.done.shards += 1;
+        self.done.bytes += shard.bytes;
+        self.pending.clear();
+        self.names.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(Catalog, Written)> {
+        self.flush()?;
+        Ok((self.catalog, self.done))
+    }
+}
+
+/// Computes `todo` on all cores while one thread writes the results.
 fn run_pipeline(
     catalog: Catalog,
     out: &Path,
     options: &PrepareOptions,
     todo: &[(&ItemPlan<'_>, &FieldJob)],
-    report: &mut PrepareReport,
-) -> Result<(Catalog, usize, Vec<(String, Finding)>)> {
+) -> Result<(Catalog, Written)> {
     let bar = progress_bar(options.progress, todo.len());
-    let threads = rayon::current_num_threads().max(1);
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Produced>>(2);
     let tmp = out.join(TMP_DIR);
     let shard_dir = out.join(SHARD_DIR);
-
+    let mut writer = ShardWriter {
+        catalog,
+        tmp: &tmp,
+        shard_dir: &shard_dir,
+        target_bytes: options.shard_bytes,
+        builder: ShardBuilder::default(),
+        pending: Vec::new(),
+        names: HashSet::new(),
+        done: Written::default(),
+    };
     let outcome = std::thread::scope(|s| {
-        // The writer owns the shard being built and the catalog connection.
-        let shard_bytes = options.shard_bytes;
-        let writer = s.spawn(move || -> Result<(Catalog, usize, usize, u64, Vec<(String, Finding)>)> {
-            let mut builder = ShardBuilder::default();
-            let mut pending: Vec<Pending> = Vec::new();
-            let mut names: HashSet<String> = HashSet::new();
-            let (mut written, mut shards, mut bytes) = (0usize, 0usize, 0u64);
-            let mut failed = Vec::new();
+        let handle = s.spawn(move || -> Result<(Catalog, Written)> {
             for batch in rx {
                 for produced in batch {
-                    match produced {
-                        Produced::Failed { key, finding } => failed.push((key, finding)),
-                        Produced::Entry { key, tensor, meta, encoded } => {
-                            // Two datasets may cut the same image alike with different field
-                            // parameters; one shard cannot hold two tensors of one name.
-                            if names.contains(&tensor.name) {
-                                let (n, b) = flush(&catalog, &mut builder, &mut pending, &tmp, &shard_dir)?;
-                                names.clear();
-                                written += n;
-                                shards += 1;
-                                bytes += b;
-                            }
-                            names.insert(tensor.name.clone());
-                            pending.push(Pending { key, tensor: tensor.name.clone(), info: encoded });
-                            builder.push(tensor, meta);
-                            if builder.data_bytes() as u64 >= shard_bytes {
-                                let (n, b) = flush(&catalog, &mut builder, &mut pending, &tmp, &shard_dir)?;
-                                names.clear();
-                                written += n;
-                                shards += 1;
-                                bytes += b;
-                            }
-                        }
-                    }
+                    writer.add(produced)?;
                 }
             }
-            if !builder.is_empty() {
-                let (n, b) = flush(&catalog, &mut builder, &mut pending, &tmp, &shard_dir)?;
-                written += n;
-                shards += 1;
-                bytes += b;
-            }
-            Ok((catalog, written, shards, bytes, failed))
+            writer.finish()
         });
-
-        // Chunks keep the output order deterministic while all cores work on each chunk.
-        let chunk = threads * 8;
-        let mut send_result = Ok(());
+        // Chunks keep the output order deterministic while all cores work on each chunk. When
+        // the writer fails it drops the receiver, sending fails, and its error is returned.
+        let chunk = rayon::current_num_threads().max(1) * 8;
         for part in todo.chunks(chunk) {
-            let produced: Vec<Produced> = part.par_iter().map(|(item, job)| produce(item, job, options.image_codec)).collect();
+            let produced: Vec<Produced> = part
+                .par_iter()
+                .map(|(item, job)| produce(item, job, options.image_codec))
+                .collect();
             bar.inc(part.len() as u64);
             if tx.send(produced).is_err() {
-                // The writer stopped: its error is reported below.
-                send_result = Err(());
                 break;
             }
         }
         drop(tx);
-        let joined = writer.join();
-        let _ = send_result;
-        match joined {
-            Ok(r) => r,
-            Err(_) => Err(Error::Store {
+        handle.join().unwrap_or_else(|_| {
+            Err(Error::Store {
                 path: out.to_path_buf(),
                 message: "the shard writer thread panicked".into(),
-            }),
-        }
+            })
+        })
     });
     bar.finish_and_clear();
-    let (catalog, written, shards, bytes, failed) = outcome?;
-    report.shards_written = shards;
-    report.bytes_written = bytes;
-    Ok((catalog, written, failed))
-}
-
-/// Writes the shard being built and commits it with its entries in one transaction.
-fn flush(
-    catalog: &Catalog,
-    builder: &mut ShardBuilder,
-    pending: &mut Vec<Pending>,
-    tmp: &Path,
-    shard_dir: &Path,
-) -> Result<(usize, u64)> {
-    let shard = std::mem::take(builder).write(tmp, shard_dir)?;
-    let tx = catalog.conn.unchecked_transaction().map_err(|e| catalog.err(e))?;
-    tx.execute(
-        "INSERT INTO shards(file, bytes, blake3) VALUES (?1, ?2, ?3) ON CONFLICT(file) DO NOTHING",
-        params![shard.file, shard.bytes as i64, shard.blake3],
-    )
-    .map_err(|e| catalog.err(e))?;
-    let shard_id: i64 = tx
-        .query_row("SELECT id FROM shards WHERE file = ?1", [&shard.file], |r| r.get(0))
-        .map_err(|e| catalog.err(e))?;
-    let places: HashMap<&str, _> = shard.tensors.iter().map(|p| (p.name.as_str(), p)).collect();
-    {
-        let mut insert = tx
-            .prepare(
-                "INSERT OR REPLACE INTO entries(key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .map_err(|e| catalog.err(e))?;
-        for Pending { key, tensor, info } in pending.iter() {
-            let place = places.get(tensor.as_str()).ok_or_else(|| Error::Store {
-                path: shard_dir.join(&shard.file),
-                message: format!("tensor {tensor} missing from the shard just written"),
-            })?;
-            insert
-                .execute(params![
-                    key,
-                    shard_id,
-                    place.name,
-                    place.offset as i64,
-                    place.length as i64,
-                    info.dtype,
-                    serde_json::to_string(&info.shape).unwrap_or_default(),
-                    info.codec,
-                    info.raw_len as i64,
-                    serde_json::to_string(&info.scale).unwrap_or_default(),
-                    serde_json::to_string(&info.bias).unwrap_or_default(),
-                ])
-                .map_err(|e| catalog.err(e))?;
-        }
-    }
-    tx.commit().map_err(|e| catalog.err(e))?;
-    let n = pending.len();
-    pending.clear();
-    Ok((n, shard.bytes))
+    outcome
 }
 
 /// Decodes, places and encodes one field of one item.
@@ -436,11 +521,11 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
         finding: Finding::new(
             item.planned.dataset,
             FindingKind::Corrupt,
-            &job.source,
-            format!("cannot decode for field {}: {e}", job.field),
+            &job.what.source,
+            format!("cannot decode for field {}: {e}", job.what.field),
         ),
     };
-    let decoded = match image::decode(&job.source, job.convert) {
+    let decoded = match image::decode(&job.what.source, job.what.convert) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
@@ -449,7 +534,7 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    if let Some((invert, min)) = job.mask {
+    if let Some((invert, min)) = job.what.mask {
         image::map_mask(&mut data, invert, min);
     }
     let b = item.planned.placement.bucket;
@@ -458,8 +543,16 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
         Ok(e) => e,
         Err(e) => return fail(e),
     };
-    let stored_dtype = if image_codec.is_raw() { image_codec.element_dtype() } else { "U8" };
-    let stored_shape = if image_codec.is_raw() { shape.clone() } else { vec![encoded.bytes.len()] };
+    let stored_dtype = if image_codec.is_raw() {
+        image_codec.element_dtype()
+    } else {
+        "U8"
+    };
+    let stored_shape = if image_codec.is_raw() {
+        shape.clone()
+    } else {
+        vec![encoded.bytes.len()]
+    };
     // Compressed tensors are opaque bytes to safetensors readers; the header metadata says how
     // to decode them, so a shard is understandable without the catalog.
     let meta = (!image_codec.is_raw()).then(|| {
@@ -468,7 +561,7 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
     Produced::Entry {
         key: job.key.clone(),
         tensor: PendingTensor {
-            name: format!("{}/{}", item.item_key, job.field),
+            name: format!("{}/{}", item.item_key, job.what.field),
             dtype: stored_dtype,
             shape: stored_shape,
             bytes: encoded.bytes,
@@ -491,8 +584,10 @@ fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -500,7 +595,13 @@ fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
 
 /// Replaces the item list, findings, datasets and encoders in one transaction: until it
 /// commits, readers see the previous prepare's complete store.
-fn commit_items(catalog: &Catalog, config: &Config, items: &[&ItemPlan<'_>], findings: &[Finding], options: &PrepareOptions) -> Result<()> {
+fn commit_items(
+    catalog: &Catalog,
+    config: &Config,
+    items: &[&ItemPlan<'_>],
+    findings: &[Finding],
+    options: &PrepareOptions,
+) -> Result<()> {
     let err = |e| catalog.err(e);
     let tx = catalog.conn.unchecked_transaction().map_err(err)?;
     tx.execute_batch("DELETE FROM item_fields; DELETE FROM items; DELETE FROM findings; DELETE FROM datasets; DELETE FROM encoders;")
@@ -514,7 +615,9 @@ fn commit_items(catalog: &Catalog, config: &Config, items: &[&ItemPlan<'_>], fin
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             )
             .map_err(err)?;
-        let mut ins_field = tx.prepare("INSERT INTO item_fields(item, field, entry) VALUES (?1, ?2, ?3)").map_err(err)?;
+        let mut ins_field = tx
+            .prepare("INSERT INTO item_fields(item, field, entry) VALUES (?1, ?2, ?3)")
+            .map_err(err)?;
         for (id, item) in items.iter().enumerate() {
             let p = &item.planned;
             let cfg = &config.datasets[p.dataset];
@@ -547,23 +650,44 @@ fn commit_items(catalog: &Catalog, config: &Config, items: &[&ItemPlan<'_>], fin
                 ])
                 .map_err(err)?;
             for f in &item.fields {
-                ins_field.execute(params![id as i64, f.field, f.key]).map_err(err)?;
+                ins_field
+                    .execute(params![id as i64, f.what.field, f.key])
+                    .map_err(err)?;
             }
         }
-        let mut ins_finding = tx.prepare("INSERT INTO findings(dataset, kind, path, detail) VALUES (?1, ?2, ?3, ?4)").map_err(err)?;
+        let mut ins_finding = tx
+            .prepare("INSERT INTO findings(dataset, kind, path, detail) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(err)?;
         for f in findings {
-            let kind = serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            ins_finding.execute(params![f.dataset as i64, kind, f.path.to_string_lossy(), f.detail]).map_err(err)?;
+            let kind = serde_json::to_value(f.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            ins_finding
+                .execute(params![
+                    f.dataset as i64,
+                    kind,
+                    f.path.to_string_lossy(),
+                    f.detail
+                ])
+                .map_err(err)?;
         }
-        let mut ins_ds = tx.prepare("INSERT INTO datasets(id, source, config) VALUES (?1, ?2, ?3)").map_err(err)?;
+        let mut ins_ds = tx
+            .prepare("INSERT INTO datasets(id, source, config) VALUES (?1, ?2, ?3)")
+            .map_err(err)?;
         for (i, d) in config.datasets.iter().enumerate() {
             let json = serde_json::to_string(d).unwrap_or_default();
-            ins_ds.execute(params![i as i64, d.source.path().to_string_lossy(), json]).map_err(err)?;
+            ins_ds
+                .execute(params![i as i64, d.source.path().to_string_lossy(), json])
+                .map_err(err)?;
         }
         let image_fields = serde_json::json!({"codec": options.image_codec.name(), "filter": "catmull-rom (Pillow BICUBIC)", "layout": "CHW"}).to_string();
         for field in ["pixels", "mask", "control", "inpaint"] {
-            tx.execute("INSERT INTO encoders(field, identity, params) VALUES (?1, ?2, ?3)", params![field, PIPELINE, image_fields])
-                .map_err(err)?;
+            tx.execute(
+                "INSERT INTO encoders(field, identity, params) VALUES (?1, ?2, ?3)",
+                params![field, PIPELINE, image_fields],
+            )
+            .map_err(err)?;
         }
     }
     let digest = config_digest(config);
@@ -595,6 +719,7 @@ fn flip_name(f: Flip) -> &'static str {
 /// BLAKE3 of the config as larder understood it (datasets and divisibility), so a store says
 /// which config made it.
 pub fn config_digest(config: &Config) -> String {
-    let json = serde_json::json!({"datasets": config.datasets, "divisibility": config.divisibility});
+    let json =
+        serde_json::json!({"datasets": config.datasets, "divisibility": config.divisibility});
     blake3::hash(json.to_string().as_bytes()).to_hex()[..32].to_owned()
 }

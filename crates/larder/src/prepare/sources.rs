@@ -12,8 +12,8 @@ use std::time::UNIX_EPOCH;
 use rayon::prelude::*;
 use rusqlite::params;
 
-use crate::store::catalog::Catalog;
 use crate::Result;
+use crate::store::catalog::Catalog;
 
 /// What is known of one source file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +28,33 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
         .modified()?
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    Ok(Stamp { bytes: md.len(), mtime_ns })
+    Ok(Stamp {
+        bytes: md.len(),
+        mtime_ns,
+    })
+}
+
+/// Content hashes of a prepare's source files.
+#[derive(Debug, Default)]
+pub(crate) struct SourceHashes {
+    /// BLAKE3 (hex) of each readable file.
+    pub hashes: HashMap<PathBuf, String>,
+    /// Files that could not be read, with why.
+    pub failures: Vec<(PathBuf, std::io::Error)>,
+    /// How many files were read (the others were known by their stamp).
+    pub hashed: usize,
+}
+
+/// A file's hash and whether it was computed now (rather than taken from the catalog).
+struct Hashed {
+    stamp: Stamp,
+    hash: String,
+    fresh: bool,
 }
 
 /// Hashes of the given files: from the catalog when the stamp matches, else by reading them
 /// (in parallel). Files that cannot be read map to their error.
-pub(crate) fn hash_sources(catalog: &Catalog, paths: &[PathBuf]) -> Result<(HashMap<PathBuf, String>, Vec<(PathBuf, std::io::Error)>, usize)> {
+pub(crate) fn hash_sources(catalog: &Catalog, paths: &[PathBuf]) -> Result<SourceHashes> {
     let mut cached: HashMap<String, (Stamp, String)> = HashMap::new();
     {
         let mut stmt = catalog
@@ -42,31 +63,54 @@ pub(crate) fn hash_sources(catalog: &Catalog, paths: &[PathBuf]) -> Result<(Hash
             .map_err(|e| catalog.err(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })
             .map_err(|e| catalog.err(e))?;
         for row in rows {
             let (path, bytes, mtime_ns, hash) = row.map_err(|e| catalog.err(e))?;
-            cached.insert(path, (Stamp { bytes: bytes as u64, mtime_ns }, hash));
+            cached.insert(
+                path,
+                (
+                    Stamp {
+                        bytes: bytes as u64,
+                        mtime_ns,
+                    },
+                    hash,
+                ),
+            );
         }
     }
-    let results: Vec<(PathBuf, std::io::Result<(Stamp, String, bool)>)> = paths
+    let results: Vec<(PathBuf, std::io::Result<Hashed>)> = paths
         .par_iter()
         .map(|p| {
             let r = stamp(p).and_then(|s| {
                 let key = p.to_string_lossy();
                 match cached.get(key.as_ref()) {
-                    Some((old, hash)) if *old == s => Ok((s, hash.clone(), false)),
-                    _ => hash_file(p).map(|h| (s, h, true)),
+                    Some((old, hash)) if *old == s => Ok(Hashed {
+                        stamp: s,
+                        hash: hash.clone(),
+                        fresh: false,
+                    }),
+                    _ => hash_file(p).map(|hash| Hashed {
+                        stamp: s,
+                        hash,
+                        fresh: true,
+                    }),
                 }
             });
             (p.clone(), r)
         })
         .collect();
-    let mut hashes = HashMap::with_capacity(results.len());
-    let mut failures = Vec::new();
-    let mut read = 0;
-    let tx = catalog.conn.unchecked_transaction().map_err(|e| catalog.err(e))?;
+    let mut out = SourceHashes::default();
+    let tx = catalog
+        .conn
+        .unchecked_transaction()
+        .map_err(|e| catalog.err(e))?;
     {
         let mut upsert = tx
             .prepare(
@@ -76,21 +120,30 @@ pub(crate) fn hash_sources(catalog: &Catalog, paths: &[PathBuf]) -> Result<(Hash
             .map_err(|e| catalog.err(e))?;
         for (path, r) in results {
             match r {
-                Ok((s, hash, fresh)) => {
+                Ok(Hashed {
+                    stamp: s,
+                    hash,
+                    fresh,
+                }) => {
                     if fresh {
-                        read += 1;
+                        out.hashed += 1;
                         upsert
-                            .execute(params![path.to_string_lossy(), s.bytes as i64, s.mtime_ns, hash])
+                            .execute(params![
+                                path.to_string_lossy(),
+                                s.bytes as i64,
+                                s.mtime_ns,
+                                hash
+                            ])
                             .map_err(|e| catalog.err(e))?;
                     }
-                    hashes.insert(path, hash);
+                    out.hashes.insert(path, hash);
                 }
-                Err(e) => failures.push((path, e)),
+                Err(e) => out.failures.push((path, e)),
             }
         }
     }
     tx.commit().map_err(|e| catalog.err(e))?;
-    Ok((hashes, failures, read))
+    Ok(out)
 }
 
 fn hash_file(path: &Path) -> std::io::Result<String> {
@@ -100,4 +153,3 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
     std::io::copy(&mut file, &mut hasher)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
-

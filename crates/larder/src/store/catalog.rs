@@ -76,7 +76,8 @@ impl Catalog {
         if !create && !path.is_file() {
             return Err(Error::Store {
                 path: path.to_path_buf(),
-                message: "no catalog here: not a larder store (run `larder prepare` to make one)".into(),
+                message: "no catalog here: not a larder store (run `larder prepare` to make one)"
+                    .into(),
             });
         }
         let flags = if create {
@@ -141,7 +142,10 @@ impl Catalog {
 
     /// The keys of every stored entry.
     pub fn entry_keys(&self) -> Result<std::collections::HashSet<String>> {
-        let mut stmt = self.conn.prepare("SELECT key FROM entries").map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM entries")
+            .map_err(|e| self.err(e))?;
         let keys = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(|e| self.err(e))?
@@ -184,12 +188,24 @@ impl Catalog {
                 })
             };
             let floats = |v: serde_json::Value| -> Vec<f32> {
-                v.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| x as f32)
+                            .collect()
+                    })
+                    .unwrap_or_default()
             };
             let shape_v = parse("shape", &shape)?;
             let shape: Vec<usize> = shape_v
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as usize)
+                        .collect()
+                })
                 .unwrap_or_default();
             out.push(EntryRow {
                 scale: floats(parse("scale", &scale)?),
@@ -215,7 +231,9 @@ impl Catalog {
             .prepare("SELECT id, file, bytes, blake3 FROM shards ORDER BY id")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)))
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+            })
             .map_err(|e| self.err(e))?
             .collect::<rusqlite::Result<_>>()
             .map_err(|e| self.err(e))?;

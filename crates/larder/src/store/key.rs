@@ -64,7 +64,14 @@ pub(crate) fn item_key(content_hash: &str, placement: &Placement, flip: Flip) ->
 
 /// The key of one field of an item: the item key plus the field, the content of the field's own
 /// source file (a mask or control image), its conversion parameters, the codec and the pipeline.
-pub(crate) fn entry_key(item_key: &str, field: &str, source_hash: &str, params: &str, codec: &str, pipeline: &str) -> String {
+pub(crate) fn entry_key(
+    item_key: &str,
+    field: &str,
+    source_hash: &str,
+    params: &str,
+    codec: &str,
+    pipeline: &str,
+) -> String {
     KeyBuilder::new("larder/entry/v1")
         .text(item_key)
         .text(field)
@@ -82,7 +89,10 @@ mod tests {
 
     fn placement(crop_x: u32) -> Placement {
         Placement {
-            bucket: Bucket { width: 64, height: 64 },
+            bucket: Bucket {
+                width: 64,
+                height: 64,
+            },
             scale_to_width: 80,
             scale_to_height: 64,
             crop_x,

@@ -87,8 +87,16 @@ impl Store {
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let root = root.as_ref().to_path_buf();
         let catalog = Catalog::open(&root.join(CATALOG_FILE), false)?;
-        let entries = catalog.entries()?.into_iter().map(|e| (e.key.clone(), e)).collect();
-        let shard_files = catalog.shards()?.into_iter().map(|(id, file, _, _)| (id, file)).collect();
+        let entries = catalog
+            .entries()?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let shard_files = catalog
+            .shards()?
+            .into_iter()
+            .map(|(id, file, _, _)| (id, file))
+            .collect();
         Ok(Store {
             root,
             catalog: Mutex::new(catalog),
@@ -112,9 +120,18 @@ impl Store {
         let cat = self.catalog();
         let err = |e| cat.err(e);
         let mut fields: HashMap<u64, BTreeMap<String, String>> = HashMap::new();
-        let mut stmt = cat.conn.prepare("SELECT item, field, entry FROM item_fields").map_err(err)?;
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT item, field, entry FROM item_fields")
+            .map_err(err)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
             .map_err(err)?;
         for row in rows {
             let (item, field, entry) = row.map_err(err)?;
@@ -126,7 +143,14 @@ impl Store {
             .map_err(err)?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, u32>(3)?, r.get::<_, u32>(4)?, r.get::<_, String>(5)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
             })
             .map_err(err)?;
         let mut out = Vec::new();
@@ -152,7 +176,9 @@ impl Store {
         }
         let file = self.shard_files.get(&id).ok_or_else(|| Error::Store {
             path: self.root.join(CATALOG_FILE),
-            message: format!("entry refers to shard {id}, which the catalog does not list; run `larder verify`"),
+            message: format!(
+                "entry refers to shard {id}, which the catalog does not list; run `larder verify`"
+            ),
         })?;
         let path = self.root.join(SHARD_DIR).join(file);
         if !path.is_file() {
@@ -181,10 +207,11 @@ impl Store {
         let (map, entry) = self.stored_bytes(key)?;
         let codec = codec::Codec::parse(&entry.codec)?;
         let stored = map.slice(entry.offset, entry.length)?;
-        let elements = codec::decompress(codec, stored, entry.raw_len as usize).map_err(|e| Error::Store {
-            path: map.path.clone(),
-            message: format!("entry {key} ({}): {e}", entry.tensor),
-        })?;
+        let elements =
+            codec::decompress(codec, stored, entry.raw_len as usize).map_err(|e| Error::Store {
+                path: map.path.clone(),
+                message: format!("entry {key} ({}): {e}", entry.tensor),
+            })?;
         if codec.repr == codec::Repr::U8 {
             return Ok(FieldData::U8 {
                 values: elements.into_owned(),
@@ -200,10 +227,17 @@ impl Store {
 
     /// Reads `field` of `item`.
     pub fn read_field(&self, item: &StoredItem, field: &str) -> Result<FieldData> {
-        let key = item.fields.get(field).ok_or_else(|| Error::InvalidArgument {
-            name: "field",
-            message: format!("item {} has no field {field:?} (it has {:?})", item.id, item.fields.keys().collect::<Vec<_>>()),
-        })?;
+        let key = item
+            .fields
+            .get(field)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "field",
+                message: format!(
+                    "item {} has no field {field:?} (it has {:?})",
+                    item.id,
+                    item.fields.keys().collect::<Vec<_>>()
+                ),
+            })?;
         self.read_entry(key)
     }
 }
@@ -214,13 +248,19 @@ impl Store {
 /// finding a corrupted byte needs a full read, which is `larder verify`'s job.
 pub(crate) fn remove_strays(root: &Path, catalog: &Catalog) -> Result<Vec<PathBuf>> {
     for (id, file, bytes, _) in catalog.shards()? {
-        let len = std::fs::metadata(root.join(SHARD_DIR).join(&file)).map(|m| m.len()).ok();
+        let len = std::fs::metadata(root.join(SHARD_DIR).join(&file))
+            .map(|m| m.len())
+            .ok();
         if len != Some(bytes) {
-            tracing::warn!("shard {file} is missing or resized; its entries will be prepared again");
+            tracing::warn!(
+                "shard {file} is missing or resized; its entries will be prepared again"
+            );
             let err = |e| catalog.err(e);
             let tx = catalog.conn.unchecked_transaction().map_err(err)?;
-            tx.execute("DELETE FROM entries WHERE shard = ?1", [id]).map_err(err)?;
-            tx.execute("DELETE FROM shards WHERE id = ?1", [id]).map_err(err)?;
+            tx.execute("DELETE FROM entries WHERE shard = ?1", [id])
+                .map_err(err)?;
+            tx.execute("DELETE FROM shards WHERE id = ?1", [id])
+                .map_err(err)?;
             tx.commit().map_err(err)?;
         }
     }
@@ -233,10 +273,13 @@ pub(crate) fn remove_strays(root: &Path, catalog: &Catalog) -> Result<Vec<PathBu
 
 /// Files in `shards/` the catalog does not list, and anything in `tmp/`.
 pub(crate) fn strays(root: &Path, catalog: &Catalog) -> Result<Vec<PathBuf>> {
-    let known: std::collections::HashSet<String> = catalog.shards()?.into_iter().map(|s| s.1).collect();
+    let known: std::collections::HashSet<String> =
+        catalog.shards()?.into_iter().map(|s| s.1).collect();
     let mut out = Vec::new();
     for (dir, only_unknown) in [(root.join(SHARD_DIR), true), (root.join(TMP_DIR), false)] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !only_unknown || !known.contains(&name) {

@@ -94,7 +94,8 @@ impl ShardBuilder {
     pub fn write(mut self, tmp_dir: &Path, shard_dir: &Path) -> Result<WrittenShard> {
         // Largest elements first keeps every tensor aligned to its element size; the sort is
         // stable, so items stay in the order they were added within each element size.
-        self.tensors.sort_by_key(|t| std::cmp::Reverse(element_size(t.dtype)));
+        self.tensors
+            .sort_by_key(|t| std::cmp::Reverse(element_size(t.dtype)));
         let mut header = serde_json::Map::new();
         let mut metadata = serde_json::Map::new();
         metadata.insert("format".into(), FORMAT.into());
@@ -111,21 +112,27 @@ impl ShardBuilder {
             );
             offset = end;
         }
-        let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| Error::Store {
-            path: shard_dir.to_path_buf(),
-            message: format!("cannot encode shard header: {e}"),
-        })?;
+        let mut json =
+            serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| Error::Store {
+                path: shard_dir.to_path_buf(),
+                message: format!("cannot encode shard header: {e}"),
+            })?;
         // Trailing spaces are allowed by the format and align the data section.
         while (8 + json.len()) % ALIGN != 0 {
             json.push(b' ');
         }
         let data_start = (8 + json.len()) as u64;
 
-        let tmp = tmp_dir.join(format!("{}-{}.safetensors.tmp", std::process::id(), unique()));
+        let tmp = tmp_dir.join(format!(
+            "{}-{}.safetensors.tmp",
+            std::process::id(),
+            unique()
+        ));
         let io = |e| Error::io(&tmp, e);
         let file = File::create(&tmp).map_err(io)?;
         let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        out.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&(json.len() as u64).to_le_bytes())
+            .map_err(io)?;
         out.write_all(&json).map_err(io)?;
         for t in &self.tensors {
             out.write_all(&t.bytes).map_err(io)?;
@@ -244,7 +251,9 @@ impl MappedShard {
 
     /// The bytes at `offset..offset + length`, checked against the file's size.
     pub fn slice(&self, offset: u64, length: u64) -> Result<&[u8]> {
-        let end = offset.checked_add(length).filter(|&e| e <= self.map.len() as u64);
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= self.map.len() as u64);
         match end {
             Some(end) => Ok(&self.map[offset as usize..end as usize]),
             None => Err(Error::Store {
@@ -288,10 +297,11 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref();
         let map = MappedShard::open(path)?;
-        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| Error::Store {
-            path: path.to_path_buf(),
-            message: format!("not a valid safetensors file: {e}"),
-        })?;
+        let (header_len, metadata) =
+            safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| Error::Store {
+                path: path.to_path_buf(),
+                message: format!("not a valid safetensors file: {e}"),
+            })?;
         Ok(SafetensorsFile {
             map,
             data_start: 8 + header_len,
@@ -313,13 +323,18 @@ impl SafetensorsFile {
 
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
-        let info = self.metadata.info(name).ok_or_else(|| Error::InvalidArgument {
-            name: "name",
-            message: format!("{}: no tensor {name:?}", self.map.path.display()),
-        })?;
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "name",
+                message: format!("{}: no tensor {name:?}", self.map.path.display()),
+            })?;
         let (begin, end) = info.data_offsets;
         // read_metadata checked that the offsets lie within the file.
-        let data = self.map.slice((self.data_start + begin) as u64, (end - begin) as u64)?;
+        let data = self
+            .map
+            .slice((self.data_start + begin) as u64, (end - begin) as u64)?;
         Ok(TensorRef {
             dtype: dtype_name(info.dtype),
             shape: &info.shape,

@@ -96,11 +96,28 @@ impl Store {
     pub fn inspect(&self) -> Result<Inspection> {
         let cat = self.catalog();
         let err = |e| cat.err(e);
-        let count = |sql: &str| -> Result<u64> { cat.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64).map_err(err) };
+        let count = |sql: &str| -> Result<u64> {
+            cat.conn
+                .query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+                .map_err(err)
+        };
         let items = count("SELECT COUNT(*) FROM items")?;
         let mut buckets = BTreeMap::new();
-        let mut stmt = cat.conn.prepare("SELECT bucket_w, bucket_h, COUNT(*) FROM items GROUP BY bucket_w, bucket_h").map_err(err)?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)?))).map_err(err)? {
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT bucket_w, bucket_h, COUNT(*) FROM items GROUP BY bucket_w, bucket_h")
+            .map_err(err)?;
+        for row in stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(err)?
+        {
             let (w, h, n) = row.map_err(err)?;
             buckets.insert(format!("{w}x{h}"), n as u64);
         }
@@ -111,7 +128,16 @@ impl Store {
             .map_err(err)?;
         let mut seen = HashSet::new();
         for row in stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
             .map_err(err)?
         {
             let (field, key, dtype, codec, len, raw) = row.map_err(err)?;
@@ -134,14 +160,35 @@ impl Store {
         }
         let shards = cat.shards()?;
         let mut findings: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut stmt = cat.conn.prepare("SELECT kind, path, detail FROM findings ORDER BY kind, path").map_err(err)?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(err)? {
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT kind, path, detail FROM findings ORDER BY kind, path")
+            .map_err(err)?;
+        for row in stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(err)?
+        {
             let (kind, path, detail) = row.map_err(err)?;
-            findings.entry(kind).or_default().push(format!("{path}: {detail}"));
+            findings
+                .entry(kind)
+                .or_default()
+                .push(format!("{path}: {detail}"));
         }
         let mut encoders = BTreeMap::new();
-        let mut stmt = cat.conn.prepare("SELECT field, identity FROM encoders").map_err(err)?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(err)? {
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT field, identity FROM encoders")
+            .map_err(err)?;
+        for row in stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?
+        {
             let (f, id) = row.map_err(err)?;
             encoders.insert(f, id);
         }
@@ -172,9 +219,15 @@ impl Store {
         for (id, file, bytes, blake3) in &shards {
             report.shards += 1;
             let path = self.root.join(SHARD_DIR).join(file);
-            let problem = |message: String, entry: Option<String>| Problem { path: path.clone(), entry, message };
+            let problem = |message: String, entry: Option<String>| Problem {
+                path: path.clone(),
+                entry,
+                message,
+            };
             if !path.is_file() {
-                report.problems.push(problem("shard file is missing".into(), None));
+                report
+                    .problems
+                    .push(problem("shard file is missing".into(), None));
                 continue;
             }
             let (actual_bytes, actual_hash) = hash_file(&path)?;
@@ -196,7 +249,9 @@ impl Store {
             let (header_len, meta) = match parsed {
                 Ok(m) => m,
                 Err(e) => {
-                    report.problems.push(problem(format!("not a valid safetensors file: {e}"), None));
+                    report
+                        .problems
+                        .push(problem(format!("not a valid safetensors file: {e}"), None));
                     continue;
                 }
             };
@@ -205,13 +260,23 @@ impl Store {
             for e in by_shard.get(id).into_iter().flatten() {
                 report.entries += 1;
                 let Some(info) = tensors.get(&e.tensor) else {
-                    report.problems.push(problem(format!("tensor {} is not in the shard", e.tensor), Some(e.key.clone())));
+                    report.problems.push(problem(
+                        format!("tensor {} is not in the shard", e.tensor),
+                        Some(e.key.clone()),
+                    ));
                     continue;
                 };
                 let (begin, end) = info.data_offsets;
                 if data_start + begin as u64 != e.offset || (end - begin) as u64 != e.length {
                     report.problems.push(problem(
-                        format!("tensor {} lies at {}..{} in the shard, the catalog says {}+{}", e.tensor, data_start + begin as u64, data_start + end as u64, e.offset, e.length),
+                        format!(
+                            "tensor {} lies at {}..{} in the shard, the catalog says {}+{}",
+                            e.tensor,
+                            data_start + begin as u64,
+                            data_start + end as u64,
+                            e.offset,
+                            e.length
+                        ),
                         Some(e.key.clone()),
                     ));
                 }
@@ -222,7 +287,10 @@ impl Store {
                 report.problems.push(Problem {
                     path: self.root.join(CATALOG_FILE),
                     entry: Some(e.key.clone()),
-                    message: format!("refers to shard {}, which the catalog does not list", e.shard),
+                    message: format!(
+                        "refers to shard {}, which the catalog does not list",
+                        e.shard
+                    ),
                 });
             }
         }
@@ -231,17 +299,28 @@ impl Store {
             .prepare("SELECT f.item, f.field, f.entry FROM item_fields f LEFT JOIN entries e ON e.key = f.entry WHERE e.key IS NULL")
             .map_err(|e| cat.err(e))?;
         for row in stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
             .map_err(|e| cat.err(e))?
         {
             let (item, field, entry) = row.map_err(|e| cat.err(e))?;
             report.problems.push(Problem {
                 path: self.root.join(CATALOG_FILE),
                 entry: Some(entry),
-                message: format!("item {item} field {field} refers to an entry that does not exist"),
+                message: format!(
+                    "item {item} field {field} refers to an entry that does not exist"
+                ),
             });
         }
-        report.items = cat.conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0)).map_err(|e| cat.err(e))? as u64;
+        report.items = cat
+            .conn
+            .query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| cat.err(e))? as u64;
         report.strays = strays(&self.root, &cat)?;
         Ok(report)
     }
@@ -250,8 +329,12 @@ impl Store {
     /// so does the file. The next `larder prepare` recomputes exactly the lost entries.
     pub fn repair(&mut self) -> Result<VerifyReport> {
         let report = self.verify()?;
-        let broken: HashSet<&std::path::Path> =
-            report.problems.iter().filter(|p| p.entry.is_none()).map(|p| p.path.as_path()).collect();
+        let broken: HashSet<&std::path::Path> = report
+            .problems
+            .iter()
+            .filter(|p| p.entry.is_none())
+            .map(|p| p.path.as_path())
+            .collect();
         {
             let cat = self.catalog();
             let err = |e| cat.err(e);
@@ -259,12 +342,18 @@ impl Store {
             for (id, file, _, _) in cat.shards()? {
                 let path = self.root.join(SHARD_DIR).join(&file);
                 if broken.contains(path.as_path()) {
-                    tx.execute("DELETE FROM entries WHERE shard = ?1", [id]).map_err(err)?;
-                    tx.execute("DELETE FROM shards WHERE id = ?1", [id]).map_err(err)?;
+                    tx.execute("DELETE FROM entries WHERE shard = ?1", [id])
+                        .map_err(err)?;
+                    tx.execute("DELETE FROM shards WHERE id = ?1", [id])
+                        .map_err(err)?;
                 }
             }
             // Entries whose shard row is gone cannot be read either.
-            tx.execute("DELETE FROM entries WHERE shard NOT IN (SELECT id FROM shards)", []).map_err(err)?;
+            tx.execute(
+                "DELETE FROM entries WHERE shard NOT IN (SELECT id FROM shards)",
+                [],
+            )
+            .map_err(err)?;
             tx.commit().map_err(err)?;
             for path in &broken {
                 match std::fs::remove_file(path) {
@@ -287,19 +376,32 @@ impl Store {
             let err = |e| cat.err(e);
             let tx = cat.conn.unchecked_transaction().map_err(err)?;
             report.entries_removed = tx
-                .execute("DELETE FROM entries WHERE key NOT IN (SELECT entry FROM item_fields)", [])
+                .execute(
+                    "DELETE FROM entries WHERE key NOT IN (SELECT entry FROM item_fields)",
+                    [],
+                )
                 .map_err(err)? as u64;
             let mut empty = Vec::new();
             {
                 let mut stmt = tx
                     .prepare("SELECT id, file, bytes FROM shards WHERE id NOT IN (SELECT DISTINCT shard FROM entries)")
                     .map_err(err)?;
-                for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))).map_err(err)? {
+                for row in stmt
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .map_err(err)?
+                {
                     empty.push(row.map_err(err)?);
                 }
             }
             for (id, _, _) in &empty {
-                tx.execute("DELETE FROM shards WHERE id = ?1", [id]).map_err(err)?;
+                tx.execute("DELETE FROM shards WHERE id = ?1", [id])
+                    .map_err(err)?;
             }
             // The catalog forgets the shards first, then the files go: a crash in between
             // leaves stray files, which the next writer or gc removes, never dangling rows.

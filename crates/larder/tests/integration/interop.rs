@@ -23,7 +23,11 @@ fn script() -> PathBuf {
 }
 
 fn run_python(args: &[&str]) {
-    let out = Command::new(python()).arg(script()).args(args).output().expect("run python");
+    let out = Command::new(python())
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("run python");
     assert!(
         out.status.success(),
         "python {args:?} failed:\n{}\n{}",
@@ -37,29 +41,57 @@ fn python_safetensors_reads_larder_shards_as_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     image(&dir.path().join("imgs"), "a.jpg", 96, 64, Some("a"));
     image(&dir.path().join("imgs"), "b.png", 50, 70, Some("b"));
-    let config = file(dir.path(), "c.yaml", "datasets:\n  - folder_path: imgs\n    resolution: 64\n");
+    let config = file(
+        dir.path(),
+        "c.yaml",
+        "datasets:\n  - folder_path: imgs\n    resolution: 64\n",
+    );
     let out = dir.path().join("store");
-    prepare(&Config::load(&config).expect("config"), &out, &PrepareOptions::default()).expect("prepare");
+    prepare(
+        &Config::load(&config).expect("config"),
+        &out,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
     let store = Store::open(&out).expect("open");
     let expected_dir = dir.path().join("expected");
     std::fs::create_dir_all(&expected_dir).expect("mkdir");
     let mut expected = Vec::new();
     for (i, item) in store.items().expect("items").iter().enumerate() {
-        let FieldData::U8 { values, shape } = store.read_field(item, "pixels").expect("read") else {
+        let FieldData::U8 { values, shape } = store.read_field(item, "pixels").expect("read")
+        else {
             panic!("pixels are u8");
         };
         std::fs::write(expected_dir.join(format!("{i}.bin")), &values).expect("write");
         expected.push(serde_json::json!({"tensor": format!("{}/pixels", item_key(&out, item.id)), "shape": shape}));
     }
-    std::fs::write(expected_dir.join("expected.json"), serde_json::to_string(&expected).expect("json")).expect("write");
-    let shard = std::fs::read_dir(out.join("shards")).expect("shards").flatten().next().expect("one shard").path();
-    run_python(&["check", shard.to_str().expect("utf-8"), expected_dir.to_str().expect("utf-8")]);
+    std::fs::write(
+        expected_dir.join("expected.json"),
+        serde_json::to_string(&expected).expect("json"),
+    )
+    .expect("write");
+    let shard = std::fs::read_dir(out.join("shards"))
+        .expect("shards")
+        .flatten()
+        .next()
+        .expect("one shard")
+        .path();
+    run_python(&[
+        "check",
+        shard.to_str().expect("utf-8"),
+        expected_dir.to_str().expect("utf-8"),
+    ]);
 }
 
 /// The item key of item `id`, read from the catalog as any SQLite client would.
 fn item_key(store: &Path, id: u64) -> String {
     let db = rusqlite::Connection::open(store.join("catalog.sqlite")).expect("catalog");
-    db.query_row("SELECT item_key FROM items WHERE id = ?1", [id as i64], |r| r.get(0)).expect("item key")
+    db.query_row(
+        "SELECT item_key FROM items WHERE id = ?1",
+        [id as i64],
+        |r| r.get(0),
+    )
+    .expect("item key")
 }
 
 #[test]
@@ -69,15 +101,29 @@ fn larder_reads_safetensors_written_by_python() {
     run_python(&["write", path.to_str().expect("utf-8")]);
     let f = SafetensorsFile::open(&path).expect("open");
     assert_eq!(f.names(), vec!["f16", "f32", "i8", "u8"]);
-    assert_eq!(f.metadata().get("written_by").map(String::as_str), Some("python"));
+    assert_eq!(
+        f.metadata().get("written_by").map(String::as_str),
+        Some("python")
+    );
     let t = f.tensor("f32").expect("f32");
     assert_eq!((t.dtype, t.shape), ("F32", &[2usize, 3, 4][..]));
-    let values: Vec<f32> = t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = t
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     assert_eq!(values, (0..24).map(|i| i as f32 / 8.0).collect::<Vec<_>>());
     let t = f.tensor("f16").expect("f16");
-    let halfs: Vec<f32> = t.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    let halfs: Vec<f32> = t
+        .data
+        .chunks_exact(2)
+        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
     assert_eq!(halfs, vec![-3.0, -2.0, -1.0, 0.0, 1.0, 2.0]);
-    assert_eq!(f.tensor("u8").expect("u8").data, (0..10).collect::<Vec<u8>>().as_slice());
+    assert_eq!(
+        f.tensor("u8").expect("u8").data,
+        (0..10).collect::<Vec<u8>>().as_slice()
+    );
     assert_eq!(f.tensor("i8").expect("i8").data, &[128u8, 255, 0, 1, 127]);
     assert!(f.tensor("missing").is_err());
 }
@@ -89,20 +135,33 @@ fn hostile_headers_are_errors_not_crashes() {
         ("empty", vec![]),
         ("short", vec![1, 2, 3]),
         ("huge length", u64::MAX.to_le_bytes().to_vec()),
-        ("length past end", [100u64.to_le_bytes().to_vec(), b"{}".to_vec()].concat()),
-        ("not json", [4u64.to_le_bytes().to_vec(), b"nope".to_vec()].concat()),
         (
-            "offsets past end",
-            {
-                let h = br#"{"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
-                [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0; 4]].concat()
-            },
+            "length past end",
+            [100u64.to_le_bytes().to_vec(), b"{}".to_vec()].concat(),
         ),
+        (
+            "not json",
+            [4u64.to_le_bytes().to_vec(), b"nope".to_vec()].concat(),
+        ),
+        ("offsets past end", {
+            let h = br#"{"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+            [
+                (h.len() as u64).to_le_bytes().to_vec(),
+                h.to_vec(),
+                vec![0; 4],
+            ]
+            .concat()
+        }),
     ];
     for (name, bytes) in cases {
-        let p = dir.path().join(format!("{}.safetensors", name.replace(' ', "_")));
+        let p = dir
+            .path()
+            .join(format!("{}.safetensors", name.replace(' ', "_")));
         std::fs::write(&p, bytes).expect("write");
         let err = SafetensorsFile::open(&p).expect_err(name);
-        assert!(err.to_string().contains(p.to_str().expect("utf-8")), "{name}: {err}");
+        assert!(
+            err.to_string().contains(p.to_str().expect("utf-8")),
+            "{name}: {err}"
+        );
     }
 }

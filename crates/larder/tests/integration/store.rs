@@ -40,18 +40,31 @@ fn prepare_stores_pixels_in_bucket_geometry_and_verifies() {
     let out = dir.path().join("store");
     let report = run(&config, &out);
     // 4 pixels + 1 mask + 1 control.
-    assert_eq!((report.items, report.entries, report.entries_computed), (4, 6, 6));
+    assert_eq!(
+        (report.items, report.entries, report.entries_computed),
+        (4, 6, 6)
+    );
     assert!(report.shards_written >= 3, "16 KiB shards: {report:?}");
     let store = Store::open(&out).expect("open");
     assert!(store.verify().expect("verify").problems.is_empty());
     let items = store.items().expect("items");
-    let a = items.iter().find(|i| i.path.ends_with("a.jpg")).expect("a.jpg");
+    let a = items
+        .iter()
+        .find(|i| i.path.ends_with("a.jpg"))
+        .expect("a.jpg");
     assert_eq!(a.caption, "a cat");
-    assert_eq!(a.fields.keys().collect::<Vec<_>>(), vec!["control.0", "mask", "pixels"]);
+    assert_eq!(
+        a.fields.keys().collect::<Vec<_>>(),
+        vec!["control.0", "mask", "pixels"]
+    );
     for (field, channels) in [("pixels", 3), ("mask", 1), ("control.0", 3)] {
         match store.read_field(a, field).expect("read") {
             FieldData::U8 { values, shape } => {
-                assert_eq!(shape, vec![channels, a.bucket_h as usize, a.bucket_w as usize], "{field}");
+                assert_eq!(
+                    shape,
+                    vec![channels, a.bucket_h as usize, a.bucket_w as usize],
+                    "{field}"
+                );
                 assert_eq!(values.len(), shape.iter().product::<usize>());
                 assert!(values.iter().any(|&v| v > 0), "{field} is not blank");
             }
@@ -61,7 +74,10 @@ fn prepare_stores_pixels_in_bucket_geometry_and_verifies() {
     let inspection = store.inspect().expect("inspect");
     assert_eq!(inspection.items, 4);
     assert_eq!(inspection.fields["pixels"].entries, 4);
-    assert_eq!(inspection.config_digest.as_deref(), Some(larder::config_digest(&Config::load(&config).expect("config")).as_str()));
+    assert_eq!(
+        inspection.config_digest.as_deref(),
+        Some(larder::config_digest(&Config::load(&config).expect("config")).as_str())
+    );
 }
 
 #[test]
@@ -72,7 +88,11 @@ fn stored_pixels_match_the_source_geometry() {
     std::fs::create_dir_all(&imgs).expect("mkdir");
     let img = image::RgbImage::from_fn(64, 32, |x, _| image::Rgb([(x * 4) as u8, 0, 255]));
     img.save(imgs.join("g.png")).expect("save");
-    let config = file(dir.path(), "c.yaml", "datasets:\n  - folder_path: imgs\n    resolution: 64\n    flip_x: true\n");
+    let config = file(
+        dir.path(),
+        "c.yaml",
+        "datasets:\n  - folder_path: imgs\n    resolution: 64\n    flip_x: true\n",
+    );
     let out = dir.path().join("store");
     run(&config, &out);
     let store = Store::open(&out).expect("open");
@@ -80,13 +100,15 @@ fn stored_pixels_match_the_source_geometry() {
     assert_eq!(items.len(), 2);
     let rows: Vec<Vec<u8>> = items
         .iter()
-        .map(|item| match store.read_field(item, "pixels").expect("read") {
-            FieldData::U8 { values, shape } => {
-                assert_eq!(shape, vec![3, 32, 64]);
-                values[..64].to_vec()
-            }
-            other => panic!("{other:?}"),
-        })
+        .map(
+            |item| match store.read_field(item, "pixels").expect("read") {
+                FieldData::U8 { values, shape } => {
+                    assert_eq!(shape, vec![3, 32, 64]);
+                    values[..64].to_vec()
+                }
+                other => panic!("{other:?}"),
+            },
+        )
         .collect();
     assert_eq!(rows[0][0], 0);
     assert_eq!(rows[0][63], 252);
@@ -104,7 +126,15 @@ fn keys_recompute_exactly_what_changed() {
 
     // Nothing changed: nothing is read or computed.
     let again = run(&config, &out);
-    assert_eq!((again.entries_computed, again.entries_reused, again.sources_hashed, again.shards_written), (0, 6, 0, 0));
+    assert_eq!(
+        (
+            again.entries_computed,
+            again.entries_reused,
+            again.sources_hashed,
+            again.shards_written
+        ),
+        (0, 6, 0, 0)
+    );
 
     // One image edited: its pixels only.
     image(&dir.path().join("imgs"), "c.webp", 80, 80, None);
@@ -116,19 +146,44 @@ fn keys_recompute_exactly_what_changed() {
     std::fs::write(dir.path().join("imgs/d.txt"), "a different fish").expect("caption");
     assert_eq!(run(&config, &out).entries_computed, 0);
     let store = Store::open(&out).expect("open");
-    assert!(store.items().expect("items").iter().any(|i| i.caption == "a different fish"));
+    assert!(
+        store
+            .items()
+            .expect("items")
+            .iter()
+            .any(|i| i.caption == "a different fish")
+    );
 
     // A mask parameter: the one mask entry.
-    let text = std::fs::read_to_string(&config).expect("read").replace("control_path: ctl", "control_path: ctl\n    invert_mask: true");
+    let text = std::fs::read_to_string(&config).expect("read").replace(
+        "control_path: ctl",
+        "control_path: ctl\n    invert_mask: true",
+    );
     std::fs::write(&config, text).expect("write");
     assert_eq!(run(&config, &out).entries_computed, 1);
 
     // A geometry parameter (flip): the flipped copies of all four items, with their fields.
-    let text = std::fs::read_to_string(&config).expect("read").replace("invert_mask: true", "invert_mask: true\n    flip_x: true");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("invert_mask: true", "invert_mask: true\n    flip_x: true");
     std::fs::write(&config, text).expect("write");
     let flipped = run(&config, &out);
-    assert_eq!((flipped.items, flipped.entries_computed, flipped.entries_reused), (8, 6, 6));
-    assert!(Store::open(&out).expect("open").verify().expect("verify").problems.is_empty());
+    assert_eq!(
+        (
+            flipped.items,
+            flipped.entries_computed,
+            flipped.entries_reused
+        ),
+        (8, 6, 6)
+    );
+    assert!(
+        Store::open(&out)
+            .expect("open")
+            .verify()
+            .expect("verify")
+            .problems
+            .is_empty()
+    );
 }
 
 #[test]
@@ -145,11 +200,22 @@ fn an_undecodable_image_is_a_finding_and_the_rest_is_prepared() {
         *b = 0xFF;
     }
     std::fs::write(&p, bytes).expect("write");
-    let config = file(dir.path(), "c.yaml", "datasets:\n  - folder_path: imgs\n    resolution: 64\n");
+    let config = file(
+        dir.path(),
+        "c.yaml",
+        "datasets:\n  - folder_path: imgs\n    resolution: 64\n",
+    );
     let out = dir.path().join("store");
     let report = run(&config, &out);
     assert_eq!(report.items, 1);
-    assert!(report.findings.iter().any(|f| f.path.ends_with("bad.jpg") && f.kind == larder::FindingKind::Corrupt), "{:?}", report.findings);
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.path.ends_with("bad.jpg") && f.kind == larder::FindingKind::Corrupt),
+        "{:?}",
+        report.findings
+    );
     let inspection = Store::open(&out).expect("open").inspect().expect("inspect");
     assert!(inspection.findings["corrupt"][0].contains("bad.jpg"));
 }
@@ -160,7 +226,11 @@ fn verify_names_broken_and_missing_shards() {
     let config = dataset(dir.path());
     let out = dir.path().join("store");
     run(&config, &out);
-    let mut shards: Vec<_> = std::fs::read_dir(out.join("shards")).expect("shards").flatten().map(|e| e.path()).collect();
+    let mut shards: Vec<_> = std::fs::read_dir(out.join("shards"))
+        .expect("shards")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     shards.sort();
     assert!(shards.len() >= 3);
     let mut bytes = std::fs::read(&shards[0]).expect("read");
@@ -169,9 +239,23 @@ fn verify_names_broken_and_missing_shards() {
     std::fs::write(&shards[0], bytes).expect("corrupt");
     std::fs::remove_file(&shards[1]).expect("remove");
     let report = Store::open(&out).expect("open").verify().expect("verify");
-    let named: Vec<(&Path, &str)> = report.problems.iter().map(|p| (p.path.as_path(), p.message.as_str())).collect();
-    assert!(named.iter().any(|(p, m)| *p == shards[0] && m.contains("checksum")), "{named:?}");
-    assert!(named.iter().any(|(p, m)| *p == shards[1] && m.contains("missing")), "{named:?}");
+    let named: Vec<(&Path, &str)> = report
+        .problems
+        .iter()
+        .map(|p| (p.path.as_path(), p.message.as_str()))
+        .collect();
+    assert!(
+        named
+            .iter()
+            .any(|(p, m)| *p == shards[0] && m.contains("checksum")),
+        "{named:?}"
+    );
+    assert!(
+        named
+            .iter()
+            .any(|(p, m)| *p == shards[1] && m.contains("missing")),
+        "{named:?}"
+    );
     // A reader meeting the missing shard says which and what to do.
     let store = Store::open(&out).expect("open");
     let errors: Vec<String> = store
@@ -180,7 +264,12 @@ fn verify_names_broken_and_missing_shards() {
         .iter()
         .filter_map(|i| store.read_field(i, "pixels").err().map(|e| e.to_string()))
         .collect();
-    assert!(errors.iter().any(|e| e.contains("missing") && e.contains("larder verify --repair")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("missing") && e.contains("larder verify --repair")),
+        "{errors:?}"
+    );
     drop(store);
 
     // What the message says to do works: repair forgets the broken shards, prepare rebuilds
@@ -188,7 +277,10 @@ fn verify_names_broken_and_missing_shards() {
     let mut store = Store::open(&out).expect("open");
     store.repair().expect("repair");
     let rebuilt = run(&config, &out);
-    assert!(rebuilt.entries_computed > 0 && rebuilt.entries_computed < 6, "{rebuilt:?}");
+    assert!(
+        rebuilt.entries_computed > 0 && rebuilt.entries_computed < 6,
+        "{rebuilt:?}"
+    );
     let store = Store::open(&out).expect("open");
     assert!(store.verify().expect("verify").problems.is_empty());
     for item in store.items().expect("items") {
@@ -202,11 +294,23 @@ fn a_missing_shard_is_rebuilt_by_the_next_prepare() {
     let config = dataset(dir.path());
     let out = dir.path().join("store");
     run(&config, &out);
-    let shard = std::fs::read_dir(out.join("shards")).expect("shards").flatten().next().expect("a shard").path();
+    let shard = std::fs::read_dir(out.join("shards"))
+        .expect("shards")
+        .flatten()
+        .next()
+        .expect("a shard")
+        .path();
     std::fs::remove_file(&shard).expect("remove");
     let again = run(&config, &out);
     assert!(again.entries_computed > 0);
-    assert!(Store::open(&out).expect("open").verify().expect("verify").problems.is_empty());
+    assert!(
+        Store::open(&out)
+            .expect("open")
+            .verify()
+            .expect("verify")
+            .problems
+            .is_empty()
+    );
 }
 
 #[test]
