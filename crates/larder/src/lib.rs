@@ -21,6 +21,7 @@ mod caption;
 mod config;
 mod error;
 mod image;
+pub mod load;
 mod plan;
 mod prepare;
 mod report;

@@ -21,6 +21,8 @@ pub enum Purpose {
     Crop = 1,
     /// The caption transforms of an item in an epoch.
     Caption = 2,
+    /// The data order of an epoch.
+    Order = 3,
 }
 
 impl Stream {

@@ -49,6 +49,12 @@ pub struct StoredItem {
     pub bucket_h: u32,
     /// The caption as loaded (before the per-epoch transforms).
     pub caption: String,
+    /// Part of a regularization dataset.
+    pub is_reg: bool,
+    /// The dataset's network weight.
+    pub network_weight: f32,
+    /// The dataset's loss multiplier.
+    pub loss_multiplier: f32,
     /// The item's fields and the keys of their entries.
     pub fields: BTreeMap<String, String>,
 }
@@ -139,32 +145,56 @@ impl Store {
         }
         let mut stmt = cat
             .conn
-            .prepare("SELECT id, dataset, path, bucket_w, bucket_h, caption FROM items ORDER BY id")
+            .prepare(
+                "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier
+                 FROM items ORDER BY id",
+            )
             .map_err(err)?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, u32>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
+                Ok(StoredItem {
+                    id: r.get::<_, i64>(0)? as u64,
+                    dataset: r.get::<_, i64>(1)? as u32,
+                    path: r.get(2)?,
+                    bucket_w: r.get(3)?,
+                    bucket_h: r.get(4)?,
+                    caption: r.get(5)?,
+                    is_reg: r.get(6)?,
+                    network_weight: r.get::<_, f64>(7)? as f32,
+                    loss_multiplier: r.get::<_, f64>(8)? as f32,
+                    fields: BTreeMap::new(),
+                })
             })
             .map_err(err)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, dataset, path, bucket_w, bucket_h, caption) = row.map_err(err)?;
-            out.push(StoredItem {
-                id: id as u64,
-                dataset: dataset as u32,
-                path,
-                bucket_w,
-                bucket_h,
-                caption,
-                fields: fields.remove(&(id as u64)).unwrap_or_default(),
-            });
+            let mut item = row.map_err(err)?;
+            item.fields = fields.remove(&item.id).unwrap_or_default();
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    /// Each dataset's settings as the prepare that made the store recorded them (JSON objects
+    /// with the keys of [`DatasetConfig`](crate::DatasetConfig)), by dataset index.
+    pub fn dataset_settings(&self) -> Result<Vec<serde_json::Value>> {
+        let cat = self.catalog();
+        let err = |e| cat.err(e);
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT id, config FROM datasets ORDER BY id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text) = row.map_err(err)?;
+            let value = serde_json::from_str(&text).map_err(|e| Error::Store {
+                path: cat.path.clone(),
+                message: format!("dataset {id}: unreadable settings: {e}"),
+            })?;
+            out.push(value);
         }
         Ok(out)
     }

@@ -2,6 +2,7 @@
 
 mod config;
 mod interop;
+mod load;
 mod plan;
 mod scan;
 mod store;

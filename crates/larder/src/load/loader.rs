@@ -1,0 +1,617 @@
+//! The loader: reader threads that assemble the planned batches from a store.
+//!
+//! Readers are threads over one memory-mapped store, not processes: one copy of the data,
+//! shared by all of them and, through the page cache, by every process on the machine. A pool
+//! of `threads` readers assembles batches ahead of the training loop, at most `prefetch` at a
+//! time; a reorder buffer hands them out in plan order whatever order they finish in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::batch::{Batch, BufferPool, Tensor};
+use super::plan::{Buckets, EpochPlan, OrderOptions, SizeChange, epoch_plan};
+use super::state::LoaderState;
+use crate::caption::{CaptionContext, CaptionRecipe};
+use crate::store::codec::{self, Codec, Repr};
+use crate::store::{Store, StoredItem};
+use crate::{Error, Result};
+
+/// Settings of a [`Loader`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoaderOptions {
+    /// Items per batch.
+    pub batch_size: u32,
+    /// Seed, shuffling and tail handling.
+    pub order: OrderOptions,
+    /// This process's rank.
+    pub rank: usize,
+    /// The number of ranks.
+    pub world_size: usize,
+    /// Reader threads.
+    pub threads: usize,
+    /// Batches assembled ahead of the consumer.
+    pub prefetch: usize,
+    /// Fields to load; `None` loads every field.
+    pub fields: Option<Vec<String>>,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions {
+            batch_size: 1,
+            order: OrderOptions::default(),
+            rank: 0,
+            world_size: 1,
+            threads: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
+            prefetch: 4,
+            fields: None,
+        }
+    }
+}
+
+impl LoaderOptions {
+    /// Takes `rank` and `world_size` from `RANK` and `WORLD_SIZE`, as torchrun sets them;
+    /// leaves them unchanged when unset.
+    pub fn with_env_ranks(mut self) -> Result<Self> {
+        let read = |name: &'static str| -> Result<Option<usize>> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::InvalidArgument {
+                        name,
+                        message: format!("the environment variable {name}={v:?} is not a number"),
+                    }),
+                Err(_) => Ok(None),
+            }
+        };
+        if let Some(r) = read("RANK")? {
+            self.rank = r;
+        }
+        if let Some(w) = read("WORLD_SIZE")? {
+            self.world_size = w;
+        }
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |name, message: String| Err(Error::InvalidArgument { name, message });
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if self.world_size == 0 || self.rank >= self.world_size {
+            return bad(
+                "rank",
+                format!(
+                    "rank {} is not below world size {}",
+                    self.rank, self.world_size
+                ),
+            );
+        }
+        if self.threads == 0 || self.prefetch == 0 {
+            return bad("threads", "threads and prefetch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the readers need to know of each item, shared by all of them.
+#[derive(Debug)]
+struct Catalogued {
+    items: Vec<StoredItem>,
+    recipes: Vec<CaptionRecipe>,
+    fields: Vec<String>,
+}
+
+/// Serves a store's items as batches, deterministically, on any number of ranks.
+#[derive(Debug)]
+pub struct Loader {
+    store: Arc<Store>,
+    shared: Arc<Catalogued>,
+    buckets: Buckets,
+    options: LoaderOptions,
+    state: LoaderState,
+    plan: EpochPlan,
+    /// This rank's steps taken in the epoch since the pipeline (re)started at `start`.
+    step: usize,
+    start: u64,
+    pipeline: Option<Pipeline>,
+    pool: Arc<BufferPool>,
+}
+
+impl Loader {
+    /// A loader at the start of epoch 0.
+    pub fn new(store: Arc<Store>, options: LoaderOptions) -> Result<Loader> {
+        let state = LoaderState::new(options.order, options.batch_size);
+        Loader::with_state(store, options, state)
+    }
+
+    /// A loader that continues from `state`, on this loader's ranks (which may differ from the
+    /// run that saved it). Nothing before the saved position is read.
+    pub fn with_state(
+        store: Arc<Store>,
+        mut options: LoaderOptions,
+        state: LoaderState,
+    ) -> Result<Loader> {
+        options.validate()?;
+        options.order = state.order;
+        let items = store.items()?;
+        if items
+            .iter()
+            .enumerate()
+            .any(|(i, item)| item.id != i as u64)
+        {
+            return Err(Error::Store {
+                path: store.root().to_path_buf(),
+                message: "item ids are not 0..n; prepare the store again".into(),
+            });
+        }
+        let settings = store.dataset_settings()?;
+        let recipes = settings.iter().map(recipe_from_settings).collect();
+        let fields = match &options.fields {
+            Some(f) => f.clone(),
+            None => {
+                let mut all: Vec<String> = items
+                    .iter()
+                    .flat_map(|i| i.fields.keys().cloned())
+                    .collect();
+                all.sort();
+                all.dedup();
+                all
+            }
+        };
+        let buckets = Buckets::new(
+            items
+                .iter()
+                .map(|i| (i.id as u32, (i.bucket_w, i.bucket_h))),
+        );
+        let plan = epoch_plan(
+            &buckets,
+            &state.order,
+            state.epoch,
+            state.epoch_start_size(),
+            &state.history,
+        );
+        let start = state.consumed;
+        Ok(Loader {
+            store,
+            shared: Arc::new(Catalogued {
+                items,
+                recipes,
+                fields,
+            }),
+            buckets,
+            options,
+            state,
+            plan,
+            step: 0,
+            start,
+            pipeline: None,
+            pool: Arc::new(BufferPool::default()),
+        })
+    }
+
+    /// The loader's position; save it with a checkpoint.
+    pub fn state(&self) -> &LoaderState {
+        &self.state
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch
+    }
+
+    /// The number of batches this rank serves in the current epoch (from its start).
+    pub fn len(&self) -> usize {
+        self.plan
+            .per_rank(self.options.world_size, self.state.order.rank_tail)
+    }
+
+    /// Returns true if and only if this rank serves no batch this epoch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts `epoch` from its beginning (as `DistributedSampler.set_epoch` does).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.state.epoch = epoch;
+        self.state.consumed = 0;
+        self.replan();
+    }
+
+    /// Changes the batch size from the next batch on; the rest of the epoch is re-planned
+    /// deterministically and the change is recorded in the state.
+    pub fn set_batch_size(&mut self, batch_size: u32) -> Result<()> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument {
+                name: "batch_size",
+                message: "must be at least 1".into(),
+            });
+        }
+        if batch_size == self.state.current_batch_size() {
+            return Ok(());
+        }
+        self.state.history.push(SizeChange {
+            epoch: self.state.epoch,
+            at: self.state.consumed,
+            batch_size,
+        });
+        self.replan();
+        Ok(())
+    }
+
+    fn replan(&mut self) {
+        self.pipeline = None;
+        self.plan = epoch_plan(
+            &self.buckets,
+            &self.state.order,
+            self.state.epoch,
+            self.state.epoch_start_size(),
+            &self.state.history,
+        );
+        self.start = self.state.consumed;
+        self.step = 0;
+    }
+
+    /// The global batch indices this rank serves from the current position to the epoch's end.
+    fn remaining_jobs(&self) -> Vec<usize> {
+        let (rank, world) = (self.options.rank, self.options.world_size);
+        (0..)
+            .map_while(|s| {
+                self.plan.global_index(
+                    self.start as usize,
+                    rank,
+                    world,
+                    s,
+                    self.state.order.rank_tail,
+                )
+            })
+            .collect()
+    }
+
+    /// The next batch of the epoch, or `None` at its end (the loader then moves to the next
+    /// epoch). An error belongs to the batch it is returned for; the loader moves past it.
+    pub fn next_batch(&mut self) -> Option<Result<Batch>> {
+        if self.pipeline.is_none() {
+            let jobs = self.remaining_jobs();
+            if jobs.is_empty() {
+                self.state.epoch += 1;
+                self.state.consumed = 0;
+                self.replan();
+                return None;
+            }
+            self.pipeline = Some(Pipeline::start(
+                self.store.clone(),
+                self.shared.clone(),
+                self.pool.clone(),
+                self.plan.batches.clone(),
+                jobs,
+                self.state.epoch,
+                self.state.order.seed,
+                &self.options,
+            ));
+        }
+        let pipeline = self.pipeline.as_mut()?;
+        match pipeline.next() {
+            Some(result) => {
+                self.step += 1;
+                self.state.consumed = self.start + (self.step * self.options.world_size) as u64;
+                Some(result)
+            }
+            None => {
+                self.state.epoch += 1;
+                self.state.consumed = 0;
+                self.replan();
+                None
+            }
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+
+    /// Yields the current epoch's batches, then `None` once; iterating again serves the next
+    /// epoch, as a PyTorch DataLoader does.
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.next_batch()
+    }
+}
+
+/// The caption settings of a dataset as the store recorded them.
+fn recipe_from_settings(v: &serde_json::Value) -> CaptionRecipe {
+    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+    CaptionRecipe {
+        caption_dropout_rate: f("caption_dropout_rate"),
+        token_dropout_rate: f("token_dropout_rate"),
+        keep_tokens: u("keep_tokens"),
+        shuffle_tokens: v
+            .get("shuffle_tokens")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        trigger_word: v
+            .get("trigger_word")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        is_reg: v
+            .get("is_reg")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        random_triggers: v
+            .get("random_triggers")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        random_triggers_max: v
+            .get("random_triggers_max")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(1) as usize,
+    }
+}
+
+/// Reader threads working through one epoch's jobs for this rank.
+#[derive(Debug)]
+struct Pipeline {
+    results: Receiver<(usize, Result<Batch>)>,
+    /// A token per batch that may be in flight; readers take one before assembling.
+    tokens: Option<Sender<()>>,
+    reorder: HashMap<usize, Result<Batch>>,
+    next: usize,
+    jobs: usize,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        store: Arc<Store>,
+        shared: Arc<Catalogued>,
+        pool: Arc<BufferPool>,
+        batches: Vec<Vec<u32>>,
+        jobs: Vec<usize>,
+        epoch: u64,
+        seed: u64,
+        options: &LoaderOptions,
+    ) -> Pipeline {
+        let (result_tx, results) = crossbeam_channel::unbounded();
+        let (token_tx, token_rx) = crossbeam_channel::bounded::<()>(options.prefetch);
+        for _ in 0..options.prefetch {
+            // The channel has room for exactly this many tokens.
+            let _ = token_tx.send(());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let next_job = Arc::new(AtomicUsize::new(0));
+        let jobs = Arc::new(jobs);
+        let batches = Arc::new(batches);
+        let count = jobs.len();
+        let threads = (0..options.threads)
+            .map(|_| {
+                let (store, shared, pool, jobs, batches) = (
+                    store.clone(),
+                    shared.clone(),
+                    pool.clone(),
+                    jobs.clone(),
+                    batches.clone(),
+                );
+                let (result_tx, token_rx, stop, next_job) = (
+                    result_tx.clone(),
+                    token_rx.clone(),
+                    stop.clone(),
+                    next_job.clone(),
+                );
+                std::thread::spawn(move || {
+                    // A token bounds the batches in flight; the consumer's drop closes the
+                    // token channel, which ends every reader promptly.
+                    while token_rx.recv().is_ok() {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let j = next_job.fetch_add(1, Ordering::Relaxed);
+                        let Some(&global) = jobs.get(j) else { return };
+                        let batch = assemble(
+                            &store,
+                            &shared,
+                            &pool,
+                            &batches[global],
+                            epoch,
+                            global as u64,
+                            seed,
+                        );
+                        if result_tx.send((j, batch)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Pipeline {
+            results,
+            tokens: Some(token_tx),
+            reorder: HashMap::new(),
+            next: 0,
+            jobs: count,
+            stop,
+            threads,
+        }
+    }
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.next >= self.jobs {
+            return None;
+        }
+        let result = loop {
+            if let Some(r) = self.reorder.remove(&self.next) {
+                break r;
+            }
+            match self.results.recv() {
+                Ok((j, r)) => {
+                    self.reorder.insert(j, r);
+                }
+                Err(_) => {
+                    break Err(Error::InvalidArgument {
+                        name: "loader",
+                        message: "the reader threads stopped unexpectedly (a reader panicked)"
+                            .into(),
+                    });
+                }
+            }
+        };
+        self.next += 1;
+        if let Some(tokens) = &self.tokens {
+            let _ = tokens.send(());
+        }
+        Some(result)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.tokens = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Assembles one batch: every requested field of every item, stacked into one buffer.
+fn assemble(
+    store: &Store,
+    shared: &Catalogued,
+    pool: &Arc<BufferPool>,
+    ids: &[u32],
+    epoch: u64,
+    index: u64,
+    seed: u64,
+) -> Result<Batch> {
+    let items: Vec<&StoredItem> = ids.iter().map(|&id| &shared.items[id as usize]).collect();
+    let first = items.first().ok_or_else(|| Error::InvalidArgument {
+        name: "batch",
+        message: "empty batch".into(),
+    })?;
+    let mut fields = std::collections::BTreeMap::new();
+    for field in &shared.fields {
+        // A field that some items lack (a missing mask) is left out of the batch rather than
+        // stacked with holes.
+        if !items.iter().all(|i| i.fields.contains_key(field)) {
+            continue;
+        }
+        fields.insert(field.clone(), stack(store, pool, &items, field)?);
+    }
+    let captions = items
+        .iter()
+        .map(|i| {
+            let recipe = &shared.recipes[i.dataset as usize];
+            recipe.apply(
+                &i.caption,
+                CaptionContext {
+                    seed,
+                    epoch,
+                    item: i.id,
+                },
+            )
+        })
+        .collect();
+    Ok(Batch {
+        epoch,
+        index,
+        items: ids.to_vec(),
+        bucket: (first.bucket_w, first.bucket_h),
+        fields,
+        captions,
+        is_reg: items.iter().map(|i| i.is_reg).collect(),
+        network_weight: items.iter().map(|i| i.network_weight).collect(),
+        loss_multiplier: items.iter().map(|i| i.loss_multiplier).collect(),
+    })
+}
+
+/// Stacks one field of `items` into a pooled buffer: raw entries are copied straight from the
+/// memory map; compressed ones are decompressed into place; quantized ones decoded to f32.
+fn stack(
+    store: &Store,
+    pool: &Arc<BufferPool>,
+    items: &[&StoredItem],
+    field: &str,
+) -> Result<Tensor> {
+    let mut out: Option<Tensor> = None;
+    let mut item_bytes = 0usize;
+    for (k, item) in items.iter().enumerate() {
+        let key = &item.fields[field];
+        let (map, entry) = store.stored_bytes(key).map_err(|e| match e {
+            Error::Store { path, message } => Error::Store {
+                path,
+                message: format!("item {} ({}) field {field}: {message}", item.id, item.path),
+            },
+            other => other,
+        })?;
+        let codec = Codec::parse(&entry.codec)?;
+        let context = |e: Error| Error::Store {
+            path: map.path.clone(),
+            message: format!("item {} ({}) field {field}: {e}", item.id, item.path),
+        };
+        let stored = map.slice(entry.offset, entry.length).map_err(context)?;
+        let (dtype, bytes): (&'static str, std::borrow::Cow<'_, [u8]>) = match codec.repr {
+            Repr::Fp8E4M3 | Repr::Fp8E5M2 | Repr::Int8 => {
+                let elements =
+                    codec::decompress(codec, stored, entry.raw_len as usize).map_err(context)?;
+                let values =
+                    codec::decode_f32(codec, &elements, &entry.shape, &entry.scale, &entry.bias)
+                        .map_err(context)?;
+                (
+                    "F32",
+                    values
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect::<Vec<u8>>()
+                        .into(),
+                )
+            }
+            _ => (
+                codec.element_dtype(),
+                codec::decompress(codec, stored, entry.raw_len as usize).map_err(context)?,
+            ),
+        };
+        let tensor = out.get_or_insert_with(|| {
+            item_bytes = bytes.len();
+            let mut shape = vec![items.len()];
+            shape.extend_from_slice(&entry.shape);
+            Tensor {
+                dtype,
+                shape,
+                data: pool.take(item_bytes * items.len()),
+            }
+        });
+        if bytes.len() != item_bytes
+            || tensor.dtype != dtype
+            || tensor.shape[1..] != entry.shape[..]
+        {
+            return Err(context(Error::InvalidArgument {
+                name: "field",
+                message: format!(
+                    "shape {:?} {dtype} differs from the batch's {:?} {}",
+                    entry.shape,
+                    &tensor.shape[1..],
+                    tensor.dtype
+                ),
+            }));
+        }
+        tensor.data.as_mut_slice()[k * item_bytes..(k + 1) * item_bytes].copy_from_slice(&bytes);
+    }
+    out.ok_or_else(|| Error::InvalidArgument {
+        name: "batch",
+        message: "empty batch".into(),
+    })
+}

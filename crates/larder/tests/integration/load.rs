@@ -1,0 +1,282 @@
+//! The loader: deterministic, resumable, elastic, rank-aware; errors at the right batch.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use larder::load::plan::{BucketTail, OrderOptions, RankTail};
+use larder::load::{Batch, Loader, LoaderOptions, LoaderState};
+use larder::{Config, PrepareOptions, Store, prepare};
+
+use crate::{file, image};
+
+/// A store of `n` items in three buckets, with shuffled, dropped-out captions.
+fn store(root: &Path, n: usize) -> Arc<Store> {
+    let imgs = root.join("imgs");
+    for i in 0..n {
+        let (w, h) = [(64, 64), (96, 64), (64, 96)][i % 3];
+        // Distinct pixels per image: identical images would share their stored entries.
+        let path = image(
+            &imgs,
+            &format!("img{i:03}.png"),
+            w,
+            h,
+            Some(&format!("tag{i}, red, blue, green")),
+        );
+        larder::synth::write_image(&path, w, h, i as u64).expect("distinct image");
+    }
+    let config = file(
+        root,
+        "c.yaml",
+        "datasets:\n  - folder_path: imgs\n    resolution: 64\n    shuffle_tokens: true\n    caption_dropout_rate: 0.2\n",
+    );
+    let out = root.join("store");
+    let options = PrepareOptions {
+        shard_bytes: 32 << 10,
+        ..PrepareOptions::default()
+    };
+    prepare(&Config::load(&config).expect("config"), &out, &options).expect("prepare");
+    Arc::new(Store::open(&out).expect("open"))
+}
+
+fn options(batch_size: u32, threads: usize) -> LoaderOptions {
+    LoaderOptions {
+        batch_size,
+        order: OrderOptions {
+            seed: 3,
+            shuffle: true,
+            bucket_tail: BucketTail::Keep,
+            rank_tail: RankTail::Pad,
+        },
+        threads,
+        prefetch: 3,
+        ..LoaderOptions::default()
+    }
+}
+
+/// What a batch holds, comparable: items, captions, and each field's shape and a hash of its bytes.
+type Digest = (
+    Vec<u32>,
+    Vec<String>,
+    BTreeMap<String, (Vec<usize>, String)>,
+);
+
+/// The digest of a batch.
+fn digest(b: &Batch) -> Digest {
+    let fields = b
+        .fields
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                (
+                    t.shape.clone(),
+                    blake3::hash(t.data.as_slice()).to_hex().to_string(),
+                ),
+            )
+        })
+        .collect();
+    (b.items.clone(), b.captions.clone(), fields)
+}
+
+fn epoch(loader: &mut Loader) -> Vec<Digest> {
+    let mut out = Vec::new();
+    for b in loader.by_ref() {
+        out.push(digest(&b.expect("batch")));
+    }
+    out
+}
+
+#[test]
+fn batches_are_identical_whatever_the_thread_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 30);
+    let one = epoch(&mut Loader::new(store.clone(), options(4, 1)).expect("loader"));
+    let four = epoch(&mut Loader::new(store.clone(), options(4, 4)).expect("loader"));
+    assert_eq!(one, four);
+    let mut items: Vec<u32> = one.iter().flat_map(|(i, _, _)| i.clone()).collect();
+    items.sort_unstable();
+    assert_eq!(
+        items,
+        (0..30).collect::<Vec<_>>(),
+        "each item once per epoch"
+    );
+    let (ids, captions, fields) = &one[0];
+    assert_eq!(fields["pixels"].0[0], ids.len());
+    assert_eq!(fields["pixels"].0[1], 3);
+    assert_eq!(captions.len(), ids.len());
+}
+
+#[test]
+fn epochs_differ_and_captions_follow_the_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 24);
+    let mut loader = Loader::new(store, options(4, 2)).expect("loader");
+    let e0 = epoch(&mut loader);
+    assert_eq!(loader.epoch(), 1);
+    let e1 = epoch(&mut loader);
+    assert_ne!(
+        e0.iter().map(|b| &b.0).collect::<Vec<_>>(),
+        e1.iter().map(|b| &b.0).collect::<Vec<_>>()
+    );
+    let captions: Vec<&String> = e0.iter().flat_map(|b| &b.1).collect();
+    assert!(
+        captions.iter().any(|c| c.is_empty()),
+        "caption dropout at 0.2 over 24 items"
+    );
+    assert!(
+        captions.iter().any(|c| !c.starts_with("tag")),
+        "tokens are shuffled"
+    );
+}
+
+#[test]
+fn resume_from_state_continues_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 30);
+    let full = epoch(&mut Loader::new(store.clone(), options(3, 2)).expect("loader"));
+    let mut first = Loader::new(store.clone(), options(3, 2)).expect("loader");
+    let head: Vec<_> = (0..4)
+        .map(|_| digest(&first.next().expect("batch").expect("ok")))
+        .collect();
+    let saved = first.state().to_json();
+    drop(first);
+    let state = LoaderState::from_json(&saved).expect("state");
+    assert_eq!(state.consumed, 4);
+    let mut resumed = Loader::with_state(store, options(3, 3), state).expect("resume");
+    let tail = epoch(&mut resumed);
+    assert_eq!([head, tail].concat(), full);
+}
+
+#[test]
+fn elastic_resume_on_another_world_size_serves_each_item_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 45);
+    let on = |rank, world| LoaderOptions {
+        rank,
+        world_size: world,
+        ..options(3, 1)
+    };
+    // Two ranks take three steps each.
+    let mut seen: Vec<u32> = Vec::new();
+    let mut state = None;
+    for rank in 0..2 {
+        let mut l = Loader::new(store.clone(), on(rank, 2)).expect("loader");
+        for _ in 0..3 {
+            seen.extend(l.next().expect("batch").expect("ok").items);
+        }
+        state = Some(l.state().clone());
+    }
+    let state = state.expect("a state");
+    assert_eq!(state.consumed, 6);
+    // The job resumes on three ranks, which take equal numbers of steps.
+    let mut steps = Vec::new();
+    for rank in 0..3 {
+        let mut l = Loader::with_state(store.clone(), on(rank, 3), state.clone()).expect("resume");
+        let batches: Vec<Batch> = l.by_ref().map(|b| b.expect("ok")).collect();
+        steps.push(batches.len());
+        seen.extend(batches.into_iter().flat_map(|b| b.items));
+    }
+    assert!(steps.iter().all(|&s| s == steps[0]), "{steps:?}");
+    let mut distinct = seen.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct, (0..45).collect::<Vec<_>>(), "no item skipped");
+    // Only padding repeats items: less than one batch per rank.
+    assert!(seen.len() - 45 < 3 * 3, "{} served", seen.len());
+}
+
+#[test]
+fn set_batch_size_takes_effect_at_the_next_batch_and_survives_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 60);
+    let mut loader = Loader::new(store.clone(), options(2, 2)).expect("loader");
+    let a = loader.next().expect("batch").expect("ok");
+    assert_eq!(a.len(), 2);
+    loader.set_batch_size(5).expect("resize");
+    let b = loader.next().expect("batch").expect("ok");
+    assert_eq!(b.len(), 5);
+    assert_eq!(b.fields["pixels"].shape[0], 5);
+    let state = loader.state().clone();
+    assert_eq!(state.history.len(), 1);
+    let rest: Vec<_> = loader.by_ref().map(|b| digest(&b.expect("ok"))).collect();
+    let resumed: Vec<_> = Loader::with_state(store, options(2, 1), state)
+        .expect("resume")
+        .map(|b| digest(&b.expect("ok")))
+        .collect();
+    assert_eq!(rest, resumed);
+}
+
+#[test]
+fn ranks_come_from_torchrun_variables() {
+    // SAFETY of the test: this test binary does not read these variables anywhere else.
+    let opts = LoaderOptions::default();
+    unsafe {
+        std::env::set_var("RANK", "1");
+        std::env::set_var("WORLD_SIZE", "4");
+    }
+    let got = opts.clone().with_env_ranks().expect("ranks");
+    unsafe {
+        std::env::set_var("WORLD_SIZE", "four");
+    }
+    let err = opts.with_env_ranks().expect_err("not a number");
+    unsafe {
+        std::env::remove_var("RANK");
+        std::env::remove_var("WORLD_SIZE");
+    }
+    assert_eq!((got.rank, got.world_size), (1, 4));
+    assert!(err.to_string().contains("WORLD_SIZE"), "{err}");
+}
+
+#[test]
+fn a_missing_shard_fails_its_batch_naming_shard_and_item_and_others_still_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    let store = store(dir.path(), 30);
+    let shard = std::fs::read_dir(store_dir.join("shards"))
+        .expect("shards")
+        .flatten()
+        .next()
+        .expect("shard")
+        .path();
+    std::fs::remove_file(&shard).expect("remove");
+    let loader = Loader::new(store, options(3, 2)).expect("loader");
+    let results: Vec<_> = loader.collect();
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(!errors.is_empty());
+    assert!(
+        errors.len() < results.len(),
+        "the other batches load: {errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains(shard.to_str().expect("utf-8")) && e.contains("item ")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn dropping_the_loader_mid_epoch_stops_its_threads_promptly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 30);
+    let mut loader = Loader::new(
+        store,
+        LoaderOptions {
+            prefetch: 8,
+            ..options(1, 4)
+        },
+    )
+    .expect("loader");
+    loader.next().expect("batch").expect("ok");
+    let started = std::time::Instant::now();
+    drop(loader);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
