@@ -26,6 +26,8 @@ enum Command {
     Verify(cmd::store::VerifyArgs),
     /// Remove entries and shards of a store that no item references.
     Gc(cmd::store::StoreArgs),
+    /// Serve a store for a few epochs: samples/s, MB/s, batch latency, memory.
+    Bench(cmd::bench::Args),
     /// Benchmark the scan against AI Toolkit's way of reading image sizes (needs Python + Pillow).
     BenchScan(cmd::bench_scan::Args),
     /// Benchmark prepare against AI Toolkit's pixel path, and print codec sizes and errors.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::store::inspect(args),
         Command::Verify(args) => cmd::store::verify(args),
         Command::Gc(args) => cmd::store::gc(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::BenchScan(args) => cmd::bench_scan::run(args),
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
     };

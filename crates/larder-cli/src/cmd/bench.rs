@@ -1,0 +1,186 @@
+//! `larder bench`: serve a store for a few epochs and report throughput, latency and memory.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use larder::Store;
+use larder::load::plan::{BucketTail, OrderOptions, RankTail};
+use larder::load::{Loader, LoaderOptions};
+
+/// Arguments of `larder bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The store folder.
+    store: PathBuf,
+    /// Items per batch.
+    #[arg(long, default_value_t = 4)]
+    batch_size: u32,
+    /// Reader threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Batches assembled ahead.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+    /// Epochs to serve.
+    #[arg(long, default_value_t = 3)]
+    epochs: u64,
+    /// Fields to load (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    fields: Option<Vec<String>>,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `larder bench` measured.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    store: PathBuf,
+    batch_size: u32,
+    threads: usize,
+    epochs: u64,
+    batches: usize,
+    samples: usize,
+    seconds: f64,
+    samples_per_s: f64,
+    mb_per_s: f64,
+    open_s: f64,
+    first_batch_s: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    epoch_switch_ms: Vec<f64>,
+    rss_mb: Option<f64>,
+    pss_mb: Option<f64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let store = Arc::new(Store::open(&args.store)?);
+    let options = LoaderOptions {
+        batch_size: args.batch_size,
+        order: OrderOptions {
+            seed: 0,
+            shuffle: true,
+            bucket_tail: BucketTail::Fill,
+            rank_tail: RankTail::Pad,
+        },
+        threads: args.threads,
+        prefetch: args.prefetch,
+        fields: args.fields.clone(),
+        ..LoaderOptions::default()
+    }
+    .with_env_ranks()?;
+    let mut loader = Loader::new(store, options)?;
+    let open_s = started.elapsed().as_secs_f64();
+
+    let mut latencies = Vec::new();
+    let (mut samples, mut bytes) = (0usize, 0usize);
+    let mut first_batch_s = None;
+    let mut epoch_switch_ms = Vec::new();
+    let serve = Instant::now();
+    for epoch in 0..args.epochs {
+        let mut last = Instant::now();
+        let mut first_of_epoch = true;
+        for batch in loader.by_ref() {
+            let batch = batch?;
+            let now = Instant::now();
+            let waited = now.duration_since(last).as_secs_f64() * 1e3;
+            if first_of_epoch && epoch > 0 {
+                epoch_switch_ms.push(waited);
+            }
+            first_of_epoch = false;
+            first_batch_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            latencies.push(waited);
+            samples += batch.len();
+            bytes += batch
+                .fields
+                .values()
+                .map(|t| t.data.as_slice().len())
+                .sum::<usize>();
+            last = Instant::now();
+        }
+    }
+    let seconds = serve.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let (rss_mb, pss_mb) = memory();
+    let report = Report {
+        store: args.store.clone(),
+        batch_size: args.batch_size,
+        threads: args.threads,
+        epochs: args.epochs,
+        batches: latencies.len(),
+        samples,
+        seconds,
+        samples_per_s: samples as f64 / seconds.max(1e-9),
+        mb_per_s: bytes as f64 / 1e6 / seconds.max(1e-9),
+        open_s,
+        first_batch_s: first_batch_s.unwrap_or(0.0),
+        latency_p50_ms: pct(0.5),
+        latency_p99_ms: pct(0.99),
+        epoch_switch_ms,
+        rss_mb,
+        pss_mb,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "served {} batches ({} samples) of {} in {} epochs: {:.0} samples/s, {:.1} MB/s",
+        report.batches,
+        report.samples,
+        args.store.display(),
+        args.epochs,
+        report.samples_per_s,
+        report.mb_per_s
+    )?;
+    writeln!(
+        out,
+        "open {:.3}s, first batch {:.3}s; batch wait p50 {:.3} ms, p99 {:.3} ms; epoch switch {} ms",
+        report.open_s,
+        report.first_batch_s,
+        report.latency_p50_ms,
+        report.latency_p99_ms,
+        report
+            .epoch_switch_ms
+            .iter()
+            .map(|v| format!("{v:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    match (report.rss_mb, report.pss_mb) {
+        (Some(r), Some(p)) => writeln!(out, "memory: RSS {r:.1} MB, PSS {p:.1} MB")?,
+        _ => writeln!(
+            out,
+            "memory: not available on this system (needs /proc/self/smaps_rollup)"
+        )?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resident and proportional set size of this process, from /proc/self/smaps_rollup (Linux).
+fn memory() -> (Option<f64>, Option<f64>) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/smaps_rollup") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
