@@ -32,6 +32,8 @@ enum Command {
     BenchScan(cmd::bench_scan::Args),
     /// Benchmark prepare against AI Toolkit's pixel path, and print codec sizes and errors.
     BenchPrepare(cmd::bench_prepare::Args),
+    /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
+    BenchLoad(cmd::bench_load::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::BenchScan(args) => cmd::bench_scan::run(args),
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
+        Command::BenchLoad(args) => cmd::bench_load::run(args),
     };
     match result {
         Ok(code) => code,

@@ -54,6 +54,9 @@ struct Report {
     epoch_switch_ms: Vec<f64>,
     rss_mb: Option<f64>,
     pss_mb: Option<f64>,
+    /// Private anonymous memory: what the loader itself allocates, as opposed to the mapped
+    /// store's page cache, which RSS also counts and every process on the machine shares.
+    anon_mb: Option<f64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -111,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .copied()
             .unwrap_or(0.0)
     };
-    let (rss_mb, pss_mb) = memory();
+    let (rss_mb, pss_mb, anon_mb) = memory();
     let report = Report {
         store: args.store.clone(),
         batch_size: args.batch_size,
@@ -129,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         epoch_switch_ms,
         rss_mb,
         pss_mb,
+        anon_mb,
     };
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -170,10 +174,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resident and proportional set size of this process, from /proc/self/smaps_rollup (Linux).
-fn memory() -> (Option<f64>, Option<f64>) {
+/// Resident and proportional set size, and anonymous memory, of this process, from
+/// /proc/self/smaps_rollup (Linux).
+fn memory() -> (Option<f64>, Option<f64>, Option<f64>) {
     let Ok(text) = std::fs::read_to_string("/proc/self/smaps_rollup") else {
-        return (None, None);
+        return (None, None, None);
     };
     let field = |name: &str| {
         text.lines()
@@ -182,5 +187,5 @@ fn memory() -> (Option<f64>, Option<f64>) {
             .and_then(|kb| kb.parse::<f64>().ok())
             .map(|kb| kb / 1024.0)
     };
-    (field("Rss:"), field("Pss:"))
+    (field("Rss:"), field("Pss:"), field("Anonymous:"))
 }
