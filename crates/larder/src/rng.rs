@@ -23,6 +23,8 @@ pub enum Purpose {
     Caption = 2,
     /// The data order of an epoch.
     Order = 3,
+    /// The random flip of an item in an epoch.
+    Flip = 4,
 }
 
 impl Stream {

@@ -99,6 +99,10 @@ pub struct Batch {
     pub index: u64,
     /// Item ids.
     pub items: Vec<u32>,
+    /// Item keys: content addresses of each item's source and geometry (hex).
+    pub keys: Vec<String>,
+    /// Per item: mirrored left to right at load time (`LoaderOptions::random_flip`).
+    pub flipped: Vec<bool>,
     /// The bucket: width and height of the items' images.
     pub bucket: (u32, u32),
     /// Fields by name ("pixels", "mask", "control.0", ...).

@@ -16,8 +16,9 @@ use super::batch::{Batch, BufferPool, Tensor};
 use super::plan::{Buckets, EpochPlan, OrderOptions, SizeChange, epoch_plan};
 use super::state::LoaderState;
 use crate::caption::{CaptionContext, CaptionRecipe};
-use crate::store::codec::{self, Codec, Repr};
-use crate::store::{Store, StoredItem};
+use crate::rng::{Purpose, Stream};
+use crate::store::codec::{self, Repr};
+use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, Store};
 use crate::{Error, Result};
 
 /// Settings of a [`Loader`].
@@ -37,6 +38,10 @@ pub struct LoaderOptions {
     pub prefetch: usize,
     /// Fields to load; `None` loads every field.
     pub fields: Option<Vec<String>>,
+    /// Mirror each item's image fields left to right with probability ½, drawn per (seed,
+    /// epoch, item): flip augmentation without AI Toolkit's doubling of the item list. Applies
+    /// to u8 image fields (pixels, masks, controls, inpaint), not to encoded latents.
+    pub random_flip: bool,
 }
 
 impl Default for LoaderOptions {
@@ -51,6 +56,7 @@ impl Default for LoaderOptions {
                 .min(8),
             prefetch: 4,
             fields: None,
+            random_flip: false,
         }
     }
 }
@@ -105,9 +111,11 @@ impl LoaderOptions {
 /// What the readers need to know of each item, shared by all of them.
 #[derive(Debug)]
 struct Catalogued {
-    items: Vec<StoredItem>,
+    columns: ItemColumns,
     recipes: Vec<CaptionRecipe>,
-    fields: Vec<String>,
+    /// The fields to load, as indices into `columns.fields`, in name order.
+    fields: Vec<usize>,
+    random_flip: bool,
 }
 
 /// Serves a store's items as batches, deterministically, on any number of ranks.
@@ -142,35 +150,35 @@ impl Loader {
     ) -> Result<Loader> {
         options.validate()?;
         options.order = state.order;
-        let items = store.items()?;
-        if items
-            .iter()
-            .enumerate()
-            .any(|(i, item)| item.id != i as u64)
-        {
-            return Err(Error::Store {
-                path: store.root().to_path_buf(),
-                message: "item ids are not 0..n; prepare the store again".into(),
-            });
-        }
+        let columns = store.item_columns()?;
         let settings = store.dataset_settings()?;
         let recipes = settings.iter().map(recipe_from_settings).collect();
-        let fields = match &options.fields {
-            Some(f) => f.clone(),
-            None => {
-                let mut all: Vec<String> = items
-                    .iter()
-                    .flat_map(|i| i.fields.keys().cloned())
-                    .collect();
-                all.sort();
-                all.dedup();
-                all
-            }
-        };
-        let buckets = Buckets::new(
-            items
+        let mut fields: Vec<usize> = match &options.fields {
+            Some(wanted) => wanted
                 .iter()
-                .map(|i| (i.id as u32, (i.bucket_w, i.bucket_h))),
+                .map(|name| {
+                    columns
+                        .fields
+                        .iter()
+                        .position(|f| f == name)
+                        .ok_or_else(|| Error::InvalidArgument {
+                            name: "fields",
+                            message: format!(
+                                "the store has no field {name:?} (it has {:?})",
+                                columns.fields
+                            ),
+                        })
+                })
+                .collect::<Result<_>>()?,
+            None => (0..columns.fields.len()).collect(),
+        };
+        fields.sort_by(|a, b| columns.fields[*a].cmp(&columns.fields[*b]));
+        let buckets = Buckets::new(
+            columns
+                .items
+                .iter()
+                .enumerate()
+                .map(|(id, i)| (id as u32, i.bucket)),
         );
         let plan = epoch_plan(
             &buckets,
@@ -183,9 +191,10 @@ impl Loader {
         Ok(Loader {
             store,
             shared: Arc::new(Catalogued {
-                items,
+                columns,
                 recipes,
                 fields,
+                random_flip: options.random_flip,
             }),
             buckets,
             options,
@@ -497,30 +506,48 @@ fn assemble(
     index: u64,
     seed: u64,
 ) -> Result<Batch> {
-    let items: Vec<&StoredItem> = ids.iter().map(|&id| &shared.items[id as usize]).collect();
-    let first = items.first().ok_or_else(|| Error::InvalidArgument {
+    let columns = &shared.columns;
+    let rows: Vec<&ItemRow> = ids.iter().map(|&id| &columns.items[id as usize]).collect();
+    let first = rows.first().ok_or_else(|| Error::InvalidArgument {
         name: "batch",
         message: "empty batch".into(),
     })?;
+    let flipped: Vec<bool> = ids
+        .iter()
+        .map(|&id| {
+            shared.random_flip
+                && Stream::new(Purpose::Flip, &[seed, epoch, u64::from(id)]).unit() < 0.5
+        })
+        .collect();
     let mut fields = std::collections::BTreeMap::new();
-    for field in &shared.fields {
+    for &f in &shared.fields {
+        let positions: Vec<u32> = ids
+            .iter()
+            .map(|&id| columns.entries[f][id as usize])
+            .collect();
         // A field that some items lack (a missing mask) is left out of the batch rather than
         // stacked with holes.
-        if !items.iter().all(|i| i.fields.contains_key(field)) {
+        if positions.contains(&NO_ENTRY) {
             continue;
         }
-        fields.insert(field.clone(), stack(store, pool, &items, field)?);
+        let name = &columns.fields[f];
+        let mut tensor = stack(store, pool, ids, &rows, &positions, name)?;
+        if flipped.contains(&true) && tensor.dtype == "U8" && tensor.shape.len() == 4 {
+            mirror_rows(&mut tensor, &flipped);
+        }
+        fields.insert(name.clone(), tensor);
     }
-    let captions = items
+    let captions = ids
         .iter()
-        .map(|i| {
-            let recipe = &shared.recipes[i.dataset as usize];
+        .zip(&rows)
+        .map(|(&id, row)| {
+            let recipe = &shared.recipes[row.dataset as usize];
             recipe.apply(
-                &i.caption,
+                &row.caption,
                 CaptionContext {
                     seed,
                     epoch,
-                    item: i.id,
+                    item: u64::from(id),
                 },
             )
         })
@@ -529,38 +556,66 @@ fn assemble(
         epoch,
         index,
         items: ids.to_vec(),
-        bucket: (first.bucket_w, first.bucket_h),
+        keys: rows
+            .iter()
+            .map(|r| r.key.iter().map(|b| format!("{b:02x}")).collect())
+            .collect(),
+        flipped,
+        bucket: first.bucket,
         fields,
         captions,
-        is_reg: items.iter().map(|i| i.is_reg).collect(),
-        network_weight: items.iter().map(|i| i.network_weight).collect(),
-        loss_multiplier: items.iter().map(|i| i.loss_multiplier).collect(),
+        is_reg: rows.iter().map(|r| r.is_reg).collect(),
+        network_weight: rows.iter().map(|r| r.network_weight).collect(),
+        loss_multiplier: rows.iter().map(|r| r.loss_multiplier).collect(),
     })
 }
 
-/// Stacks one field of `items` into a pooled buffer: raw entries are copied straight from the
+/// Mirrors the rows of the flipped items of a [B, C, H, W] u8 tensor.
+fn mirror_rows(tensor: &mut Tensor, flipped: &[bool]) {
+    let width = tensor.shape[3];
+    let item_bytes = tensor.shape[1..].iter().product::<usize>();
+    for (k, _) in flipped.iter().enumerate().filter(|(_, f)| **f) {
+        let item = &mut tensor.data.as_mut_slice()[k * item_bytes..(k + 1) * item_bytes];
+        for row in item.chunks_exact_mut(width) {
+            row.reverse();
+        }
+    }
+}
+
+/// Stacks one field of the items into a pooled buffer: raw entries are copied straight from the
 /// memory map; compressed ones are decompressed into place; quantized ones decoded to f32.
 fn stack(
     store: &Store,
     pool: &Arc<BufferPool>,
-    items: &[&StoredItem],
+    ids: &[u32],
+    rows: &[&ItemRow],
+    positions: &[u32],
     field: &str,
 ) -> Result<Tensor> {
     let mut out: Option<Tensor> = None;
     let mut item_bytes = 0usize;
-    for (k, item) in items.iter().enumerate() {
-        let key = &item.fields[field];
-        let (map, entry) = store.stored_bytes(key).map_err(|e| match e {
+    for (k, (&pos, row)) in positions.iter().zip(rows).enumerate() {
+        let in_item =
+            |message: String| format!("item {} ({}) field {field}: {message}", ids[k], row.path);
+        if pos == DANGLING {
+            return Err(Error::Store {
+                path: store.root().to_path_buf(),
+                message: in_item(
+                    "its entry is not in the catalog; run `larder prepare` again".into(),
+                ),
+            });
+        }
+        let (map, entry) = store.stored_bytes_at(pos).map_err(|e| match e {
             Error::Store { path, message } => Error::Store {
                 path,
-                message: format!("item {} ({}) field {field}: {message}", item.id, item.path),
+                message: in_item(message),
             },
             other => other,
         })?;
-        let codec = Codec::parse(&entry.codec)?;
+        let codec = entry.codec;
         let context = |e: Error| Error::Store {
             path: map.path.clone(),
-            message: format!("item {} ({}) field {field}: {e}", item.id, item.path),
+            message: in_item(e.to_string()),
         };
         let stored = map.slice(entry.offset, entry.length).map_err(context)?;
         let (dtype, bytes): (&'static str, std::borrow::Cow<'_, [u8]>) = match codec.repr {
@@ -586,12 +641,12 @@ fn stack(
         };
         let tensor = out.get_or_insert_with(|| {
             item_bytes = bytes.len();
-            let mut shape = vec![items.len()];
+            let mut shape = vec![positions.len()];
             shape.extend_from_slice(&entry.shape);
             Tensor {
                 dtype,
                 shape,
-                data: pool.take(item_bytes * items.len()),
+                data: pool.take(item_bytes * positions.len()),
             }
         });
         if bytes.len() != item_bytes

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::codec::Codec;
 use crate::{Error, Result};
 
 /// Version of the catalog schema; a store with another version is refused with advice.
@@ -62,9 +63,8 @@ pub(crate) struct EntryRow {
     pub tensor: String,
     pub offset: u64,
     pub length: u64,
-    pub dtype: String,
     pub shape: Vec<usize>,
-    pub codec: String,
+    pub codec: Codec,
     pub raw_len: u64,
     pub scale: Vec<f32>,
     pub bias: Vec<f32>,
@@ -155,70 +155,58 @@ impl Catalog {
     }
 
     /// Every entry, for readers and verification.
+    ///
+    /// This runs each time a store is opened, so it avoids general JSON parsing: the list
+    /// columns hold plain numbers, which [`numbers`] reads directly, and codec names repeat, so
+    /// each distinct one is parsed once.
     pub fn entries(&self) -> Result<Vec<EntryRow>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias FROM entries")
+            .prepare("SELECT key, shard, tensor, offset, length, shape, codec, raw_len, scale, bias FROM entries")
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, String>(9)?,
-                    r.get::<_, String>(10)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        let mut codecs: std::collections::HashMap<String, Codec> = std::collections::HashMap::new();
         let mut out = Vec::new();
-        for row in rows {
-            let (key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias) =
-                row.map_err(|e| self.err(e))?;
-            let parse = |what: &str, text: &str| -> Result<serde_json::Value> {
-                serde_json::from_str(text).map_err(|e| Error::Store {
-                    path: self.path.clone(),
-                    message: format!("entry {key}: unreadable {what} {text:?}: {e}"),
-                })
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let key: String = r.get(0).map_err(|e| self.err(e))?;
+            let text = |i: usize| -> Result<&str> {
+                r.get_ref(i)
+                    .and_then(|v| v.as_str().map_err(Into::into))
+                    .map_err(|e| self.err(e))
             };
-            let floats = |v: serde_json::Value| -> Vec<f32> {
-                v.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_f64())
-                            .map(|x| x as f32)
-                            .collect()
-                    })
-                    .unwrap_or_default()
+            let bad = |what: &str, text: &str| Error::Store {
+                path: self.path.clone(),
+                message: format!(
+                    "entry {key}: unreadable {what} {text:?}; run `larder verify --repair`"
+                ),
             };
-            let shape_v = parse("shape", &shape)?;
-            let shape: Vec<usize> = shape_v
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let shape_text = text(5)?;
+            let shape = numbers::<usize>(shape_text).ok_or_else(|| bad("shape", shape_text))?;
+            let scale_text = text(8)?;
+            let scale = numbers::<f32>(scale_text).ok_or_else(|| bad("scale", scale_text))?;
+            let bias_text = text(9)?;
+            let bias = numbers::<f32>(bias_text).ok_or_else(|| bad("bias", bias_text))?;
+            let codec_text = text(6)?;
+            let codec = match codecs.get(codec_text) {
+                Some(c) => *c,
+                None => {
+                    let c = Codec::parse(codec_text).map_err(|_| bad("codec", codec_text))?;
+                    codecs.insert(codec_text.to_owned(), c);
+                    c
+                }
+            };
+            let int = |i: usize| -> Result<i64> { r.get::<_, i64>(i).map_err(|e| self.err(e)) };
             out.push(EntryRow {
-                scale: floats(parse("scale", &scale)?),
-                bias: floats(parse("bias", &bias)?),
-                key,
-                shard,
-                tensor,
-                offset: offset as u64,
-                length: length as u64,
-                dtype,
+                shard: int(1)?,
+                tensor: text(2)?.to_owned(),
+                offset: int(3)? as u64,
+                length: int(4)? as u64,
                 shape,
                 codec,
-                raw_len: raw_len as u64,
+                raw_len: int(7)? as u64,
+                scale,
+                bias,
+                key,
             });
         }
         Ok(out)
@@ -241,9 +229,36 @@ impl Catalog {
     }
 }
 
+/// Reads a JSON list of plain numbers such as `[3,64,64]`, `[0.5,1e-3]` or `[]`.
+fn numbers<T: std::str::FromStr>(text: &str) -> Option<Vec<T>> {
+    let inner = text.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    inner.split(',').map(|n| n.trim().parse().ok()).collect()
+}
+
 pub(crate) fn catalog_error(path: &Path, source: rusqlite::Error) -> Error {
     Error::Catalog {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbers;
+
+    #[test]
+    fn number_lists_read_back_what_serde_json_writes() {
+        assert_eq!(numbers::<usize>("[3,64,64]"), Some(vec![3, 64, 64]));
+        assert_eq!(numbers::<usize>("[]"), Some(vec![]));
+        let floats = vec![0.5f32, -1.25e-7, 3.4028235e38];
+        assert_eq!(
+            numbers::<f32>(&serde_json::json!(floats).to_string()),
+            Some(floats)
+        );
+        assert_eq!(numbers::<usize>("[3,x]"), None);
+        assert_eq!(numbers::<usize>("3,4"), None);
     }
 }

@@ -59,6 +59,47 @@ pub struct StoredItem {
     pub fields: BTreeMap<String, String>,
 }
 
+/// No entry: the item does not have this field.
+pub(crate) const NO_ENTRY: u32 = u32::MAX;
+/// The item names an entry the catalog does not hold (a repaired store, not yet prepared).
+pub(crate) const DANGLING: u32 = u32::MAX - 1;
+
+/// Reads a 32-hex-digit key.
+fn parse_key(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// One item of [`ItemColumns`].
+#[derive(Debug, Clone)]
+pub(crate) struct ItemRow {
+    /// The item key (the content address of its geometry), as 16 bytes.
+    pub key: [u8; 16],
+    pub dataset: u32,
+    pub path: String,
+    pub bucket: (u32, u32),
+    pub caption: String,
+    pub is_reg: bool,
+    pub network_weight: f32,
+    pub loss_multiplier: f32,
+}
+
+/// The item table with each field's entries as a column of entry positions.
+#[derive(Debug, Clone)]
+pub(crate) struct ItemColumns {
+    pub items: Vec<ItemRow>,
+    pub fields: Vec<String>,
+    /// `entries[f][item]`: position of the entry of field `fields[f]`, or [`NO_ENTRY`] /
+    /// [`DANGLING`].
+    pub entries: Vec<Vec<u32>>,
+}
+
 /// The stored bytes of one field, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldData {
@@ -83,7 +124,9 @@ pub enum FieldData {
 pub struct Store {
     root: PathBuf,
     catalog: Mutex<Catalog>,
-    entries: HashMap<String, EntryRow>,
+    entries: Vec<EntryRow>,
+    /// Entry key → position in `entries`.
+    index: HashMap<String, u32>,
     shard_files: HashMap<i64, String>,
     maps: Mutex<HashMap<i64, Arc<MappedShard>>>,
 }
@@ -93,10 +136,11 @@ impl Store {
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let root = root.as_ref().to_path_buf();
         let catalog = Catalog::open(&root.join(CATALOG_FILE), false)?;
-        let entries = catalog
-            .entries()?
-            .into_iter()
-            .map(|e| (e.key.clone(), e))
+        let entries = catalog.entries()?;
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key.clone(), i as u32))
             .collect();
         let shard_files = catalog
             .shards()?
@@ -107,6 +151,7 @@ impl Store {
             root,
             catalog: Mutex::new(catalog),
             entries,
+            index,
             shard_files,
             maps: Mutex::new(HashMap::new()),
         })
@@ -225,17 +270,109 @@ impl Store {
     /// The stored bytes of entry `key` as they lie in the shard (compressed when the codec
     /// compresses), with the entry's description.
     pub(crate) fn stored_bytes(&self, key: &str) -> Result<(Arc<MappedShard>, &EntryRow)> {
-        let entry = self.entries.get(key).ok_or_else(|| Error::Store {
+        let pos = self.index.get(key).ok_or_else(|| Error::Store {
             path: self.root.join(CATALOG_FILE),
             message: format!("no entry {key}; run `larder verify`"),
         })?;
+        self.stored_bytes_at(*pos)
+    }
+
+    /// [`stored_bytes`](Self::stored_bytes) by the entry's position in the store's entry list.
+    pub(crate) fn stored_bytes_at(&self, pos: u32) -> Result<(Arc<MappedShard>, &EntryRow)> {
+        let entry = self
+            .entries
+            .get(pos as usize)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "entry",
+                message: format!("no entry at position {pos}"),
+            })?;
         Ok((self.shard(entry.shard)?, entry))
+    }
+
+    /// The item table in columns, for the loader: compact at millions of items, where a map of
+    /// field names per item would cost more than the items themselves.
+    pub(crate) fn item_columns(&self) -> Result<ItemColumns> {
+        let cat = self.catalog();
+        let err = |e| cat.err(e);
+        let mut items = Vec::new();
+        let mut stmt = cat
+            .conn
+            .prepare(
+                "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier, item_key
+                 FROM items ORDER BY id",
+            )
+            .map_err(err)?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let id: i64 = r.get(0).map_err(err)?;
+            if id != items.len() as i64 {
+                return Err(Error::Store {
+                    path: cat.path.clone(),
+                    message: "item ids are not 0..n; prepare the store again".into(),
+                });
+            }
+            let hex = r
+                .get_ref(9)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(err)?;
+            items.push(ItemRow {
+                key: parse_key(hex).ok_or_else(|| Error::Store {
+                    path: cat.path.clone(),
+                    message: format!(
+                        "item {id}: malformed item key {hex:?}; prepare the store again"
+                    ),
+                })?,
+                dataset: r.get::<_, i64>(1).map_err(err)? as u32,
+                path: r.get(2).map_err(err)?,
+                bucket: (r.get(3).map_err(err)?, r.get(4).map_err(err)?),
+                caption: r.get(5).map_err(err)?,
+                is_reg: r.get(6).map_err(err)?,
+                network_weight: r.get::<_, f64>(7).map_err(err)? as f32,
+                loss_multiplier: r.get::<_, f64>(8).map_err(err)? as f32,
+            });
+        }
+        let mut fields: Vec<String> = Vec::new();
+        let mut entries: Vec<Vec<u32>> = Vec::new();
+        let mut stmt = cat
+            .conn
+            .prepare("SELECT item, field, entry FROM item_fields")
+            .map_err(err)?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let item = r.get::<_, i64>(0).map_err(err)? as usize;
+            let field = r
+                .get_ref(1)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(err)?;
+            let key = r
+                .get_ref(2)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(err)?;
+            let f = match fields.iter().position(|x| x == field) {
+                Some(f) => f,
+                None => {
+                    fields.push(field.to_owned());
+                    entries.push(vec![NO_ENTRY; items.len()]);
+                    fields.len() - 1
+                }
+            };
+            // A dangling reference (after `verify --repair`) reads as missing: the batch that
+            // needs it reports the error.
+            if let Some(slot) = entries[f].get_mut(item) {
+                *slot = self.index.get(key).copied().unwrap_or(DANGLING);
+            }
+        }
+        Ok(ItemColumns {
+            items,
+            fields,
+            entries,
+        })
     }
 
     /// Reads and decodes entry `key`.
     pub fn read_entry(&self, key: &str) -> Result<FieldData> {
         let (map, entry) = self.stored_bytes(key)?;
-        let codec = codec::Codec::parse(&entry.codec)?;
+        let codec = entry.codec;
         let stored = map.slice(entry.offset, entry.length)?;
         let elements =
             codec::decompress(codec, stored, entry.raw_len as usize).map_err(|e| Error::Store {

@@ -212,7 +212,7 @@ impl Store {
         let mut report = VerifyReport::default();
         let shards = cat.shards()?;
         let mut by_shard: BTreeMap<i64, Vec<&super::EntryRow>> = BTreeMap::new();
-        for e in self.entries.values() {
+        for e in &self.entries {
             by_shard.entry(e.shard).or_default().push(e);
         }
         let known: HashSet<i64> = shards.iter().map(|s| s.0).collect();
@@ -282,7 +282,7 @@ impl Store {
                 }
             }
         }
-        for e in self.entries.values() {
+        for e in &self.entries {
             if !known.contains(&e.shard) {
                 report.problems.push(Problem {
                     path: self.root.join(CATALOG_FILE),

@@ -196,6 +196,12 @@ fn set_batch_size_takes_effect_at_the_next_batch_and_survives_resume() {
     loader.set_batch_size(5).expect("resize");
     let b = loader.next().expect("batch").expect("ok");
     assert_eq!(b.len(), 5);
+    assert_eq!(b.keys.len(), 5);
+    assert!(
+        b.keys
+            .iter()
+            .all(|k| k.len() == 32 && k.chars().all(|c| c.is_ascii_hexdigit()))
+    );
     assert_eq!(b.fields["pixels"].shape[0], 5);
     let state = loader.state().clone();
     assert_eq!(state.history.len(), 1);
@@ -279,4 +285,57 @@ fn dropping_the_loader_mid_epoch_stops_its_threads_promptly() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn random_flip_mirrors_about_half_the_items_per_epoch_consistently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 30);
+    let plain: BTreeMap<u32, Vec<u8>> = Loader::new(store.clone(), options(1, 2))
+        .expect("loader")
+        .map(|b| {
+            let b = b.expect("ok");
+            (b.items[0], b.fields["pixels"].data.as_slice().to_vec())
+        })
+        .collect();
+    let flip = LoaderOptions {
+        random_flip: true,
+        ..options(1, 2)
+    };
+    let run = || -> Vec<(u32, bool, Vec<u8>, Vec<usize>)> {
+        Loader::new(store.clone(), flip.clone())
+            .expect("loader")
+            .map(|b| {
+                let b = b.expect("ok");
+                let t = &b.fields["pixels"];
+                (
+                    b.items[0],
+                    b.flipped[0],
+                    t.data.as_slice().to_vec(),
+                    t.shape.clone(),
+                )
+            })
+            .collect()
+    };
+    let first = run();
+    assert_eq!(
+        first,
+        run(),
+        "the flips are a function of (seed, epoch, item)"
+    );
+    let flipped = first.iter().filter(|(_, f, _, _)| *f).count();
+    assert!((6..=24).contains(&flipped), "{flipped} of 30 flipped");
+    for (id, was_flipped, data, shape) in &first {
+        let original = &plain[id];
+        if *was_flipped {
+            let w = shape[3];
+            let mirrored: Vec<u8> = original
+                .chunks_exact(w)
+                .flat_map(|row| row.iter().rev().copied())
+                .collect();
+            assert_eq!(data, &mirrored, "item {id}");
+        } else {
+            assert_eq!(data, original, "item {id}");
+        }
+    }
 }
