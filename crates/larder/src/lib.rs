@@ -24,6 +24,7 @@ mod image;
 pub mod load;
 mod plan;
 mod prepare;
+mod progress;
 mod report;
 mod rng;
 mod scan;

@@ -11,9 +11,8 @@ mod sources;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rayon::prelude::*;
 use rusqlite::params;
@@ -466,7 +465,12 @@ fn run_pipeline(
     options: &PrepareOptions,
     todo: &[(&ItemPlan<'_>, &FieldJob)],
 ) -> Result<(Catalog, Written)> {
-    let bar = progress_bar(options.progress, todo.len());
+    let bar = crate::progress::bar(
+        options.progress,
+        todo.len(),
+        1,
+        "{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]",
+    );
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Produced>>(2);
     let tmp = out.join(TMP_DIR);
     let shard_dir = out.join(SHARD_DIR);
@@ -576,21 +580,6 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
             bias: encoded.offset,
         },
     }
-}
-
-fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 /// Replaces the item list, findings, datasets and encoders in one transaction: until it

@@ -6,9 +6,7 @@ mod metadata;
 mod walk;
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rayon::prelude::*;
 
@@ -235,7 +233,13 @@ fn scan_dataset(
     };
 
     let pairing = Pairing::new(index, cfg, &mut findings);
-    let bar = progress_bar(options, candidates.len());
+    // Small folders scan faster than a bar can draw.
+    let bar = crate::progress::bar(
+        options.progress,
+        candidates.len(),
+        2_000,
+        "{spinner} scanning {pos}/{len} images [{elapsed_precise}] {per_sec}",
+    );
     let results: Vec<(Option<ScannedImage>, Vec<Finding>)> = candidates
         .into_par_iter()
         .map(|c| {
@@ -263,22 +267,6 @@ fn wrap(records: Vec<MetaRecord>) -> Vec<Candidate> {
             meta: Some(m),
         })
         .collect()
-}
-
-fn progress_bar(options: &ScanOptions, len: usize) -> indicatif::ProgressBar {
-    // Small folders scan faster than a bar can draw; off a terminal a bar is only noise.
-    if !options.progress || len < 2_000 || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} scanning {pos}/{len} images [{elapsed_precise}] {per_sec}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
 }
 
 /// The mask, control and inpaint folders of a dataset, each indexed by stem once.

@@ -140,18 +140,24 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// Runs `sql` and maps every row with `f`.
+    pub fn rows<T>(
+        &self,
+        sql: &str,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], f).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
     /// The keys of every stored entry.
     pub fn entry_keys(&self) -> Result<std::collections::HashSet<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT key FROM entries")
-            .map_err(|e| self.err(e))?;
-        let keys = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| self.err(e))?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))?;
-        Ok(keys)
+        Ok(self
+            .rows("SELECT key FROM entries", |r| r.get(0))?
+            .into_iter()
+            .collect())
     }
 
     /// Every entry, for readers and verification.
@@ -214,18 +220,10 @@ impl Catalog {
 
     /// Every shard: (id, file, bytes, blake3).
     pub fn shards(&self) -> Result<Vec<(i64, String, u64, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, file, bytes, blake3 FROM shards ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.rows(
+            "SELECT id, file, bytes, blake3 FROM shards ORDER BY id",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)),
+        )
     }
 }
 

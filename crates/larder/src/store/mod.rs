@@ -224,24 +224,17 @@ impl Store {
     /// with the keys of [`DatasetConfig`](crate::DatasetConfig)), by dataset index.
     pub fn dataset_settings(&self) -> Result<Vec<serde_json::Value>> {
         let cat = self.catalog();
-        let err = |e| cat.err(e);
-        let mut stmt = cat
-            .conn
-            .prepare("SELECT id, config FROM datasets ORDER BY id")
-            .map_err(err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .map_err(err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, text) = row.map_err(err)?;
-            let value = serde_json::from_str(&text).map_err(|e| Error::Store {
-                path: cat.path.clone(),
-                message: format!("dataset {id}: unreadable settings: {e}"),
-            })?;
-            out.push(value);
-        }
-        Ok(out)
+        let rows = cat.rows("SELECT id, config FROM datasets ORDER BY id", |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        rows.into_iter()
+            .map(|(id, text)| {
+                serde_json::from_str(&text).map_err(|e| Error::Store {
+                    path: cat.path.clone(),
+                    message: format!("dataset {id}: unreadable settings: {e}"),
+                })
+            })
+            .collect()
     }
 
     fn shard(&self, id: i64) -> Result<Arc<MappedShard>> {

@@ -95,40 +95,28 @@ impl Store {
     /// Summarizes the store.
     pub fn inspect(&self) -> Result<Inspection> {
         let cat = self.catalog();
-        let err = |e| cat.err(e);
-        let count = |sql: &str| -> Result<u64> {
-            cat.conn
-                .query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map(|v| v as u64)
-                .map_err(err)
-        };
-        let items = count("SELECT COUNT(*) FROM items")?;
-        let mut buckets = BTreeMap::new();
-        let mut stmt = cat
-            .conn
-            .prepare("SELECT bucket_w, bucket_h, COUNT(*) FROM items GROUP BY bucket_w, bucket_h")
-            .map_err(err)?;
-        for row in stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, u32>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(err)?
-        {
-            let (w, h, n) = row.map_err(err)?;
-            buckets.insert(format!("{w}x{h}"), n as u64);
-        }
+        let items = cat
+            .rows("SELECT COUNT(*) FROM items", |r| r.get::<_, i64>(0))?
+            .first()
+            .copied()
+            .unwrap_or(0) as u64;
+        let buckets = cat
+            .rows(
+                "SELECT bucket_w, bucket_h, COUNT(*) FROM items GROUP BY bucket_w, bucket_h",
+                |r| {
+                    Ok((
+                        format!("{}x{}", r.get::<_, u32>(0)?, r.get::<_, u32>(1)?),
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                },
+            )?
+            .into_iter()
+            .collect();
         let mut fields: BTreeMap<String, FieldStats> = BTreeMap::new();
-        let mut stmt = cat
-            .conn
-            .prepare("SELECT DISTINCT f.field, e.key, e.dtype, e.codec, e.length, e.raw_len FROM item_fields f JOIN entries e ON e.key = f.entry")
-            .map_err(err)?;
-        let mut seen = HashSet::new();
-        for row in stmt
-            .query_map([], |r| {
+        let rows = cat.rows(
+            "SELECT DISTINCT f.field, e.key, e.dtype, e.codec, e.length, e.raw_len
+             FROM item_fields f JOIN entries e ON e.key = f.entry",
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -137,10 +125,11 @@ impl Store {
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
                 ))
-            })
-            .map_err(err)?
-        {
-            let (field, key, dtype, codec, len, raw) = row.map_err(err)?;
+            },
+        )?;
+        let mut seen = HashSet::new();
+        for (field, key, dtype, codec, len, raw) in rows {
+            // An entry shared by several items (repeats, equal crops) is stored, and counted, once.
             if !seen.insert(key) {
                 continue;
             }
@@ -160,38 +149,27 @@ impl Store {
         }
         let shards = cat.shards()?;
         let mut findings: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut stmt = cat
-            .conn
-            .prepare("SELECT kind, path, detail FROM findings ORDER BY kind, path")
-            .map_err(err)?;
-        for row in stmt
-            .query_map([], |r| {
+        for (kind, path, detail) in cat.rows(
+            "SELECT kind, path, detail FROM findings ORDER BY kind, path",
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                 ))
-            })
-            .map_err(err)?
-        {
-            let (kind, path, detail) = row.map_err(err)?;
+            },
+        )? {
             findings
                 .entry(kind)
                 .or_default()
                 .push(format!("{path}: {detail}"));
         }
-        let mut encoders = BTreeMap::new();
-        let mut stmt = cat
-            .conn
-            .prepare("SELECT field, identity FROM encoders")
-            .map_err(err)?;
-        for row in stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(err)?
-        {
-            let (f, id) = row.map_err(err)?;
-            encoders.insert(f, id);
-        }
+        let encoders = cat
+            .rows("SELECT field, identity FROM encoders", |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .into_iter()
+            .collect();
         Ok(Inspection {
             root: self.root.clone(),
             config_digest: cat.meta("config_digest")?,
