@@ -417,7 +417,7 @@ impl ShardWriter<'_> {
         {
             let mut insert = tx
                 .prepare(
-                    "INSERT OR REPLACE INTO entries(key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias)
+                    "INSERT INTO entries(key, shard, tensor, offset, length, dtype, shape, codec, raw_len, scale, bias)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(err)?;
@@ -605,7 +605,10 @@ fn commit_items(
             )
             .map_err(err)?;
         let mut ins_field = tx
-            .prepare("INSERT INTO item_fields(item, field, entry) VALUES (?1, ?2, ?3)")
+            .prepare(
+                "INSERT INTO item_fields(item, field, entry, entry_id)
+                 VALUES (?1, ?2, ?3, (SELECT id FROM entries WHERE key = ?3))",
+            )
             .map_err(err)?;
         for (id, item) in items.iter().enumerate() {
             let p = &item.planned;

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS sources (
 CREATE TABLE IF NOT EXISTS shards (
     id INTEGER PRIMARY KEY, file TEXT NOT NULL UNIQUE, bytes INTEGER NOT NULL, blake3 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
-    key TEXT PRIMARY KEY, shard INTEGER NOT NULL REFERENCES shards(id), tensor TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
+    shard INTEGER NOT NULL REFERENCES shards(id), tensor TEXT NOT NULL,
     offset INTEGER NOT NULL, length INTEGER NOT NULL, dtype TEXT NOT NULL, shape TEXT NOT NULL,
     codec TEXT NOT NULL, raw_len INTEGER NOT NULL, scale TEXT NOT NULL, bias TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_by_shard ON entries(shard);
@@ -38,9 +39,11 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_by_bucket ON items(bucket_w, bucket_h);
 -- item_fields.entry has no foreign key on purpose: `verify --repair` drops the entries of a
 -- broken shard while items still name them, until the next prepare recomputes them.
+-- entry_id repeats entries.id for entry so that a reader maps a million references without
+-- hashing a million keys.
 CREATE TABLE IF NOT EXISTS item_fields (
     item INTEGER NOT NULL REFERENCES items(id), field TEXT NOT NULL,
-    entry TEXT NOT NULL, PRIMARY KEY (item, field));
+    entry TEXT NOT NULL, entry_id INTEGER NOT NULL, PRIMARY KEY (item, field));
 CREATE INDEX IF NOT EXISTS item_fields_by_entry ON item_fields(entry);
 CREATE TABLE IF NOT EXISTS findings (
     dataset INTEGER NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, detail TEXT NOT NULL);
@@ -58,12 +61,11 @@ pub(crate) struct Catalog {
 /// One stored entry (a tensor of one field of one item), as the catalog records it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EntryRow {
-    pub key: String,
     pub shard: i64,
-    pub tensor: String,
     pub offset: u64,
     pub length: u64,
-    pub shape: Vec<usize>,
+    /// Shared between entries of equal shape: a store of a million items has a handful.
+    pub shape: std::sync::Arc<[usize]>,
     pub codec: Codec,
     pub raw_len: u64,
     pub scale: Vec<f32>,
@@ -80,10 +82,14 @@ impl Catalog {
                     .into(),
             });
         }
+        // NO_MUTEX: a connection is used by one thread at a time (rusqlite's Connection is not
+        // Sync), and SQLite's per-call locking otherwise costs a third of reading a catalog.
+        let base =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let flags = if create {
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            base | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
         } else {
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            base
         };
         let conn = Connection::open_with_flags(path, flags).map_err(|e| catalog_error(path, e))?;
         let cat = Catalog {
@@ -160,39 +166,50 @@ impl Catalog {
             .collect())
     }
 
-    /// Every entry, for readers and verification.
+    /// Every entry with its id, in id order, for readers.
     ///
-    /// This runs each time a store is opened, so it avoids general JSON parsing: the list
-    /// columns hold plain numbers, which [`numbers`] reads directly, and codec names repeat, so
-    /// each distinct one is parsed once.
-    pub fn entries(&self) -> Result<Vec<EntryRow>> {
+    /// This runs each time a store is opened, so it allocates as little as it can: the list
+    /// columns hold plain numbers, which [`numbers`] reads directly; shapes and codecs repeat,
+    /// so each distinct one is parsed and stored once.
+    pub fn entries(&self) -> Result<Vec<(i64, EntryRow)>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT key, shard, tensor, offset, length, shape, codec, raw_len, scale, bias FROM entries")
+            .prepare("SELECT id, shard, offset, length, shape, codec, raw_len, scale, bias FROM entries ORDER BY id")
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
         let mut codecs: std::collections::HashMap<String, Codec> = std::collections::HashMap::new();
+        let mut shapes: std::collections::HashMap<String, std::sync::Arc<[usize]>> =
+            std::collections::HashMap::new();
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let key: String = r.get(0).map_err(|e| self.err(e))?;
             let text = |i: usize| -> Result<&str> {
                 r.get_ref(i)
                     .and_then(|v| v.as_str().map_err(Into::into))
                     .map_err(|e| self.err(e))
             };
+            let id: i64 = r.get(0).map_err(|e| self.err(e))?;
             let bad = |what: &str, text: &str| Error::Store {
                 path: self.path.clone(),
                 message: format!(
-                    "entry {key}: unreadable {what} {text:?}; run `larder verify --repair`"
+                    "entry {id}: unreadable {what} {text:?}; run `larder verify --repair`"
                 ),
             };
-            let shape_text = text(5)?;
-            let shape = numbers::<usize>(shape_text).ok_or_else(|| bad("shape", shape_text))?;
-            let scale_text = text(8)?;
+            let shape_text = text(4)?;
+            let shape = match shapes.get(shape_text) {
+                Some(s) => s.clone(),
+                None => {
+                    let s: std::sync::Arc<[usize]> = numbers::<usize>(shape_text)
+                        .ok_or_else(|| bad("shape", shape_text))?
+                        .into();
+                    shapes.insert(shape_text.to_owned(), s.clone());
+                    s
+                }
+            };
+            let scale_text = text(7)?;
             let scale = numbers::<f32>(scale_text).ok_or_else(|| bad("scale", scale_text))?;
-            let bias_text = text(9)?;
+            let bias_text = text(8)?;
             let bias = numbers::<f32>(bias_text).ok_or_else(|| bad("bias", bias_text))?;
-            let codec_text = text(6)?;
+            let codec_text = text(5)?;
             let codec = match codecs.get(codec_text) {
                 Some(c) => *c,
                 None => {
@@ -202,18 +219,17 @@ impl Catalog {
                 }
             };
             let int = |i: usize| -> Result<i64> { r.get::<_, i64>(i).map_err(|e| self.err(e)) };
-            out.push(EntryRow {
+            let row = EntryRow {
                 shard: int(1)?,
-                tensor: text(2)?.to_owned(),
-                offset: int(3)? as u64,
-                length: int(4)? as u64,
+                offset: int(2)? as u64,
+                length: int(3)? as u64,
                 shape,
                 codec,
-                raw_len: int(7)? as u64,
+                raw_len: int(6)? as u64,
                 scale,
                 bias,
-                key,
-            });
+            };
+            out.push((id, row));
         }
         Ok(out)
     }

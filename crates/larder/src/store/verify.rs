@@ -87,6 +87,15 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+/// Where the catalog says an entry lies.
+struct Located {
+    key: String,
+    shard: i64,
+    tensor: String,
+    offset: u64,
+    length: u64,
+}
+
 fn field_family(field: &str) -> &str {
     field.split('.').next().unwrap_or(field)
 }
@@ -189,8 +198,21 @@ impl Store {
         let cat = self.catalog();
         let mut report = VerifyReport::default();
         let shards = cat.shards()?;
-        let mut by_shard: BTreeMap<i64, Vec<&super::EntryRow>> = BTreeMap::new();
-        for e in &self.entries {
+        // The catalog as it is on disk, not as this reader loaded it.
+        let located = cat.rows(
+            "SELECT key, shard, tensor, offset, length FROM entries",
+            |r| {
+                Ok(Located {
+                    key: r.get(0)?,
+                    shard: r.get(1)?,
+                    tensor: r.get(2)?,
+                    offset: r.get::<_, i64>(3)? as u64,
+                    length: r.get::<_, i64>(4)? as u64,
+                })
+            },
+        )?;
+        let mut by_shard: BTreeMap<i64, Vec<&Located>> = BTreeMap::new();
+        for e in &located {
             by_shard.entry(e.shard).or_default().push(e);
         }
         let known: HashSet<i64> = shards.iter().map(|s| s.0).collect();
@@ -260,7 +282,7 @@ impl Store {
                 }
             }
         }
-        for e in &self.entries {
+        for e in &located {
             if !known.contains(&e.shard) {
                 report.problems.push(Problem {
                     path: self.root.join(CATALOG_FILE),
