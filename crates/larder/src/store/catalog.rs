@@ -12,7 +12,7 @@ use super::codec::Codec;
 use crate::{Error, Result};
 
 /// Version of the catalog schema; a store with another version is refused with advice.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1,0 +1,294 @@
+"""larder: the data engine for diffusion-model fine-tuning.
+
+Reads the ``datasets:`` YAML that AI Toolkit users already write, prepares a store of sharded
+safetensors with a SQLite catalog, and serves it as batches from reader threads over one
+memory-mapped copy of the data.
+
+Example:
+    >>> import larder
+    >>> report = larder.prepare("examples/sample/config.yaml", "target/sample-store")
+    >>> loader = larder.DataLoader("target/sample-store", batch_size=4, seed=0)
+    >>> for batch in loader:
+    ...     pixels = batch["pixels"]  # uint8, (B, 3, H, W), a view of Rust memory
+    ...     captions = batch["captions"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+from ._larder import (
+    ArgumentError,
+    Config,
+    ConfigError,
+    DecodeError,
+    LarderError,
+    RemoteError,
+    StoreError,
+    __version__,
+    load_config,
+)
+from ._larder import Loader as _Loader
+from ._larder import Store as _Store
+from ._larder import prepare_json as _prepare_json
+from ._larder import scan_json as _scan_json
+
+__all__ = [
+    "ArgumentError",
+    "Config",
+    "ConfigError",
+    "DataLoader",
+    "DecodeError",
+    "LarderError",
+    "RemoteError",
+    "ScanReport",
+    "Store",
+    "StoreError",
+    "__version__",
+    "load_config",
+    "prepare",
+    "scan",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class ScanReport:
+    """The result of :func:`scan`: buckets, captions, findings and one record per item.
+
+    Attributes:
+        items_total: Planned items.
+        buckets: ``[{"bucket": "WxH", "count": n, "share": f}, ...]``, largest first.
+        findings: ``{kind: [{"path", "detail", ...}, ...]}``.
+        items: One dict per planned item (path, size, bucket, resize, crop, flip, caption).
+    """
+
+    def __init__(self, document: Dict[str, Any]):
+        self._doc = document
+        self.items_total: int = document["items_total"]
+        self.buckets: List[Dict[str, Any]] = document["buckets"]
+        self.findings: Dict[str, List[Dict[str, Any]]] = document["findings"]
+        self.items: List[Dict[str, Any]] = document["items"]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The whole report, as ``larder scan --json`` prints it."""
+        return self._doc
+
+    def __repr__(self) -> str:
+        return f"ScanReport(items={self.items_total}, buckets={len(self.buckets)}, findings={sum(map(len, self.findings.values()))})"
+
+
+def scan(config: Union[Config, PathLike]) -> ScanReport:
+    """Scans a config's datasets and plans buckets, without decoding any image.
+
+    Args:
+        config: A :class:`Config` or a path (job file, ``datasets:`` file, or image folder).
+
+    Returns:
+        ScanReport: items per bucket, caption coverage, findings, one record per item.
+
+    Raises:
+        ConfigError: the config cannot be used.
+    """
+    return ScanReport(json.loads(_scan_json(_config_arg(config))))
+
+
+def prepare(
+    config: Union[Config, PathLike],
+    out: PathLike,
+    *,
+    shard_bytes: int = 256 << 20,
+    image_codec: str = "u8",
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Prepares a config into a store: decode, resize, crop and pack into shards.
+
+    Running it again computes only what changed; an interrupted run resumes.
+
+    Args:
+        config: A :class:`Config` or a path.
+        out: The store folder to create or update.
+        shard_bytes: Target shard size in bytes.
+        image_codec: ``"u8"``, ``"u8+zstd"`` or ``"u8+lz4"``.
+        progress: Show a progress bar when standard error is a terminal.
+
+    Returns:
+        dict: items, entries (computed and reused), shards written, findings, seconds.
+    """
+    return json.loads(
+        _prepare_json(_config_arg(config), os.fspath(out), shard_bytes, image_codec, progress)
+    )
+
+
+def _config_arg(config: Union[Config, PathLike]) -> Union[Config, str]:
+    return config if isinstance(config, Config) else os.fspath(config)
+
+
+class Store:
+    """A prepared store, opened for reading.
+
+    Example:
+        >>> store = larder.Store.open("target/sample-store")
+        >>> store.inspect()["items"]
+        36
+    """
+
+    def __init__(self, native: _Store):
+        self._native = native
+
+    @classmethod
+    def open(cls, path: PathLike) -> "Store":
+        """Opens the store in ``path``.
+
+        Raises:
+            StoreError: not a store, or a damaged catalog.
+        """
+        return cls(_Store.open(os.fspath(path)))
+
+    @property
+    def path(self) -> str:
+        """The store's folder."""
+        return os.fspath(self._native.path)
+
+    def inspect(self) -> Dict[str, Any]:
+        """Items, buckets, fields (dtype, codec, bytes, compression), shards and findings."""
+        return json.loads(self._native.inspect_json())
+
+    def verify(self) -> Dict[str, Any]:
+        """Checks every shard checksum and catalog entry.
+
+        Returns:
+            dict: counts checked and ``problems`` (empty when the store is sound).
+        """
+        return json.loads(self._native.verify_json())
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
+
+
+class DataLoader:
+    """Serves a store as batches, as a PyTorch DataLoader would, from reader threads.
+
+    The order is a pure function of ``(seed, epoch, batch-size history)``: the same on every
+    run, whatever ``num_threads``, and shared by all ranks (rank r of W takes global batches
+    r, r+W, ...; every rank takes the same number of steps). Under torchrun, ``rank`` and
+    ``world_size`` default to ``RANK`` and ``WORLD_SIZE``.
+
+    Each batch is a dict: every stored field (``"pixels"``, ``"mask"``, ``"control.0"``, ...)
+    as a NumPy array of shape (B, ...) that views memory owned by larder (no copy; the memory
+    lives as long as any array that views it), plus ``"captions"`` (list of str, transformed
+    per epoch), ``"keys"``, ``"items"``, ``"bucket"``, ``"is_reg"``, ``"network_weight"``,
+    ``"loss_multiplier"``, ``"flipped"``, ``"epoch"``, ``"index"`` and ``"dtypes"``.
+
+    Args:
+        store: A :class:`Store` or a store folder.
+        batch_size: Items per batch (all from one bucket).
+        shuffle: Permute items and batches each epoch.
+        seed: Seed of the order, the caption transforms and the random flips.
+        drop_last: Drop short bucket tails and uneven rank tails instead of filling them.
+        num_threads: Reader threads (default: the number of cores, at most 8).
+        prefetch: Batches assembled ahead.
+        rank: This process's rank (default ``RANK`` or 0).
+        world_size: The number of ranks (default ``WORLD_SIZE`` or 1).
+        fields: Fields to load (default all).
+        pin_memory: Accepted for PyTorch compatibility; page-locked buffers come with the GPU
+            helpers, until then batches are in ordinary memory (a notice says so once).
+        random_flip: Mirror each item's image fields with probability 1/2 per epoch.
+        format: ``"numpy"`` or ``"torch"`` (tensors that share the arrays' memory).
+
+    Example:
+        >>> loader = larder.DataLoader("target/sample-store", batch_size=4, seed=42)
+        >>> for epoch in range(3):
+        ...     for batch in loader:
+        ...         ...
+        >>> state = loader.state_dict()  # save with the checkpoint; load_state_dict resumes
+    """
+
+    def __init__(
+        self,
+        store: Union[Store, PathLike],
+        batch_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_threads: Optional[int] = None,
+        prefetch: int = 4,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        fields: Optional[Sequence[str]] = None,
+        pin_memory: bool = False,
+        random_flip: bool = False,
+        format: str = "numpy",
+    ):
+        if format not in ("numpy", "torch"):
+            raise ArgumentError(f"format must be 'numpy' or 'torch', not {format!r}")
+        if pin_memory:
+            _notice_once(
+                "pin_memory: page-locked batch buffers come with larder's GPU helpers; "
+                "batches are in ordinary memory for now"
+            )
+        native_store = store._native if isinstance(store, Store) else os.fspath(store)
+        self._format = format
+        self._loader = _Loader(
+            native_store,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            num_threads=num_threads,
+            prefetch=prefetch,
+            rank=rank,
+            world_size=world_size,
+            fields=list(fields) if fields is not None else None,
+            random_flip=random_flip,
+        )
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        """Yields the current epoch's batches; the next iteration serves the next epoch."""
+        while True:
+            batch = self._loader.next_batch()
+            if batch is None:
+                return
+            if self._format == "torch":
+                from .torch import as_tensors
+
+                batch = as_tensors(batch)
+            yield batch
+
+    def __len__(self) -> int:
+        """Batches this rank serves in the current epoch."""
+        return len(self._loader)
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch."""
+        return self._loader.epoch
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The loader's position: seed and options, epoch, global batches consumed, and the
+        batch-size history. Resuming from it reads none of the skipped data."""
+        return json.loads(self._loader.state_json())
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continues from ``state``, also on a different number of ranks."""
+        self._loader.load_state_json(json.dumps(state))
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Changes the batch size from the next batch on; recorded in the state."""
+        self._loader.set_batch_size(batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts ``epoch`` from its beginning (as ``DistributedSampler.set_epoch``)."""
+        self._loader.set_epoch(epoch)
+
+
+_NOTICES: set = set()
+
+
+def _notice_once(message: str) -> None:
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        warnings.warn(message, stacklevel=3)

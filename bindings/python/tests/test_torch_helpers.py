@@ -1,0 +1,38 @@
+"""larder.torch.as_tensors, checked against a stand-in for torch that records its calls.
+
+The test suite does not install PyTorch (several GB); this checks the wiring — which arrays
+become tensors, which are viewed as bfloat16 — without it. The GPU check script runs the real
+thing.
+"""
+
+import sys
+import types
+
+import numpy as np
+
+import larder.torch as lt
+
+
+class FakeTensor:
+    def __init__(self, array, dtype="from_numpy"):
+        self.array = array
+        self.dtype = dtype
+
+    def view(self, dtype):
+        return FakeTensor(self.array, dtype)
+
+
+def test_as_tensors_shares_memory_and_views_bfloat16(monkeypatch):
+    fake = types.SimpleNamespace(
+        from_numpy=lambda a: FakeTensor(a),
+        bfloat16="bfloat16",
+        float16="float16",
+    )
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    pixels = np.zeros((2, 3, 4, 4), dtype=np.uint8)
+    latent = np.zeros((2, 16, 8, 8), dtype=np.uint16)
+    batch = {"pixels": pixels, "latent": latent, "captions": ["a", "b"], "dtypes": {"pixels": "U8", "latent": "BF16"}}
+    out = lt.as_tensors(batch)
+    assert out["pixels"].array is pixels and out["pixels"].dtype == "from_numpy"
+    assert out["latent"].array is latent and out["latent"].dtype == "bfloat16"
+    assert out["captions"] == ["a", "b"]
