@@ -58,6 +58,20 @@ fn committed_entries(store: &Path) -> usize {
     }
 }
 
+/// A dataset of `n` images in `root`, prepared into `root/store` with the CLI.
+fn prepared(root: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let config = dataset(root, n);
+    let store = root.join("store");
+    report(&larder(&[
+        "prepare",
+        s(&config),
+        "--out",
+        s(&store),
+        "--json",
+    ]));
+    (config, store)
+}
+
 fn report(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -252,15 +266,7 @@ fn walk(path: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_read_only_store_gives_a_clear_error_and_stays_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dataset(dir.path(), 6);
-    let store = dir.path().join("store");
-    report(&larder(&[
-        "prepare",
-        s(&config),
-        "--out",
-        s(&store),
-        "--json",
-    ]));
+    let (config, store) = prepared(dir.path(), 6);
     let before = contents(&store);
     chmod_tree(dir.path(), 0o555);
     std::fs::write(
@@ -285,15 +291,7 @@ fn a_write_that_fails_midway_leaves_the_previous_store_intact() {
     // A file-size limit makes the first large write fail as a full disk does; the shell ignores
     // SIGXFSZ so that the write returns an error instead of killing the process.
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dataset(dir.path(), 8);
-    let store = dir.path().join("store");
-    report(&larder(&[
-        "prepare",
-        s(&config),
-        "--out",
-        s(&store),
-        "--json",
-    ]));
+    let (config, store) = prepared(dir.path(), 8);
     let before = contents(&store);
     std::fs::write(
         &config,
@@ -333,15 +331,7 @@ fn a_write_that_fails_midway_leaves_the_previous_store_intact() {
 #[test]
 fn verify_exits_non_zero_and_names_a_corrupted_shard() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dataset(dir.path(), 4);
-    let store = dir.path().join("store");
-    report(&larder(&[
-        "prepare",
-        s(&config),
-        "--out",
-        s(&store),
-        "--json",
-    ]));
+    let (_, store) = prepared(dir.path(), 4);
     let shard = std::fs::read_dir(store.join("shards"))
         .expect("shards")
         .flatten()

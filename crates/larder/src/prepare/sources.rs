@@ -14,6 +14,7 @@ use rusqlite::params;
 
 use crate::Result;
 use crate::store::catalog::Catalog;
+use crate::store::shard::hash_file;
 
 /// What is known of one source file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +97,7 @@ pub(crate) fn hash_sources(catalog: &Catalog, paths: &[PathBuf]) -> Result<Sourc
                         hash: hash.clone(),
                         fresh: false,
                     }),
-                    _ => hash_file(p).map(|hash| Hashed {
+                    _ => hash_file(p).map(|(_, hash)| Hashed {
                         stamp: s,
                         hash,
                         fresh: true,
@@ -144,12 +145,4 @@ pub(crate) fn hash_sources(catalog: &Catalog, paths: &[PathBuf]) -> Result<Sourc
     }
     tx.commit().map_err(|e| catalog.err(e))?;
     Ok(out)
-}
-
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    // mmap-free streaming keeps memory flat for any file size.
-    let mut file = std::fs::File::open(path)?;
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher.finalize().to_hex().to_string())
 }

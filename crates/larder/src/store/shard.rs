@@ -220,11 +220,14 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Hashes a whole file (for verification), reading it in large blocks.
-pub(crate) fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+/// Hashes a whole file with BLAKE3.
+///
+/// Streams the file rather than mapping it, which keeps memory flat for any size; returns the
+/// byte count and the full hex digest. Sources and shards are hashed with this one function.
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let bytes = std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
+    let bytes = std::io::copy(&mut file, &mut hasher)?;
     Ok((bytes, hasher.finalize().to_hex().to_string()))
 }
 

@@ -230,7 +230,8 @@ impl Store {
                     .push(problem("shard file is missing".into(), None));
                 continue;
             }
-            let (actual_bytes, actual_hash) = hash_file(&path)?;
+            let (actual_bytes, actual_hash) =
+                hash_file(&path).map_err(|e| crate::Error::io(&path, e))?;
             if actual_bytes != *bytes || &actual_hash != blake3 {
                 report.problems.push(problem(
                     format!("checksum mismatch: catalog says {bytes} bytes, blake3 {}…; file has {actual_bytes} bytes, blake3 {}…", &blake3[..16], &actual_hash[..16]),

@@ -13,6 +13,16 @@ fn options() -> PrepareOptions {
     }
 }
 
+/// Returns true if and only if `larder verify` finds nothing wrong with the store.
+fn sound(out: &Path) -> bool {
+    Store::open(out)
+        .expect("open")
+        .verify()
+        .expect("verify")
+        .problems
+        .is_empty()
+}
+
 fn run(config: &Path, out: &Path) -> PrepareReport {
     prepare(&Config::load(config).expect("config"), out, &options()).expect("prepare")
 }
@@ -176,14 +186,7 @@ fn keys_recompute_exactly_what_changed() {
         ),
         (8, 6, 6)
     );
-    assert!(
-        Store::open(&out)
-            .expect("open")
-            .verify()
-            .expect("verify")
-            .problems
-            .is_empty()
-    );
+    assert!(sound(&out));
 }
 
 #[test]
@@ -303,14 +306,7 @@ fn a_missing_shard_is_rebuilt_by_the_next_prepare() {
     std::fs::remove_file(&shard).expect("remove");
     let again = run(&config, &out);
     assert!(again.entries_computed > 0);
-    assert!(
-        Store::open(&out)
-            .expect("open")
-            .verify()
-            .expect("verify")
-            .problems
-            .is_empty()
-    );
+    assert!(sound(&out));
 }
 
 #[test]
