@@ -435,3 +435,45 @@ fn the_sample_dataset_scans_with_its_documented_findings() {
         "{got:?}"
     );
 }
+
+mod robustness {
+    use proptest::prelude::*;
+
+    use larder::{Config, FindingKind};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever bytes sit behind an image name — damaged headers, cut files, other formats —
+        /// the scan returns the image or a finding, never a panic or an error.
+        #[test]
+        fn arbitrary_bytes_are_an_image_or_a_finding(
+            prefix in prop::sample::select(vec![
+                b"\xFF\xD8\xFF\xE1".to_vec(),
+                b"\x89PNG\r\n\x1a\n".to_vec(),
+                b"RIFF\x10\x00\x00\x00WEBPVP8X".to_vec(),
+                Vec::new(),
+            ]),
+            body in prop::collection::vec(any::<u8>(), 0..600),
+            ext in prop::sample::select(vec!["jpg", "png", "webp"]),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let bytes = [prefix, body].concat();
+            std::fs::write(dir.path().join(format!("x.{ext}")), &bytes).expect("write");
+            let report = larder::scan(&Config::for_folder(dir.path())).expect("a folder always scans");
+            let images = report.datasets[0].images.len();
+            let broken = report.findings.iter().filter(|f| f.kind.excludes_image()).count();
+            prop_assert_eq!(images + broken, 1, "{:?}", report.findings);
+            prop_assert!(report.findings.iter().all(|f| f.kind != FindingKind::DuplicateStem));
+        }
+
+        /// Any text given as a config is a config or an error naming the file, never a panic.
+        #[test]
+        fn arbitrary_yaml_is_a_config_or_an_error(text in "(datasets:\n  - )?[a-z_:\\[\\]{}, \n0-9.-]{0,80}") {
+            let path = std::path::Path::new("fuzz.yaml");
+            if let Err(e) = Config::from_yaml(&text, path) {
+                prop_assert!(e.to_string().contains("fuzz.yaml"), "{}", e);
+            }
+        }
+    }
+}
