@@ -201,22 +201,23 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
 
     let (_lock, catalog) = open_for_writing(out)?;
 
-    // Content hashes of every source file the items need.
-    let mut all_sources: Vec<PathBuf> = Vec::new();
+    // Content hashes of every source file the items need, and a dataset each belongs to (for
+    // the finding if it cannot be read).
+    let mut dataset_of: HashMap<PathBuf, usize> = HashMap::new();
     for item in &plan.items {
         let img = &scan.datasets[item.dataset].images[item.image];
         for f in field_sources(&config.datasets[item.dataset], img) {
-            all_sources.push(f.source);
+            dataset_of.entry(f.source).or_insert(item.dataset);
         }
     }
+    let mut all_sources: Vec<PathBuf> = dataset_of.keys().cloned().collect();
     all_sources.sort();
-    all_sources.dedup();
     let hashes = sources::hash_sources(&catalog, &all_sources)?;
     report.sources_hashed = hashes.hashed;
     let unreadable: HashSet<&Path> = hashes.failures.iter().map(|(p, _)| p.as_path()).collect();
     for (p, e) in &hashes.failures {
         report.findings.push(Finding::new(
-            0,
+            dataset_of.get(p).copied().unwrap_or(0),
             FindingKind::Unreadable,
             p,
             format!("cannot read while hashing: {e}"),
