@@ -9,6 +9,7 @@ mod config;
 mod errors;
 mod loader;
 mod store;
+mod tune;
 
 use pyo3::prelude::*;
 
@@ -40,6 +41,7 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::Store>()?;
     m.add_class::<loader::Loader>()?;
     m.add_class::<loader::Buffer>()?;
+    m.add_class::<tune::Tuner>()?;
     m.add_function(wrap_pyfunction!(config::load_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::scan_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::prepare_json, m)?)?;

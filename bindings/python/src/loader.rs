@@ -178,6 +178,12 @@ impl Loader {
         self.live()?.set_batch_size(batch_size).map_err(to_py)
     }
 
+    /// Serves the last step's batches again, re-planned with `batch_size` (after an
+    /// out-of-memory error); every rank calls this together.
+    fn retry_step_with(&mut self, batch_size: u32) -> PyResult<()> {
+        self.live()?.retry_step_with(batch_size).map_err(to_py)
+    }
+
     /// Starts `epoch` from its beginning.
     fn set_epoch(&mut self, epoch: u64) -> PyResult<()> {
         self.live()?.set_epoch(epoch);

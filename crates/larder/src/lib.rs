@@ -30,6 +30,7 @@ mod rng;
 mod scan;
 pub mod store;
 pub mod synth;
+pub mod tune;
 
 pub use caption::{CaptionContext, CaptionRecipe};
 pub use config::{

@@ -35,9 +35,11 @@ from ._larder import Loader as _Loader
 from ._larder import Store as _Store
 from ._larder import prepare_json as _prepare_json
 from ._larder import scan_json as _scan_json
+from .tuner import BatchSizeTuner
 
 __all__ = [
     "ArgumentError",
+    "BatchSizeTuner",
     "Config",
     "ConfigError",
     "DataLoader",

@@ -256,6 +256,27 @@ impl Loader {
         Ok(())
     }
 
+    /// The last step failed (out of memory, say): its batches are served again, re-planned with
+    /// `batch_size` together with the rest of the epoch, from the start of that step. The
+    /// position is global, so every rank calls this together. The change is in the state.
+    pub fn retry_step_with(&mut self, batch_size: u32) -> Result<()> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument {
+                name: "batch_size",
+                message: "must be at least 1".into(),
+            });
+        }
+        let world = self.options.world_size as u64;
+        self.state.consumed = self.state.consumed.saturating_sub(world);
+        self.state.history.push(SizeChange {
+            epoch: self.state.epoch,
+            at: self.state.consumed,
+            batch_size,
+        });
+        self.replan();
+        Ok(())
+    }
+
     fn replan(&mut self) {
         self.pipeline = None;
         self.plan = epoch_plan(

@@ -339,3 +339,27 @@ fn random_flip_mirrors_about_half_the_items_per_epoch_consistently() {
         }
     }
 }
+
+#[test]
+fn a_failed_step_is_served_again_in_smaller_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 36);
+    let mut loader = Loader::new(store.clone(), options(4, 2)).expect("loader");
+    let mut served: Vec<u32> = loader.next().expect("batch").expect("ok").items;
+    let failed = loader.next().expect("batch").expect("ok");
+    assert_eq!(failed.len(), 4);
+    // Out of memory: the step is retried at size 2; the failed batch's items come back.
+    loader.retry_step_with(2).expect("retry");
+    assert_eq!(loader.state().consumed, 1);
+    let rest: Vec<Batch> = loader.by_ref().map(|b| b.expect("ok")).collect();
+    assert!(rest.iter().all(|b| b.len() <= 2));
+    served.extend(rest.iter().flat_map(|b| b.items.clone()));
+    let mut sorted = served.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..36).collect::<Vec<_>>(),
+        "every item once, the failed ones included"
+    );
+    assert!(failed.items.iter().all(|i| served.contains(i)));
+}
