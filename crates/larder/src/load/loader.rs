@@ -451,15 +451,18 @@ impl Pipeline {
                         }
                         let j = next_job.fetch_add(1, Ordering::Relaxed);
                         let Some(&global) = jobs.get(j) else { return };
-                        let batch = assemble(
-                            &store,
-                            &shared,
-                            &pool,
-                            &batches[global],
-                            epoch,
-                            global as u64,
-                            seed,
-                        );
+                        // A panic while assembling (a bug, never expected) becomes this
+                        // batch's error: the consumer waits for every job it hands out, so a
+                        // job without a result would hang the training loop.
+                        let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            assemble(&store, &shared, &pool, &batches[global], epoch, global as u64, seed)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::InvalidArgument {
+                                name: "batch",
+                                message: format!("assembling batch {global} of epoch {epoch} panicked; please report this"),
+                            })
+                        });
                         if result_tx.send((j, batch)).is_err() {
                             return;
                         }

@@ -530,7 +530,16 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
             format!("cannot decode for field {}: {e}", job.what.field),
         ),
     };
-    let decoded = match image::decode(&job.what.source, job.what.convert) {
+    // Decoders are fed untrusted files; should one panic on a hostile file, that file becomes
+    // a finding like any other undecodable image instead of ending the prepare.
+    let decoded = std::panic::catch_unwind(|| image::decode(&job.what.source, job.what.convert))
+        .unwrap_or_else(|_| {
+            Err(Error::Image {
+                path: job.what.source.clone(),
+                message: "the decoder crashed on this file".into(),
+            })
+        });
+    let decoded = match decoded {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
