@@ -238,36 +238,29 @@ impl Loader {
     /// Changes the batch size from the next batch on; the rest of the epoch is re-planned
     /// deterministically and the change is recorded in the state.
     pub fn set_batch_size(&mut self, batch_size: u32) -> Result<()> {
-        if batch_size == 0 {
-            return Err(Error::InvalidArgument {
-                name: "batch_size",
-                message: "must be at least 1".into(),
-            });
-        }
         if batch_size == self.state.current_batch_size() {
             return Ok(());
         }
-        self.state.history.push(SizeChange {
-            epoch: self.state.epoch,
-            at: self.state.consumed,
-            batch_size,
-        });
-        self.replan();
-        Ok(())
+        self.resize(0, batch_size)
     }
 
     /// The last step failed (out of memory, say): its batches are served again, re-planned with
     /// `batch_size` together with the rest of the epoch, from the start of that step. The
     /// position is global, so every rank calls this together. The change is in the state.
     pub fn retry_step_with(&mut self, batch_size: u32) -> Result<()> {
+        self.resize(self.options.world_size as u64, batch_size)
+    }
+
+    /// Steps back `rewind` global batches, records a batch-size change there, and re-plans the
+    /// rest of the epoch from it.
+    fn resize(&mut self, rewind: u64, batch_size: u32) -> Result<()> {
         if batch_size == 0 {
             return Err(Error::InvalidArgument {
                 name: "batch_size",
                 message: "must be at least 1".into(),
             });
         }
-        let world = self.options.world_size as u64;
-        self.state.consumed = self.state.consumed.saturating_sub(world);
+        self.state.consumed = self.state.consumed.saturating_sub(rewind);
         self.state.history.push(SizeChange {
             epoch: self.state.epoch,
             at: self.state.consumed,
