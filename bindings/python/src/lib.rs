@@ -8,6 +8,7 @@
 mod config;
 mod errors;
 mod loader;
+mod logging;
 mod store;
 mod tune;
 
@@ -36,6 +37,7 @@ pub(crate) fn config_of(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<lard
 #[pymodule]
 fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    logging::install();
     errors::register(m)?;
     m.add_class::<config::Config>()?;
     m.add_class::<store::Store>()?;

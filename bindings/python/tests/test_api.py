@@ -181,3 +181,14 @@ def test_stubs_match_the_module():
             methods = {m.name for m in node.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("__")}
             actual = {n for n in dir(getattr(native, node.name)) if not n.startswith("_")}
             assert methods <= actual, (node.name, methods - actual)
+
+
+def test_engine_warnings_reach_python_logging(tmp_path, caplog):
+    config = make_dataset(str(tmp_path), n=4)
+    out = tmp_path / "store"
+    larder.prepare(config, out, shard_bytes=8 << 10)
+    next((out / "shards").iterdir()).unlink()
+    with caplog.at_level("WARNING", logger="larder"):
+        larder.prepare(config, out, shard_bytes=8 << 10)
+    records = [r for r in caplog.records if r.name == "larder"]
+    assert any(r.levelname == "WARNING" and "missing" in r.getMessage() for r in records), records
