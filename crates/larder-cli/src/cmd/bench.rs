@@ -139,12 +139,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pss_mb,
         anon_mb,
     };
-    let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
+        super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "served {} batches ({} samples) of {} in {} epochs: {:.0} samples/s, {:.1} MB/s",

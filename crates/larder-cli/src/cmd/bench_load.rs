@@ -114,14 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Warm the page cache for both sides, then measure (median of three).
     larder(2)?;
     peer(0)?;
-    let median3 = |f: &dyn Fn() -> anyhow::Result<f64>| -> anyhow::Result<f64> {
-        let mut v = [f()?, f()?, f()?];
-        v.sort_by(f64::total_cmp);
-        Ok(v[1])
-    };
-    let l2 = median3(&|| larder(2).map(|v| rate(&v)))?;
-    let p2 = median3(&|| peer(2).map(|v| rate(&v)))?;
-    let p0 = median3(&|| peer(0).map(|v| rate(&v)))?;
+    let l2 = super::median_of(3, || larder(2).map(|v| rate(&v)))?;
+    let p2 = super::median_of(3, || peer(2).map(|v| rate(&v)))?;
+    let p0 = super::median_of(3, || peer(0).map(|v| rate(&v)))?;
     println!(
         "serving {} items of {} bytes (3x{}x{} u8), batch {}, one epoch, warm page cache, median of 3 ({} cores)",
         args.items,

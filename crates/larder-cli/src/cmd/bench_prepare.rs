@@ -107,7 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         peer_runs.push(v["seconds"].as_f64().context("the peer printed no time")?);
         let _ = std::fs::remove_dir_all(&out);
     }
-    let (l, p) = (median(larder_runs), median(peer_runs));
+    let (l, p) = (super::median(larder_runs), super::median(peer_runs));
     println!();
     println!(
         "prepare pixels of {} JPEGs (1-3 MP) at {} (median of {} runs, warm page cache, {} cores)",
@@ -134,11 +134,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("larder vs AI Toolkit: {:.1}x (goal >= 5x)", p / l);
     Ok(ExitCode::SUCCESS)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A latent-shaped field (Flux at 1024²: 16×128×128) with spatially smooth values of unit

@@ -49,11 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&script, PEER_SCRIPT)
         .with_context(|| format!("writing {}", script.display()))?;
     let db = args.dir.join(".aitk_size.json");
-    let repeat = |f: &dyn Fn() -> anyhow::Result<f64>| -> anyhow::Result<f64> {
-        Ok(median(
-            (0..args.runs).map(|_| f()).collect::<anyhow::Result<_>>()?,
-        ))
-    };
+    let repeat = |f: &dyn Fn() -> anyhow::Result<f64>| super::median_of(args.runs, f);
     let peer = |mode: &str| time_peer(&args.python, &script, mode, &data, &db, args.images);
 
     let larder_s = repeat(&|| time_larder(&data, args.images))?;
@@ -91,11 +87,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         warm_s / larder_s
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn time_larder(data: &Path, expected: usize) -> anyhow::Result<f64> {

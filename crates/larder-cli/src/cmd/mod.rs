@@ -5,3 +5,31 @@ pub mod bench_prepare;
 pub mod bench_scan;
 pub mod scan;
 pub mod store;
+
+use std::io::Write;
+
+/// Prints `value` on standard output as one pretty JSON document (every `--json` flag).
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// The median of `runs` measurements taken by `measure` (benchmarks report medians: this
+/// machine is noisy).
+pub fn median_of(
+    runs: usize,
+    mut measure: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<f64> {
+    let v = (0..runs.max(1))
+        .map(|_| measure())
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    Ok(median(v))
+}
+
+/// The median of measurements (the upper one of an even count); NaN for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}

@@ -31,11 +31,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("scanning {}", args.config.display()))?;
     let plan = Plan::new(&config, &scan)?;
     let summary = Summary::new(&config, &scan, &plan);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &summary)?;
-        writeln!(out)?;
+        super::print_json(&summary)?;
     } else {
         for w in &summary.warnings {
             eprintln!("warning: {w}");

@@ -90,12 +90,11 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     };
     let report = larder::prepare(&config, &args.out, &options)
         .with_context(|| format!("preparing {}", args.out.display()))?;
-    let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
+        super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "{}: {} items, {} entries ({} computed, {} already stored), {} sources hashed, {} shards written ({:.1} MiB), {:.2}s",
@@ -125,12 +124,11 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
 pub fn inspect(args: StoreArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&args.store)?;
     let i = store.inspect()?;
-    let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &i)?;
-        writeln!(out)?;
+        super::print_json(&i)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::stdout().lock();
     writeln!(out, "store {}", i.root.display())?;
     writeln!(
         out,
@@ -194,8 +192,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
+        super::print_json(&report)?;
     } else {
         for p in &report.problems {
             match &p.entry {
@@ -245,8 +242,7 @@ pub fn gc(args: StoreArgs) -> anyhow::Result<ExitCode> {
     let report = store.gc()?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
+        super::print_json(&report)?;
     } else {
         writeln!(
             out,

@@ -138,6 +138,15 @@ fn kill_9_at_any_point_then_prepare_again_completes_without_redoing_work() {
     );
 
     let store = dir.path().join("store");
+    let prepare = [
+        "prepare",
+        s(&config),
+        "--out",
+        s(&store),
+        "--shard-size",
+        "8KiB",
+        "--json",
+    ];
     // Kill after the first shard, after about a third, after about two thirds, and then at a
     // few moments in time regardless of progress.
     let shard_targets = [1usize, total / 3, total * 2 / 3];
@@ -149,15 +158,7 @@ fn kill_9_at_any_point_then_prepare_again_completes_without_redoing_work() {
         .enumerate()
     {
         let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args([
-                "prepare",
-                s(&config),
-                "--out",
-                s(&store),
-                "--shard-size",
-                "8KiB",
-                "--json",
-            ])
+            .args(prepare)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -189,15 +190,7 @@ fn kill_9_at_any_point_then_prepare_again_completes_without_redoing_work() {
         committed_before = committed;
     }
 
-    let resumed = report(&larder(&[
-        "prepare",
-        s(&config),
-        "--out",
-        s(&store),
-        "--shard-size",
-        "8KiB",
-        "--json",
-    ]));
+    let resumed = report(&larder(&prepare));
     let reused = resumed["entries_reused"].as_u64().expect("reused") as usize;
     let computed = resumed["entries_computed"].as_u64().expect("computed") as usize;
     assert_eq!(reused + computed, total);

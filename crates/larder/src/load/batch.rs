@@ -21,12 +21,6 @@ impl PooledBuffer {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.data
     }
-
-    /// Takes the bytes out of the pool's reach (they are then freed normally).
-    pub fn into_vec(mut self) -> Vec<u8> {
-        self.pool = None;
-        std::mem::take(&mut self.data)
-    }
 }
 
 impl Drop for PooledBuffer {

@@ -64,10 +64,16 @@ impl Default for LoaderOptions {
 impl LoaderOptions {
     /// Takes `rank` and `world_size` from `RANK` and `WORLD_SIZE`, as torchrun sets them;
     /// leaves them unchanged when unset.
-    pub fn with_env_ranks(mut self) -> Result<Self> {
+    pub fn with_env_ranks(self) -> Result<Self> {
+        self.with_ranks_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`with_env_ranks`](Self::with_env_ranks) with the variables read through `lookup`, so
+    /// that callers (and tests) need not change the process environment.
+    pub fn with_ranks_from(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let read = |name: &'static str| -> Result<Option<usize>> {
-            match std::env::var(name) {
-                Ok(v) => v
+            match lookup(name) {
+                Some(v) => v
                     .trim()
                     .parse()
                     .map(Some)
@@ -75,7 +81,7 @@ impl LoaderOptions {
                         name,
                         message: format!("the environment variable {name}={v:?} is not a number"),
                     }),
-                Err(_) => Ok(None),
+                None => Ok(None),
             }
         };
         if let Some(r) = read("RANK")? {

@@ -162,25 +162,16 @@ pub enum FieldData {
     },
 }
 
-/// A store opened for reading.
+/// The catalog's entries in memory.
 #[derive(Debug)]
-pub struct Store {
-    root: PathBuf,
-    catalog: Mutex<Catalog>,
+struct EntryTable {
     entries: Vec<EntryRow>,
     /// Entry id → position in `entries` ([`NO_ENTRY`] for ids not in use).
     positions: Vec<u32>,
-    /// Entry key → position, built on first use: the loader never needs it.
-    by_key: std::sync::OnceLock<HashMap<String, u32>>,
-    shard_files: HashMap<i64, String>,
-    maps: Mutex<HashMap<i64, Arc<MappedShard>>>,
 }
 
-impl Store {
-    /// Opens the store in `root`.
-    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
-        let root = root.as_ref().to_path_buf();
-        let catalog = Catalog::open(&root.join(CATALOG_FILE), false)?;
+impl EntryTable {
+    fn read(catalog: &Catalog) -> Result<EntryTable> {
         let rows = catalog.entries()?;
         let max_id = rows.last().map_or(0, |(id, _)| (*id).max(0) as usize);
         let mut positions = vec![NO_ENTRY; max_id + 1];
@@ -194,6 +185,37 @@ impl Store {
                 row
             })
             .collect();
+        Ok(EntryTable { entries, positions })
+    }
+
+    /// The position of entry `id`, if the table holds it.
+    fn position(&self, id: i64) -> Option<u32> {
+        self.positions
+            .get(usize::try_from(id).ok()?)
+            .copied()
+            .filter(|&p| p != NO_ENTRY)
+    }
+}
+
+/// A store opened for reading.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    catalog: Mutex<Catalog>,
+    /// Every entry, read on first use: inspect, verify and gc never need them, and at a
+    /// million entries they are most of what opening a store costs.
+    table: std::sync::OnceLock<EntryTable>,
+    /// Entry key → position, built on first use: the loader never needs it.
+    by_key: std::sync::OnceLock<HashMap<String, u32>>,
+    shard_files: HashMap<i64, String>,
+    maps: Mutex<HashMap<i64, Arc<MappedShard>>>,
+}
+
+impl Store {
+    /// Opens the store in `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        let root = root.as_ref().to_path_buf();
+        let catalog = Catalog::open(&root.join(CATALOG_FILE), false)?;
         let shard_files = catalog
             .shards()?
             .into_iter()
@@ -202,8 +224,7 @@ impl Store {
         Ok(Store {
             root,
             catalog: Mutex::new(catalog),
-            entries,
-            positions,
+            table: std::sync::OnceLock::new(),
             by_key: std::sync::OnceLock::new(),
             shard_files,
             maps: Mutex::new(HashMap::new()),
@@ -327,46 +348,55 @@ impl Store {
         self.stored_bytes_at(pos)
     }
 
-    /// Entry key → position in `entries`.
+    /// The entries, read from the catalog on first use.
+    fn table(&self) -> Result<&EntryTable> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let table = EntryTable::read(&self.catalog())?;
+        Ok(self.table.get_or_init(|| table))
+    }
+
+    /// Entry key → position in the entry table.
     fn key_index(&self) -> Result<&HashMap<String, u32>> {
         if let Some(index) = self.by_key.get() {
             return Ok(index);
         }
+        let table = self.table()?;
         let rows = self.catalog().rows("SELECT key, id FROM entries", |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })?;
         let index = rows
             .into_iter()
-            .filter_map(|(key, id)| {
-                let pos = *self.positions.get(id.max(0) as usize)?;
-                (pos != NO_ENTRY).then_some((key, pos))
-            })
+            .filter_map(|(key, id)| Some((key, table.position(id)?)))
             .collect();
         Ok(self.by_key.get_or_init(|| index))
     }
 
     /// [`stored_bytes`](Self::stored_bytes) by the entry's position in the store's entry list.
     pub(crate) fn stored_bytes_at(&self, pos: u32) -> Result<(Arc<MappedShard>, &EntryRow)> {
-        let entry = self
-            .entries
-            .get(pos as usize)
-            .ok_or_else(|| Error::InvalidArgument {
-                name: "entry",
-                message: format!("no entry at position {pos}"),
-            })?;
+        let entry =
+            self.table()?
+                .entries
+                .get(pos as usize)
+                .ok_or_else(|| Error::InvalidArgument {
+                    name: "entry",
+                    message: format!("no entry at position {pos}"),
+                })?;
         Ok((self.shard(entry.shard)?, entry))
     }
 
     /// The item table in columns, for the loader: compact at millions of items, where a map of
     /// field names per item would cost more than the items themselves.
     pub(crate) fn item_columns(&self) -> Result<ItemColumns> {
-        let cat = self.catalog();
-        // The item rows and the field references are independent reads: the rows come through
-        // a second connection on another thread, which halves the time to open a large store.
-        let path = cat.path.clone();
+        // The item rows are independent of the entries and the field references: they come
+        // through a second connection on another thread while this one reads the rest.
+        let path = self.root.join(CATALOG_FILE);
         let (items, columns) = std::thread::scope(|s| {
             let rows = s.spawn(|| item_rows(&path));
-            let columns = self.field_columns(&cat);
+            let columns = self
+                .table()
+                .and_then(|table| self.field_columns(&self.catalog(), table));
             let items = rows.join().unwrap_or_else(|_| {
                 Err(Error::Store {
                     path: path.clone(),
@@ -388,7 +418,11 @@ impl Store {
     }
 
     /// Every item's field references as columns of entry positions.
-    fn field_columns(&self, cat: &Catalog) -> Result<(Vec<String>, Vec<Vec<u32>>)> {
+    fn field_columns(
+        &self,
+        cat: &Catalog,
+        table: &EntryTable,
+    ) -> Result<(Vec<String>, Vec<Vec<u32>>)> {
         let err = |e| cat.err(e);
         let mut fields: Vec<String> = Vec::new();
         let mut entries: Vec<Vec<u32>> = Vec::new();
@@ -418,10 +452,7 @@ impl Store {
             }
             // A dangling reference (after `verify --repair`) reads as missing: the batch that
             // needs it reports the error.
-            column[item] = match self.positions.get(entry_id.max(0) as usize) {
-                Some(&pos) if pos != NO_ENTRY => pos,
-                _ => DANGLING,
-            };
+            column[item] = table.position(entry_id).unwrap_or(DANGLING);
         }
         Ok((fields, entries))
     }

@@ -122,28 +122,27 @@ impl Store {
             .into_iter()
             .collect();
         let mut fields: BTreeMap<String, FieldStats> = BTreeMap::new();
+        // An entry shared by several items (repeats, equal crops) is stored, and counted,
+        // once: the distinct entries per field are summed in SQL, joined by integer id.
         let rows = cat.rows(
-            "SELECT DISTINCT f.field, e.key, e.dtype, e.codec, e.length, e.raw_len
-             FROM item_fields f JOIN entries e ON e.key = f.entry",
+            "SELECT field, dtype, codec, COUNT(*), SUM(length), SUM(raw_len) FROM (
+                 SELECT DISTINCT f.field, e.id, e.dtype, e.codec, e.length, e.raw_len
+                 FROM item_fields f JOIN entries e ON e.id = f.entry_id)
+             GROUP BY field, dtype, codec",
             |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
                 ))
             },
         )?;
-        let mut seen = HashSet::new();
-        for (field, key, dtype, codec, len, raw) in rows {
-            // An entry shared by several items (repeats, equal crops) is stored, and counted, once.
-            if !seen.insert(key) {
-                continue;
-            }
+        for (field, dtype, codec, count, len, raw) in rows {
             let s = fields.entry(field_family(&field).to_owned()).or_default();
-            s.entries += 1;
+            s.entries += count as u64;
             s.stored_bytes += len as u64;
             s.raw_bytes += raw as u64;
             if !s.dtypes.contains(&dtype) {
@@ -297,7 +296,7 @@ impl Store {
         }
         let mut stmt = cat
             .conn
-            .prepare("SELECT f.item, f.field, f.entry FROM item_fields f LEFT JOIN entries e ON e.key = f.entry WHERE e.key IS NULL")
+            .prepare("SELECT f.item, f.field, f.entry FROM item_fields f LEFT JOIN entries e ON e.id = f.entry_id AND e.key = f.entry WHERE e.id IS NULL")
             .map_err(|e| cat.err(e))?;
         for row in stmt
             .query_map([], |r| {

@@ -215,22 +215,29 @@ fn set_batch_size_takes_effect_at_the_next_batch_and_survives_resume() {
 
 #[test]
 fn ranks_come_from_torchrun_variables() {
-    // SAFETY of the test: this test binary does not read these variables anywhere else.
+    // Through a lookup rather than std::env::set_var: changing the environment while other
+    // test threads read it is undefined behaviour.
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
     let opts = LoaderOptions::default();
-    unsafe {
-        std::env::set_var("RANK", "1");
-        std::env::set_var("WORLD_SIZE", "4");
-    }
-    let got = opts.clone().with_env_ranks().expect("ranks");
-    unsafe {
-        std::env::set_var("WORLD_SIZE", "four");
-    }
-    let err = opts.with_env_ranks().expect_err("not a number");
-    unsafe {
-        std::env::remove_var("RANK");
-        std::env::remove_var("WORLD_SIZE");
-    }
+    let got = opts
+        .clone()
+        .with_ranks_from(env(&[("RANK", "1"), ("WORLD_SIZE", "4")]))
+        .expect("ranks");
     assert_eq!((got.rank, got.world_size), (1, 4));
+    let unset = opts
+        .clone()
+        .with_ranks_from(env(&[]))
+        .expect("no variables");
+    assert_eq!((unset.rank, unset.world_size), (opts.rank, opts.world_size));
+    let err = opts
+        .with_ranks_from(env(&[("WORLD_SIZE", "four")]))
+        .expect_err("not a number");
     assert!(err.to_string().contains("WORLD_SIZE"), "{err}");
 }
 
