@@ -132,7 +132,8 @@ pub struct Loader {
     buckets: Buckets,
     options: LoaderOptions,
     state: LoaderState,
-    plan: EpochPlan,
+    /// Shared with the reader threads of the epoch's pipeline.
+    plan: Arc<EpochPlan>,
     /// This rank's steps taken in the epoch since the pipeline (re)started at `start`.
     step: usize,
     start: u64,
@@ -186,13 +187,13 @@ impl Loader {
                 .enumerate()
                 .map(|(id, i)| (id as u32, i.bucket)),
         );
-        let plan = epoch_plan(
+        let plan = Arc::new(epoch_plan(
             &buckets,
             &state.order,
             state.epoch,
             state.epoch_start_size(),
             &state.history,
-        );
+        ));
         let start = state.consumed;
         Ok(Loader {
             store,
@@ -278,13 +279,13 @@ impl Loader {
 
     fn replan(&mut self) {
         self.pipeline = None;
-        self.plan = epoch_plan(
+        self.plan = Arc::new(epoch_plan(
             &self.buckets,
             &self.state.order,
             self.state.epoch,
             self.state.epoch_start_size(),
             &self.state.history,
-        );
+        ));
         self.start = self.state.consumed;
         self.step = 0;
     }
@@ -320,7 +321,7 @@ impl Loader {
                 self.store.clone(),
                 self.shared.clone(),
                 self.pool.clone(),
-                self.plan.batches.clone(),
+                self.plan.clone(),
                 jobs,
                 self.state.epoch,
                 self.state.order.seed,
@@ -409,7 +410,7 @@ impl Pipeline {
         store: Arc<Store>,
         shared: Arc<Catalogued>,
         pool: Arc<BufferPool>,
-        batches: Vec<Vec<u32>>,
+        plan: Arc<EpochPlan>,
         jobs: Vec<usize>,
         epoch: u64,
         seed: u64,
@@ -424,16 +425,16 @@ impl Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         let next_job = Arc::new(AtomicUsize::new(0));
         let jobs = Arc::new(jobs);
-        let batches = Arc::new(batches);
+
         let count = jobs.len();
         let threads = (0..options.threads)
             .map(|_| {
-                let (store, shared, pool, jobs, batches) = (
+                let (store, shared, pool, jobs, plan) = (
                     store.clone(),
                     shared.clone(),
                     pool.clone(),
                     jobs.clone(),
-                    batches.clone(),
+                    plan.clone(),
                 );
                 let (result_tx, token_rx, stop, next_job) = (
                     result_tx.clone(),
@@ -454,7 +455,7 @@ impl Pipeline {
                         // batch's error: the consumer waits for every job it hands out, so a
                         // job without a result would hang the training loop.
                         let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            assemble(&store, &shared, &pool, &batches[global], epoch, global as u64, seed)
+                            assemble(&store, &shared, &pool, &plan.batches[global], epoch, global as u64, seed)
                         }))
                         .unwrap_or_else(|_| {
                             Err(Error::InvalidArgument {
