@@ -230,6 +230,19 @@ impl Loader {
         self.shared.metrics.clone()
     }
 
+    /// Records into `metrics` instead of counters of its own: a loader rebuilt from a saved
+    /// state goes on counting where the one it replaces left off.
+    pub fn with_metrics(mut self, metrics: Arc<LoaderMetrics>) -> Loader {
+        if self.pipeline.is_some() {
+            // The readers hold the shared part; restart them from the current position.
+            self.replan();
+        }
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = metrics;
+        }
+        self
+    }
+
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
         self.state.epoch

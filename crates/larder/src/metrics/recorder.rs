@@ -104,7 +104,7 @@ pub struct Metrics {
     memory_at: Option<Instant>,
     jsonl: Option<BufWriter<File>>,
     flushed_at: Instant,
-    printer: Option<Box<dyn Write + Send>>,
+    printer: Option<Box<dyn Write + Send + Sync>>,
     printed: (Instant, Record),
     shared: Arc<Shared>,
     server: Option<HttpServer>,
@@ -152,7 +152,7 @@ impl Metrics {
         Ok(Metrics {
             printer: options
                 .print_every
-                .map(|_| Box::new(std::io::stderr()) as Box<dyn Write + Send>),
+                .map(|_| Box::new(std::io::stderr()) as Box<dyn Write + Send + Sync>),
             options,
             loader: None,
             started: now,
@@ -180,7 +180,7 @@ impl Metrics {
 
     /// Sends the terminal dashboard to `out` instead of standard error (when `print_every` is
     /// set).
-    pub fn print_to(&mut self, out: Box<dyn Write + Send>) {
+    pub fn print_to(&mut self, out: Box<dyn Write + Send + Sync>) {
         self.printer = Some(out);
     }
 
