@@ -86,7 +86,7 @@ def tuner_check(fits: Callable[[int], None], oom: type, limit: int, predicted: O
     tuner = larder.BatchSizeTuner(loader, initial=limit, min=1, max=limit, max_consecutive_ooms=20, oom_errors=(oom,), memory=lambda: None)
     ooms, settled = 0, None
     for step, batch in enumerate(loader):
-        if tuner.step(lambda b: fits(len(b["items"])), batch) is None:
+        if tuner.step(lambda b: fits(len(b["items"])) or "fit", batch) is None:  # None: out of memory
             ooms += 1
         elif settled is None:
             settled = (step, len(batch["items"]))
