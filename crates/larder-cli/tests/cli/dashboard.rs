@@ -232,3 +232,53 @@ fn a_folder_or_an_unknown_scheme_is_refused_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
 }
+
+/// GETs `target` from `addr`; returns the status line and the body.
+fn get(addr: &str, target: &str) -> (String, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_dashboard_follows_a_training_process_through_its_endpoint() {
+    use larder::metrics::{Metrics, MetricsOptions, StepInput};
+
+    let mut training = Metrics::new(MetricsOptions {
+        listen: Some("127.0.0.1:0".into()),
+        print_every: None,
+        ..MetricsOptions::default()
+    })
+    .expect("metrics");
+    for k in 1..=5 {
+        training
+            .step(StepInput {
+                loss: Some(1.0 / f64::from(k)),
+                batch_size: Some(2),
+                ..StepInput::default()
+            })
+            .expect("step");
+    }
+    let endpoint = format!("http://{}", training.local_addr().expect("listening"));
+    let (_server, url) = dashboard(Path::new(&endpoint));
+    let page = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let (status, body) = get(&page, "/api/records?since=3");
+    assert!(status.contains("200"), "{status}: {body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["next"], 5);
+    assert_eq!(answer["records"][1]["step"], 5);
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dom = chromium(&url, &tmp.path().join("profile"), &["--dump-dom"]);
+    assert_eq!(number(&dom, "id=\"plot-loss\"", "data-points"), 5.0);
+    assert_eq!(number(&dom, "id=\"plot-loss\"", "data-last"), 0.2);
+
+    // The training process ends: the page is told why it has no new data.
+    drop(training);
+    let (status, body) = get(&page, "/api/records?since=5");
+    assert!(status.contains("502") && body.contains("does not answer"), "{status}: {body}");
+}
