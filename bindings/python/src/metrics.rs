@@ -5,14 +5,45 @@ use std::time::Duration;
 use larder::metrics::{GpuMemory, MetricsOptions, StepInput};
 use pyo3::prelude::*;
 
-use crate::errors::{ArgumentError, to_py};
+use crate::errors::{ArgumentError, LarderError, to_py};
 use crate::loader::Loader;
 
 /// Records training steps (see `larder.Metrics`).
 #[derive(Debug)]
 #[pyclass(module = "larder._larder")]
 pub struct Metrics {
-    inner: larder::metrics::Metrics,
+    inner: Option<larder::metrics::Metrics>,
+    /// The process that made it: its HTTP thread and file buffer belong to that process.
+    pid: u32,
+}
+
+impl Metrics {
+    fn live(&mut self) -> PyResult<&mut larder::metrics::Metrics> {
+        if std::process::id() != self.pid {
+            return Err(LarderError::new_err(
+                "this Metrics was created in another process (before a fork): create a new one in this process",
+            ));
+        }
+        self.inner
+            .as_mut()
+            .ok_or_else(|| LarderError::new_err("the Metrics is closed"))
+    }
+
+    fn get(&self) -> PyResult<&larder::metrics::Metrics> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| LarderError::new_err("the Metrics is closed"))
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        // In a forked child the HTTP thread is the parent's, and the file buffer holds lines
+        // the parent writes: stopping one or flushing the other would hang or duplicate.
+        if std::process::id() != self.pid {
+            std::mem::forget(self.inner.take());
+        }
+    }
 }
 
 fn seconds(name: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
@@ -48,12 +79,16 @@ impl Metrics {
         let inner = py
             .detach(move || larder::metrics::Metrics::new(options))
             .map_err(to_py)?;
-        Ok(Metrics { inner })
+        Ok(Metrics {
+            inner: Some(inner),
+            pid: std::process::id(),
+        })
     }
 
     /// Includes the loader's own counters in the records.
-    fn attach_loader(&mut self, loader: PyRef<'_, Loader>) {
-        self.inner.attach_loader(loader.metrics());
+    fn attach_loader(&mut self, loader: PyRef<'_, Loader>) -> PyResult<()> {
+        self.live()?.attach_loader(loader.metrics());
+        Ok(())
     }
 
     /// Records one step; `gpu` is (allocated, reserved, peak, total or None) in bytes.
@@ -79,30 +114,39 @@ impl Metrics {
                 },
             ),
         };
-        let inner = &mut self.inner;
+        let inner = self.live()?;
         py.detach(move || inner.step(input).map(|_| ()))
             .map_err(to_py)
     }
 
     /// The last record as JSON.
     fn last_json(&self) -> PyResult<String> {
-        serde_json::to_string(self.inner.last()).map_err(|e| ArgumentError::new_err(e.to_string()))
+        serde_json::to_string(self.get()?.last()).map_err(|e| ArgumentError::new_err(e.to_string()))
     }
 
     /// The terminal dashboard for the last record.
-    fn dashboard(&self) -> String {
-        self.inner.dashboard()
+    fn dashboard(&self) -> PyResult<String> {
+        Ok(self.get()?.dashboard())
     }
 
     /// `host:port` of the HTTP endpoint, or None.
     #[getter]
-    fn address(&self) -> Option<String> {
-        self.inner.local_addr().map(|a| a.to_string())
+    fn address(&self) -> PyResult<Option<String>> {
+        Ok(self.get()?.local_addr().map(|a| a.to_string()))
+    }
+
+    /// Writes the buffered records and stops the HTTP endpoint; later calls raise.
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.live()?;
+        match self.inner.take() {
+            Some(mut inner) => py.detach(move || inner.flush()).map_err(to_py),
+            None => Ok(()),
+        }
     }
 
     /// Writes buffered records to the JSON-lines file.
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = &mut self.inner;
+        let inner = self.live()?;
         py.detach(move || inner.flush()).map_err(to_py)
     }
 }

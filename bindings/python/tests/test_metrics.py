@@ -94,3 +94,15 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         larder.Metrics(listen="not-an-address", print_every=None)
     with pytest.raises(larder.LarderError):
         larder.Metrics(tmp_path, print_every=None)  # a folder, not a file
+
+
+def test_close_writes_the_file_and_stops_the_endpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with larder.Metrics(path, listen="127.0.0.1:0", print_every=None) as metrics:
+        metrics.step(loss=0.5)
+        address = metrics.address
+    assert json.loads(path.read_text())["loss"] == 0.5
+    with pytest.raises(OSError):
+        urllib.request.urlopen(address + "/metrics", timeout=5)
+    with pytest.raises(larder.LarderError, match="closed"):
+        metrics.step(loss=0.1)

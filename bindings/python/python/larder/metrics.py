@@ -104,11 +104,16 @@ class Metrics:
         """Writes buffered records to the JSON-lines file (done every second and at exit)."""
         self._native.flush()
 
+    def close(self) -> None:
+        """Writes the buffered records and stops the endpoint (also on leaving a ``with``
+        block); later calls raise :class:`larder.LarderError`."""
+        self._native.close()
+
     def __enter__(self) -> "Metrics":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.flush()
+        self.close()
 
 
 class _TorchGpu:

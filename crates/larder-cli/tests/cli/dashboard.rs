@@ -241,7 +241,10 @@ fn get(addr: &str, target: &str) -> (String, String) {
     let mut text = String::new();
     stream.read_to_string(&mut text).expect("read");
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
 }
 
 #[test]
@@ -265,7 +268,10 @@ fn the_dashboard_follows_a_training_process_through_its_endpoint() {
     }
     let endpoint = format!("http://{}", training.local_addr().expect("listening"));
     let (_server, url) = dashboard(Path::new(&endpoint));
-    let page = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let page = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let (status, body) = get(&page, "/api/records?since=3");
     assert!(status.contains("200"), "{status}: {body}");
     let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -280,5 +286,8 @@ fn the_dashboard_follows_a_training_process_through_its_endpoint() {
     // The training process ends: the page is told why it has no new data.
     drop(training);
     let (status, body) = get(&page, "/api/records?since=5");
-    assert!(status.contains("502") && body.contains("does not answer"), "{status}: {body}");
+    assert!(
+        status.contains("502") && body.contains("does not answer"),
+        "{status}: {body}"
+    );
 }
