@@ -291,3 +291,57 @@ fn the_dashboard_follows_a_training_process_through_its_endpoint() {
         "{status}: {body}"
     );
 }
+
+#[test]
+fn the_page_takes_new_records_while_it_is_open() {
+    use larder::metrics::{History, HttpServer, records_response};
+    use std::sync::{Arc, Mutex};
+
+    // A stand-in for a training process: three more steps are recorded at its third poll,
+    // while the page is open.
+    struct Upstream {
+        history: History,
+        polls: Vec<String>,
+    }
+    let upstream = Arc::new(Mutex::new(Upstream {
+        history: History::new(100),
+        polls: Vec::new(),
+    }));
+    for k in 1..=5 {
+        let text = line(k);
+        upstream
+            .lock()
+            .expect("lock")
+            .history
+            .push(text.trim_end().to_owned());
+    }
+    let server = {
+        let upstream = upstream.clone();
+        HttpServer::start("127.0.0.1:0", move |req| {
+            let mut u = upstream.lock().expect("lock");
+            u.polls.push(req.query.clone());
+            if u.polls.len() == 3 {
+                for k in 6..=8 {
+                    u.history.push(line(k).trim_end().to_owned());
+                }
+            }
+            records_response(&u.history, req)
+        })
+        .expect("upstream")
+    };
+    let endpoint = format!("http://{}", server.local_addr());
+    let (_dashboard, url) = dashboard(Path::new(&endpoint));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dom = chromium(
+        &format!("{url}?interval=200"),
+        &tmp.path().join("profile"),
+        &["--dump-dom"],
+    );
+    assert_plotted(&dom, 8);
+    let polls = upstream.lock().expect("lock").polls.clone();
+    assert_eq!(polls[0], "since=0");
+    assert!(
+        polls.iter().any(|q| q == "since=5") && polls.last().is_some_and(|q| q == "since=8"),
+        "each poll asks only for what is new: {polls:?}"
+    );
+}
