@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::history::History;
+use super::history::{History, records_response};
 use super::http::{HttpServer, Response};
 use super::loader::{LoaderMetrics, LoaderSnapshot};
 use super::memory::MemoryUsage;
@@ -67,6 +67,48 @@ pub struct StepInput {
     pub gpu: Option<GpuMemory>,
 }
 
+/// The JSON-lines file, appended to through a buffer.
+#[derive(Debug)]
+struct LineFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    written_at: Instant,
+}
+
+impl LineFile {
+    /// Opens `path` for appending, creating it and its folder if missing.
+    fn open(path: PathBuf) -> Result<LineFile> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(LineFile {
+            path,
+            out: BufWriter::new(file),
+            written_at: Instant::now(),
+        })
+    }
+
+    /// Appends one line. Readers tail the file (`larder dashboard`): the buffer is written out
+    /// at the first line a second or more after the last write, not with a system call per step.
+    fn append(&mut self, line: &str, now: Instant) -> Result<()> {
+        writeln!(self.out, "{line}").map_err(|e| Error::io(&self.path, e))?;
+        if now.duration_since(self.written_at) >= Duration::from_secs(1) {
+            self.flush()?;
+            self.written_at = now;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
 /// What the HTTP thread reads: the records kept and the Prometheus registry.
 #[derive(Debug)]
 struct Shared {
@@ -102,8 +144,7 @@ pub struct Metrics {
     losses: VecDeque<f64>,
     memory: MemoryUsage,
     memory_at: Option<Instant>,
-    jsonl: Option<BufWriter<File>>,
-    flushed_at: Instant,
+    jsonl: Option<LineFile>,
     printer: Option<Box<dyn Write + Send + Sync>>,
     printed: (Instant, Record),
     shared: Arc<Shared>,
@@ -123,20 +164,7 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Starts recording: opens the JSON-lines file (appending) and starts the HTTP thread.
     pub fn new(options: MetricsOptions) -> Result<Metrics> {
-        let jsonl = match &options.jsonl {
-            Some(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                }
-                let file = File::options()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| Error::io(path, e))?;
-                Some(BufWriter::new(file))
-            }
-            None => None,
-        };
+        let jsonl = options.jsonl.clone().map(LineFile::open).transpose()?;
         let shared = Arc::new(Shared {
             history: Mutex::new(History::new(options.history)),
             exporter: Exporter::new(),
@@ -164,7 +192,6 @@ impl Metrics {
             memory: MemoryUsage::default(),
             memory_at: None,
             jsonl,
-            flushed_at: now,
             printed: (now, Record::default()),
             shared,
             server,
@@ -203,19 +230,8 @@ impl Metrics {
             name: "metrics",
             message: format!("a record cannot be written as JSON: {e}"),
         })?;
-        if let Some(out) = &mut self.jsonl {
-            let path = self
-                .options
-                .jsonl
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""));
-            writeln!(out, "{line}").map_err(|e| Error::io(path, e))?;
-            // Readers tail the file (`larder dashboard`): a line reaches the disk within a
-            // second, without a system call per step.
-            if now.duration_since(self.flushed_at) >= Duration::from_secs(1) {
-                out.flush().map_err(|e| Error::io(path, e))?;
-                self.flushed_at = now;
-            }
+        if let Some(file) = &mut self.jsonl {
+            file.append(&line, now)?;
         }
         self.shared.exporter.update(&self.last, &record);
         if self.server.is_some() {
@@ -241,10 +257,7 @@ impl Metrics {
 
     /// Writes buffered lines to the JSON-lines file.
     pub fn flush(&mut self) -> Result<()> {
-        if let (Some(out), Some(path)) = (&mut self.jsonl, &self.options.jsonl) {
-            out.flush().map_err(|e| Error::io(path, e))?;
-        }
-        Ok(())
+        self.jsonl.as_mut().map_or(Ok(()), LineFile::flush)
     }
 
     fn print_dashboard(&mut self, now: Instant) {
@@ -344,14 +357,6 @@ fn serve(shared: &Shared, req: &super::http::Request) -> Response {
         ),
         "/" | "/index.html" => Response::ok("text/html; charset=utf-8", super::DASHBOARD_HTML),
         _ => Response::error(404, "not found: try /, /metrics or /api/records?since=0"),
-    }
-}
-
-/// The answer to `/api/records?since=N` from `history` (the dashboard's data endpoint).
-pub fn records_response(history: &History, req: &super::http::Request) -> Response {
-    match req.param("since").map_or(Ok(0), str::parse::<u64>) {
-        Ok(since) => Response::ok("application/json", history.since_json(since)),
-        Err(_) => Response::error(400, "since must be a record number, e.g. since=0"),
     }
 }
 
