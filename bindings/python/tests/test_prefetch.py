@@ -290,3 +290,16 @@ def test_the_tuner_through_the_prefetcher_serves_each_item_once_at_the_new_size(
     rest = [i for b in resumed for i in b["items"].tolist()]
     assert len(served) + len(rest) == 24
     assert sorted(served + rest) == sorted(set(served + rest)), "no item twice"
+
+
+def test_an_iteration_left_early_loses_no_batch(fake_torch, store_path):
+    fake_torch()
+    plain = [b["items"].tolist() for b in larder.DataLoader(store_path, batch_size=4, seed=0)]
+    batches = lt.CudaPrefetcher(larder.DataLoader(store_path, batch_size=4, seed=0), depth=2)
+    seen = []
+    for batch in batches:
+        seen.append(batch["items"].array.tolist())
+        if len(seen) == 2:
+            break
+    seen += [b["items"].array.tolist() for b in batches]
+    assert seen == plain, "the batches fetched ahead come first when iterating again"

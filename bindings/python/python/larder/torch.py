@@ -159,8 +159,11 @@ class CudaPrefetcher:
 
     def _prefetch(self, torch: Any, device: Any) -> Iterator[Any]:
         side = torch.cuda.Stream(device=device)
+        # Batches fetched ahead by an iteration that was left early come first: a larder
+        # DataLoader is already past them. A plain iterable starts over, so they are dropped.
+        if any(f.position is None for f in self._ahead):
+            self._ahead.clear()
         self._batches, self._stopped = iter(self.loader), False
-        self._ahead.clear()
         while True:
             # The batch to hand out, and `depth` more whose copies run during its step.
             while len(self._ahead) <= self.depth and not self._stopped:
