@@ -9,6 +9,7 @@ mod config;
 mod errors;
 mod loader;
 mod logging;
+mod metrics;
 mod store;
 mod tune;
 
@@ -44,6 +45,7 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loader::Loader>()?;
     m.add_class::<loader::Buffer>()?;
     m.add_class::<tune::Tuner>()?;
+    m.add_class::<metrics::Metrics>()?;
     m.add_function(wrap_pyfunction!(config::load_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::scan_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::prepare_json, m)?)?;

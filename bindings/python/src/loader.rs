@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use larder::load::plan::{BucketTail, OrderOptions, RankTail};
 use larder::load::{Batch, LoaderOptions, LoaderState, PooledBuffer, Tensor};
+use larder::metrics::LoaderMetrics;
 use numpy::ndarray::{ArrayViewD, IxDyn};
 use numpy::{Element, PyArray, PyArrayDyn};
 use pyo3::prelude::*;
@@ -36,11 +37,18 @@ pub struct Loader {
     inner: Option<larder::load::Loader>,
     store: Arc<larder::Store>,
     options: LoaderOptions,
+    /// The loader's counters, kept across `load_state_json` (which rebuilds the loader).
+    metrics: Arc<LoaderMetrics>,
     /// The process that made the loader: its reader threads exist only there.
     pid: u32,
 }
 
 impl Loader {
+    /// The loader's counters, for `larder.Metrics`.
+    pub(crate) fn metrics(&self) -> Arc<LoaderMetrics> {
+        self.metrics.clone()
+    }
+
     fn live(&mut self) -> PyResult<&mut larder::load::Loader> {
         if std::process::id() != self.pid {
             return Err(LarderError::new_err(
@@ -127,6 +135,7 @@ impl Loader {
                 .map_err(to_py)?
         };
         Ok(Loader {
+            metrics: inner.metrics(),
             inner: Some(inner),
             store,
             options,
@@ -165,10 +174,12 @@ impl Loader {
         self.live()?;
         let state = LoaderState::from_json(text).map_err(to_py)?;
         let (store, options) = (self.store.clone(), self.options.clone());
+        let metrics = self.metrics.clone();
         self.inner = None;
         let inner = py
             .detach(move || larder::load::Loader::with_state(store, options, state))
-            .map_err(to_py)?;
+            .map_err(to_py)?
+            .with_metrics(metrics);
         self.inner = Some(inner);
         Ok(())
     }

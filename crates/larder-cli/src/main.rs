@@ -34,6 +34,10 @@ enum Command {
     BenchPrepare(cmd::bench_prepare::Args),
     /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
     BenchLoad(cmd::bench_load::Args),
+    /// Serve the live web dashboard of a training run (from its metrics file or its endpoint).
+    Dashboard(cmd::dashboard::Args),
+    /// Measure what recording a training step's metrics costs.
+    BenchMetrics(cmd::bench_metrics::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -92,6 +96,8 @@ fn main() -> ExitCode {
         Command::BenchScan(args) => cmd::bench_scan::run(args),
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
         Command::BenchLoad(args) => cmd::bench_load::run(args),
+        Command::Dashboard(args) => cmd::dashboard::run(args),
+        Command::BenchMetrics(args) => cmd::bench_metrics::run(args),
     };
     match result {
         Ok(code) => code,

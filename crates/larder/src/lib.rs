@@ -22,6 +22,7 @@ mod config;
 mod error;
 mod image;
 pub mod load;
+pub mod metrics;
 mod plan;
 mod prepare;
 mod progress;

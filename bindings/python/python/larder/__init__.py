@@ -35,6 +35,7 @@ from ._larder import Loader as _Loader
 from ._larder import Store as _Store
 from ._larder import prepare_json as _prepare_json
 from ._larder import scan_json as _scan_json
+from .metrics import Metrics
 from .tuner import BatchSizeTuner
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "DataLoader",
     "DecodeError",
     "LarderError",
+    "Metrics",
     "RemoteError",
     "ScanReport",
     "Store",

@@ -27,7 +27,8 @@ class BatchSizeTuner:
     and into its state, so a resumed run repeats it.
 
     Args:
-        loader: The :class:`larder.DataLoader` to drive.
+        loader: The :class:`larder.DataLoader` to drive, or the
+            :class:`larder.torch.CudaPrefetcher` over it (which drops its look-ahead on a change).
         initial: Size of the first step.
         target: Size at the end of the warm-up (default ``initial``).
         warmup_steps: Steps of the linear warm-up.
@@ -107,7 +108,8 @@ class BatchSizeTuner:
         except self._oom:
             _clear_cache()
             size, _, _ = self._tuner.record_oom()
-            self._loader._loader.retry_step_with(size)
+            retry = getattr(self._loader, "retry_step_with", None)  # a CudaPrefetcher's
+            (retry or self._loader._loader.retry_step_with)(size)
             return None
         measured = self._memory()
         peak, capacity = measured if measured is not None else (None, None)

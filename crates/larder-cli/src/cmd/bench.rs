@@ -179,18 +179,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resident and proportional set size, and anonymous memory, of this process, from
-/// /proc/self/smaps_rollup (Linux).
+/// Resident and proportional set size, and anonymous memory, of this process in MB.
 fn memory() -> (Option<f64>, Option<f64>, Option<f64>) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/smaps_rollup") else {
-        return (None, None, None);
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-    };
-    (field("Rss:"), field("Pss:"), field("Anonymous:"))
+    let m = larder::metrics::MemoryUsage::of_this_process();
+    let mb = |b: Option<u64>| b.map(|b| b as f64 / f64::from(1u32 << 20));
+    (mb(m.rss_bytes), mb(m.pss_bytes), mb(m.anonymous_bytes))
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -16,6 +17,7 @@ use super::batch::{Batch, BufferPool, Tensor};
 use super::plan::{Buckets, EpochPlan, OrderOptions, SizeChange, epoch_plan};
 use super::state::LoaderState;
 use crate::caption::{CaptionContext, CaptionRecipe};
+use crate::metrics::LoaderMetrics;
 use crate::rng::{Purpose, Stream};
 use crate::store::codec::{self, Repr};
 use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, Store};
@@ -122,6 +124,8 @@ struct Catalogued {
     /// The fields to load, as indices into `columns.fields`, in name order.
     fields: Vec<usize>,
     random_flip: bool,
+    /// Wait, queue depth, bytes read and assembly time, recorded as batches are made and served.
+    metrics: Arc<LoaderMetrics>,
 }
 
 /// Serves a store's items as batches, deterministically, on any number of ranks.
@@ -202,6 +206,7 @@ impl Loader {
                 recipes,
                 fields,
                 random_flip: options.random_flip,
+                metrics: Arc::default(),
             }),
             buckets,
             options,
@@ -217,6 +222,25 @@ impl Loader {
     /// The loader's position; save it with a checkpoint.
     pub fn state(&self) -> &LoaderState {
         &self.state
+    }
+
+    /// The loader's own counters (wait time, queue depth, bytes read, assembly and decode
+    /// time), for [`Metrics::attach_loader`](crate::metrics::Metrics::attach_loader).
+    pub fn metrics(&self) -> Arc<LoaderMetrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Records into `metrics` instead of counters of its own: a loader rebuilt from a saved
+    /// state goes on counting where the one it replaces left off.
+    pub fn with_metrics(mut self, metrics: Arc<LoaderMetrics>) -> Loader {
+        if self.pipeline.is_some() {
+            // The readers hold the shared part; restart them from the current position.
+            self.replan();
+        }
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = metrics;
+        }
+        self
     }
 
     /// The current epoch.
@@ -398,6 +422,7 @@ struct Pipeline {
     /// A token per batch that may be in flight; readers take one before assembling.
     tokens: Option<Sender<()>>,
     reorder: HashMap<usize, Result<Batch>>,
+    metrics: Arc<LoaderMetrics>,
     next: usize,
     jobs: usize,
     stop: Arc<AtomicBool>,
@@ -454,6 +479,7 @@ impl Pipeline {
                         // A panic while assembling (a bug, never expected) becomes this
                         // batch's error: the consumer waits for every job it hands out, so a
                         // job without a result would hang the training loop.
+                        let started = Instant::now();
                         let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             assemble(&store, &shared, &pool, &plan.batches[global], epoch, global as u64, seed)
                         }))
@@ -463,6 +489,7 @@ impl Pipeline {
                                 message: format!("assembling batch {global} of epoch {epoch} panicked; please report this"),
                             })
                         });
+                        shared.metrics.record_assembly(started.elapsed());
                         if result_tx.send((j, batch)).is_err() {
                             return;
                         }
@@ -474,6 +501,7 @@ impl Pipeline {
             results,
             tokens: Some(token_tx),
             reorder: HashMap::new(),
+            metrics: shared.metrics.clone(),
             next: 0,
             jobs: count,
             stop,
@@ -485,6 +513,9 @@ impl Pipeline {
         if self.next >= self.jobs {
             return None;
         }
+        // Batches ready now, in order or not: how far ahead the readers are.
+        let ready = self.reorder.len() + self.results.len();
+        let asked = Instant::now();
         let result = loop {
             if let Some(r) = self.reorder.remove(&self.next) {
                 break r;
@@ -502,6 +533,7 @@ impl Pipeline {
                 }
             }
         };
+        self.metrics.record_delivery(asked.elapsed(), ready);
         self.next += 1;
         if let Some(tokens) = &self.tokens {
             let _ = tokens.send(());
@@ -555,7 +587,7 @@ fn assemble(
             continue;
         }
         let name = &columns.fields[f];
-        let mut tensor = stack(store, pool, ids, &rows, &positions, name)?;
+        let mut tensor = stack(store, pool, ids, &rows, &positions, name, &shared.metrics)?;
         if flipped.contains(&true) && tensor.dtype == "U8" && tensor.shape.len() == 4 {
             mirror_rows(&mut tensor, &flipped);
         }
@@ -615,6 +647,7 @@ fn stack(
     rows: &[&ItemRow],
     positions: &[u32],
     field: &str,
+    metrics: &LoaderMetrics,
 ) -> Result<Tensor> {
     let mut out: Option<Tensor> = None;
     let mut item_bytes = 0usize;
@@ -642,6 +675,7 @@ fn stack(
             message: in_item(e.to_string()),
         };
         let stored = map.slice(entry.offset, entry.length).map_err(context)?;
+        let decoding = Instant::now();
         let (dtype, bytes): (&'static str, std::borrow::Cow<'_, [u8]>) = match codec.repr {
             Repr::Fp8E4M3 | Repr::Fp8E5M2 | Repr::Int8 => {
                 let elements =
@@ -663,6 +697,7 @@ fn stack(
                 codec::decompress(codec, stored, entry.raw_len as usize).map_err(context)?,
             ),
         };
+        metrics.record_read(stored.len() as u64, decoding.elapsed());
         let tensor = out.get_or_insert_with(|| {
             item_bytes = bytes.len();
             let mut shape = vec![positions.len()];

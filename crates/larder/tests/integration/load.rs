@@ -11,7 +11,7 @@ use larder::{Config, PrepareOptions, Store, prepare};
 use crate::{file, image};
 
 /// A store of `n` items in three buckets, with shuffled, dropped-out captions.
-fn store(root: &Path, n: usize) -> Arc<Store> {
+pub fn store(root: &Path, n: usize) -> Arc<Store> {
     let imgs = root.join("imgs");
     for i in 0..n {
         let (w, h) = [(64, 64), (96, 64), (64, 96)][i % 3];
@@ -39,7 +39,7 @@ fn store(root: &Path, n: usize) -> Arc<Store> {
     Arc::new(Store::open(&out).expect("open"))
 }
 
-fn options(batch_size: u32, threads: usize) -> LoaderOptions {
+pub fn options(batch_size: u32, threads: usize) -> LoaderOptions {
     LoaderOptions {
         batch_size,
         order: OrderOptions {

@@ -3,6 +3,7 @@
 mod config;
 mod interop;
 mod load;
+mod metrics;
 mod plan;
 mod scan;
 mod store;

@@ -1,0 +1,108 @@
+"""larder.Metrics: records with the loader's counters, the JSON-lines file, the Prometheus and
+dashboard endpoints, and GPU memory through torch."""
+
+import json
+import sys
+import types
+import urllib.request
+
+import pytest
+
+import larder
+
+
+def steps(metrics, loader, n):
+    done = 0
+    for batch in loader:
+        metrics.step(loss=1.0 / (done + 1), lr=1e-4, batch_size=len(batch["items"]))
+        done += 1
+        if done == n:
+            break
+    return done
+
+
+def test_records_go_to_the_file_with_the_loaders_counters(store_path, tmp_path):
+    path = tmp_path / "run" / "metrics.jsonl"
+    loader = larder.DataLoader(store_path, batch_size=4, seed=0)
+    metrics = larder.Metrics(path, loader=loader, print_every=None, total_steps=len(loader))
+    n = steps(metrics, loader, 100)
+    metrics.flush()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, n + 1))
+    last = records[-1]
+    assert last["v"] == 1 and last["total_steps"] == len(loader)
+    assert last["samples"] == 24 and last["loss"] == pytest.approx(1.0 / n)
+    assert last["bytes_read"] > 24 * 64 * 64 * 3 * 0.5, "pixels of every item were read"
+    assert last["batches_assembled"] >= n and last["assemble_s"] > 0
+    assert all(r["wait_s"] >= 0 for r in records)
+    assert last["rss_bytes"] > 0
+    assert "gpu" not in last, "no torch imported: no GPU figures"
+    assert metrics.last() == last
+    assert f"step {n}/{len(loader)}" in metrics.dashboard()
+
+
+def test_the_counters_carry_on_after_load_state_dict(store_path):
+    loader = larder.DataLoader(store_path, batch_size=4, seed=0)
+    metrics = larder.Metrics(loader=loader, print_every=None)
+    steps(metrics, loader, 2)
+    before = metrics.last()["bytes_read"]
+    loader.load_state_dict(loader.state_dict())
+    steps(metrics, loader, 1)
+    assert metrics.last()["bytes_read"] > before, "the rebuilt loader counts into the same metrics"
+
+
+def test_prometheus_and_dashboard_endpoints(store_path):
+    loader = larder.DataLoader(store_path, batch_size=8, seed=0)
+    metrics = larder.Metrics(listen="127.0.0.1:0", loader=loader, print_every=None)
+    n = steps(metrics, loader, 3)
+    assert metrics.address.startswith("http://127.0.0.1:")
+    text = urllib.request.urlopen(metrics.address + "/metrics").read().decode()
+    assert f"larder_steps_total {n}" in text
+    assert "larder_samples_total 24" in text
+    assert "larder_loader_read_bytes_total" in text
+    page = json.loads(urllib.request.urlopen(metrics.address + "/api/records?since=0").read())
+    assert page["next"] == n and [r["step"] for r in page["records"]] == list(range(1, n + 1))
+
+
+def test_gpu_memory_comes_from_torch_cuda_when_torch_is_in_use(monkeypatch):
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True,
+        current_device=lambda: 0,
+        get_device_properties=lambda d: types.SimpleNamespace(total_memory=80 << 30),
+        memory_allocated=lambda d: 20 << 30,
+        memory_reserved=lambda d: 22 << 30,
+        max_memory_allocated=lambda d: 21 << 30,
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+
+    class Loss:  # a one-element tensor: float() reads it
+        def __float__(self):
+            return 0.5
+
+    metrics = larder.Metrics(print_every=None)
+    metrics.step(loss=Loss(), batch_size=2)
+    gpu = metrics.last()["gpu"]
+    assert gpu == {"allocated_bytes": 20 << 30, "reserved_bytes": 22 << 30, "peak_bytes": 21 << 30, "total_bytes": 80 << 30}
+    assert metrics.last()["loss"] == 0.5
+    assert "GPU 20.00 GiB alloc" in metrics.dashboard()
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(larder.ArgumentError, match="print_every"):
+        larder.Metrics(print_every=-1.0)
+    with pytest.raises(larder.LarderError, match="cannot listen"):
+        larder.Metrics(listen="not-an-address", print_every=None)
+    with pytest.raises(larder.LarderError):
+        larder.Metrics(tmp_path, print_every=None)  # a folder, not a file
+
+
+def test_close_writes_the_file_and_stops_the_endpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with larder.Metrics(path, listen="127.0.0.1:0", print_every=None) as metrics:
+        metrics.step(loss=0.5)
+        address = metrics.address
+    assert json.loads(path.read_text())["loss"] == 0.5
+    with pytest.raises(OSError):
+        urllib.request.urlopen(address + "/metrics", timeout=5)
+    with pytest.raises(larder.LarderError, match="closed"):
+        metrics.step(loss=0.1)

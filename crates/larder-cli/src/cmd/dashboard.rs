@@ -1,0 +1,196 @@
+//! `larder dashboard`: the live web dashboard of a training run, from its metrics file or from
+//! the training process's own endpoint.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use larder::metrics::{DASHBOARD_HTML, History, HttpServer, Request, Response, records_response};
+
+/// Records of a metrics file kept for the page (about 400 bytes each).
+const KEPT: usize = 200_000;
+
+/// Arguments of `larder dashboard`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A metrics file (JSON lines, as `larder.Metrics(jsonl=...)` writes it) or the endpoint of
+    /// a training process (`http://host:port`, as `larder.Metrics(listen=...)` serves it).
+    source: String,
+    /// Port to serve the page on (0 picks a free one).
+    #[arg(long, default_value_t = 8050)]
+    port: u16,
+    /// Address to serve the page on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+/// Where the records come from.
+#[derive(Debug)]
+enum Source {
+    /// A JSON-lines file, read further at every poll.
+    File(Mutex<Tail>),
+    /// A training process's endpoint; polls are passed on to it.
+    Endpoint { authority: String, prefix: String },
+}
+
+/// A metrics file read up to `offset`, its complete lines in `history`.
+#[derive(Debug)]
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    /// A last line not yet ended by a newline (the writer is mid-line).
+    partial: Vec<u8>,
+    history: History,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Tail {
+        Tail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            history: History::new(KEPT),
+        }
+    }
+
+    /// Reads what was appended since the last call; a file that shrank (a new run) is read
+    /// from its start again.
+    fn refresh(&mut self) -> anyhow::Result<()> {
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            // Not written yet: the training run has not started. The page shows no data.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", self.path.display()));
+            }
+        };
+        let len = file.metadata()?.len();
+        if len < self.offset {
+            *self = Tail::new(std::mem::take(&mut self.path));
+        }
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut fresh = Vec::new();
+        file.read_to_end(&mut fresh)?;
+        self.offset += fresh.len() as u64;
+        self.partial.extend_from_slice(&fresh);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in String::from_utf8_lossy(&complete).lines() {
+            // Only JSON objects reach the page: a stray line cannot break its parsing.
+            if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line).is_ok() {
+                self.history.push(line.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Source {
+    fn parse(source: &str) -> anyhow::Result<Source> {
+        if let Some(rest) = source.strip_prefix("http://") {
+            let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if authority.to_socket_addrs().is_err() {
+                bail!("cannot resolve {authority:?} in {source}: expected http://host:port");
+            }
+            let prefix = prefix.trim_end_matches('/');
+            return Ok(Source::Endpoint {
+                authority: authority.to_owned(),
+                prefix: if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{prefix}")
+                },
+            });
+        }
+        if source.contains("://") {
+            bail!("{source}: only http:// endpoints and metrics files are supported");
+        }
+        let path = PathBuf::from(source);
+        if path.is_dir() {
+            bail!(
+                "{} is a folder; give the metrics file (JSON lines) that larder.Metrics(jsonl=...) writes",
+                path.display()
+            );
+        }
+        if !path.exists() {
+            eprintln!(
+                "note: {} does not exist yet; the page fills in once the training run writes it",
+                path.display()
+            );
+        }
+        Ok(Source::File(Mutex::new(Tail::new(path))))
+    }
+
+    /// The answer to the page's `/api/records?since=N`.
+    fn records(&self, req: &Request) -> Response {
+        match self {
+            Source::File(tail) => {
+                let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                match tail.refresh() {
+                    Ok(()) => records_response(&tail.history, req),
+                    Err(e) => Response::error(500, format!("{e:#}")),
+                }
+            }
+            Source::Endpoint { authority, prefix } => {
+                let target = format!("{prefix}/api/records?{}", req.query);
+                match get(authority, &target) {
+                    Ok(body) => Response::ok("application/json", body),
+                    Err(e) => Response::error(502, format!("http://{authority}{target}: {e:#}")),
+                }
+            }
+        }
+    }
+}
+
+/// GETs `target` from `authority` and returns the body of a 200 response.
+fn get(authority: &str, target: &str) -> anyhow::Result<String> {
+    let addr = authority
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("{authority} has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .context("the training process does not answer")?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("not an HTTP response")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("{status}: {}", body.trim());
+    }
+    Ok(body.to_owned())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let source = Source::parse(&args.source)?;
+    let server = HttpServer::start(
+        &format!("{}:{}", args.host, args.port),
+        move |req| match req.path.as_str() {
+            "/" | "/index.html" => Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
+            "/api/records" => source.records(req),
+            _ => Response::error(404, "not found: the dashboard is at /"),
+        },
+    )?;
+    // The first line says where the page is (tests read the port from it when it is 0).
+    println!(
+        "dashboard: http://{}/ (source: {})",
+        server.local_addr(),
+        args.source
+    );
+    std::io::stdout().flush()?;
+    server.wait();
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,224 @@
+//! A small HTTP/1.1 server on one thread, for the Prometheus endpoint and the dashboard.
+//!
+//! The requests it answers are a Prometheus scrape every few seconds and a dashboard poll
+//! every second: one thread that answers one connection at a time serves them with room to
+//! spare, and keeps an async runtime (tokio, for axum or hyper) out of a library that runs
+//! inside training processes. Every connection closes after its response.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// An answer to a GET request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A 200 response.
+    pub fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    /// A plain-text error response.
+    pub fn error(status: u16, message: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: message.into().into_bytes(),
+        }
+    }
+}
+
+/// A request's path and query string (without the `?`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The path, e.g. `/api/records`.
+    pub path: String,
+    /// The query string, e.g. `since=10`; empty when there is none.
+    pub query: String,
+}
+
+impl Request {
+    /// The value of query parameter `name`, if present.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// A running server; dropping it stops the thread.
+#[derive(Debug)]
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `addr` (port 0 picks a free port) and answers GET requests with `handler` on a
+    /// thread of its own.
+    pub fn start(
+        addr: &str,
+        handler: impl Fn(&Request) -> Response + Send + 'static,
+    ) -> Result<HttpServer> {
+        let listener = TcpListener::bind(addr).map_err(|e| Error::InvalidArgument {
+            name: "listen",
+            message: format!("cannot listen on {addr}: {e}"),
+        })?;
+        let addr = listener.local_addr().map_err(|e| Error::InvalidArgument {
+            name: "listen",
+            message: format!("cannot read the address bound for {addr}: {e}"),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("larder-http".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        // A client that misbehaves costs at most the timeouts, never the thread.
+                        if let Ok(stream) = conn {
+                            let _ = answer(stream, &handler);
+                        }
+                    }
+                })
+                .map_err(|e| Error::InvalidArgument {
+                    name: "listen",
+                    message: format!("cannot start the HTTP thread: {e}"),
+                })?
+        };
+        Ok(HttpServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until the server stops (it does not, until the process ends): for a command
+    /// whose only job is serving.
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            // The thread sits in accept(); a connection wakes it to see the flag.
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request from `stream` and writes the handler's response.
+fn answer(stream: TcpStream, handler: &impl Fn(&Request) -> Response) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    // Headers are read and ignored: nothing here depends on them.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let mut parts = line.split_whitespace();
+    let response = match (parts.next(), parts.next()) {
+        (Some("GET"), Some(target)) => {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            handler(&Request {
+                path: path.to_owned(),
+                query: query.to_owned(),
+            })
+        }
+        (Some(_), Some(_)) => Response::error(405, "only GET is served"),
+        _ => Response::error(400, "not an HTTP request"),
+    };
+    let reason = match response.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Error",
+    };
+    let mut out = std::io::BufWriter::new(stream);
+    write!(
+        out,
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
+    )?;
+    out.write_all(&response.body)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn get(addr: SocketAddr, target: &str) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        text
+    }
+
+    #[test]
+    fn answers_get_with_the_handler_and_stops_on_drop() {
+        let server = HttpServer::start("127.0.0.1:0", |r| {
+            if r.path == "/echo" {
+                Response::ok("text/plain", r.param("x").unwrap_or("none"))
+            } else {
+                Response::error(404, "no such page")
+            }
+        })
+        .expect("start");
+        let addr = server.local_addr();
+        let ok = get(addr, "/echo?a=1&x=42");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("Content-Length: 2\r\n") && ok.ends_with("\r\n\r\n42"),
+            "{ok}"
+        );
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        drop(server);
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "the port is closed after drop"
+        );
+    }
+}
