@@ -34,6 +34,9 @@ enum Command {
     BenchPrepare(cmd::bench_prepare::Args),
     /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
     BenchLoad(cmd::bench_load::Args),
+    /// Memory: what a dataset costs under a PyTorch DataLoader and under larder, measured on
+    /// request, with advice.
+    Diagnose(cmd::diagnose::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::BenchScan(args) => cmd::bench_scan::run(args),
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
         Command::BenchLoad(args) => cmd::bench_load::run(args),
+        Command::Diagnose(args) => cmd::diagnose::run(args),
     };
     match result {
         Ok(code) => code,

@@ -19,6 +19,7 @@
 
 mod caption;
 mod config;
+pub mod diagnose;
 mod error;
 mod image;
 pub mod load;

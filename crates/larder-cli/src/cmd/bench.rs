@@ -179,18 +179,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resident and proportional set size, and anonymous memory, of this process, from
-/// /proc/self/smaps_rollup (Linux).
+/// Resident and proportional set size, and anonymous memory, of this process, in MiB.
 fn memory() -> (Option<f64>, Option<f64>, Option<f64>) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/smaps_rollup") else {
-        return (None, None, None);
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-    };
-    (field("Rss:"), field("Pss:"), field("Anonymous:"))
+    let mib = |b: u64| Some(b as f64 / (1024.0 * 1024.0));
+    match larder::diagnose::ProcessMemory::read() {
+        Some(m) => (mib(m.rss), mib(m.pss), mib(m.anonymous)),
+        None => (None, None, None),
+    }
 }
