@@ -37,6 +37,8 @@ enum Command {
     /// Memory: what a dataset costs under a PyTorch DataLoader and under larder, measured on
     /// request, with advice.
     Diagnose(cmd::diagnose::Args),
+    /// Check the machine: memory, /dev/shm, open files, disk, page cache, NVIDIA driver, GDS.
+    Doctor(cmd::doctor::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
         Command::BenchLoad(args) => cmd::bench_load::run(args),
         Command::Diagnose(args) => cmd::diagnose::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
     };
     match result {
         Ok(code) => code,

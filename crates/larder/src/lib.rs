@@ -20,6 +20,7 @@
 mod caption;
 mod config;
 pub mod diagnose;
+pub mod doctor;
 mod error;
 mod image;
 pub mod load;

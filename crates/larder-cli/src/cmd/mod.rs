@@ -4,6 +4,7 @@ pub mod bench_load;
 pub mod bench_prepare;
 pub mod bench_scan;
 pub mod diagnose;
+pub mod doctor;
 pub mod scan;
 pub mod store;
 

@@ -1,6 +1,7 @@
 //! The `larder` binary, run as users run it: one test binary, one module per command group.
 
 mod diagnose;
+mod doctor;
 mod scan;
 mod store;
 
