@@ -39,6 +39,11 @@ enum Command {
     Diagnose(cmd::diagnose::Args),
     /// Check the machine: memory, /dev/shm, open files, disk, page cache, NVIDIA driver, GDS.
     Doctor(cmd::doctor::Args),
+    /// Benchmark `larder diagnose`'s memory estimate against measured RSS and PSS.
+    BenchDiagnose(cmd::bench_diagnose::Args),
+    /// Write an AI Toolkit job file for your GPU, RAM, dataset and model, saying why each
+    /// value was chosen.
+    Wizard(cmd::wizard::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -99,6 +104,8 @@ fn main() -> ExitCode {
         Command::BenchLoad(args) => cmd::bench_load::run(args),
         Command::Diagnose(args) => cmd::diagnose::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::BenchDiagnose(args) => cmd::bench_diagnose::run(args),
+        Command::Wizard(args) => cmd::wizard::run(args),
     };
     match result {
         Ok(code) => code,

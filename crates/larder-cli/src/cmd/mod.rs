@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod bench_diagnose;
 pub mod bench_load;
 pub mod bench_prepare;
 pub mod bench_scan;
@@ -7,6 +8,7 @@ pub mod diagnose;
 pub mod doctor;
 pub mod scan;
 pub mod store;
+pub mod wizard;
 
 use std::io::Write;
 

@@ -4,6 +4,7 @@ mod diagnose;
 mod doctor;
 mod scan;
 mod store;
+mod wizard;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -75,7 +75,9 @@ pub struct FieldEstimate {
     pub stored_bytes: u64,
     /// Bytes once decoded into a batch.
     pub decoded_bytes: u64,
-    /// Decoded bytes per pixel of an item's bucket (0 for per-caption fields).
+    /// Decoded bytes per pixel of an item's bucket, averaged over all items (a field some
+    /// items lack, such as a mask, counts in proportion to the items that have it; 0 for
+    /// per-caption fields).
     pub bytes_per_pixel: f64,
     /// Decoded bytes per caption, for text embeddings (0 for image fields).
     pub bytes_per_caption: f64,
@@ -139,6 +141,8 @@ impl Default for EstimateOptions {
 /// A per-image field of the plan, accumulated over distinct entries.
 #[derive(Default)]
 struct Acc {
+    /// Items that have the field.
+    items: u64,
     entries: u64,
     stored: f64,
     decoded: u64,
@@ -157,14 +161,6 @@ impl Workload {
         options: &EstimateOptions,
     ) -> Workload {
         let mut acc: BTreeMap<&'static str, Acc> = BTreeMap::new();
-        let mut add = |name: &'static str, stored: f64, decoded: u64, pixels: u64, mem: bool| {
-            let a = acc.entry(name).or_default();
-            a.entries += 1;
-            a.stored += stored;
-            a.decoded += decoded;
-            a.pixels += pixels;
-            a.in_memory |= mem;
-        };
         // An entry is an image at one placement and flip; repeats share it, as in the store.
         let mut seen = HashSet::new();
         let mut captions: HashSet<&str> = HashSet::new();
@@ -209,41 +205,43 @@ impl Workload {
             );
             let (w, h) = (p.bucket.width, p.bucket.height);
             let area = u64::from(w) * u64::from(h);
-            let mut fields = 1u64;
-            let latent = options
+            // The item's fields: (name, stored bytes, decoded bytes, held in memory).
+            let mut fields: Vec<(&'static str, f64, u64, bool)> = Vec::new();
+            match options
                 .family
-                .filter(|_| cfg.cache.latents || cfg.cache.latents_to_disk);
-            let fresh = seen.insert(key);
-            if fresh {
-                match latent {
-                    Some(family) => {
-                        let values = family.latent_elements(w, h);
-                        let bytes = values * options.latent_codec.repr.element_size() as u64;
-                        let stored = values as f64 * latent_bytes_per_value(options.latent_codec);
-                        let in_memory = cfg.cache.latents && !cfg.cache.latents_to_disk;
-                        add("latent", stored, bytes, area, in_memory);
-                    }
-                    None => add("pixels", (3 * area) as f64, 3 * area, area, false),
+                .filter(|_| cfg.cache.latents || cfg.cache.latents_to_disk)
+            {
+                Some(family) => {
+                    let values = family.latent_elements(w, h);
+                    let bytes = values * options.latent_codec.repr.element_size() as u64;
+                    let stored = values as f64 * latent_bytes_per_value(options.latent_codec);
+                    let in_memory = cfg.cache.latents && !cfg.cache.latents_to_disk;
+                    fields.push(("latent", stored, bytes, in_memory));
                 }
+                None => fields.push(("pixels", (3 * area) as f64, 3 * area, false)),
             }
             if cfg.alpha_mask || img.mask.is_some() {
-                fields += 1;
-                if fresh {
-                    add("mask", area as f64, area, area, false);
-                }
+                fields.push(("mask", area as f64, area, false));
             }
             for _ in img.controls.iter().flatten() {
-                fields += 1;
-                if fresh {
-                    add("control", (3 * area) as f64, 3 * area, area, false);
-                }
+                fields.push(("control", (3 * area) as f64, 3 * area, false));
             }
             if img.inpaint.is_some() {
-                fields += 1;
+                fields.push(("inpaint", (4 * area) as f64, 4 * area, false));
+            }
+            let fresh = seen.insert(key);
+            for &(name, stored, decoded, in_memory) in &fields {
+                let a = acc.entry(name).or_default();
+                a.items += 1;
                 if fresh {
-                    add("inpaint", (4 * area) as f64, 4 * area, area, false);
+                    a.entries += 1;
+                    a.stored += stored;
+                    a.decoded += decoded;
+                    a.pixels += area;
+                    a.in_memory |= in_memory;
                 }
             }
+            let fields = fields.len() as u64;
             max_fields = max_fields.max(fields);
         }
         let mut fields: Vec<FieldEstimate> = acc
@@ -254,7 +252,8 @@ impl Workload {
                 entries: a.entries,
                 stored_bytes: a.stored.round() as u64,
                 decoded_bytes: a.decoded,
-                bytes_per_pixel: a.decoded as f64 / a.pixels.max(1) as f64,
+                bytes_per_pixel: a.decoded as f64 / a.pixels.max(1) as f64 * a.items as f64
+                    / plan.items.len().max(1) as f64,
                 bytes_per_caption: 0.0,
                 in_memory: a.in_memory,
             })
@@ -281,8 +280,8 @@ impl Workload {
         let inspection = store.inspect()?;
         let items = store.items()?;
         // Bucket pixels of each field's distinct entries, to turn its decoded bytes into bytes
-        // per pixel (a batch's size follows its bucket).
-        let mut pixels: BTreeMap<String, (HashSet<&str>, u64)> = BTreeMap::new();
+        // per pixel (a batch's size follows its bucket), and the items that have the field.
+        let mut pixels: BTreeMap<String, (HashSet<&str>, u64, u64)> = BTreeMap::new();
         let mut buckets: BTreeMap<Bucket, u64> = BTreeMap::new();
         let mut captions = HashSet::new();
         let mut item_text_bytes = 0u64;
@@ -298,7 +297,8 @@ impl Workload {
             field_columns = field_columns.max(item.fields.len() as u64);
             for (field, key) in &item.fields {
                 let family = field.split('.').next().unwrap_or(field).to_owned();
-                let (keys, sum) = pixels.entry(family).or_default();
+                let (keys, sum, with) = pixels.entry(family).or_default();
+                *with += 1;
                 if keys.insert(key.as_str()) {
                     *sum += u64::from(item.bucket_w) * u64::from(item.bucket_h);
                 }
@@ -308,14 +308,15 @@ impl Workload {
             .fields
             .iter()
             .map(|(name, stats)| {
-                let area = pixels.get(name).map_or(0, |p| p.1);
+                let (area, with) = pixels.get(name).map_or((0, 0), |p| (p.1, p.2));
+                let coverage = with as f64 / items.len().max(1) as f64;
                 FieldEstimate {
                     name: name.clone(),
                     origin: Origin::Store,
                     entries: stats.entries,
                     stored_bytes: stats.stored_bytes,
                     decoded_bytes: stats.raw_bytes,
-                    bytes_per_pixel: stats.raw_bytes as f64 / area.max(1) as f64,
+                    bytes_per_pixel: stats.raw_bytes as f64 / area.max(1) as f64 * coverage,
                     bytes_per_caption: 0.0,
                     in_memory: false,
                 }
@@ -335,20 +336,37 @@ impl Workload {
         })
     }
 
-    /// Bytes of the largest batch of `batch_size` items, decoded, over every bucket. A
-    /// bucket's last batch is filled up to the batch size (the loader's default), so every
-    /// batch has `batch_size` items.
+    /// Bytes of the largest batch of `batch_size` items, decoded, over every bucket.
     pub fn largest_batch_bytes(&self, batch_size: u32) -> u64 {
+        self.largest_batches_bytes(batch_size, 1)
+    }
+
+    /// Bytes of the `count` largest batches of an epoch together, decoded. A bucket's last
+    /// batch is filled up to the batch size (the loader's default), so every batch has
+    /// `batch_size` items, and a bucket of n items makes ⌈n / batch_size⌉ batches.
+    pub fn largest_batches_bytes(&self, batch_size: u32, count: u64) -> u64 {
         let per_pixel: f64 = self.fields.iter().map(|f| f.bytes_per_pixel).sum();
         let per_caption: f64 = self.fields.iter().map(|f| f.bytes_per_caption).sum();
-        self.buckets
+        let mut batches: Vec<(u64, u64)> = self
+            .buckets
             .iter()
-            .map(|(b, _)| {
+            .map(|(b, n)| {
                 let area = f64::from(b.width) * f64::from(b.height);
-                (f64::from(batch_size) * (area * per_pixel + per_caption)).round() as u64
+                let bytes = (f64::from(batch_size) * (area * per_pixel + per_caption)).round();
+                (bytes as u64, n.div_ceil(u64::from(batch_size.max(1))))
             })
-            .max()
-            .unwrap_or(0)
+            .collect();
+        batches.sort_unstable_by(|a, b| b.cmp(a));
+        let (mut left, mut total) = (count, 0u64);
+        for (bytes, n) in batches {
+            let take = n.min(left);
+            total += take * bytes;
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        total
     }
 }
 
@@ -405,7 +423,8 @@ pub struct LarderEstimate {
     /// The item table: one row per item with its path, caption and field entries.
     pub item_table: u64,
     /// Batch buffers: the prefetched batches (reader threads assemble only batches that have
-    /// a prefetch slot) and the one in use, each sized for the largest batch.
+    /// a prefetch slot) and the one in use; buffers are reused, so an epoch leaves the pool
+    /// holding about the `prefetch + 1` largest batches.
     pub batch_buffers: u64,
     /// SQLite's page cache of the catalog connection.
     pub catalog_cache: u64,
@@ -473,7 +492,8 @@ pub fn estimate(workload: Workload, options: &EstimateOptions) -> Estimate {
     // in the bucket lists and in the epoch's batch lists.
     let item_table =
         workload.items * (row + 4 * workload.field_columns + 4 + 4) + workload.item_text_bytes;
-    let batch_buffers = u64::from(options.prefetch + 1) * batch;
+    let batch_buffers =
+        workload.largest_batches_bytes(options.batch_size, u64::from(options.prefetch) + 1);
     let catalog_cache = workload
         .catalog_bytes
         .map_or(0, |b| b.min(SQLITE_CACHE_BYTES));
