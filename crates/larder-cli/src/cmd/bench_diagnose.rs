@@ -50,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let exe = std::env::current_exe()?;
     println!(
-        "larder diagnose --measure: the loader's memory, estimated and measured after one epoch (2 reader threads, prefetch 4)"
+        "larder diagnose --measure: the loader's memory, estimated and measured after one epoch (2 reader threads, prefetch 4; median of 3 runs)"
     );
     println!(
         "{:<34} {:>5} {:>12} {:>12} {:>8} {:>12} {:>8}",
@@ -61,45 +61,49 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (format!("generated, {} items", args.items), &generated),
     ] {
         for &b in &args.batch_sizes {
-            let out = Command::new(&exe)
-                .arg("diagnose")
-                .arg(store)
-                .args(["--measure", "--json", "--workers", "2", "--batch-size"])
-                .arg(b.to_string())
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "larder diagnose failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).context("reading diagnose's JSON")?;
-            let rows = v["comparison"].as_array().context("no comparison")?;
-            let pick = |what: &str| {
-                rows.iter()
-                    .find(|r| r["what"].as_str().is_some_and(|w| w.starts_with(what)))
-                    .map(|r| {
-                        (
-                            r["estimated"].as_u64().unwrap_or(0),
-                            r["measured"].as_u64().unwrap_or(0),
-                            r["error_percent"].as_f64().unwrap_or(f64::NAN),
-                        )
-                    })
-                    .unwrap_or((0, 0, f64::NAN))
+            let run = || -> anyhow::Result<(f64, f64, f64)> {
+                let out = Command::new(&exe)
+                    .arg("diagnose")
+                    .arg(store)
+                    .args(["--measure", "--json", "--workers", "2", "--batch-size"])
+                    .arg(b.to_string())
+                    .output()?;
+                if !out.status.success() {
+                    bail!(
+                        "larder diagnose failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).context("reading diagnose's JSON")?;
+                let rows = v["comparison"].as_array().context("no comparison")?;
+                let pick = |what: &str, key: &str| {
+                    rows.iter()
+                        .find(|r| r["what"].as_str().is_some_and(|w| w.starts_with(what)))
+                        .and_then(|r| r[key].as_f64())
+                        .unwrap_or(f64::NAN)
+                };
+                Ok((
+                    pick("RSS", "estimated"),
+                    pick("RSS", "measured"),
+                    pick("PSS", "measured"),
+                ))
             };
-            let (est, rss, rss_err) = pick("RSS");
-            let (_, pss, pss_err) = pick("PSS");
-            let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+            // Which buffers live at once depends on thread timing: the median of three runs.
+            let runs = (0..3).map(|_| run()).collect::<anyhow::Result<Vec<_>>>()?;
+            let est = super::median(runs.iter().map(|r| r.0).collect());
+            let rss = super::median(runs.iter().map(|r| r.1).collect());
+            let pss = super::median(runs.iter().map(|r| r.2).collect());
+            let err = |m: f64| 100.0 * (est - m) / m;
             println!(
-                "{:<34} {:>5} {:>12} {:>12} {:>+7.1}% {:>12} {:>+7.1}%",
+                "{:<34} {:>5} {:>9.1} MB {:>9.1} MB {:>+7.1}% {:>9.1} MB {:>+7.1}%",
                 name,
                 b,
-                mb(est),
-                mb(rss),
-                rss_err,
-                mb(pss),
-                pss_err
+                est / 1e6,
+                rss / 1e6,
+                err(rss),
+                pss / 1e6,
+                err(pss)
             );
         }
     }

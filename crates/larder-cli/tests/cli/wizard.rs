@@ -67,7 +67,7 @@ fn wizard_through_a_terminal_writes_the_answered_config() {
     // 800x600 images: median equal-area side 693 px, so only 512 of the 512/768/1024 ladder.
     assert_eq!(d.resolutions, [512]);
     assert!(d.cache.latents_to_disk && d.cache.text_embeddings);
-    // 128 GB holds three copies of SDXL's 7.2 GB: AI Toolkit's 2 workers.
+    // 128 GB holds three copies of SDXL's 6.9 GB: AI Toolkit's 2 workers.
     assert_eq!(d.loader.num_workers, 2);
     let text = std::fs::read_to_string(&out).expect("read");
     // SDXL's 5.1 GB UNet fits in half of 24 GB: no quantization; 24 - 5.1 = 18.9 GB, 2.5 GB a

@@ -108,7 +108,7 @@ pub fn advise(estimate: &Estimate, ram: Option<u64>) -> Vec<Advice> {
                 level: Level::Info,
                 rule: "store-fits",
                 advice: format!(
-                    "the store stays hot in the page cache ({:.0}% of RAM): after the first epoch, reads cost no disk I/O",
+                    "the store stays hot in the page cache ({:.1}% of RAM): after the first epoch, reads cost no disk I/O",
                     100.0 * ratio
                 ),
                 reason: seen,

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use super::families::Family;
 use crate::plan::{Bucket, Flip, Plan};
 use crate::scan::ScanReport;
+use crate::store::catalog::EntryRow;
 use crate::store::codec::Codec;
 use crate::store::{ItemRow, Store};
 use crate::{Config, Result};
@@ -420,13 +421,14 @@ pub struct DataLoaderEstimate {
 pub struct LarderEstimate {
     /// Reader threads.
     pub threads: u32,
-    /// The item table: one row per item with its path, caption and field entries.
+    /// The item table (one row per item with its path, caption and field entries) and the
+    /// entry table (where each entry lies).
     pub item_table: u64,
     /// Batch buffers: the prefetched batches (reader threads assemble only batches that have
     /// a prefetch slot) and the one in use; buffers are reused, so an epoch leaves the pool
     /// holding about the `prefetch + 1` largest batches.
     pub batch_buffers: u64,
-    /// SQLite's page cache of the catalog connection.
+    /// SQLite's page cache of the two catalog connections.
     pub catalog_cache: u64,
     /// Private memory: the three above.
     pub private: u64,
@@ -490,11 +492,17 @@ pub fn estimate(workload: Workload, options: &EstimateOptions) -> Estimate {
     let row = std::mem::size_of::<ItemRow>() as u64 + 2 * MALLOC_OVERHEAD;
     // Per item: the row and its two strings, one u32 entry position per field column, its id
     // in the bucket lists and in the epoch's batch lists.
-    let item_table =
-        workload.items * (row + 4 * workload.field_columns + 4 + 4) + workload.item_text_bytes;
+    let entries: u64 = workload.fields.iter().map(|f| f.entries).sum();
+    // Per entry: its row (shard, offset, codec, shape) and its slot in the id → position map.
+    let entry_row = std::mem::size_of::<EntryRow>() as u64 + 4;
+    let item_table = workload.items * (row + 4 * workload.field_columns + 4 + 4)
+        + workload.item_text_bytes
+        + entries * entry_row;
     let batch_buffers =
         workload.largest_batches_bytes(options.batch_size, u64::from(options.prefetch) + 1);
-    let catalog_cache = workload
+    // Two connections read the catalog while the loader opens: the store's, and one that reads
+    // the item table in parallel.
+    let catalog_cache = 2 * workload
         .catalog_bytes
         .map_or(0, |b| b.min(SQLITE_CACHE_BYTES));
     let private = item_table + batch_buffers + catalog_cache;

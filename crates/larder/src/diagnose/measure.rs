@@ -172,6 +172,9 @@ pub fn measure(root: &Path, options: &MeasureOptions) -> Result<Measurement> {
     let wanted = options.batches.unwrap_or(epoch_batches);
     let started = Instant::now();
     let (mut batches, mut items) = (0u64, 0u64);
+    // Each batch is held until the next one arrives, as a training step holds its batch while
+    // the readers assemble the following ones: the loader's memory at its training-time peak.
+    let mut held = None;
     let mut epoch = 0u64;
     while batches < wanted {
         let Some(batch) = loader.next_batch() else {
@@ -185,10 +188,12 @@ pub fn measure(root: &Path, options: &MeasureOptions) -> Result<Measurement> {
         let batch = batch?;
         items += batch.len() as u64;
         batches += 1;
+        held = Some(batch);
     }
     let seconds = started.elapsed().as_secs_f64();
     let after = ProcessMemory::read().ok_or_else(no_proc)?;
     let page_cache_after = store_residency(root)?;
+    drop(held);
     drop(loader);
     Ok(Measurement {
         before,

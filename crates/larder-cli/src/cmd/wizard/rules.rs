@@ -162,8 +162,13 @@ pub fn resolutions(a: &Answers, facts: &DatasetFacts) -> Choice<Vec<u32>> {
         );
     }
     let why = if fitting.len() < ladder.len() {
+        let kept = fitting
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
-            "multi-resolution training up to the model's {native} px, leaving out sizes above the images' median of {median:.0} px (AI Toolkit never upscales)"
+            "training at {kept} px: the images' median size is {median:.0} px, and AI Toolkit never upscales, so the larger sizes up to the model's native {native} px would only repeat smaller buckets"
         )
     } else {
         format!("multi-resolution training up to the model's native {native} px")
@@ -172,8 +177,8 @@ pub fn resolutions(a: &Answers, facts: &DatasetFacts) -> Choice<Vec<u32>> {
 }
 
 /// The batch size: what the GPU holds after the denoiser's weights (8-bit when quantized,
-/// else bf16; for a full fine-tune also gradients and 8-bit AdamW states, 2 + 2 bytes per
-/// parameter), at one sample's activations scaled by the largest resolution's area, rounded
+/// else bf16; for a full fine-tune also bf16 gradients and two 8-bit AdamW states, 6 bytes
+/// per parameter in all), at one sample's activations scaled by the largest resolution's area, rounded
 /// down to a power of two, between 1 and 16.
 pub fn batch_size(a: &Answers, quantized: bool, largest_resolution: u32) -> Choice<u32> {
     let r = recipe(a.family);
@@ -181,8 +186,8 @@ pub fn batch_size(a: &Answers, quantized: bool, largest_resolution: u32) -> Choi
     let resident = match (a.lora, quantized) {
         (true, true) => weights / 2,
         (true, false) => weights,
-        // bf16 weights, bf16 gradients, two 8-bit Adam states per parameter.
-        (false, _) => weights * 2,
+        // bf16 weights, bf16 gradients and two 8-bit Adam states: 6 bytes per parameter.
+        (false, _) => weights * 3,
     };
     let scale = (f64::from(largest_resolution) / f64::from(r.native)).powi(2);
     let per_sample = (r.activation_gb * 1e9 * scale) as u64;
