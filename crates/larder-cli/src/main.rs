@@ -38,6 +38,16 @@ enum Command {
     Dashboard(cmd::dashboard::Args),
     /// Measure what recording a training step's metrics costs.
     BenchMetrics(cmd::bench_metrics::Args),
+    /// Memory: what a dataset costs under a PyTorch DataLoader and under larder, measured on
+    /// request, with advice.
+    Diagnose(cmd::diagnose::Args),
+    /// Check the machine: memory, /dev/shm, open files, disk, page cache, NVIDIA driver, GDS.
+    Doctor(cmd::doctor::Args),
+    /// Benchmark `larder diagnose`'s memory estimate against measured RSS and PSS.
+    BenchDiagnose(cmd::bench_diagnose::Args),
+    /// Write an AI Toolkit job file for your GPU, RAM, dataset and model, saying why each
+    /// value was chosen.
+    Wizard(cmd::wizard::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -98,6 +108,10 @@ fn main() -> ExitCode {
         Command::BenchLoad(args) => cmd::bench_load::run(args),
         Command::Dashboard(args) => cmd::dashboard::run(args),
         Command::BenchMetrics(args) => cmd::bench_metrics::run(args),
+        Command::Diagnose(args) => cmd::diagnose::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
+        Command::BenchDiagnose(args) => cmd::bench_diagnose::run(args),
+        Command::Wizard(args) => cmd::wizard::run(args),
     };
     match result {
         Ok(code) => code,

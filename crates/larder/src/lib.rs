@@ -19,6 +19,8 @@
 
 mod caption;
 mod config;
+pub mod diagnose;
+pub mod doctor;
 mod error;
 mod image;
 pub mod load;

@@ -179,9 +179,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resident and proportional set size, and anonymous memory, of this process in MB.
+/// Resident and proportional set size, and anonymous memory, of this process, in MiB.
 fn memory() -> (Option<f64>, Option<f64>, Option<f64>) {
-    let m = larder::metrics::MemoryUsage::of_this_process();
-    let mb = |b: Option<u64>| b.map(|b| b as f64 / f64::from(1u32 << 20));
-    (mb(m.rss_bytes), mb(m.pss_bytes), mb(m.anonymous_bytes))
+    let mib = |b: u64| Some(b as f64 / (1024.0 * 1024.0));
+    match larder::diagnose::ProcessMemory::read() {
+        Some(m) => (mib(m.rss), mib(m.pss), mib(m.anonymous)),
+        None => (None, None, None),
+    }
 }

@@ -1,12 +1,16 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod bench_diagnose;
 pub mod bench_load;
 pub mod bench_metrics;
 pub mod bench_prepare;
 pub mod bench_scan;
 pub mod dashboard;
+pub mod diagnose;
+pub mod doctor;
 pub mod scan;
 pub mod store;
+pub mod wizard;
 
 use std::io::Write;
 

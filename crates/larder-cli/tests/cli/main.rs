@@ -1,8 +1,11 @@
 //! The `larder` binary, run as users run it: one test binary, one module per command group.
 
 mod dashboard;
+mod diagnose;
+mod doctor;
 mod scan;
 mod store;
+mod wizard;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -19,44 +19,23 @@ pub struct MemoryUsage {
 }
 
 impl MemoryUsage {
-    /// This process's usage, from `/proc/self/smaps_rollup` (Linux). Reading it takes from tens
+    /// This process's usage, from `/proc/self/smaps_rollup` (Linux), as
+    /// [`ProcessMemory`](crate::diagnose::ProcessMemory) reads it. Reading it takes from tens
     /// of microseconds to milliseconds in a large process, so callers sample it, not poll it.
     pub fn of_this_process() -> MemoryUsage {
-        std::fs::read_to_string("/proc/self/smaps_rollup")
-            .map(|text| MemoryUsage::parse(&text))
+        crate::diagnose::ProcessMemory::read()
+            .map(|m| MemoryUsage {
+                rss_bytes: Some(m.rss),
+                pss_bytes: Some(m.pss),
+                anonymous_bytes: Some(m.anonymous),
+            })
             .unwrap_or_default()
-    }
-
-    /// Reads the `Rss:`, `Pss:` and `Anonymous:` lines (in kB) of an smaps_rollup text.
-    fn parse(text: &str) -> MemoryUsage {
-        let field = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-        };
-        MemoryUsage {
-            rss_bytes: field("Rss:"),
-            pss_bytes: field("Pss:"),
-            anonymous_bytes: field("Anonymous:"),
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_smaps_rollup() {
-        let text = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:              204800 kB\nPss:              102400 kB\nPss_Anon:          1000 kB\nAnonymous:         51200 kB\n";
-        let m = MemoryUsage::parse(text);
-        assert_eq!(m.rss_bytes, Some(200 << 20));
-        assert_eq!(m.pss_bytes, Some(100 << 20));
-        assert_eq!(m.anonymous_bytes, Some(50 << 20));
-        assert_eq!(MemoryUsage::parse("nothing"), MemoryUsage::default());
-    }
 
     #[cfg(target_os = "linux")]
     #[test]

@@ -1,0 +1,528 @@
+//! The memory estimate: what a dataset costs in RAM, served by a PyTorch DataLoader the way AI
+//! Toolkit runs it and by larder's loader.
+//!
+//! The inputs are a [`Workload`] — the distinct training images by bucket, the distinct
+//! captions and the fields to serve — taken from a plan (what a config would produce) or from a
+//! prepared store (what it holds, byte for byte). [`estimate`] turns a workload into the
+//! breakdown; every figure is a product of counts and sizes that docs/diagnose.md spells out.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::families::Family;
+use crate::plan::{Bucket, Flip, Plan};
+use crate::scan::ScanReport;
+use crate::store::catalog::EntryRow;
+use crate::store::codec::Codec;
+use crate::store::{ItemRow, Store};
+use crate::{Config, Result};
+
+/// Stored bytes of one Flux latent (16×128×128 = 262,144 values) in each codec, as
+/// `larder bench-prepare` measured them on latent-like values (docs/benchmarks.md). A
+/// compressed codec's size depends on the data; these are the measured sizes.
+pub const MEASURED_LATENT_BYTES: &[(&str, u64)] = &[
+    ("f32", 1_048_576),
+    ("f16", 524_288),
+    ("bf16", 524_288),
+    ("fp8_e4m3", 262_148),
+    ("fp8_e5m2", 262_148),
+    ("int8", 262_272),
+    ("int8+zstd:3", 139_091),
+    ("bf16+zstd:3", 288_470),
+    ("fp8_e4m3+lz4", 155_516),
+];
+/// Values of the latent [`MEASURED_LATENT_BYTES`] was measured on.
+const MEASURED_LATENT_VALUES: u64 = 16 * 128 * 128;
+
+/// Private memory of a DataLoader worker process before it holds any data: a Python
+/// interpreter that has imported torch (CPU build). Measured here with torch 2.15: 290 MB of
+/// anonymous memory per worker (docs/benchmarks.md, `larder bench-load`).
+pub const TORCH_WORKER_BYTES: u64 = 290_000_000;
+
+/// glibc's bookkeeping per heap allocation, counted for each string of the item table.
+const MALLOC_OVERHEAD: u64 = 16;
+/// SQLite's default page cache per connection (`cache_size = -2000`, in KiB).
+const SQLITE_CACHE_BYTES: u64 = 2_000 * 1024;
+
+/// Bytes per value of `codec` for latent-like data: the measured size for compressed codecs,
+/// the element size for the others.
+pub fn latent_bytes_per_value(codec: Codec) -> f64 {
+    let name = codec.name();
+    match MEASURED_LATENT_BYTES.iter().find(|(n, _)| *n == name) {
+        Some((_, bytes)) => *bytes as f64 / MEASURED_LATENT_VALUES as f64,
+        None => codec.repr.element_size() as f64,
+    }
+}
+
+/// Where a field's figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Read from a prepared store: exact.
+    Store,
+    /// Computed from the plan and the model family.
+    Plan,
+}
+
+/// One field of the training data (pixels, latents, text embeddings, masks, controls).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FieldEstimate {
+    /// The field, e.g. `"latent"` or `"control"`.
+    pub name: String,
+    /// Where the figures come from.
+    pub origin: Origin,
+    /// Distinct entries (a repeat shares its image's entry; a flip has its own).
+    pub entries: u64,
+    /// Bytes at rest: in the shards, and so in the page cache when the store is hot.
+    pub stored_bytes: u64,
+    /// Bytes once decoded into a batch.
+    pub decoded_bytes: u64,
+    /// Decoded bytes per pixel of an item's bucket, averaged over all items (a field some
+    /// items lack, such as a mask, counts in proportion to the items that have it; 0 for
+    /// per-caption fields).
+    pub bytes_per_pixel: f64,
+    /// Decoded bytes per caption, for text embeddings (0 for image fields).
+    pub bytes_per_caption: f64,
+    /// AI Toolkit keeps this field in the dataset object (`cache_latents` without
+    /// `cache_latents_to_disk`), so each DataLoader worker holds its own copy.
+    pub in_memory: bool,
+}
+
+/// What the estimate needs to know of a dataset.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Workload {
+    /// Items served per epoch (repeats and flips included).
+    pub items: u64,
+    /// Items per bucket.
+    pub buckets: Vec<(Bucket, u64)>,
+    /// Distinct captions.
+    pub distinct_captions: u64,
+    /// Bytes of the paths and captions the loader's item table holds, all items together.
+    pub item_text_bytes: u64,
+    /// Fields per item, as the loader's item table indexes them.
+    pub field_columns: u64,
+    /// Bytes of the store's catalog file, when there is a store.
+    pub catalog_bytes: Option<u64>,
+    /// The fields.
+    pub fields: Vec<FieldEstimate>,
+}
+
+/// Settings of an estimate.
+#[derive(Debug, Clone, Copy)]
+pub struct EstimateOptions {
+    /// The model family, when known.
+    pub family: Option<&'static Family>,
+    /// Items per batch.
+    pub batch_size: u32,
+    /// DataLoader worker processes, and larder reader threads.
+    pub workers: u32,
+    /// Batches each DataLoader worker prepares ahead (`prefetch_factor`, default 2).
+    pub prefetch_factor: u32,
+    /// Batches larder assembles ahead (its loader's `prefetch`).
+    pub prefetch: u32,
+    /// Codec of cached latents.
+    pub latent_codec: Codec,
+    /// Codec of cached text embeddings.
+    pub embedding_codec: Codec,
+}
+
+impl Default for EstimateOptions {
+    fn default() -> Self {
+        EstimateOptions {
+            family: None,
+            batch_size: 1,
+            workers: 2,
+            prefetch_factor: 2,
+            prefetch: 4,
+            latent_codec: Codec::BF16,
+            embedding_codec: Codec::BF16,
+        }
+    }
+}
+
+/// A per-image field of the plan, accumulated over distinct entries.
+#[derive(Default)]
+struct Acc {
+    /// Items that have the field.
+    items: u64,
+    entries: u64,
+    stored: f64,
+    decoded: u64,
+    pixels: u64,
+    in_memory: bool,
+}
+
+impl Workload {
+    /// The workload a config would produce: latents (for datasets that cache them, when the
+    /// family is known) or pixels, masks, controls and inpaint images as larder prepares them,
+    /// and text embeddings for datasets with `cache_text_embeddings`.
+    pub fn from_plan(
+        config: &Config,
+        scan: &ScanReport,
+        plan: &Plan,
+        options: &EstimateOptions,
+    ) -> Workload {
+        let mut acc: BTreeMap<&'static str, Acc> = BTreeMap::new();
+        // An entry is an image at one placement and flip; repeats share it, as in the store.
+        let mut seen = HashSet::new();
+        let mut captions: HashSet<&str> = HashSet::new();
+        let mut text_captions: HashSet<&str> = HashSet::new();
+        let mut buckets: BTreeMap<Bucket, u64> = BTreeMap::new();
+        let mut item_text_bytes = 0u64;
+        let mut max_fields = 1u64;
+        for item in &plan.items {
+            let cfg = &config.datasets[item.dataset];
+            let img = &scan.datasets[item.dataset].images[item.image];
+            *buckets.entry(item.placement.bucket).or_default() += 1;
+            let caption = if img.caption.is_empty() {
+                cfg.default_caption.as_deref().unwrap_or("")
+            } else {
+                img.caption.as_str()
+            };
+            captions.insert(caption);
+            item_text_bytes += (img.path.as_os_str().len() + caption.len()) as u64;
+            if cfg.cache.text_embeddings {
+                text_captions.insert(caption);
+                if cfg.caption_dropout_rate > 0.0 {
+                    text_captions.insert("");
+                }
+            }
+            let p = item.placement;
+            let flip = match item.flip {
+                Flip::None => 0,
+                Flip::X => 1,
+                Flip::Y => 2,
+                Flip::XY => 3,
+            };
+            let key = (
+                item.dataset,
+                item.image,
+                item.resolution,
+                flip,
+                p.scale_to_width,
+                p.scale_to_height,
+                p.crop_x,
+                p.crop_y,
+                p.bucket,
+            );
+            let (w, h) = (p.bucket.width, p.bucket.height);
+            let area = u64::from(w) * u64::from(h);
+            // The item's fields: (name, stored bytes, decoded bytes, held in memory).
+            let mut fields: Vec<(&'static str, f64, u64, bool)> = Vec::new();
+            match options
+                .family
+                .filter(|_| cfg.cache.latents || cfg.cache.latents_to_disk)
+            {
+                Some(family) => {
+                    let values = family.latent_elements(w, h);
+                    let bytes = values * options.latent_codec.repr.element_size() as u64;
+                    let stored = values as f64 * latent_bytes_per_value(options.latent_codec);
+                    let in_memory = cfg.cache.latents && !cfg.cache.latents_to_disk;
+                    fields.push(("latent", stored, bytes, in_memory));
+                }
+                None => fields.push(("pixels", (3 * area) as f64, 3 * area, false)),
+            }
+            if cfg.alpha_mask || img.mask.is_some() {
+                fields.push(("mask", area as f64, area, false));
+            }
+            for _ in img.controls.iter().flatten() {
+                fields.push(("control", (3 * area) as f64, 3 * area, false));
+            }
+            if img.inpaint.is_some() {
+                fields.push(("inpaint", (4 * area) as f64, 4 * area, false));
+            }
+            let fresh = seen.insert(key);
+            for &(name, stored, decoded, in_memory) in &fields {
+                let a = acc.entry(name).or_default();
+                a.items += 1;
+                if fresh {
+                    a.entries += 1;
+                    a.stored += stored;
+                    a.decoded += decoded;
+                    a.pixels += area;
+                    a.in_memory |= in_memory;
+                }
+            }
+            let fields = fields.len() as u64;
+            max_fields = max_fields.max(fields);
+        }
+        let mut fields: Vec<FieldEstimate> = acc
+            .into_iter()
+            .map(|(name, a)| FieldEstimate {
+                name: name.to_owned(),
+                origin: Origin::Plan,
+                entries: a.entries,
+                stored_bytes: a.stored.round() as u64,
+                decoded_bytes: a.decoded,
+                bytes_per_pixel: a.decoded as f64 / a.pixels.max(1) as f64 * a.items as f64
+                    / plan.items.len().max(1) as f64,
+                bytes_per_caption: 0.0,
+                in_memory: a.in_memory,
+            })
+            .collect();
+        if let Some(family) = options.family
+            && !text_captions.is_empty()
+        {
+            fields.push(text_field(family, &text_captions, options.embedding_codec));
+            max_fields += 1;
+        }
+        Workload {
+            items: plan.items.len() as u64,
+            buckets: buckets.into_iter().collect(),
+            distinct_captions: captions.len() as u64,
+            item_text_bytes,
+            field_columns: max_fields,
+            catalog_bytes: None,
+            fields,
+        }
+    }
+
+    /// The workload a prepared store serves: its items, buckets and every field's real sizes.
+    pub fn from_store(store: &Store) -> Result<Workload> {
+        let inspection = store.inspect()?;
+        let items = store.items()?;
+        // Bucket pixels of each field's distinct entries, to turn its decoded bytes into bytes
+        // per pixel (a batch's size follows its bucket), and the items that have the field.
+        let mut pixels: BTreeMap<String, (HashSet<&str>, u64, u64)> = BTreeMap::new();
+        let mut buckets: BTreeMap<Bucket, u64> = BTreeMap::new();
+        let mut captions = HashSet::new();
+        let mut item_text_bytes = 0u64;
+        let mut field_columns = 0u64;
+        for item in &items {
+            let bucket = Bucket {
+                width: item.bucket_w,
+                height: item.bucket_h,
+            };
+            *buckets.entry(bucket).or_default() += 1;
+            captions.insert(item.caption.as_str());
+            item_text_bytes += (item.path.len() + item.caption.len()) as u64;
+            field_columns = field_columns.max(item.fields.len() as u64);
+            for (field, key) in &item.fields {
+                let family = field.split('.').next().unwrap_or(field).to_owned();
+                let (keys, sum, with) = pixels.entry(family).or_default();
+                *with += 1;
+                if keys.insert(key.as_str()) {
+                    *sum += u64::from(item.bucket_w) * u64::from(item.bucket_h);
+                }
+            }
+        }
+        let fields = inspection
+            .fields
+            .iter()
+            .map(|(name, stats)| {
+                let (area, with) = pixels.get(name).map_or((0, 0), |p| (p.1, p.2));
+                let coverage = with as f64 / items.len().max(1) as f64;
+                FieldEstimate {
+                    name: name.clone(),
+                    origin: Origin::Store,
+                    entries: stats.entries,
+                    stored_bytes: stats.stored_bytes,
+                    decoded_bytes: stats.raw_bytes,
+                    bytes_per_pixel: stats.raw_bytes as f64 / area.max(1) as f64 * coverage,
+                    bytes_per_caption: 0.0,
+                    in_memory: false,
+                }
+            })
+            .collect();
+        let catalog_bytes = std::fs::metadata(store.root().join(crate::store::CATALOG_FILE))
+            .map(|m| m.len())
+            .ok();
+        Ok(Workload {
+            items: inspection.items,
+            buckets: buckets.into_iter().collect(),
+            distinct_captions: captions.len() as u64,
+            item_text_bytes,
+            field_columns,
+            catalog_bytes,
+            fields,
+        })
+    }
+
+    /// Bytes of the largest batch of `batch_size` items, decoded, over every bucket.
+    pub fn largest_batch_bytes(&self, batch_size: u32) -> u64 {
+        self.largest_batches_bytes(batch_size, 1)
+    }
+
+    /// Bytes of the `count` largest batches of an epoch together, decoded. A bucket's last
+    /// batch is filled up to the batch size (the loader's default), so every batch has
+    /// `batch_size` items, and a bucket of n items makes ⌈n / batch_size⌉ batches.
+    pub fn largest_batches_bytes(&self, batch_size: u32, count: u64) -> u64 {
+        let per_pixel: f64 = self.fields.iter().map(|f| f.bytes_per_pixel).sum();
+        let per_caption: f64 = self.fields.iter().map(|f| f.bytes_per_caption).sum();
+        let mut batches: Vec<(u64, u64)> = self
+            .buckets
+            .iter()
+            .map(|(b, n)| {
+                let area = f64::from(b.width) * f64::from(b.height);
+                let bytes = (f64::from(batch_size) * (area * per_pixel + per_caption)).round();
+                (bytes as u64, n.div_ceil(u64::from(batch_size.max(1))))
+            })
+            .collect();
+        batches.sort_unstable_by(|a, b| b.cmp(a));
+        let (mut left, mut total) = (count, 0u64);
+        for (bytes, n) in batches {
+            let take = n.min(left);
+            total += take * bytes;
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        total
+    }
+}
+
+/// Text embeddings of `captions` for `family`. Tokens of a variable-length encoder are
+/// estimated as one per four bytes of caption (BPE tokenizers average about four characters
+/// of English per token).
+fn text_field(family: &Family, captions: &HashSet<&str>, codec: Codec) -> FieldEstimate {
+    let per_value = codec.repr.element_size() as u64;
+    let decoded: u64 = captions
+        .iter()
+        .map(|c| family.text_elements(c.len().div_ceil(4) as u32) * per_value)
+        .sum();
+    FieldEstimate {
+        name: "text_embedding".into(),
+        origin: Origin::Plan,
+        entries: captions.len() as u64,
+        // No compression ratio is measured for embeddings: they count at their decoded size.
+        stored_bytes: decoded,
+        decoded_bytes: decoded,
+        bytes_per_pixel: 0.0,
+        bytes_per_caption: decoded as f64 / captions.len().max(1) as f64,
+        in_memory: false,
+    }
+}
+
+/// What a PyTorch DataLoader with worker processes holds, the way AI Toolkit uses it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DataLoaderEstimate {
+    /// Worker processes.
+    pub workers: u32,
+    /// Python and torch in each worker ([`TORCH_WORKER_BYTES`]).
+    pub runtime_per_worker: u64,
+    /// The model each worker unpickles: AI Toolkit's dataset holds a reference to the model
+    /// (`AiToolkitDataset(..., sd=...)`), and a spawned worker receives the dataset pickled.
+    pub model_per_worker: u64,
+    /// In-memory caches (`cache_latents` without `cache_latents_to_disk`), copied into every
+    /// worker: reference counting touches every cached object (pytorch issue 13246).
+    pub caches_per_worker: u64,
+    /// `prefetch_factor` batches, decoded, per worker.
+    pub batches_per_worker: u64,
+    /// Everything a worker holds.
+    pub per_worker: u64,
+    /// The main process's copy of the in-memory caches.
+    pub main_caches: u64,
+    /// All workers and the main process's caches; the page cache of disk caches comes on top.
+    pub total: u64,
+}
+
+/// What larder's loader holds: one process, reader threads, one mapped store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LarderEstimate {
+    /// Reader threads.
+    pub threads: u32,
+    /// The item table (one row per item with its path, caption and field entries) and the
+    /// entry table (where each entry lies).
+    pub item_table: u64,
+    /// Batch buffers: the prefetched batches (reader threads assemble only batches that have
+    /// a prefetch slot) and the one in use; buffers are reused, so an epoch leaves the pool
+    /// holding about the `prefetch + 1` largest batches.
+    pub batch_buffers: u64,
+    /// SQLite's page cache of the two catalog connections.
+    pub catalog_cache: u64,
+    /// Private memory: the three above.
+    pub private: u64,
+    /// The store's shards, mapped: page cache, counted in the process's RSS once read, and
+    /// shared by every process on the machine.
+    pub mapped_store: u64,
+    /// Private plus mapped: the RSS the loader adds after serving a whole epoch.
+    pub total: u64,
+}
+
+/// The memory breakdown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    /// The family the figures assume.
+    pub family: Option<String>,
+    /// The batch size.
+    pub batch_size: u32,
+    /// The workload.
+    pub workload: Workload,
+    /// Bytes of the model's weights (bf16/fp16), 0 without a family.
+    pub model_bytes: u64,
+    /// Bytes at rest of every field: what the page cache must hold to keep the store hot.
+    pub store_bytes: u64,
+    /// The largest batch, decoded.
+    pub largest_batch_bytes: u64,
+    /// A PyTorch DataLoader with `workers` processes.
+    pub dataloader: DataLoaderEstimate,
+    /// larder's loader with `workers` threads.
+    pub larder: LarderEstimate,
+}
+
+/// The breakdown of `workload` under `options`.
+pub fn estimate(workload: Workload, options: &EstimateOptions) -> Estimate {
+    let model_bytes = options.family.map_or(0, Family::model_bytes);
+    let store_bytes = workload.fields.iter().map(|f| f.stored_bytes).sum();
+    let batch = workload.largest_batch_bytes(options.batch_size);
+    let in_memory: u64 = workload
+        .fields
+        .iter()
+        .filter(|f| f.in_memory)
+        .map(|f| f.decoded_bytes)
+        .sum();
+    let workers = options.workers;
+    let per_worker_batches = u64::from(options.prefetch_factor) * batch;
+    let per_worker = if workers == 0 {
+        0
+    } else {
+        TORCH_WORKER_BYTES + model_bytes + in_memory + per_worker_batches
+    };
+    let dataloader = DataLoaderEstimate {
+        workers,
+        runtime_per_worker: TORCH_WORKER_BYTES,
+        model_per_worker: model_bytes,
+        caches_per_worker: in_memory,
+        batches_per_worker: per_worker_batches,
+        per_worker,
+        main_caches: in_memory,
+        total: u64::from(workers) * per_worker + in_memory,
+    };
+    let threads = workers.max(1);
+    let row = std::mem::size_of::<ItemRow>() as u64 + 2 * MALLOC_OVERHEAD;
+    // Per item: the row and its two strings, one u32 entry position per field column, its id
+    // in the bucket lists and in the epoch's batch lists.
+    let entries: u64 = workload.fields.iter().map(|f| f.entries).sum();
+    // Per entry: its row (shard, offset, codec, shape) and its slot in the id → position map.
+    let entry_row = std::mem::size_of::<EntryRow>() as u64 + 4;
+    let item_table = workload.items * (row + 4 * workload.field_columns + 4 + 4)
+        + workload.item_text_bytes
+        + entries * entry_row;
+    let batch_buffers =
+        workload.largest_batches_bytes(options.batch_size, u64::from(options.prefetch) + 1);
+    // Two connections read the catalog while the loader opens: the store's, and one that reads
+    // the item table in parallel.
+    let catalog_cache = 2 * workload
+        .catalog_bytes
+        .map_or(0, |b| b.min(SQLITE_CACHE_BYTES));
+    let private = item_table + batch_buffers + catalog_cache;
+    let larder = LarderEstimate {
+        threads,
+        item_table,
+        batch_buffers,
+        catalog_cache,
+        private,
+        mapped_store: store_bytes,
+        total: private + store_bytes,
+    };
+    Estimate {
+        family: options.family.map(|f| f.name.to_owned()),
+        batch_size: options.batch_size,
+        workload,
+        model_bytes,
+        store_bytes,
+        largest_batch_bytes: batch,
+        dataloader,
+        larder,
+    }
+}

@@ -1,0 +1,33 @@
+//! Diagnosing memory: what a dataset costs in RAM under a PyTorch DataLoader and under larder,
+//! what larder's loader really holds, and what to change.
+//!
+//! ```no_run
+//! use larder::diagnose::{EstimateOptions, Workload, advise, estimate, family};
+//! use larder::{Config, Plan, scan};
+//!
+//! let config = Config::load("examples/sample/config.yaml")?;
+//! let scanned = scan(&config)?;
+//! let plan = Plan::new(&config, &scanned)?;
+//! let options = EstimateOptions { family: family("flux"), batch_size: 4, ..Default::default() };
+//! let breakdown = estimate(Workload::from_plan(&config, &scanned, &plan, &options), &options);
+//! for advice in advise(&breakdown, Some(64_000_000_000)) {
+//!     println!("{}: {}", advice.rule, advice.advice);
+//! }
+//! # Ok::<(), larder::Error>(())
+//! ```
+
+mod advice;
+mod estimate;
+mod families;
+mod measure;
+
+pub use advice::{Advice, Level, advise, human};
+pub use estimate::{
+    DataLoaderEstimate, Estimate, EstimateOptions, FieldEstimate, LarderEstimate,
+    MEASURED_LATENT_BYTES, Origin, TORCH_WORKER_BYTES, Workload, estimate, latent_bytes_per_value,
+};
+pub use families::{Component, FAMILIES, Family, TextEncoder, family};
+pub use measure::{
+    MeasureOptions, Measurement, ProcessMemory, Residency, SystemMemory, file_residency, measure,
+    store_residency,
+};
