@@ -19,6 +19,7 @@
 
 mod caption;
 mod config;
+pub mod encode;
 mod error;
 mod image;
 pub mod load;
@@ -39,7 +40,7 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
-pub use prepare::{PrepareOptions, PrepareReport, config_digest, prepare};
+pub use prepare::{PrepareOptions, PrepareReport, config_digest, prepare, prepare_with};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
 pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
