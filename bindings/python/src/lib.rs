@@ -6,6 +6,7 @@
 //! inherits the pool's state but none of its threads, and would wait forever on it.
 
 mod config;
+mod encoders;
 mod errors;
 mod loader;
 mod logging;
