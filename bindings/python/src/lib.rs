@@ -48,5 +48,6 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config::load_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::scan_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::prepare_json, m)?)?;
+    m.add_function(wrap_pyfunction!(store::import_aitk_json, m)?)?;
     Ok(())
 }

@@ -97,6 +97,55 @@ pub fn prepare_json(
     json(&report)
 }
 
+/// Prepares a config and imports AI Toolkit's caches (see `larder.import_aitk`).
+///
+/// Returns:
+///     str: the report as JSON.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (config, out, arch = None, latent_identity = None, scaling_factor = None, shift_factor = None, text_identity = None, clip_identity = None, latent_codec = "bf16", text_codec = "bf16"))]
+pub fn import_aitk_json(
+    py: Python<'_>,
+    config: &Bound<'_, PyAny>,
+    out: PathBuf,
+    arch: Option<String>,
+    latent_identity: Option<String>,
+    scaling_factor: Option<f64>,
+    shift_factor: Option<f64>,
+    text_identity: Option<String>,
+    clip_identity: Option<String>,
+    latent_codec: &str,
+    text_codec: &str,
+) -> PyResult<String> {
+    let config = crate::config_of(py, config)?;
+    let parse = |text: &str| larder::store::codec::Codec::parse(text).map_err(to_py);
+    let identity = |id: Option<String>, scaling_factor, shift_factor| {
+        id.map(|id| larder::encode::EncoderIdentity {
+            id,
+            scaling_factor,
+            shift_factor,
+        })
+    };
+    let options = larder::AitkImportOptions {
+        prepare: larder::PrepareOptions {
+            latent_codec: parse(latent_codec)?,
+            text_codec: parse(text_codec)?,
+            ..larder::PrepareOptions::default()
+        },
+        arch,
+        latent: (
+            "latent".into(),
+            identity(latent_identity, scaling_factor, shift_factor),
+        ),
+        text: ("text".into(), identity(text_identity, None, None)),
+        clip: ("clip".into(), identity(clip_identity, None, None)),
+    };
+    let report = py
+        .detach(|| fresh_pool()?.install(|| larder::import_aitk(&config, &out, &options)))
+        .map_err(to_py)?;
+    json(&report)
+}
+
 /// The (name, callable) pairs of an encoder dict.
 fn entries<'py>(d: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
     d.map_or(Ok(Vec::new()), |d| {

@@ -20,6 +20,8 @@ enum Command {
     Scan(cmd::scan::Args),
     /// Prepare a dataset into a store: decode, resize, crop and pack into shards; resumable.
     Prepare(cmd::store::PrepareArgs),
+    /// Import AI Toolkit's latent, text-embedding and CLIP caches into a store, without re-encoding.
+    ImportAitk(cmd::import_aitk::Args),
     /// Show what a store holds: items, buckets, fields, codecs, sizes, findings.
     Inspect(cmd::store::StoreArgs),
     /// Check every shard checksum and catalog entry of a store; exit 1 when anything is broken.
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => cmd::scan::run(args),
         Command::Prepare(args) => cmd::store::prepare(args),
+        Command::ImportAitk(args) => cmd::import_aitk::run(args),
         Command::Inspect(args) => cmd::store::inspect(args),
         Command::Verify(args) => cmd::store::verify(args),
         Command::Gc(args) => cmd::store::gc(args),

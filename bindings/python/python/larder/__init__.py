@@ -34,6 +34,7 @@ from ._larder import (
 )
 from ._larder import Loader as _Loader
 from ._larder import Store as _Store
+from ._larder import import_aitk_json as _import_aitk_json
 from ._larder import prepare_json as _prepare_json
 from ._larder import scan_json as _scan_json
 from .encoders import Encoder
@@ -54,6 +55,7 @@ __all__ = [
     "Store",
     "StoreError",
     "__version__",
+    "import_aitk",
     "load_config",
     "prepare",
     "scan",
@@ -166,6 +168,46 @@ def prepare(
             caption_variants,
             clip_size,
             store_pixels,
+        )
+    )
+
+
+def import_aitk(
+    config: Union[Config, PathLike],
+    out: PathLike,
+    *,
+    arch: Optional[str] = None,
+    latent_identity: Optional[str] = None,
+    scaling_factor: Optional[float] = None,
+    shift_factor: Optional[float] = None,
+    text_identity: Optional[str] = None,
+    clip_identity: Optional[str] = None,
+    latent_codec: str = "bf16",
+    text_codec: str = "bf16",
+) -> Dict[str, Any]:
+    """Prepares a config and imports AI Toolkit's caches found next to its images.
+
+    ``_latent_cache``, ``_t_e_cache`` and ``_clip_vision_cache`` files whose recorded
+    parameters (size, crop, flip, latent space version) match larder's plan are copied into
+    the store without re-encoding; the others are reported in ``mismatches``. Give the
+    identity your encoder declares (``latent_identity``, with its factors) and a later
+    :func:`prepare` with that encoder computes only what the import lacked.
+
+    Returns:
+        dict: the prepare report, ``arch``, counts per cache kind and ``mismatches``.
+    """
+    return json.loads(
+        _import_aitk_json(
+            _config_arg(config),
+            os.fspath(out),
+            arch,
+            latent_identity,
+            scaling_factor,
+            shift_factor,
+            text_identity,
+            clip_identity,
+            latent_codec,
+            text_codec,
         )
     )
 

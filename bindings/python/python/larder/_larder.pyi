@@ -82,6 +82,18 @@ class Tuner:
 
 def load_config(path: Union[str, os.PathLike[str]]) -> Config: ...
 def scan_json(config: Union[Config, str, os.PathLike[str]]) -> str: ...
+def import_aitk_json(
+    config: Union[Config, str, os.PathLike[str]],
+    out: Union[str, os.PathLike[str]],
+    arch: Optional[str] = None,
+    latent_identity: Optional[str] = None,
+    scaling_factor: Optional[float] = None,
+    shift_factor: Optional[float] = None,
+    text_identity: Optional[str] = None,
+    clip_identity: Optional[str] = None,
+    latent_codec: str = "bf16",
+    text_codec: str = "bf16",
+) -> str: ...
 def prepare_json(
     config: Union[Config, str, os.PathLike[str]],
     out: Union[str, os.PathLike[str]],

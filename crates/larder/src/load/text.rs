@@ -57,13 +57,26 @@ pub(super) fn assemble(
     let mut fields = Vec::new();
     let mut captions = None;
     for table in tables {
+        // A field that some items lack is left out of the batch, as item fields are.
+        let lacking = ids
+            .iter()
+            .any(|&id| table.offsets[id as usize] == table.offsets[id as usize + 1]);
+        if lacking {
+            continue;
+        }
         let picks: Vec<u32> = ids
             .iter()
             .zip(datasets)
             .map(|(&id, &dataset)| {
                 let item = u64::from(id);
                 if drops_caption(&recipes[dataset as usize], seed, epoch, item) {
-                    return table.empty;
+                    return table.empty.ok_or_else(|| Error::InvalidArgument {
+                        name: "caption_dropout_rate",
+                        message: format!(
+                            "item {id} drops its caption, but the store has no empty-caption embedding for {:?} (imported caches have none): run prepare with the text encoder to add it",
+                            table.field
+                        ),
+                    });
                 }
                 let (a, b) = (
                     table.offsets[id as usize] as usize,
@@ -71,9 +84,9 @@ pub(super) fn assemble(
                 );
                 let v = Stream::new(Purpose::CaptionVariant, &[seed, epoch, item])
                     .below((b - a) as u64) as usize;
-                table.variants[a + v]
+                Ok(table.variants[a + v])
             })
-            .collect();
+            .collect::<Result<_>>()?;
         if captions.is_none() {
             captions = Some(
                 picks

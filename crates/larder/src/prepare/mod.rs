@@ -7,9 +7,12 @@
 //! loses at most the shard being built: the next run finds every committed entry by its key and
 //! does only the rest.
 
+mod aitk;
 mod encoded;
 mod sources;
 mod texts;
+
+pub use aitk::{AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, import_aitk};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -498,6 +501,20 @@ impl EncoderRow {
     }
 }
 
+/// The key of an image encoder's entry for an item: the item (content and geometry), the
+/// field, the encoder's identity and input format, and the codec.
+fn image_encoder_key(
+    item_key: &str,
+    content_hash: &str,
+    field: &str,
+    identity: &crate::encode::EncoderIdentity,
+    format: crate::encode::PixelFormat,
+    codec: &str,
+) -> String {
+    let params = format!("{};input={}", identity.key_text(), format.name());
+    entry_key(item_key, field, content_hash, &params, codec, PIPELINE)
+}
+
 /// The entry keys of an item's encoder fields: image encoders in order, then CLIP encoders.
 fn encoded_fields(
     encoders: &Encoders,
@@ -508,12 +525,14 @@ fn encoded_fields(
 ) -> Vec<(String, String)> {
     let codec = options.latent_codec.name();
     let image = encoders.image.iter().map(|(name, e)| {
-        let params = format!(
-            "{};input={}",
-            e.identity().key_text(),
-            e.pixel_format().name()
+        let key = image_encoder_key(
+            item_key,
+            content_hash,
+            name,
+            &e.identity(),
+            e.pixel_format(),
+            &codec,
         );
-        let key = entry_key(item_key, name, content_hash, &params, &codec, PIPELINE);
         (name.clone(), key)
     });
     let clip = encoders.clip.iter().map(|(name, e)| {

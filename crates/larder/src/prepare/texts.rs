@@ -49,7 +49,7 @@ pub(super) struct EncoderTexts {
 
 /// The key of a caption's entries: the encoder and the exact text. Its outputs are stored as
 /// entries `<key>.<output>`.
-fn caption_key(field: &str, identity: &str, codec: &str, text: &str) -> String {
+pub(super) fn caption_key(field: &str, identity: &str, codec: &str, text: &str) -> String {
     KeyBuilder::new("larder/caption/v1")
         .text(field)
         .text(identity)
@@ -201,15 +201,15 @@ pub(super) fn encode_texts(
 type CaptionOutput = (String, Vec<usize>, Vec<f32>);
 
 /// A batch's outputs cut per caption.
-struct Split {
-    outputs: TextOutputs,
+pub(super) struct Split {
+    pub outputs: TextOutputs,
     /// Per caption: (output, shape, values).
-    items: Vec<Vec<CaptionOutput>>,
+    pub items: Vec<Vec<CaptionOutput>>,
 }
 
 /// Cuts a text encoder's batch output into captions, removing padding where a mask says what
 /// is padding.
-fn split_outputs(
+pub(super) fn split_outputs(
     mut out: Vec<(String, EncodedTensor)>,
     n: usize,
 ) -> std::result::Result<Split, String> {

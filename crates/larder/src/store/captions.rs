@@ -13,9 +13,11 @@ pub(crate) struct TextTable {
     pub outputs: Vec<(String, bool)>,
     /// Per caption: its text, and the entry position of each output (in `outputs` order).
     pub captions: Vec<(String, Vec<u32>)>,
-    /// The empty caption's index in `captions`.
-    pub empty: u32,
-    /// Item `i`'s variants are `variants[offsets[i]..offsets[i + 1]]` (caption indices).
+    /// The empty caption's index in `captions`; `None` in stores whose captions were imported
+    /// from AI Toolkit, which caches no empty caption.
+    pub empty: Option<u32>,
+    /// Item `i`'s variants are `variants[offsets[i]..offsets[i + 1]]` (caption indices); an
+    /// item without any (no AI Toolkit cache was imported for it) has an empty range.
     pub offsets: Vec<u32>,
     /// Caption indices, item after item.
     pub variants: Vec<u32>,
@@ -134,7 +136,6 @@ impl Store {
             }
             captions.push((text, positions));
         }
-        let empty = empty.ok_or_else(|| bad("no empty-caption embedding".into()))?;
         let mut offsets = vec![0u32; items + 1];
         let mut flat = Vec::with_capacity(variants.len());
         let mut item_at = 0usize;
@@ -156,9 +157,6 @@ impl Store {
         while item_at < items {
             item_at += 1;
             offsets[item_at] = flat.len() as u32;
-        }
-        if (0..items).any(|i| offsets[i] == offsets[i + 1]) {
-            return Err(bad("an item has no caption variant".into()));
         }
         Ok(TextTable {
             field,
