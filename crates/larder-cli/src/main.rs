@@ -34,6 +34,8 @@ enum Command {
     BenchScan(cmd::bench_scan::Args),
     /// Benchmark prepare against AI Toolkit's pixel path, and print codec sizes and errors.
     BenchPrepare(cmd::bench_prepare::Args),
+    /// Benchmark latent caching against AI Toolkit's loop; codec and text-cache sizes.
+    BenchEncode(cmd::bench_encode::Args),
     /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
     BenchLoad(cmd::bench_load::Args),
 }
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::BenchScan(args) => cmd::bench_scan::run(args),
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
         Command::BenchLoad(args) => cmd::bench_load::run(args),
+        Command::BenchEncode(args) => cmd::bench_encode::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod bench_encode;
 pub mod bench_load;
 pub mod bench_prepare;
 pub mod bench_scan;
