@@ -132,15 +132,16 @@ impl ImageEncoder for PyImageEncoder {
         self.0.pixels
     }
 
-    fn encode(&mut self, batch: PixelBatch<'_>) -> Result<EncodedTensor, EncoderError> {
+    fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
         Python::attach(|py| {
             let call = || -> PyResult<EncodedTensor> {
+                // The buffer moves into NumPy without a copy.
                 let input = match batch.values {
                     PixelValues::F32(v) => {
-                        PyArray1::from_slice(py, v).reshape(batch.shape)?.into_any()
+                        PyArray1::from_vec(py, v).reshape(batch.shape)?.into_any()
                     }
                     PixelValues::U8(v) => {
-                        PyArray1::from_slice(py, v).reshape(batch.shape)?.into_any()
+                        PyArray1::from_vec(py, v).reshape(batch.shape)?.into_any()
                     }
                 };
                 let out = self.0.func.bind(py).call1((input,))?;

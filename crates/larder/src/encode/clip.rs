@@ -60,12 +60,19 @@ impl ClipPreprocess {
         }
     }
 
-    /// Normalizes C×H×W u8 RGB values, appending f32 values to `out`.
-    pub(crate) fn normalize(&self, pixels: &[u8], out: &mut Vec<f32>) {
-        let plane = (self.size as usize).pow(2);
-        for (c, channel) in pixels.chunks(plane).enumerate().take(3) {
+    /// Normalizes C×H×W u8 RGB values into `out` (of the same length).
+    pub(crate) fn normalize(&self, pixels: &[u8], out: &mut [f32]) {
+        let plane = (self.size as usize).pow(2).max(1);
+        for (c, (channel, o)) in pixels
+            .chunks(plane)
+            .zip(out.chunks_mut(plane))
+            .enumerate()
+            .take(3)
+        {
             let (m, sd) = (CLIP_MEAN[c], CLIP_STD[c]);
-            out.extend(channel.iter().map(|&p| (f32::from(p) / 255.0 - m) / sd));
+            for (o, &p) in o.iter_mut().zip(channel) {
+                *o = (f32::from(p) / 255.0 - m) / sd;
+            }
         }
     }
 }
@@ -88,7 +95,7 @@ mod tests {
     #[test]
     fn normalization_uses_clip_statistics() {
         let clip = ClipPreprocess { size: 1 };
-        let mut out = Vec::new();
+        let mut out = [0f32; 3];
         clip.normalize(&[255, 0, 128], &mut out);
         assert!((out[0] - (1.0 - CLIP_MEAN[0]) / CLIP_STD[0]).abs() < 1e-6);
         assert!((out[1] + CLIP_MEAN[1] / CLIP_STD[1]).abs() < 1e-6);

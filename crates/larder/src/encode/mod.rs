@@ -76,21 +76,22 @@ impl PixelFormat {
 }
 
 /// The values of a batch of images, N×C×H×W, row-major.
-#[derive(Debug, Clone, Copy)]
-pub enum PixelValues<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub enum PixelValues {
     /// [`PixelFormat::SignedUnit`] values, or CLIP-normalized ones.
-    F32(&'a [f32]),
+    F32(Vec<f32>),
     /// [`PixelFormat::U8`] values.
-    U8(&'a [u8]),
+    U8(Vec<u8>),
 }
 
-/// A batch of images of one bucket, handed to an [`ImageEncoder`].
-#[derive(Debug, Clone, Copy)]
-pub struct PixelBatch<'a> {
+/// A batch of images of one bucket, handed to an [`ImageEncoder`]. The encoder owns it, so a
+/// binding can hand the buffer on without copying (the Python binding gives it to NumPy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelBatch {
     /// N, C, H, W.
     pub shape: [usize; 4],
     /// The values.
-    pub values: PixelValues<'a>,
+    pub values: PixelValues,
 }
 
 /// A tensor an encoder returned: the leading dimension is the batch.
@@ -146,7 +147,7 @@ pub trait ImageEncoder: Send {
     }
 
     /// Encodes a batch; the result's first dimension is the batch.
-    fn encode(&mut self, batch: PixelBatch<'_>) -> Result<EncodedTensor, EncoderError>;
+    fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError>;
 }
 
 /// A text encoder: captions in, named tensors out, each with the batch as first dimension.
@@ -228,10 +229,12 @@ impl Encoders {
     }
 }
 
-/// Converts stored u8 pixels to [`PixelFormat::SignedUnit`]: `x / 127.5 - 1`, exactly as
-/// torchvision's `ToTensor` followed by `Normalize([0.5], [0.5])` does.
-pub(crate) fn signed_unit(pixels: &[u8], out: &mut Vec<f32>) {
-    out.extend(pixels.iter().map(|&p| f32::from(p) / 127.5 - 1.0));
+/// Converts stored u8 pixels to [`PixelFormat::SignedUnit`] in `out` (of the same length):
+/// `x / 127.5 - 1`, as torchvision's `ToTensor` followed by `Normalize([0.5], [0.5])` does.
+pub(crate) fn signed_unit(pixels: &[u8], out: &mut [f32]) {
+    for (o, &p) in out.iter_mut().zip(pixels) {
+        *o = f32::from(p) / 127.5 - 1.0;
+    }
 }
 
 #[cfg(test)]
@@ -255,7 +258,7 @@ mod tests {
 
     #[test]
     fn signed_unit_maps_the_byte_range_onto_minus_one_to_one() {
-        let mut out = Vec::new();
+        let mut out = [0f32; 3];
         signed_unit(&[0, 255, 128], &mut out);
         assert_eq!(out[0], -1.0);
         assert_eq!(out[1], 1.0);

@@ -33,13 +33,7 @@ pub(super) type Job<'p, 'a> = (&'p ItemPlan<'a>, String);
 /// A decoded batch on its way to the encoder.
 struct Decoded<'p, 'a> {
     jobs: Vec<&'p Job<'p, 'a>>,
-    shape: [usize; 4],
-    values: Pixels,
-}
-
-enum Pixels {
-    F32(Vec<f32>),
-    U8(Vec<u8>),
+    batch: PixelBatch,
 }
 
 /// Encodes `jobs` (sorted so that items of one bucket are adjacent) with `encoder` into the
@@ -71,13 +65,9 @@ pub(super) fn encode_images(
     let (btx, brx) = crossbeam_channel::bounded::<Decoded<'_, '_>>(1);
     std::thread::scope(|s| {
         let worker = s.spawn(move || -> Result<()> {
-            for batch in brx {
-                let n = batch.jobs.len();
-                let values = match &batch.values {
-                    Pixels::F32(v) => PixelValues::F32(v),
-                    Pixels::U8(v) => PixelValues::U8(v),
-                };
-                let first = batch.jobs[0].0.image.path.display().to_string();
+            for Decoded { jobs, batch } in brx {
+                let n = jobs.len();
+                let first = jobs[0].0.image.path.display().to_string();
                 let named = |message: String| Error::Encoder {
                     field: field.to_owned(),
                     item: if n > 1 {
@@ -87,15 +77,10 @@ pub(super) fn encode_images(
                     },
                     message,
                 };
-                let out: EncodedTensor = encoder
-                    .encode(PixelBatch {
-                        shape: batch.shape,
-                        values,
-                    })
-                    .map_err(|e| named(e.to_string()))?;
+                let out: EncodedTensor = encoder.encode(batch).map_err(|e| named(e.to_string()))?;
                 let item_shape = out.item_shape(n).map_err(named)?.to_vec();
                 let mut group = Vec::with_capacity(n);
-                for (k, (item, key)) in batch.jobs.iter().map(|j| (j.0, &j.1)).enumerate() {
+                for (k, (item, key)) in jobs.iter().map(|j| (j.0, &j.1)).enumerate() {
                     let name = match input {
                         Input::Bucket(_) => format!("{}/{field}", item.item_key),
                         Input::Clip(_) => format!("{key}/{field}"),
@@ -137,41 +122,73 @@ pub(super) fn encode_images(
     })
 }
 
-/// Decodes and places a batch on all cores. Items that fail to decode become findings (sent
-/// to the writer) and leave the batch; `None` when none is left.
+/// Decodes and places a batch on all cores, each image converted straight into its slot of
+/// the batch buffer. Items that fail to decode become findings (sent to the writer) and leave
+/// the batch; `None` when none is left.
 fn decode_batch<'p, 'a>(
     tx: &Sender<Vec<Vec<Produced>>>,
     batch: &'p [Job<'p, 'a>],
     input: Input,
 ) -> Result<Option<Decoded<'p, 'a>>> {
-    let decoded: Vec<Result<Vec<u8>>> = batch
-        .par_iter()
-        .map(|(item, _)| {
-            let placement = match input {
-                Input::Bucket(_) => item.planned.placement,
-                Input::Clip(clip) => {
-                    // The scan's sizes are as displayed, which is what decoding yields.
-                    clip.placement(item.image.width, item.image.height)
-                }
-            };
-            decode_placed(
-                &item.image.path,
-                Convert::Rgb,
-                &placement,
-                item.planned.flip,
-            )
-            .map(|(_, data)| data)
-        })
-        .collect();
+    let Some(first) = batch.first() else {
+        return Ok(None);
+    };
+    let (h, w) = match input {
+        Input::Bucket(_) => {
+            let b = first.0.planned.placement.bucket;
+            (b.height as usize, b.width as usize)
+        }
+        Input::Clip(clip) => (clip.size as usize, clip.size as usize),
+    };
+    let per = 3 * h * w;
+    let decode = |item: &ItemPlan<'_>| -> Result<Vec<u8>> {
+        let placement = match input {
+            Input::Bucket(_) => item.planned.placement,
+            // The scan's sizes are as displayed, which is what decoding yields.
+            Input::Clip(clip) => clip.placement(item.image.width, item.image.height),
+        };
+        let (_, data) = decode_placed(
+            &item.image.path,
+            Convert::Rgb,
+            &placement,
+            item.planned.flip,
+        )?;
+        if data.len() != per {
+            return Err(Error::Image {
+                path: item.image.path.clone(),
+                message: format!("placed to {} values, not {per}", data.len()),
+            });
+        }
+        Ok(data)
+    };
+    let (values, results) = match input {
+        Input::Bucket(PixelFormat::U8) => {
+            let (buf, r) = fill(batch, per, 0u8, |item, out| {
+                out.copy_from_slice(&decode(item)?);
+                Ok(())
+            });
+            (PixelValues::U8(buf), r)
+        }
+        Input::Bucket(PixelFormat::SignedUnit) => {
+            let (buf, r) = fill(batch, per, 0f32, |item, out| {
+                signed_unit(&decode(item)?, out);
+                Ok(())
+            });
+            (PixelValues::F32(buf), r)
+        }
+        Input::Clip(clip) => {
+            let (buf, r) = fill(batch, per, 0f32, |item, out| {
+                clip.normalize(&decode(item)?, out);
+                Ok(())
+            });
+            (PixelValues::F32(buf), r)
+        }
+    };
     let mut jobs = Vec::with_capacity(batch.len());
     let mut failed = Vec::new();
-    let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
-    for (job, result) in batch.iter().zip(decoded) {
+    for (job, result) in batch.iter().zip(&results) {
         match result {
-            Ok(data) => {
-                jobs.push(job);
-                bytes.push(data);
-            }
+            Ok(()) => jobs.push(job),
             Err(e) => failed.push(vec![Produced::Failed {
                 key: job.1.clone(),
                 finding: Finding::new(
@@ -186,39 +203,49 @@ fn decode_batch<'p, 'a>(
     if !failed.is_empty() && tx.send(failed).is_err() {
         return Ok(None);
     }
-    let Some(first) = jobs.first() else {
+    if jobs.is_empty() {
         return Ok(None);
-    };
-    let (h, w) = match input {
-        Input::Bucket(_) => {
-            let b = first.0.planned.placement.bucket;
-            (b.height as usize, b.width as usize)
-        }
-        Input::Clip(clip) => (clip.size as usize, clip.size as usize),
-    };
-    let shape = [jobs.len(), 3, h, w];
-    let values = match input {
-        Input::Bucket(PixelFormat::U8) => Pixels::U8(bytes.concat()),
-        Input::Bucket(PixelFormat::SignedUnit) => {
-            let mut v = Vec::with_capacity(shape.iter().product());
-            for b in &bytes {
-                signed_unit(b, &mut v);
-            }
-            Pixels::F32(v)
-        }
-        Input::Clip(clip) => {
-            let mut v = Vec::with_capacity(shape.iter().product());
-            for b in &bytes {
-                clip.normalize(b, &mut v);
-            }
-            Pixels::F32(v)
-        }
+    }
+    // Rare: drop the slots of the items that failed.
+    let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    let values = match values {
+        PixelValues::F32(v) if jobs.len() < batch.len() => PixelValues::F32(keep(v, per, &ok)),
+        PixelValues::U8(v) if jobs.len() < batch.len() => PixelValues::U8(keep(v, per, &ok)),
+        v => v,
     };
     Ok(Some(Decoded {
+        batch: PixelBatch {
+            shape: [jobs.len(), 3, h, w],
+            values,
+        },
         jobs,
-        shape,
-        values,
     }))
+}
+
+/// A buffer of `batch.len() * per` values, item `k`'s slot filled by `f` on all cores.
+fn fill<T: Copy + Send + Sync>(
+    batch: &[Job<'_, '_>],
+    per: usize,
+    zero: T,
+    f: impl Fn(&ItemPlan<'_>, &mut [T]) -> Result<()> + Sync,
+) -> (Vec<T>, Vec<Result<()>>) {
+    let mut buf = vec![zero; batch.len() * per];
+    let results = buf
+        .par_chunks_mut(per.max(1))
+        .zip(batch.par_iter())
+        .map(|(out, (item, _))| f(item, out))
+        .collect();
+    (buf, results)
+}
+
+/// The slots of `values` whose flag in `ok` is set.
+fn keep<T: Copy>(values: Vec<T>, per: usize, ok: &[bool]) -> Vec<T> {
+    values
+        .chunks(per.max(1))
+        .zip(ok)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|(slot, _)| slot.iter().copied())
+        .collect()
 }
 
 /// The key of a CLIP entry: the source content, the flip, the preprocessing and the encoder.

@@ -149,9 +149,25 @@ pub(super) fn encode_texts(
     let todo: Vec<&(String, String)> = texts
         .captions
         .iter()
-        .filter(|(key, _)| known.is_none() || !done.contains(key.as_str()))
+        .filter(|(key, _)| !done.contains(key.as_str()))
         .collect();
     let mut outputs = known;
+    // Every caption is stored but what the encoder returns is not recorded (a run that failed
+    // before recording it): one call on one caption says, and nothing is stored again.
+    if outputs.is_none()
+        && todo.is_empty()
+        && let Some((_, text)) = texts.captions.first()
+    {
+        let named = |message: String| Error::Encoder {
+            field: texts.field.clone(),
+            item: format!("caption {text:?}"),
+            message,
+        };
+        let out = encoder
+            .encode(&[text.as_str()])
+            .map_err(|e| named(e.to_string()))?;
+        outputs = Some(split_outputs(out, 1).map_err(named)?.outputs);
+    }
     let mut encoded = 0;
     for batch in todo.chunks(options.encode_batch_size.max(1)) {
         let strings: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();

@@ -76,7 +76,7 @@ impl ImageEncoder for PatchEncoder {
         }
     }
 
-    fn encode(&mut self, batch: PixelBatch<'_>) -> Result<EncodedTensor, EncoderError> {
+    fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
         let [n, c, h, w] = batch.shape;
         let PixelValues::F32(values) = batch.values else {
             return Err("expected f32 pixels".into());
@@ -102,6 +102,7 @@ impl ImageEncoder for PatchEncoder {
 /// embedding; sequences right-padded to the batch's longest with a mask, plus a pooled mean.
 struct HashText {
     captions: Arc<AtomicUsize>,
+    fail_after: Option<usize>,
 }
 
 const DIM: usize = 8;
@@ -132,6 +133,11 @@ impl TextEncoder for HashText {
     }
 
     fn encode(&mut self, captions: &[&str]) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
+        if let Some(limit) = self.fail_after
+            && self.captions.load(Ordering::SeqCst) >= limit
+        {
+            return Err("the text encoder ran out of memory (simulated)".into());
+        }
         self.captions.fetch_add(captions.len(), Ordering::SeqCst);
         let toks: Vec<Vec<String>> = captions.iter().map(|c| tokens(c)).collect();
         let l = toks.iter().map(Vec::len).max().unwrap_or(1);
@@ -383,6 +389,7 @@ fn text_encoders(captions: &Arc<AtomicUsize>) -> Encoders {
             "text".into(),
             Box::new(HashText {
                 captions: captions.clone(),
+                fail_after: None,
             }),
         )],
         ..Encoders::default()
@@ -460,6 +467,32 @@ fn captions_are_encoded_once_per_distinct_text_and_served_padded_with_masks() {
 }
 
 #[test]
+fn a_text_encoder_error_names_the_caption_and_a_rerun_encodes_only_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let captions = Arc::new(AtomicUsize::new(0));
+    let mut failing = Encoders {
+        text: vec![(
+            "text".into(),
+            Box::new(HashText {
+                captions: captions.clone(),
+                fail_after: Some(2),
+            }),
+        )],
+        ..Encoders::default()
+    };
+    let err = run(&config, &out, &options(1), &mut failing).expect_err("fails");
+    assert!(err.to_string().contains("caption"), "{err}");
+    assert_eq!(captions.load(Ordering::SeqCst), 2);
+    let rest = Arc::new(AtomicUsize::new(0));
+    let report = run(&config, &out, &options(1), &mut text_encoders(&rest)).expect("rerun");
+    assert_eq!((report.captions, report.captions_encoded), (5, 3));
+    assert_eq!(rest.load(Ordering::SeqCst), 3);
+    assert!(loader(&out, Padding::Right).all(|b| b.is_ok()));
+}
+
+#[test]
 fn shuffled_captions_get_variants_and_dropout_serves_the_empty_caption() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dataset(
@@ -515,7 +548,7 @@ fn clip_encoders_see_the_whole_image_clip_normalized() {
         fn identity(&self) -> EncoderIdentity {
             EncoderIdentity::new("channel-mean")
         }
-        fn encode(&mut self, batch: PixelBatch<'_>) -> Result<EncodedTensor, EncoderError> {
+        fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
             let [n, c, h, w] = batch.shape;
             self.seen.lock().expect("lock").push(batch.shape);
             let PixelValues::F32(v) = batch.values else {
