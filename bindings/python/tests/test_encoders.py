@@ -168,6 +168,9 @@ def test_text_embeddings_are_deduplicated_with_variants_and_padded_with_masks(tm
     assert larder.prepare(config, out, text_encoders={"text": larder.Encoder(again, "hash-text-8")}, caption_variants=3)["captions_encoded"] == 0
     assert again.captions == []
 
+    only_text = next(iter(larder.DataLoader(out, batch_size=2, fields=["text"])))
+    assert {"text.embeds", "text.pooled", "text.mask"} <= set(only_text) and "pixels" not in only_text
+
     for side in ["right", "left"]:
         for batch in larder.DataLoader(out, batch_size=3, text_padding=side, seed=1):
             embeds, mask, pooled = batch["text.embeds"], batch["text.mask"], batch["text.pooled"]

@@ -2,7 +2,26 @@
 //! caption variants per text encoder (see docs/store-format.md).
 
 use super::Store;
+use super::catalog::Catalog;
 use crate::{Error, Result};
+
+/// Returns true if and only if the catalog has the caption tables (stores written before them
+/// do not, and are read as having no text embeddings).
+pub(crate) fn caption_tables_exist(cat: &Catalog) -> Result<bool> {
+    let n: i64 = cat
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('captions', 'item_captions')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| cat.err(e))?;
+    Ok(n == 2)
+}
+
+/// SQL condition on `entries.key`: the entry is an output of a caption (`<caption key>.<output>`).
+pub(crate) const IS_CAPTION_OUTPUT: &str =
+    "(instr(key, '.') > 0 AND substr(key, 1, instr(key, '.') - 1) IN (SELECT key FROM captions))";
 
 /// One text encoder's captions as the loader needs them.
 #[derive(Debug, Clone)]
@@ -29,15 +48,7 @@ impl Store {
     pub(crate) fn text_tables(&self, items: usize) -> Result<Vec<TextTable>> {
         let encoders = {
             let cat = self.catalog();
-            let has_tables: i64 = cat
-                .conn
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'item_captions'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| cat.err(e))?;
-            if has_tables == 0 {
+            if !caption_tables_exist(&cat)? {
                 return Ok(Vec::new());
             }
             cat.rows("SELECT field, params FROM encoders ORDER BY field", |r| {

@@ -464,6 +464,17 @@ fn captions_are_encoded_once_per_distinct_text_and_served_padded_with_masks() {
         (report.captions_encoded, again.load(Ordering::SeqCst)),
         (0, 0)
     );
+
+    // Caption entries are referenced by caption, not by item field: gc keeps them, inspect
+    // counts them (5 captions × embeds and pooled), and the store still serves them.
+    let mut store = Store::open(&out).expect("open");
+    let text = &store.inspect().expect("inspect").fields["text"];
+    assert_eq!(text.entries, 10, "{text:?}");
+    assert_eq!(store.gc().expect("gc").entries_removed, 0);
+    assert!(store.verify().expect("verify").problems.is_empty());
+    assert!(
+        loader(&out, Padding::Right).all(|b| b.expect("batch").fields.contains_key("text.embeds"))
+    );
 }
 
 #[test]
