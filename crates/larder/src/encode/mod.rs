@@ -178,11 +178,14 @@ pub struct Encoders {
 
 impl std::fmt::Debug for Encoders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = |v: Vec<&String>| v.into_iter().cloned().collect::<Vec<_>>();
+        // The encoders themselves are opaque (models, Python callables): their names show.
+        let names = |v: &[(String, Box<dyn ImageEncoder>)]| {
+            v.iter().map(|e| e.0.clone()).collect::<Vec<_>>()
+        };
         f.debug_struct("Encoders")
-            .field("image", &names(self.image.iter().map(|e| &e.0).collect()))
-            .field("text", &names(self.text.iter().map(|e| &e.0).collect()))
-            .field("clip", &names(self.clip.iter().map(|e| &e.0).collect()))
+            .field("image", &names(&self.image))
+            .field("text", &self.text.iter().map(|e| &e.0).collect::<Vec<_>>())
+            .field("clip", &names(&self.clip))
             .finish()
     }
 }

@@ -107,6 +107,16 @@ pub struct AitkImportReport {
     pub mismatches: Vec<ImportMismatch>,
 }
 
+impl AitkImportReport {
+    fn counts(&mut self, kind: &str) -> &mut ImportCounts {
+        match kind {
+            "latent" => &mut self.latents,
+            "clip" => &mut self.clip,
+            _ => &mut self.texts,
+        }
+    }
+}
+
 /// An item of the prepared store, as the import needs it.
 struct Item {
     id: i64,
@@ -143,103 +153,134 @@ pub fn import_aitk(
     };
     let (_lock, catalog) = open_for_writing(out)?;
     let items = stored_items(&catalog)?;
-    let stored = catalog.entry_keys()?;
     let mut dirs = Listing::default();
 
-    // Latents: the architecture is given, or taken from the first file that matches the plan.
-    let mut arch = options.arch.clone();
-    let mut latents: Vec<(usize, PathBuf)> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let dir = cache_dir(&item.path, "_latent_cache");
-        let candidates = dirs.candidates(&dir, &item.path);
-        if candidates.is_empty() {
-            report.latents.missing += 1;
-            continue;
-        }
-        let mut reasons = Vec::new();
-        let mut found = None;
-        for file in &candidates {
-            match check_latent(file, item, arch.as_deref()) {
-                Ok(version) => {
-                    arch.get_or_insert(version);
-                    found = Some(file.clone());
-                    break;
-                }
-                Err(reason) => reasons.push((file, reason)),
-            }
-        }
-        match found {
-            Some(file) => latents.push((i, file)),
-            None => {
-                report.latents.mismatched += 1;
-                for (file, reason) in reasons {
-                    report
-                        .mismatches
-                        .push(mismatch("latent", item, file, reason));
-                }
-            }
-        }
-    }
+    // Latents first: the architecture is given, or the first file that matches the plan says.
+    let (latents, arch) = find_described(
+        &items,
+        &mut dirs,
+        ("latent", "_latent_cache"),
+        options.arch.clone(),
+        check_latent,
+        &mut report,
+    );
+    let (clips, clip_encoder) = find_described(
+        &items,
+        &mut dirs,
+        ("clip", "_clip_vision_cache"),
+        None,
+        check_clip,
+        &mut report,
+    );
+    let texts = find_texts(config, &items, &mut dirs, arch.as_deref(), &mut report);
     report.arch = arch.clone();
-    let arch_name = arch.clone().unwrap_or_else(|| "unknown".into());
-    let latent_identity = options
-        .latent
-        .1
-        .clone()
-        .unwrap_or_else(|| EncoderIdentity::new(format!("ai-toolkit/{arch_name}")));
-    let text_identity = options
-        .text
-        .1
-        .clone()
-        .unwrap_or_else(|| EncoderIdentity::new(format!("ai-toolkit/{arch_name}/text")));
-    let latent_codec = options.prepare.latent_codec.name();
 
-    // CLIP: the encoder path and quad flag come from the files' metadata.
-    let mut clips: Vec<(usize, PathBuf)> = Vec::new();
-    let mut clip_encoder: Option<String> = None;
+    let arch_name = arch.as_deref().unwrap_or("unknown");
+    let default = |given: &Option<EncoderIdentity>, id: String| {
+        given.clone().unwrap_or_else(|| EncoderIdentity::new(id))
+    };
+    let targets = Targets {
+        latent: (
+            &options.latent.0,
+            default(&options.latent.1, format!("ai-toolkit/{arch_name}")),
+        ),
+        text: (
+            &options.text.0,
+            default(&options.text.1, format!("ai-toolkit/{arch_name}/text")),
+        ),
+        clip: (
+            &options.clip.0,
+            default(
+                &options.clip.1,
+                format!(
+                    "ai-toolkit/clip/{}",
+                    clip_encoder.as_deref().unwrap_or("unknown")
+                ),
+            ),
+        ),
+        options: &options.prepare,
+        stored: catalog.entry_keys()?,
+    };
+    let mut imported = Imported::default();
+    let (catalog, written) = with_writer(catalog, out, &options.prepare, |tx| {
+        targets.copy_latents(tx, &items, &latents, &mut imported, &mut report)?;
+        targets.copy_clips(tx, &items, &clips, &mut imported, &mut report)?;
+        targets.copy_texts(tx, &items, &texts, &mut imported, &mut report)
+    })?;
+    report.prepare.entries_computed += written.entries;
+    report.prepare.shards_written += written.shards;
+    report.prepare.bytes_written += written.bytes;
+    let found = (!latents.is_empty(), !clips.is_empty());
+    targets.record(&catalog, &imported, found, arch.as_deref())?;
+    Ok(report)
+}
+
+/// Finds each item's cache file in the folder `kinds.1` by its recorded parameters: `check`
+/// returns the parameter that must agree across files (the latent space, the CLIP encoder),
+/// which is `fixed` when given and else taken from the first file that matches.
+fn find_described(
+    items: &[Item],
+    dirs: &mut Listing,
+    (kind, folder): (&'static str, &str),
+    mut fixed: Option<String>,
+    check: fn(&Path, &Item, Option<&str>) -> std::result::Result<String, String>,
+    report: &mut AitkImportReport,
+) -> (Vec<(usize, PathBuf)>, Option<String>) {
+    let mut found = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let dir = cache_dir(&item.path, "_clip_vision_cache");
-        let candidates = dirs.candidates(&dir, &item.path);
+        let candidates = dirs.candidates(&cache_dir(&item.path, folder), &item.path);
+        let counts = report.counts(kind);
         if candidates.is_empty() {
-            report.clip.missing += 1;
+            counts.missing += 1;
             continue;
         }
         let mut reasons = Vec::new();
-        let mut found = None;
-        for file in &candidates {
-            match check_clip(file, item, clip_encoder.as_deref()) {
-                Ok(encoder) => {
-                    clip_encoder.get_or_insert(encoder);
-                    found = Some(file.clone());
-                    break;
+        let hit = candidates
+            .iter()
+            .find(|file| match check(file, item, fixed.as_deref()) {
+                Ok(value) => {
+                    fixed.get_or_insert(value);
+                    true
                 }
-                Err(reason) => reasons.push((file, reason)),
-            }
-        }
-        match found {
-            Some(file) => clips.push((i, file)),
+                Err(reason) => {
+                    reasons.push((file.to_path_buf(), reason));
+                    false
+                }
+            });
+        match hit {
+            Some(file) => found.push((i, file.clone())),
             None => {
-                report.clip.mismatched += 1;
+                counts.mismatched += 1;
                 for (file, reason) in reasons {
-                    report.mismatches.push(mismatch("clip", item, file, reason));
+                    report.mismatches.push(mismatch(kind, item, &file, reason));
                 }
             }
         }
     }
-    let clip_identity = options.clip.1.clone().unwrap_or_else(|| {
-        EncoderIdentity::new(format!(
-            "ai-toolkit/clip/{}",
-            clip_encoder.as_deref().unwrap_or("unknown")
-        ))
-    });
+    (found, fixed)
+}
 
-    // Text: files are found by the hash of the caption, so the architecture must be known.
+/// Finds each item's text-embedding cache by the hash of its caption: as loaded, or with the
+/// trigger word injected (what AI Toolkit encodes depends on its version).
+fn find_texts(
+    config: &Config,
+    items: &[Item],
+    dirs: &mut Listing,
+    arch: Option<&str>,
+    report: &mut AitkImportReport,
+) -> Vec<(usize, String, PathBuf)> {
     let recipes: Vec<CaptionRecipe> = config
         .datasets
         .iter()
-        .map(CaptionRecipe::from_dataset)
+        .map(|d| CaptionRecipe {
+            caption_dropout_rate: 0.0,
+            token_dropout_rate: 0.0,
+            shuffle_tokens: false,
+            random_triggers: Vec::new(),
+            ..CaptionRecipe::from_dataset(d)
+        })
         .collect();
-    let mut texts_found: Vec<(usize, String, PathBuf)> = Vec::new();
+    let mut found = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let dir = cache_dir(&item.path, "_t_e_cache");
         let candidates = dirs.candidates(&dir, &item.path);
@@ -247,198 +288,234 @@ pub fn import_aitk(
             report.texts.missing += 1;
             continue;
         }
-        let Some(arch) = &arch else {
+        let Some(arch) = arch else {
             report.texts.mismatched += 1;
-            report.mismatches.push(mismatch(
-                "text",
-                item,
-                &candidates[0],
-                "the model architecture is unknown (no latent cache matched): pass --arch".into(),
-            ));
+            let reason = "the model architecture is unknown (no latent cache matched): pass --arch";
+            report
+                .mismatches
+                .push(mismatch("text", item, &candidates[0], reason.into()));
             continue;
         };
-        // The caption AI Toolkit encoded: as loaded, or with the trigger word injected.
         let mut captions = vec![item.caption.clone()];
-        let recipe = recipes.get(item.dataset).map(|r| CaptionRecipe {
-            caption_dropout_rate: 0.0,
-            token_dropout_rate: 0.0,
-            shuffle_tokens: false,
-            random_triggers: Vec::new(),
-            ..r.clone()
-        });
-        if let Some(r) = recipe {
+        if let Some(recipe) = recipes.get(item.dataset) {
             let ctx = CaptionContext {
                 seed: 0,
                 epoch: 0,
                 item: 0,
             };
-            let injected = r.apply(&item.caption, ctx);
+            let injected = recipe.apply(&item.caption, ctx);
             if !captions.contains(&injected) {
                 captions.push(injected);
             }
         }
         let stem = stem(&item.path);
-        let hit = captions.iter().find_map(|c| {
-            let info = text_info(c, arch);
-            let file = dir.join(format!("{stem}_{}.safetensors", info_hash(&info)));
-            candidates.contains(&file).then(|| (c.clone(), file))
+        let hit = captions.into_iter().find_map(|c| {
+            let file = dir.join(format!(
+                "{stem}_{}.safetensors",
+                info_hash(&text_info(&c, arch))
+            ));
+            candidates.contains(&file).then_some((c, file))
         });
         match hit {
-            Some((caption, file)) => texts_found.push((i, caption, file)),
+            Some((caption, file)) => found.push((i, caption, file)),
             None => {
                 report.texts.mismatched += 1;
-                report.mismatches.push(mismatch(
-                    "text",
-                    item,
-                    &candidates[0],
-                    format!(
-                        "no text-embedding cache of this image was made from the caption {:?} with text_embedding_space_version {arch:?}",
-                        item.caption
-                    ),
-                ));
+                let reason = format!(
+                    "no text-embedding cache of this image was made from the caption {:?} with text_embedding_space_version {arch:?}",
+                    item.caption
+                );
+                report
+                    .mismatches
+                    .push(mismatch("text", item, &candidates[0], reason));
             }
         }
     }
+    found
+}
 
-    // Copy the tensors into shards, then record the fields in one transaction.
-    let (latent_field, clip_field, text_field) =
-        (&options.latent.0, &options.clip.0, &options.text.0);
-    let mut fields: Vec<(i64, String, String)> = Vec::new();
-    let mut caption_rows: Vec<(String, String)> = Vec::new();
-    let mut item_captions: Vec<(i64, usize)> = Vec::new();
-    let mut text_outputs: Option<TextOutputs> = None;
-    let codec = options.prepare.latent_codec;
-    let text_codec = options.prepare.text_codec;
-    let text_key_text = text_identity.key_text();
-    let (catalog, written) = with_writer(catalog, out, &options.prepare, |tx| {
-        let mut seen: HashSet<String> = HashSet::new();
-        for (i, file) in &latents {
+/// Where imported tensors go: field names, identities, codecs, and what the store holds.
+struct Targets<'a> {
+    latent: (&'a String, EncoderIdentity),
+    text: (&'a String, EncoderIdentity),
+    clip: (&'a String, EncoderIdentity),
+    options: &'a PrepareOptions,
+    stored: HashSet<String>,
+}
+
+/// What the copy produced, for the catalog.
+#[derive(Default)]
+struct Imported {
+    /// (item id, field, entry key).
+    fields: Vec<(i64, String, String)>,
+    /// Distinct captions: (caption key, text).
+    captions: Vec<(String, String)>,
+    /// (item id, index into `captions`).
+    item_captions: Vec<(i64, usize)>,
+    text_outputs: Option<TextOutputs>,
+    /// Entry keys handled in this import (an entry shared by items is copied once).
+    seen: HashSet<String>,
+}
+
+type Tx = crossbeam_channel::Sender<Vec<Vec<Produced>>>;
+
+impl Targets<'_> {
+    fn copy_latents(
+        &self,
+        tx: &Tx,
+        items: &[Item],
+        found: &[(usize, PathBuf)],
+        imported: &mut Imported,
+        report: &mut AitkImportReport,
+    ) -> Result<()> {
+        let (field, identity) = (&self.latent.0, &self.latent.1);
+        let codec = self.options.latent_codec;
+        for (i, file) in found {
             let item = &items[*i];
             let key = image_encoder_key(
                 &item.item_key,
                 &item.content_hash,
-                latent_field,
-                &latent_identity,
+                field,
+                identity,
                 PixelFormat::SignedUnit,
-                &latent_codec,
+                &codec.name(),
             );
-            fields.push((item.id, latent_field.clone(), key.clone()));
-            if !seen.insert(key.clone()) {
+            imported
+                .fields
+                .push((item.id, field.to_string(), key.clone()));
+            if !imported.seen.insert(key.clone()) {
                 continue;
             }
-            if stored.contains(&key) {
+            if self.stored.contains(&key) {
                 report.latents.stored += 1;
                 continue;
             }
-            let tensor = read_tensor(file, "latent", true)?;
-            let name = format!("{}/{latent_field}", item.item_key);
-            let entry = stored_entry(&key, name, codec, Values::F32(&tensor.values), tensor.shape)?;
+            let t = read_tensor(file, "latent")?;
+            let name = format!("{}/{field}", item.item_key);
+            send(
+                tx,
+                vec![stored_entry(
+                    &key,
+                    name,
+                    codec,
+                    Values::F32(&t.values),
+                    t.shape,
+                )?],
+            );
             report.latents.imported += 1;
-            send(tx, vec![entry]);
         }
-        let clip_pre = options.prepare.clip;
-        let clip_key_text = clip_identity.key_text();
-        for (i, file) in &clips {
+        Ok(())
+    }
+
+    fn copy_clips(
+        &self,
+        tx: &Tx,
+        items: &[Item],
+        found: &[(usize, PathBuf)],
+        imported: &mut Imported,
+        report: &mut AitkImportReport,
+    ) -> Result<()> {
+        let (field, identity) = (&self.clip.0, self.clip.1.key_text());
+        let codec = self.options.latent_codec;
+        for (i, file) in found {
             let item = &items[*i];
             let mut group = Vec::new();
-            for (tensor_name, field) in [
-                ("image_embeds", clip_field.clone()),
-                (
-                    "last_hidden_state",
-                    format!("{clip_field}.last_hidden_state"),
-                ),
+            let mut already = false;
+            for (tensor, name) in [
+                ("image_embeds", field.to_string()),
+                ("last_hidden_state", format!("{field}.last_hidden_state")),
                 (
                     "penultimate_hidden_states",
-                    format!("{clip_field}.penultimate_hidden_states"),
+                    format!("{field}.penultimate_hidden_states"),
                 ),
             ] {
                 let key = encoded::clip_key(
                     &item.content_hash,
                     item.flip,
-                    &clip_pre,
-                    &field,
-                    &clip_key_text,
-                    &latent_codec,
+                    &self.options.clip,
+                    &name,
+                    &identity,
+                    &codec.name(),
                 );
-                fields.push((item.id, field.clone(), key.clone()));
-                if !seen.insert(key.clone()) {
+                imported.fields.push((item.id, name.clone(), key.clone()));
+                if !imported.seen.insert(key.clone()) {
                     continue;
                 }
-                if stored.contains(&key) {
-                    report.clip.stored += usize::from(tensor_name == "image_embeds");
+                if self.stored.contains(&key) {
+                    already = true;
                     continue;
                 }
-                let tensor = read_tensor(file, tensor_name, true)?;
-                let name = format!("{key}/{field}");
+                let t = read_tensor(file, tensor)?;
+                let shard_name = format!("{key}/{name}");
                 group.push(stored_entry(
                     &key,
-                    name,
+                    shard_name,
                     codec,
-                    Values::F32(&tensor.values),
-                    tensor.shape,
+                    Values::F32(&t.values),
+                    t.shape,
                 )?);
             }
             if !group.is_empty() {
                 report.clip.imported += 1;
                 send(tx, group);
+            } else if already {
+                report.clip.stored += 1;
             }
         }
-        let mut caption_ids: HashMap<String, usize> = HashMap::new();
-        let codec_name = text_codec.name();
-        for (i, caption, file) in &texts_found {
+        Ok(())
+    }
+
+    fn copy_texts(
+        &self,
+        tx: &Tx,
+        items: &[Item],
+        found: &[(usize, String, PathBuf)],
+        imported: &mut Imported,
+        report: &mut AitkImportReport,
+    ) -> Result<()> {
+        let (field, identity) = (&self.text.0, self.text.1.key_text());
+        let codec = self.options.text_codec;
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        for (i, caption, file) in found {
             let item = &items[*i];
-            let ckey = texts::caption_key(text_field, &text_key_text, &codec_name, caption);
-            let id = *caption_ids.entry(caption.clone()).or_insert_with(|| {
-                caption_rows.push((ckey.clone(), caption.clone()));
-                caption_rows.len() - 1
-            });
-            if !seen.insert(ckey.clone()) {
-                item_captions.push((item.id, id));
+            let key = texts::caption_key(field, &identity, &codec.name(), caption);
+            if let Some(&id) = ids.get(caption) {
+                imported.item_captions.push((item.id, id));
                 continue;
             }
-            let outputs = match read_prompt_embeds(file) {
-                Ok(o) => o,
-                Err(reason) => {
+            let split = read_prompt_embeds(file).and_then(|o| texts::split_outputs(o, 1));
+            let problem = match (&split, &imported.text_outputs) {
+                (Err(reason), _) => Some(reason.clone()),
+                (Ok(s), Some(o)) if s.outputs != *o => Some(format!(
+                    "holds {:?}, other files hold {:?}",
+                    s.outputs.outputs, o.outputs
+                )),
+                _ => None,
+            };
+            let split = match (split, problem) {
+                (Ok(split), None) => split,
+                (_, problem) => {
                     report.texts.mismatched += 1;
+                    let reason = problem.unwrap_or_default();
                     report.mismatches.push(mismatch("text", item, file, reason));
                     continue;
                 }
             };
-            let split = match texts::split_outputs(outputs, 1) {
-                Ok(s) => s,
-                Err(reason) => {
-                    report.texts.mismatched += 1;
-                    report.mismatches.push(mismatch("text", item, file, reason));
-                    continue;
-                }
-            };
-            match &text_outputs {
-                Some(o) if *o != split.outputs => {
-                    report.texts.mismatched += 1;
-                    report.mismatches.push(mismatch(
-                        "text",
-                        item,
-                        file,
-                        format!(
-                            "holds {:?}, other files hold {:?}",
-                            split.outputs.outputs, o.outputs
-                        ),
-                    ));
-                    continue;
-                }
-                _ => text_outputs = Some(split.outputs.clone()),
-            }
-            item_captions.push((item.id, id));
-            if stored.iter().any(|k| k.starts_with(&format!("{ckey}."))) {
+            imported.text_outputs = Some(split.outputs.clone());
+            let id = imported.captions.len();
+            imported.captions.push((key.clone(), caption.clone()));
+            ids.insert(caption.clone(), id);
+            imported.item_captions.push((item.id, id));
+            let prefix = format!("{key}.");
+            if self.stored.iter().any(|k| k.starts_with(&prefix)) {
                 report.texts.stored += 1;
                 continue;
             }
             let mut group = Vec::new();
             for (name, shape, values) in &split.items[0] {
                 group.push(stored_entry(
-                    &format!("{ckey}.{name}"),
-                    format!("{ckey}/{text_field}.{name}"),
-                    text_codec,
+                    &format!("{key}.{name}"),
+                    format!("{key}/{field}.{name}"),
+                    codec,
                     Values::F32(values),
                     shape.clone(),
                 )?);
@@ -447,60 +524,81 @@ pub fn import_aitk(
             send(tx, group);
         }
         Ok(())
-    })?;
-    report.prepare.entries_computed += written.entries;
-    report.prepare.shards_written += written.shards;
-    report.prepare.bytes_written += written.bytes;
-    // Captions that no item kept (a file that failed to read) are not recorded.
-    let used: HashSet<usize> = item_captions.iter().map(|(_, c)| *c).collect();
+    }
 
-    let err = |e| catalog.err(e);
-    let tx = catalog.conn.unchecked_transaction().map_err(err)?;
-    {
-        let mut ins_field = tx
-            .prepare(
-                "INSERT OR REPLACE INTO item_fields(item, field, entry, entry_id)
-                 VALUES (?1, ?2, ?3, (SELECT id FROM entries WHERE key = ?3))",
-            )
-            .map_err(err)?;
-        for (item, field, key) in &fields {
-            ins_field.execute(params![item, field, key]).map_err(err)?;
-        }
-        let mut ins_encoder = tx
-            .prepare("INSERT OR REPLACE INTO encoders(field, identity, params) VALUES (?1, ?2, ?3)")
-            .map_err(err)?;
-        let source = |kind: &str| serde_json::json!({"imported_from": "ai-toolkit", "kind": kind, "arch": arch, "codec": codec.name()});
-        if !latents.is_empty() {
-            let mut p = source("image");
-            p["pixel_format"] = serde_json::json!(PixelFormat::SignedUnit);
-            p["model"] = latent_identity.id.clone().into();
-            ins_encoder
-                .execute(params![
-                    latent_field,
-                    latent_identity.key_text(),
-                    p.to_string()
-                ])
+    /// Records the imported fields, encoders and captions in one transaction.
+    fn record(
+        &self,
+        catalog: &Catalog,
+        imported: &Imported,
+        (latents, clips): (bool, bool),
+        arch: Option<&str>,
+    ) -> Result<()> {
+        let err = |e| catalog.err(e);
+        let tx = catalog.conn.unchecked_transaction().map_err(err)?;
+        {
+            let mut ins_field = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO item_fields(item, field, entry, entry_id)
+                     VALUES (?1, ?2, ?3, (SELECT id FROM entries WHERE key = ?3))",
+                )
                 .map_err(err)?;
-        }
-        if !clips.is_empty() {
-            let mut p = source("clip");
-            p["clip"] = serde_json::json!(options.prepare.clip);
-            p["model"] = clip_identity.id.clone().into();
-            ins_encoder
-                .execute(params![clip_field, clip_identity.key_text(), p.to_string()])
+            for (item, field, key) in &imported.fields {
+                ins_field.execute(params![item, field, key]).map_err(err)?;
+            }
+            let mut ins_encoder = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO encoders(field, identity, params) VALUES (?1, ?2, ?3)",
+                )
                 .map_err(err)?;
-        }
-        if let Some(outputs) = &text_outputs {
-            let mut p = source("text");
-            p["codec"] = text_codec.name().into();
-            p["outputs"] = serde_json::json!(outputs);
-            p["model"] = text_identity.id.clone().into();
-            ins_encoder
-                .execute(params![text_field, text_key_text, p.to_string()])
+            let mut encoder = |(field, identity): &(&String, EncoderIdentity),
+                               kind: &str,
+                               codec: String,
+                               extra: (&str, serde_json::Value)|
+             -> Result<()> {
+                let mut p = serde_json::json!({"imported_from": "ai-toolkit", "kind": kind, "arch": arch,
+                    "codec": codec, "model": identity.id, "scaling_factor": identity.scaling_factor,
+                    "shift_factor": identity.shift_factor});
+                p[extra.0] = extra.1;
+                ins_encoder
+                    .execute(params![field, identity.key_text(), p.to_string()])
+                    .map_err(err)?;
+                Ok(())
+            };
+            if latents {
+                let format = serde_json::json!(PixelFormat::SignedUnit);
+                encoder(
+                    &self.latent,
+                    "image",
+                    self.options.latent_codec.name(),
+                    ("pixel_format", format),
+                )?;
+            }
+            if clips {
+                let clip = serde_json::json!(self.options.clip);
+                encoder(
+                    &self.clip,
+                    "clip",
+                    self.options.latent_codec.name(),
+                    ("clip", clip),
+                )?;
+            }
+            let Some(outputs) = &imported.text_outputs else {
+                drop(ins_field);
+                drop(ins_encoder);
+                return tx.commit().map_err(err);
+            };
+            let text_codec = self.options.text_codec.name();
+            encoder(
+                &self.text,
+                "text",
+                text_codec.clone(),
+                ("outputs", serde_json::json!(outputs)),
+            )?;
+            let field = self.text.0;
+            tx.execute("DELETE FROM item_captions WHERE encoder = ?1", [field])
                 .map_err(err)?;
-            tx.execute("DELETE FROM item_captions WHERE encoder = ?1", [text_field])
-                .map_err(err)?;
-            tx.execute("DELETE FROM captions WHERE encoder = ?1", [text_field])
+            tx.execute("DELETE FROM captions WHERE encoder = ?1", [field])
                 .map_err(err)?;
             let first: i64 = tx
                 .query_row("SELECT coalesce(max(id), -1) + 1 FROM captions", [], |r| {
@@ -510,31 +608,28 @@ pub fn import_aitk(
             let mut ins_caption = tx
                 .prepare("INSERT INTO captions(id, encoder, key, text) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(err)?;
-            for (id, (key, text)) in caption_rows.iter().enumerate() {
-                if used.contains(&id) {
-                    ins_caption
-                        .execute(params![first + id as i64, text_field, key, text])
-                        .map_err(err)?;
-                }
+            for (id, (key, text)) in imported.captions.iter().enumerate() {
+                ins_caption
+                    .execute(params![first + id as i64, field, key, text])
+                    .map_err(err)?;
             }
             let mut ins_variant = tx
                 .prepare("INSERT OR REPLACE INTO item_captions(item, encoder, variant, caption) VALUES (?1, ?2, 0, ?3)")
                 .map_err(err)?;
-            for (item, id) in &item_captions {
+            for (item, id) in &imported.item_captions {
                 ins_variant
-                    .execute(params![item, text_field, first + *id as i64])
+                    .execute(params![item, field, first + *id as i64])
                     .map_err(err)?;
             }
-            let meta_key = texts::outputs_meta_key(text_field, &text_key_text, &text_codec.name());
+            let meta_key = texts::outputs_meta_key(field, &self.text.1.key_text(), &text_codec);
             tx.execute(
                 "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![meta_key, serde_json::to_string(outputs).unwrap_or_default()],
             )
             .map_err(err)?;
         }
+        tx.commit().map_err(err)
     }
-    tx.commit().map_err(err)?;
-    Ok(report)
 }
 
 fn send(tx: &crossbeam_channel::Sender<Vec<Vec<Produced>>>, group: Vec<Produced>) {
@@ -848,8 +943,8 @@ fn check_clip(
     Ok(path)
 }
 
-/// A tensor of a cache file as f32; with `unbatch`, a leading dimension of 1 is dropped.
-fn read_tensor(file: &Path, name: &str, unbatch: bool) -> Result<EncodedTensor> {
+/// A tensor of a cache file as f32, without a leading batch dimension of 1.
+fn read_tensor(file: &Path, name: &str) -> Result<EncodedTensor> {
     let st = SafetensorsFile::open(file)?;
     let t = st.tensor(name)?;
     let values = to_f32(&t).ok_or_else(|| Error::Store {
@@ -860,7 +955,7 @@ fn read_tensor(file: &Path, name: &str, unbatch: bool) -> Result<EncodedTensor> 
         ),
     })?;
     let mut shape = t.shape.to_vec();
-    if unbatch && shape.len() > 1 && shape[0] == 1 {
+    if shape.len() > 1 && shape[0] == 1 {
         shape.remove(0);
     }
     Ok(EncodedTensor { shape, values })
