@@ -36,6 +36,12 @@ create_exception!(
 );
 create_exception!(
     larder,
+    EncoderError,
+    LarderError,
+    "An encoder raised; the original exception is the `__cause__`."
+);
+create_exception!(
+    larder,
     ArgumentError,
     LarderError,
     "An argument is out of its allowed range."
@@ -51,6 +57,7 @@ pub fn to_py(err: larder::Error) -> PyErr {
         larder::Error::Store { .. } | larder::Error::Catalog { .. } => StoreError::new_err(message),
         larder::Error::Image { .. } | larder::Error::Codec { .. } => DecodeError::new_err(message),
         larder::Error::InvalidArgument { .. } => ArgumentError::new_err(message),
+        larder::Error::Encoder { .. } => EncoderError::new_err(message),
         _ => LarderError::new_err(message),
     }
 }
@@ -64,5 +71,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DecodeError", py.get_type::<DecodeError>())?;
     m.add("RemoteError", py.get_type::<RemoteError>())?;
     m.add("ArgumentError", py.get_type::<ArgumentError>())?;
+    m.add("EncoderError", py.get_type::<EncoderError>())?;
     Ok(())
 }

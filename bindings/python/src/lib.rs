@@ -6,6 +6,7 @@
 //! inherits the pool's state but none of its threads, and would wait forever on it.
 
 mod config;
+mod encoders;
 mod errors;
 mod loader;
 mod logging;
@@ -49,5 +50,6 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config::load_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::scan_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::prepare_json, m)?)?;
+    m.add_function(wrap_pyfunction!(store::import_aitk_json, m)?)?;
     Ok(())
 }

@@ -75,7 +75,7 @@ impl Drop for Loader {
 impl Loader {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (store, batch_size = 1, shuffle = true, seed = 0, drop_last = false, num_threads = None, prefetch = 4, rank = None, world_size = None, fields = None, random_flip = false))]
+    #[pyo3(signature = (store, batch_size = 1, shuffle = true, seed = 0, drop_last = false, num_threads = None, prefetch = 4, rank = None, world_size = None, fields = None, random_flip = false, text_padding = "right"))]
     fn new(
         py: Python<'_>,
         store: &Bound<'_, PyAny>,
@@ -89,7 +89,17 @@ impl Loader {
         world_size: Option<usize>,
         fields: Option<Vec<String>>,
         random_flip: bool,
+        text_padding: &str,
     ) -> PyResult<Loader> {
+        let text_padding = match text_padding {
+            "right" => larder::load::Padding::Right,
+            "left" => larder::load::Padding::Left,
+            other => {
+                return Err(ArgumentError::new_err(format!(
+                    "text_padding must be \"right\" or \"left\", not {other:?}"
+                )));
+            }
+        };
         let store = match store.cast::<Store>() {
             Ok(s) => s.get().inner.clone(),
             Err(_) => {
@@ -116,6 +126,7 @@ impl Loader {
             prefetch,
             fields,
             random_flip,
+            text_padding,
             ..LoaderOptions::default()
         };
         if let Some(n) = num_threads {

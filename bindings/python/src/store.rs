@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
+use pyo3::types::PyDict;
+
+use crate::encoders::{PyImageEncoder, PyTextEncoder, Raised};
 use crate::errors::{LarderError, to_py};
 use crate::fresh_pool;
 
@@ -20,11 +23,21 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 ///     shard_bytes: Target shard size in bytes.
 ///     image_codec: Codec of image fields: "u8", "u8+zstd", "u8+lz4".
 ///     progress: Show a progress bar on a terminal.
+///     image_encoders: {field: callable} run on each item's bucket crop.
+///     text_encoders: {field: callable} run on each distinct caption.
+///     clip_encoders: {field: callable} run on each CLIP-preprocessed image.
+///     encode_batch_size: Images or captions per call.
+///     latent_codec: Codec of image and CLIP encoder outputs.
+///     text_codec: Codec of text encoder outputs.
+///     caption_variants: Variants per item when caption transforms are random.
+///     clip_size: CLIP's square input side.
+///     store_pixels: Store the pixels field too.
 ///
 /// Returns:
 ///     str: the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (config, out, shard_bytes = 256 << 20, image_codec = "u8", progress = false))]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (config, out, shard_bytes = 256 << 20, image_codec = "u8", progress = false, image_encoders = None, text_encoders = None, clip_encoders = None, encode_batch_size = 8, latent_codec = "bf16", text_codec = "bf16", caption_variants = 4, clip_size = 224, store_pixels = true))]
 pub fn prepare_json(
     py: Python<'_>,
     config: &Bound<'_, PyAny>,
@@ -32,17 +45,114 @@ pub fn prepare_json(
     shard_bytes: u64,
     image_codec: &str,
     progress: bool,
+    image_encoders: Option<&Bound<'_, PyDict>>,
+    text_encoders: Option<&Bound<'_, PyDict>>,
+    clip_encoders: Option<&Bound<'_, PyDict>>,
+    encode_batch_size: usize,
+    latent_codec: &str,
+    text_codec: &str,
+    caption_variants: usize,
+    clip_size: u32,
+    store_pixels: bool,
 ) -> PyResult<String> {
     let config = crate::config_of(py, config)?;
+    let parse = |text: &str| larder::store::codec::Codec::parse(text).map_err(to_py);
     let options = larder::PrepareOptions {
         shard_bytes,
-        image_codec: larder::store::codec::Codec::parse(image_codec).map_err(to_py)?,
+        image_codec: parse(image_codec)?,
         progress,
+        store_pixels,
+        latent_codec: parse(latent_codec)?,
+        text_codec: parse(text_codec)?,
+        encode_batch_size,
+        caption_variants,
+        clip: larder::encode::ClipPreprocess { size: clip_size },
+    };
+    let raised: Raised = Default::default();
+    let mut encoders = larder::encode::Encoders::default();
+    for (name, f) in entries(image_encoders)? {
+        let e = PyImageEncoder::new(&name, &f, &raised)?;
+        encoders.image.push((name, Box::new(e)));
+    }
+    for (name, f) in entries(clip_encoders)? {
+        let e = PyImageEncoder::new(&name, &f, &raised)?;
+        encoders.clip.push((name, Box::new(e)));
+    }
+    for (name, f) in entries(text_encoders)? {
+        let e = PyTextEncoder::new(&name, &f, &raised)?;
+        encoders.text.push((name, Box::new(e)));
+    }
+    let result = py.detach(|| {
+        fresh_pool()?.install(|| larder::prepare_with(&config, &out, &options, &mut encoders))
+    });
+    // Dropping the encoders releases their Python references; the GIL is held here.
+    drop(encoders);
+    let report = result.map_err(|e| {
+        let err = to_py(e);
+        if let Some(cause) = raised.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            err.set_cause(py, Some(cause));
+        }
+        err
+    })?;
+    json(&report)
+}
+
+/// Prepares a config and imports AI Toolkit's caches (see `larder.import_aitk`).
+///
+/// Returns:
+///     str: the report as JSON.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (config, out, arch = None, latent_identity = None, scaling_factor = None, shift_factor = None, text_identity = None, clip_identity = None, latent_codec = "bf16", text_codec = "bf16"))]
+pub fn import_aitk_json(
+    py: Python<'_>,
+    config: &Bound<'_, PyAny>,
+    out: PathBuf,
+    arch: Option<String>,
+    latent_identity: Option<String>,
+    scaling_factor: Option<f64>,
+    shift_factor: Option<f64>,
+    text_identity: Option<String>,
+    clip_identity: Option<String>,
+    latent_codec: &str,
+    text_codec: &str,
+) -> PyResult<String> {
+    let config = crate::config_of(py, config)?;
+    let parse = |text: &str| larder::store::codec::Codec::parse(text).map_err(to_py);
+    let identity = |id: Option<String>, scaling_factor, shift_factor| {
+        id.map(|id| larder::encode::EncoderIdentity {
+            id,
+            scaling_factor,
+            shift_factor,
+        })
+    };
+    let options = larder::AitkImportOptions {
+        prepare: larder::PrepareOptions {
+            latent_codec: parse(latent_codec)?,
+            text_codec: parse(text_codec)?,
+            ..larder::PrepareOptions::default()
+        },
+        arch,
+        latent: (
+            "latent".into(),
+            identity(latent_identity, scaling_factor, shift_factor),
+        ),
+        text: ("text".into(), identity(text_identity, None, None)),
+        clip: ("clip".into(), identity(clip_identity, None, None)),
     };
     let report = py
-        .detach(|| fresh_pool()?.install(|| larder::prepare(&config, &out, &options)))
+        .detach(|| fresh_pool()?.install(|| larder::import_aitk(&config, &out, &options)))
         .map_err(to_py)?;
     json(&report)
+}
+
+/// The (name, callable) pairs of an encoder dict.
+fn entries<'py>(d: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+    d.map_or(Ok(Vec::new()), |d| {
+        d.iter()
+            .map(|(k, v)| Ok((k.extract::<String>()?, v)))
+            .collect()
+    })
 }
 
 /// A prepared store, opened for reading.

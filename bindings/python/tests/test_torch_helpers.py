@@ -27,12 +27,17 @@ def test_as_tensors_shares_memory_and_views_bfloat16(monkeypatch):
         from_numpy=lambda a: FakeTensor(a),
         bfloat16="bfloat16",
         float16="float16",
+        bool="bool",
     )
     monkeypatch.setitem(sys.modules, "torch", fake)
     pixels = np.zeros((2, 3, 4, 4), dtype=np.uint8)
     latent = np.zeros((2, 16, 8, 8), dtype=np.uint16)
-    batch = {"pixels": pixels, "latent": latent, "captions": ["a", "b"], "dtypes": {"pixels": "U8", "latent": "BF16"}}
+    mask = np.zeros((2, 7), dtype=np.uint8)
+    batch = {"pixels": pixels, "latent": latent, "text.mask": mask, "captions": ["a", "b"],
+             "dtypes": {"pixels": "U8", "latent": "BF16", "text.mask": "BOOL"}}
     out = lt.as_tensors(batch)
+    # Attention masks of text embeddings become torch.bool views.
+    assert out["text.mask"].array is mask and out["text.mask"].dtype == "bool"
     assert out["pixels"].array is pixels and out["pixels"].dtype == "from_numpy"
     assert out["latent"].array is latent and out["latent"].dtype == "bfloat16"
     assert out["captions"] == ["a", "b"]

@@ -20,6 +20,8 @@ enum Command {
     Scan(cmd::scan::Args),
     /// Prepare a dataset into a store: decode, resize, crop and pack into shards; resumable.
     Prepare(cmd::store::PrepareArgs),
+    /// Import AI Toolkit's latent, text-embedding and CLIP caches into a store, without re-encoding.
+    ImportAitk(cmd::import_aitk::Args),
     /// Show what a store holds: items, buckets, fields, codecs, sizes, findings.
     Inspect(cmd::store::StoreArgs),
     /// Check every shard checksum and catalog entry of a store; exit 1 when anything is broken.
@@ -32,6 +34,8 @@ enum Command {
     BenchScan(cmd::bench_scan::Args),
     /// Benchmark prepare against AI Toolkit's pixel path, and print codec sizes and errors.
     BenchPrepare(cmd::bench_prepare::Args),
+    /// Benchmark latent caching against AI Toolkit's loop; codec and text-cache sizes.
+    BenchEncode(cmd::bench_encode::Args),
     /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
     BenchLoad(cmd::bench_load::Args),
     /// Serve the live web dashboard of a training run (from its metrics file or its endpoint).
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => cmd::scan::run(args),
         Command::Prepare(args) => cmd::store::prepare(args),
+        Command::ImportAitk(args) => cmd::import_aitk::run(args),
         Command::Inspect(args) => cmd::store::inspect(args),
         Command::Verify(args) => cmd::store::verify(args),
         Command::Gc(args) => cmd::store::gc(args),
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::BenchDiagnose(args) => cmd::bench_diagnose::run(args),
         Command::Wizard(args) => cmd::wizard::run(args),
+        Command::BenchEncode(args) => cmd::bench_encode::run(args),
     };
     match result {
         Ok(code) => code,

@@ -89,6 +89,17 @@ pub enum Error {
         /// What the codec reported.
         message: String,
     },
+    /// An encoder (a VAE, a text or CLIP model, often a Python callable) failed. Everything
+    /// computed before the failure is kept; running prepare again computes only the rest.
+    #[error("encoder {field:?} failed on {item}: {message}")]
+    Encoder {
+        /// The field the encoder fills.
+        field: String,
+        /// The item (its source path, or the caption) the failing batch began with.
+        item: String,
+        /// What the encoder reported.
+        message: String,
+    },
 }
 
 impl Error {

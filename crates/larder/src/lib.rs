@@ -21,6 +21,7 @@ mod caption;
 mod config;
 pub mod diagnose;
 pub mod doctor;
+pub mod encode;
 mod error;
 mod image;
 pub mod load;
@@ -42,7 +43,10 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
-pub use prepare::{PrepareOptions, PrepareReport, config_digest, prepare};
+pub use prepare::{
+    AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, PrepareOptions,
+    PrepareReport, config_digest, import_aitk, prepare, prepare_with,
+};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
 pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,

@@ -25,6 +25,8 @@ pub enum Purpose {
     Order = 3,
     /// The random flip of an item in an epoch.
     Flip = 4,
+    /// Which precomputed caption variant (text embedding) an item gets in an epoch.
+    CaptionVariant = 5,
 }
 
 impl Stream {

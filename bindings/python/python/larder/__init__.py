@@ -25,6 +25,7 @@ from ._larder import (
     Config,
     ConfigError,
     DecodeError,
+    EncoderError,
     LarderError,
     RemoteError,
     StoreError,
@@ -33,8 +34,10 @@ from ._larder import (
 )
 from ._larder import Loader as _Loader
 from ._larder import Store as _Store
+from ._larder import import_aitk_json as _import_aitk_json
 from ._larder import prepare_json as _prepare_json
 from ._larder import scan_json as _scan_json
+from .encoders import Encoder
 from .metrics import Metrics
 from .tuner import BatchSizeTuner
 
@@ -45,6 +48,8 @@ __all__ = [
     "ConfigError",
     "DataLoader",
     "DecodeError",
+    "Encoder",
+    "EncoderError",
     "LarderError",
     "Metrics",
     "RemoteError",
@@ -52,6 +57,7 @@ __all__ = [
     "Store",
     "StoreError",
     "__version__",
+    "import_aitk",
     "load_config",
     "prepare",
     "scan",
@@ -107,10 +113,21 @@ def prepare(
     shard_bytes: int = 256 << 20,
     image_codec: str = "u8",
     progress: bool = False,
+    image_encoders: Optional[Dict[str, Any]] = None,
+    text_encoders: Optional[Dict[str, Any]] = None,
+    clip_encoders: Optional[Dict[str, Any]] = None,
+    encode_batch_size: int = 8,
+    latent_codec: str = "bf16",
+    text_codec: str = "bf16",
+    caption_variants: int = 4,
+    clip_size: int = 224,
+    store_pixels: bool = True,
 ) -> Dict[str, Any]:
-    """Prepares a config into a store: decode, resize, crop and pack into shards.
+    """Prepares a config into a store: decode, resize, crop, encode and pack into shards.
 
-    Running it again computes only what changed; an interrupted run resumes.
+    Running it again computes only what changed; an interrupted run resumes. Encoders are
+    callables wrapped in :class:`Encoder` (see docs/encoders.md); each is called with the GIL
+    held only for the call, while larder decodes the next batch.
 
     Args:
         config: A :class:`Config` or a path.
@@ -118,12 +135,82 @@ def prepare(
         shard_bytes: Target shard size in bytes.
         image_codec: ``"u8"``, ``"u8+zstd"`` or ``"u8+lz4"``.
         progress: Show a progress bar when standard error is a terminal.
+        image_encoders: ``{field: Encoder}`` run on each item's bucket crop (VAE latents).
+        text_encoders: ``{field: Encoder}`` run once per distinct caption and variant.
+        clip_encoders: ``{field: Encoder}`` run on each CLIP-preprocessed image.
+        encode_batch_size: Images or captions per encoder call.
+        latent_codec: Codec of image and CLIP encoder outputs (``"bf16"``, ``"fp8"``,
+            ``"int8+zstd"``, ...).
+        text_codec: Codec of text encoder outputs.
+        caption_variants: Caption variants precomputed per item when its dataset shuffles or
+            drops tokens.
+        clip_size: CLIP's square input side (224, or 336 for ViT-L/14-336).
+        store_pixels: Also store the ``pixels`` field.
 
     Returns:
-        dict: items, entries (computed and reused), shards written, findings, seconds.
+        dict: items, entries (computed and reused), captions, shards written, findings, seconds.
+
+    Raises:
+        EncoderError: an encoder raised; the item is named and the original exception is the
+            ``__cause__``. Everything computed before is kept: run again to finish.
     """
     return json.loads(
-        _prepare_json(_config_arg(config), os.fspath(out), shard_bytes, image_codec, progress)
+        _prepare_json(
+            _config_arg(config),
+            os.fspath(out),
+            shard_bytes,
+            image_codec,
+            progress,
+            image_encoders,
+            text_encoders,
+            clip_encoders,
+            encode_batch_size,
+            latent_codec,
+            text_codec,
+            caption_variants,
+            clip_size,
+            store_pixels,
+        )
+    )
+
+
+def import_aitk(
+    config: Union[Config, PathLike],
+    out: PathLike,
+    *,
+    arch: Optional[str] = None,
+    latent_identity: Optional[str] = None,
+    scaling_factor: Optional[float] = None,
+    shift_factor: Optional[float] = None,
+    text_identity: Optional[str] = None,
+    clip_identity: Optional[str] = None,
+    latent_codec: str = "bf16",
+    text_codec: str = "bf16",
+) -> Dict[str, Any]:
+    """Prepares a config and imports AI Toolkit's caches found next to its images.
+
+    ``_latent_cache``, ``_t_e_cache`` and ``_clip_vision_cache`` files whose recorded
+    parameters (size, crop, flip, latent space version) match larder's plan are copied into
+    the store without re-encoding; the others are reported in ``mismatches``. Give the
+    identity your encoder declares (``latent_identity``, with its factors) and a later
+    :func:`prepare` with that encoder computes only what the import lacked.
+
+    Returns:
+        dict: the prepare report, ``arch``, counts per cache kind and ``mismatches``.
+    """
+    return json.loads(
+        _import_aitk_json(
+            _config_arg(config),
+            os.fspath(out),
+            arch,
+            latent_identity,
+            scaling_factor,
+            shift_factor,
+            text_identity,
+            clip_identity,
+            latent_codec,
+            text_codec,
+        )
     )
 
 
@@ -202,6 +289,8 @@ class DataLoader:
             helpers, until then batches are in ordinary memory (a notice says so once).
         random_flip: Mirror each item's image fields with probability 1/2 per epoch.
         format: ``"numpy"`` or ``"torch"`` (tensors that share the arrays' memory).
+        text_padding: ``"right"`` or ``"left"``: where text embeddings (``"<encoder>.embeds"``)
+            are padded to the batch's longest caption; ``"<encoder>.mask"`` marks real tokens.
 
     Example:
         >>> loader = larder.DataLoader("target/sample-store", batch_size=4, seed=42)
@@ -226,6 +315,7 @@ class DataLoader:
         pin_memory: bool = False,
         random_flip: bool = False,
         format: str = "numpy",
+        text_padding: str = "right",
     ):
         if format not in ("numpy", "torch"):
             raise ArgumentError(f"format must be 'numpy' or 'torch', not {format!r}")
@@ -248,6 +338,7 @@ class DataLoader:
             world_size=world_size,
             fields=list(fields) if fields is not None else None,
             random_flip=random_flip,
+            text_padding=text_padding,
         )
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:

@@ -11,6 +11,7 @@ class StoreError(LarderError): ...
 class DecodeError(LarderError): ...
 class RemoteError(LarderError): ...
 class ArgumentError(LarderError): ...
+class EncoderError(LarderError): ...
 
 class Config:
     @property
@@ -46,6 +47,7 @@ class Loader:
         world_size: Optional[int] = None,
         fields: Optional[Sequence[str]] = None,
         random_flip: bool = False,
+        text_padding: str = "right",
     ) -> None: ...
     def __len__(self) -> int: ...
     @property
@@ -105,10 +107,31 @@ class Metrics:
 
 def load_config(path: Union[str, os.PathLike[str]]) -> Config: ...
 def scan_json(config: Union[Config, str, os.PathLike[str]]) -> str: ...
+def import_aitk_json(
+    config: Union[Config, str, os.PathLike[str]],
+    out: Union[str, os.PathLike[str]],
+    arch: Optional[str] = None,
+    latent_identity: Optional[str] = None,
+    scaling_factor: Optional[float] = None,
+    shift_factor: Optional[float] = None,
+    text_identity: Optional[str] = None,
+    clip_identity: Optional[str] = None,
+    latent_codec: str = "bf16",
+    text_codec: str = "bf16",
+) -> str: ...
 def prepare_json(
     config: Union[Config, str, os.PathLike[str]],
     out: Union[str, os.PathLike[str]],
     shard_bytes: int = ...,
     image_codec: str = "u8",
     progress: bool = False,
+    image_encoders: Optional[Dict[str, Any]] = None,
+    text_encoders: Optional[Dict[str, Any]] = None,
+    clip_encoders: Optional[Dict[str, Any]] = None,
+    encode_batch_size: int = 8,
+    latent_codec: str = "bf16",
+    text_codec: str = "bf16",
+    caption_variants: int = 4,
+    clip_size: int = 224,
+    store_pixels: bool = True,
 ) -> str: ...

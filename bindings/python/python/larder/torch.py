@@ -25,7 +25,7 @@ def as_tensors(batch: Dict[str, Any]) -> Dict[str, Any]:
     import numpy as np
     import torch
 
-    views = {"BF16": torch.bfloat16, "F16": torch.float16}
+    views = {"BF16": torch.bfloat16, "F16": torch.float16, "BOOL": torch.bool}
     dtypes = batch.get("dtypes", {})
     out: Dict[str, Any] = {}
     for key, value in batch.items():

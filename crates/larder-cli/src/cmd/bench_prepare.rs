@@ -194,7 +194,7 @@ fn print_codec_table() -> anyhow::Result<()> {
 }
 
 /// Writes `n` JPEGs of 1 to 3 megapixels, some with EXIF rotation, unless already there.
-fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
+pub fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
     let marker = dir.join(".complete");
     if marker.exists() {
         return Ok(());

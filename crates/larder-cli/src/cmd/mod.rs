@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod bench_diagnose;
+pub mod bench_encode;
 pub mod bench_load;
 pub mod bench_metrics;
 pub mod bench_prepare;
@@ -8,6 +9,7 @@ pub mod bench_scan;
 pub mod dashboard;
 pub mod diagnose;
 pub mod doctor;
+pub mod import_aitk;
 pub mod scan;
 pub mod store;
 pub mod wizard;

@@ -47,7 +47,7 @@ pub struct VerifyArgs {
     repair: bool,
 }
 
-fn parse_codec(s: &str) -> Result<Codec, String> {
+pub fn parse_codec(s: &str) -> Result<Codec, String> {
     Codec::parse(s).map_err(|e| e.to_string())
 }
 
@@ -87,6 +87,7 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         shard_bytes: args.shard_size,
         image_codec: args.image_codec,
         progress: !args.json,
+        ..PrepareOptions::default()
     };
     let report = larder::prepare(&config, &args.out, &options)
         .with_context(|| format!("preparing {}", args.out.display()))?;

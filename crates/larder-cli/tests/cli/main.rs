@@ -3,6 +3,7 @@
 mod dashboard;
 mod diagnose;
 mod doctor;
+mod encode;
 mod scan;
 mod store;
 mod wizard;

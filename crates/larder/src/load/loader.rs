@@ -16,11 +16,11 @@ use crossbeam_channel::{Receiver, Sender};
 use super::batch::{Batch, BufferPool, Tensor};
 use super::plan::{Buckets, EpochPlan, OrderOptions, SizeChange, epoch_plan};
 use super::state::LoaderState;
+use super::text::{self, Padding};
 use crate::caption::{CaptionContext, CaptionRecipe};
 use crate::metrics::LoaderMetrics;
 use crate::rng::{Purpose, Stream};
-use crate::store::codec::{self, Repr};
-use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, Store};
+use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, Store, TextTable};
 use crate::{Error, Result};
 
 /// Settings of a [`Loader`].
@@ -44,6 +44,8 @@ pub struct LoaderOptions {
     /// epoch, item): flip augmentation without AI Toolkit's doubling of the item list. Applies
     /// to u8 image fields (pixels, masks, controls, inpaint), not to encoded latents.
     pub random_flip: bool,
+    /// Which side text embeddings are padded on (to the batch's longest caption).
+    pub text_padding: Padding,
 }
 
 impl Default for LoaderOptions {
@@ -59,6 +61,7 @@ impl Default for LoaderOptions {
             prefetch: 4,
             fields: None,
             random_flip: false,
+            text_padding: Padding::Right,
         }
     }
 }
@@ -126,6 +129,9 @@ struct Catalogued {
     random_flip: bool,
     /// Wait, queue depth, bytes read and assembly time, recorded as batches are made and served.
     metrics: Arc<LoaderMetrics>,
+    /// Text encoders' captions and variants (see the `text` module).
+    texts: Vec<TextTable>,
+    text_padding: Padding,
 }
 
 /// Serves a store's items as batches, deterministically, on any number of ranks.
@@ -164,9 +170,15 @@ impl Loader {
         let columns = store.item_columns()?;
         let settings = store.dataset_settings()?;
         let recipes = settings.iter().map(recipe_from_settings).collect();
+        let mut texts = store.text_tables(columns.items.len())?;
+        // A text encoder's name selects all its outputs and its mask.
+        if let Some(wanted) = &options.fields {
+            texts.retain(|t| wanted.contains(&t.field));
+        }
         let mut fields: Vec<usize> = match &options.fields {
             Some(wanted) => wanted
                 .iter()
+                .filter(|name| !texts.iter().any(|t| &t.field == *name))
                 .map(|name| {
                     columns
                         .fields
@@ -207,6 +219,8 @@ impl Loader {
                 fields,
                 random_flip: options.random_flip,
                 metrics: Arc::default(),
+                texts,
+                text_padding: options.text_padding,
             }),
             buckets,
             options,
@@ -593,21 +607,34 @@ fn assemble(
         }
         fields.insert(name.clone(), tensor);
     }
-    let captions = ids
-        .iter()
-        .zip(&rows)
-        .map(|(&id, row)| {
-            let recipe = &shared.recipes[row.dataset as usize];
-            recipe.apply(
-                &row.caption,
-                CaptionContext {
-                    seed,
-                    epoch,
-                    item: u64::from(id),
-                },
-            )
-        })
-        .collect();
+    let text = text::assemble(
+        store,
+        &shared.texts,
+        &shared.recipes,
+        pool,
+        ids,
+        &rows.iter().map(|r| r.dataset).collect::<Vec<_>>(),
+        seed,
+        epoch,
+        shared.text_padding,
+    )?;
+    fields.extend(text.fields);
+    let captions = text.captions.unwrap_or_else(|| {
+        ids.iter()
+            .zip(&rows)
+            .map(|(&id, row)| {
+                let recipe = &shared.recipes[row.dataset as usize];
+                recipe.apply(
+                    &row.caption,
+                    CaptionContext {
+                        seed,
+                        epoch,
+                        item: u64::from(id),
+                    },
+                )
+            })
+            .collect()
+    });
     Ok(Batch {
         epoch,
         index,
@@ -669,34 +696,13 @@ fn stack(
             },
             other => other,
         })?;
-        let codec = entry.codec;
         let context = |e: Error| Error::Store {
             path: map.path.clone(),
             message: in_item(e.to_string()),
         };
         let stored = map.slice(entry.offset, entry.length).map_err(context)?;
         let decoding = Instant::now();
-        let (dtype, bytes): (&'static str, std::borrow::Cow<'_, [u8]>) = match codec.repr {
-            Repr::Fp8E4M3 | Repr::Fp8E5M2 | Repr::Int8 => {
-                let elements =
-                    codec::decompress(codec, stored, entry.raw_len as usize).map_err(context)?;
-                let values =
-                    codec::decode_f32(codec, &elements, &entry.shape, &entry.scale, &entry.bias)
-                        .map_err(context)?;
-                (
-                    "F32",
-                    values
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect::<Vec<u8>>()
-                        .into(),
-                )
-            }
-            _ => (
-                codec.element_dtype(),
-                codec::decompress(codec, stored, entry.raw_len as usize).map_err(context)?,
-            ),
-        };
+        let (dtype, bytes) = text::element_bytes(entry, stored).map_err(context)?;
         metrics.record_read(stored.len() as u64, decoding.elapsed());
         let tensor = out.get_or_insert_with(|| {
             item_bytes = bytes.len();

@@ -5,7 +5,9 @@ mod batch;
 mod loader;
 pub mod plan;
 mod state;
+mod text;
 
 pub use batch::{Batch, BufferPool, PooledBuffer, Tensor};
 pub use loader::{Loader, LoaderOptions};
 pub use state::LoaderState;
+pub use text::Padding;

@@ -7,17 +7,24 @@
 //! loses at most the shard being built: the next run finds every committed entry by its key and
 //! does only the rest.
 
+mod aitk;
+mod encoded;
 mod sources;
+mod texts;
+
+pub use aitk::{AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, import_aitk};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crossbeam_channel::Sender;
 use rayon::prelude::*;
 use rusqlite::params;
 
 use crate::config::{Config, DatasetConfig};
+use crate::encode::{ClipPreprocess, Encoders};
 use crate::image::{self, Convert, PIPELINE};
 use crate::plan::{Flip, Plan, PlannedItem};
 use crate::scan::{Finding, FindingKind, ScanOptions, ScannedImage};
@@ -37,6 +44,20 @@ pub struct PrepareOptions {
     pub image_codec: Codec,
     /// Show a progress bar on standard error when it is a terminal.
     pub progress: bool,
+    /// Store the `pixels` field. Off when a trainer reads only latents: the images are still
+    /// decoded for the encoders, and masks and controls are still stored.
+    pub store_pixels: bool,
+    /// Codec of image encoders' outputs (latents, CLIP embeddings): bf16 by default.
+    pub latent_codec: Codec,
+    /// Codec of text encoders' outputs: bf16 by default.
+    pub text_codec: Codec,
+    /// Images or captions per encoder call.
+    pub encode_batch_size: usize,
+    /// Caption variants precomputed per item when its dataset's caption transforms are random
+    /// (shuffle_tokens, token_dropout_rate, random_triggers).
+    pub caption_variants: usize,
+    /// CLIP encoders' preprocessing.
+    pub clip: ClipPreprocess,
 }
 
 impl Default for PrepareOptions {
@@ -45,6 +66,12 @@ impl Default for PrepareOptions {
             shard_bytes: 256 << 20,
             image_codec: Codec::RAW_U8,
             progress: false,
+            store_pixels: true,
+            latent_codec: Codec::BF16,
+            text_codec: Codec::BF16,
+            encode_batch_size: 8,
+            caption_variants: 4,
+            clip: ClipPreprocess::default(),
         }
     }
 }
@@ -60,6 +87,10 @@ pub struct PrepareReport {
     pub entries_computed: usize,
     /// Entries found in the store already.
     pub entries_reused: usize,
+    /// Distinct captions (with their variants and the empty caption) over all text encoders.
+    pub captions: usize,
+    /// Captions passed to a text encoder in this run (the others were stored already).
+    pub captions_encoded: usize,
     /// Source files read and hashed in this run (the rest were known by size and mtime).
     pub sources_hashed: usize,
     /// Shards written in this run.
@@ -97,6 +128,8 @@ struct ItemPlan<'a> {
     content_hash: String,
     item_key: String,
     fields: Vec<FieldJob>,
+    /// Fields filled by image and CLIP encoders: (field, entry key).
+    encoded: Vec<(String, String)>,
 }
 
 /// The fields a dataset asks for, with their sources, for one image.
@@ -178,7 +211,43 @@ struct EncodedInfo {
 
 /// Prepares `config` into the store directory `out`.
 pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<PrepareReport> {
+    prepare_with(config, out, options, &mut Encoders::default())
+}
+
+/// Prepares `config` into the store directory `out`, running `encoders` over the items:
+/// latents and CLIP embeddings per item, text embeddings per distinct caption (see
+/// docs/encoders.md).
+///
+/// An encoder error ([`Error::Encoder`]) ends the run with the field and item named; every
+/// entry computed before it is kept, so running again computes only the rest.
+pub fn prepare_with(
+    config: &Config,
+    out: &Path,
+    options: &PrepareOptions,
+    encoders: &mut Encoders,
+) -> Result<PrepareReport> {
     let started = Instant::now();
+    encoders.validate()?;
+    for (name, codec) in [
+        ("latent_codec", options.latent_codec),
+        ("text_codec", options.text_codec),
+    ] {
+        if codec.repr == codec::Repr::U8 {
+            return Err(Error::InvalidArgument {
+                name,
+                message: format!(
+                    "encoder outputs are floats; {} stores bytes (use bf16, f16, f32, fp8, int8, optionally +zstd)",
+                    codec.name()
+                ),
+            });
+        }
+    }
+    if options.encode_batch_size == 0 {
+        return Err(Error::InvalidArgument {
+            name: "encode_batch_size",
+            message: "must be at least 1".into(),
+        });
+    }
     if options.image_codec.repr != codec::Repr::U8 {
         return Err(Error::InvalidArgument {
             name: "image_codec",
@@ -240,8 +309,10 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
             continue;
         };
         let ikey = item_key(&content_hash, &planned.placement, planned.flip);
+        let encoded = encoded_fields(encoders, options, &ikey, &content_hash, planned.flip);
         let fields = sources
             .into_iter()
+            .filter(|what| options.store_pixels || what.field != "pixels")
             .map(|what| {
                 let params = convert_params(what.convert, what.mask);
                 let src_hash = hashes
@@ -259,6 +330,7 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
             content_hash,
             item_key: ikey,
             fields,
+            encoded,
         });
     }
 
@@ -274,8 +346,6 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
             }
         }
     }
-    report.entries = seen.len();
-    report.entries_reused = seen.len() - todo.len();
     todo.sort_by_key(|(item, f)| {
         (
             item.planned.placement.bucket,
@@ -284,24 +354,193 @@ pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<
         )
     });
 
-    let (catalog, written) = run_pipeline(catalog, out, options, &todo)?;
-    report.entries_computed = written.entries;
-    report.shards_written = written.shards;
-    report.bytes_written = written.bytes;
+    let (mut catalog, mut written) = run_pipeline(catalog, out, options, &todo)?;
+
+    // Image and CLIP encoders, one after the other, each over the entries it lacks.
+    let mut encoder_rows: Vec<EncoderRow> = Vec::new();
+    let mut to_compute = todo.len();
+    let image_count = encoders.image.len();
+    for (e, (name, encoder)) in encoders
+        .image
+        .iter_mut()
+        .chain(encoders.clip.iter_mut())
+        .enumerate()
+    {
+        let identity = encoder.identity();
+        let input = if e < image_count {
+            encoded::Input::Bucket(encoder.pixel_format())
+        } else {
+            encoded::Input::Clip(options.clip)
+        };
+        let mut jobs: Vec<encoded::Job<'_, '_>> = Vec::new();
+        for item in &items {
+            let key = &item.encoded[e].1;
+            if seen.insert(key) && !stored.contains(key) {
+                jobs.push((item, key.clone()));
+            }
+        }
+        to_compute += jobs.len();
+        jobs.sort_by_key(|(item, _)| (item.planned.placement.bucket, item.image.path.as_path()));
+        let bar = crate::progress::bar(
+            options.progress,
+            jobs.len(),
+            1,
+            &format!("{{bar:30}} {{pos}}/{{len}} {name} {{per_sec}} ETA {{eta}}"),
+        );
+        let (c, w) = with_writer(catalog, out, options, |tx| {
+            encoded::encode_images(tx, encoder.as_mut(), name, input, &jobs, options, &bar)
+        })?;
+        bar.finish_and_clear();
+        catalog = c;
+        written.absorb(w);
+        let params = match input {
+            encoded::Input::Bucket(format) => {
+                serde_json::json!({"kind": "image", "pixel_format": format})
+            }
+            encoded::Input::Clip(clip) => serde_json::json!({"kind": "clip", "clip": clip}),
+        };
+        encoder_rows.push(EncoderRow::new(
+            name,
+            &identity,
+            options.latent_codec,
+            params,
+        ));
+    }
+    report.entries = seen.len();
+    report.entries_reused = seen.len() - to_compute;
 
     // Items whose entries failed are left out, with the finding recorded.
     let failed_keys: HashSet<String> = written.failed.iter().map(|(k, _)| k.clone()).collect();
     report
         .findings
-        .extend(written.failed.into_iter().map(|(_, finding)| finding));
+        .extend(written.failed.drain(..).map(|(_, finding)| finding));
     let kept: Vec<&ItemPlan<'_>> = items
         .iter()
-        .filter(|item| item.fields.iter().all(|f| !failed_keys.contains(&f.key)))
+        .filter(|item| {
+            item.fields.iter().all(|f| !failed_keys.contains(&f.key))
+                && item.encoded.iter().all(|(_, k)| !failed_keys.contains(k))
+        })
         .collect();
+
+    // Text encoders over the kept items' captions: each distinct string once.
+    let mut text_plans: Vec<texts::EncoderTexts> = Vec::new();
+    let text_codec = options.text_codec.name();
+    for (name, encoder) in encoders.text.iter_mut() {
+        let identity = encoder.identity();
+        let texts = texts::plan_texts(config, &kept, name, &identity.key_text(), options);
+        let meta_key = texts::outputs_meta_key(name, &identity.key_text(), &text_codec);
+        let known: Option<texts::TextOutputs> = catalog
+            .meta(&meta_key)?
+            .and_then(|j| serde_json::from_str(&j).ok());
+        let bar = crate::progress::bar(
+            options.progress,
+            texts.captions.len(),
+            1,
+            &format!("{{bar:30}} {{pos}}/{{len}} captions for {name} {{per_sec}} ETA {{eta}}"),
+        );
+        let mut outcome = (None, 0);
+        let (c, w) = with_writer(catalog, out, options, |tx| {
+            outcome =
+                texts::encode_texts(tx, encoder.as_mut(), &texts, &stored, known, options, &bar)?;
+            Ok(())
+        })?;
+        bar.finish_and_clear();
+        catalog = c;
+        written.absorb(w);
+        let (outputs, encoded) = outcome;
+        report.captions += texts.captions.len();
+        report.captions_encoded += encoded;
+        if let Some(o) = &outputs {
+            catalog.set_meta(&meta_key, &serde_json::to_string(o).unwrap_or_default())?;
+        }
+        let params = serde_json::json!({"kind": "text", "outputs": outputs});
+        encoder_rows.push(EncoderRow::new(name, &identity, options.text_codec, params));
+        text_plans.push(texts);
+    }
+
+    report.entries_computed = written.entries;
+    report.shards_written = written.shards;
+    report.bytes_written = written.bytes;
     report.items = kept.len();
-    commit_items(&catalog, config, &kept, &report.findings, options)?;
+    commit_items(
+        &catalog,
+        config,
+        &kept,
+        &report.findings,
+        options,
+        &encoder_rows,
+        &text_plans,
+    )?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// An encoder as the catalog's `encoders` table records it.
+struct EncoderRow {
+    field: String,
+    identity: String,
+    params: serde_json::Value,
+}
+
+impl EncoderRow {
+    fn new(
+        field: &str,
+        identity: &crate::encode::EncoderIdentity,
+        codec: Codec,
+        mut params: serde_json::Value,
+    ) -> Self {
+        params["model"] = identity.id.clone().into();
+        params["scaling_factor"] = identity.scaling_factor.into();
+        params["shift_factor"] = identity.shift_factor.into();
+        params["codec"] = codec.name().into();
+        EncoderRow {
+            field: field.to_owned(),
+            identity: identity.key_text(),
+            params,
+        }
+    }
+}
+
+/// The key of an image encoder's entry for an item: the item (content and geometry), the
+/// field, the encoder's identity and input format, and the codec.
+fn image_encoder_key(
+    item_key: &str,
+    content_hash: &str,
+    field: &str,
+    identity: &crate::encode::EncoderIdentity,
+    format: crate::encode::PixelFormat,
+    codec: &str,
+) -> String {
+    let params = format!("{};input={}", identity.key_text(), format.name());
+    entry_key(item_key, field, content_hash, &params, codec, PIPELINE)
+}
+
+/// The entry keys of an item's encoder fields: image encoders in order, then CLIP encoders.
+fn encoded_fields(
+    encoders: &Encoders,
+    options: &PrepareOptions,
+    item_key: &str,
+    content_hash: &str,
+    flip: Flip,
+) -> Vec<(String, String)> {
+    let codec = options.latent_codec.name();
+    let image = encoders.image.iter().map(|(name, e)| {
+        let key = image_encoder_key(
+            item_key,
+            content_hash,
+            name,
+            &e.identity(),
+            e.pixel_format(),
+            &codec,
+        );
+        (name.clone(), key)
+    });
+    let clip = encoders.clip.iter().map(|(name, e)| {
+        let identity = e.identity().key_text();
+        let key = encoded::clip_key(content_hash, flip, &options.clip, name, &identity, &codec);
+        (name.clone(), key)
+    });
+    image.chain(clip).collect()
 }
 
 /// Creates the store layout, takes the store's lock, opens the catalog, and clears what an
@@ -349,6 +588,16 @@ struct Written {
     failed: Vec<(String, Finding)>,
 }
 
+impl Written {
+    /// Adds what another writer did.
+    fn absorb(&mut self, other: Written) {
+        self.entries += other.entries;
+        self.shards += other.shards;
+        self.bytes += other.bytes;
+        self.failed.extend(other.failed);
+    }
+}
+
 /// Packs computed entries into shards and commits each shard with its entries.
 struct ShardWriter<'a> {
     catalog: Catalog,
@@ -362,6 +611,17 @@ struct ShardWriter<'a> {
 }
 
 impl ShardWriter<'_> {
+    /// Adds a group of entries; the shard may close after the group, never inside it.
+    fn add_group(&mut self, group: Vec<Produced>) -> Result<()> {
+        for produced in group {
+            self.add(produced)?;
+        }
+        if self.builder.data_bytes() as u64 >= self.target_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn add(&mut self, produced: Produced) -> Result<()> {
         let (key, tensor, meta, info) = match produced {
             Produced::Failed { key, finding } => {
@@ -387,9 +647,6 @@ impl ShardWriter<'_> {
             info,
         });
         self.builder.push(tensor, meta);
-        if self.builder.data_bytes() as u64 >= self.target_bytes {
-            self.flush()?;
-        }
         Ok(())
     }
 
@@ -459,6 +716,57 @@ impl ShardWriter<'_> {
     }
 }
 
+/// Runs `produce` on this thread while one writer thread packs what it sends into shards.
+///
+/// `produce` sends groups of entries; a shard never closes inside a group, so a group (the
+/// outputs of one caption) is committed whole or not at all. When `produce` fails (an encoder
+/// raised), the writer still commits everything sent before the failure, then the error is
+/// returned: nothing already computed is lost.
+fn with_writer(
+    catalog: Catalog,
+    out: &Path,
+    options: &PrepareOptions,
+    produce: impl FnOnce(&Sender<Vec<Vec<Produced>>>) -> Result<()>,
+) -> Result<(Catalog, Written)> {
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<Produced>>>(2);
+    let tmp = out.join(TMP_DIR);
+    let shard_dir = out.join(SHARD_DIR);
+    let mut writer = ShardWriter {
+        catalog,
+        tmp: &tmp,
+        shard_dir: &shard_dir,
+        target_bytes: options.shard_bytes,
+        builder: ShardBuilder::default(),
+        pending: Vec::new(),
+        names: HashSet::new(),
+        done: Written::default(),
+    };
+    std::thread::scope(|s| {
+        let handle = s.spawn(move || -> Result<(Catalog, Written)> {
+            for groups in rx {
+                for group in groups {
+                    writer.add_group(group)?;
+                }
+            }
+            writer.finish()
+        });
+        // When the writer fails it drops the receiver, sending fails, and its error is the
+        // one returned.
+        let produced = produce(&tx);
+        drop(tx);
+        let written = handle.join().unwrap_or_else(|_| {
+            Err(Error::Store {
+                path: out.to_path_buf(),
+                message: "the shard writer thread panicked".into(),
+            })
+        });
+        match (produced, written) {
+            (Err(e), _) => Err(e),
+            (Ok(()), written) => written,
+        }
+    })
+}
+
 /// Computes `todo` on all cores while one thread writes the results.
 fn run_pipeline(
     catalog: Catalog,
@@ -472,51 +780,43 @@ fn run_pipeline(
         1,
         "{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]",
     );
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<Produced>>(2);
-    let tmp = out.join(TMP_DIR);
-    let shard_dir = out.join(SHARD_DIR);
-    let mut writer = ShardWriter {
-        catalog,
-        tmp: &tmp,
-        shard_dir: &shard_dir,
-        target_bytes: options.shard_bytes,
-        builder: ShardBuilder::default(),
-        pending: Vec::new(),
-        names: HashSet::new(),
-        done: Written::default(),
-    };
-    let outcome = std::thread::scope(|s| {
-        let handle = s.spawn(move || -> Result<(Catalog, Written)> {
-            for batch in rx {
-                for produced in batch {
-                    writer.add(produced)?;
-                }
-            }
-            writer.finish()
-        });
-        // Chunks keep the output order deterministic while all cores work on each chunk. When
-        // the writer fails it drops the receiver, sending fails, and its error is returned.
+    let outcome = with_writer(catalog, out, options, |tx| {
+        // Chunks keep the output order deterministic while all cores work on each chunk.
         let chunk = rayon::current_num_threads().max(1) * 8;
         for part in todo.chunks(chunk) {
-            let produced: Vec<Produced> = part
+            let produced: Vec<Vec<Produced>> = part
                 .par_iter()
-                .map(|(item, job)| produce(item, job, options.image_codec))
+                .map(|(item, job)| vec![produce(item, job, options.image_codec)])
                 .collect();
             bar.inc(part.len() as u64);
             if tx.send(produced).is_err() {
                 break;
             }
         }
-        drop(tx);
-        handle.join().unwrap_or_else(|_| {
-            Err(Error::Store {
-                path: out.to_path_buf(),
-                message: "the shard writer thread panicked".into(),
-            })
-        })
+        Ok(())
     });
     bar.finish_and_clear();
     outcome
+}
+
+/// Decodes `source`, converts it, and places it (flip, resize, crop) as C×H×W bytes.
+fn decode_placed(
+    source: &Path,
+    convert: Convert,
+    placement: &crate::plan::Placement,
+    flip: Flip,
+) -> Result<(usize, Vec<u8>)> {
+    // Decoders are fed untrusted files; should one panic on a hostile file, that file becomes
+    // a finding like any other undecodable image instead of ending the prepare.
+    let decoded =
+        std::panic::catch_unwind(|| image::decode(source, convert)).unwrap_or_else(|_| {
+            Err(Error::Image {
+                path: source.to_path_buf(),
+                message: "the decoder crashed on this file".into(),
+            })
+        })?;
+    let channels = decoded.channels.count();
+    Ok((channels, image::place(decoded, placement, flip)?))
 }
 
 /// Decodes, places and encodes one field of one item.
@@ -530,21 +830,12 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
             format!("cannot decode for field {}: {e}", job.what.field),
         ),
     };
-    // Decoders are fed untrusted files; should one panic on a hostile file, that file becomes
-    // a finding like any other undecodable image instead of ending the prepare.
-    let decoded = std::panic::catch_unwind(|| image::decode(&job.what.source, job.what.convert))
-        .unwrap_or_else(|_| {
-            Err(Error::Image {
-                path: job.what.source.clone(),
-                message: "the decoder crashed on this file".into(),
-            })
-        });
-    let decoded = match decoded {
-        Ok(d) => d,
-        Err(e) => return fail(e),
-    };
-    let channels = decoded.channels.count();
-    let mut data = match image::place(decoded, &item.planned.placement, item.planned.flip) {
+    let (channels, mut data) = match decode_placed(
+        &job.what.source,
+        job.what.convert,
+        &item.planned.placement,
+        item.planned.flip,
+    ) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
@@ -553,43 +844,47 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
     }
     let b = item.planned.placement.bucket;
     let shape = vec![channels, b.height as usize, b.width as usize];
-    let encoded = match codec::encode(image_codec, Values::U8(&data), &shape) {
-        Ok(e) => e,
-        Err(e) => return fail(e),
-    };
-    let stored_dtype = if image_codec.is_raw() {
-        image_codec.element_dtype()
+    let name = format!("{}/{}", item.item_key, job.what.field);
+    stored_entry(&job.key, name, image_codec, Values::U8(&data), shape).unwrap_or_else(fail)
+}
+
+/// Encodes `values` with `codec` into an entry for the writer, named `name` in its shard.
+fn stored_entry(
+    key: &str,
+    name: String,
+    codec: Codec,
+    values: Values<'_>,
+    shape: Vec<usize>,
+) -> Result<Produced> {
+    let encoded = codec::encode(codec, values, &shape)?;
+    let (stored_dtype, stored_shape) = if codec.is_raw() {
+        (codec.element_dtype(), shape.clone())
     } else {
-        "U8"
+        ("U8", vec![encoded.bytes.len()])
     };
-    let stored_shape = if image_codec.is_raw() {
-        shape.clone()
-    } else {
-        vec![encoded.bytes.len()]
-    };
-    // Compressed tensors are opaque bytes to safetensors readers; the header metadata says how
-    // to decode them, so a shard is understandable without the catalog.
-    let meta = (!image_codec.is_raw()).then(|| {
-        serde_json::json!({"codec": image_codec.name(), "dtype": image_codec.element_dtype(), "shape": shape, "raw_len": encoded.raw_len}).to_string()
+    // Compressed and quantized tensors need more than safetensors' header to read; the header
+    // metadata says how to decode them, so a shard is understandable without the catalog.
+    let meta = (!codec.is_raw() || !encoded.scale.is_empty()).then(|| {
+        serde_json::json!({"codec": codec.name(), "dtype": codec.element_dtype(), "shape": shape, "raw_len": encoded.raw_len, "scale": encoded.scale, "offset": encoded.offset}).to_string()
     });
-    Produced::Entry {
-        key: job.key.clone(),
+    Ok(Produced::Entry {
+        key: key.to_owned(),
         tensor: PendingTensor {
-            name: format!("{}/{}", item.item_key, job.what.field),
+            name,
             dtype: stored_dtype,
             shape: stored_shape,
             bytes: encoded.bytes,
         },
         meta,
         encoded: EncodedInfo {
-            dtype: image_codec.element_dtype(),
+            dtype: codec.element_dtype(),
             shape,
-            codec: image_codec.name(),
+            codec: codec.name(),
             raw_len: encoded.raw_len,
             scale: encoded.scale,
             bias: encoded.offset,
         },
-    }
+    })
 }
 
 /// Replaces the item list, findings, datasets and encoders in one transaction: until it
@@ -600,10 +895,12 @@ fn commit_items(
     items: &[&ItemPlan<'_>],
     findings: &[Finding],
     options: &PrepareOptions,
+    encoders: &[EncoderRow],
+    texts: &[texts::EncoderTexts],
 ) -> Result<()> {
     let err = |e| catalog.err(e);
     let tx = catalog.conn.unchecked_transaction().map_err(err)?;
-    tx.execute_batch("DELETE FROM item_fields; DELETE FROM items; DELETE FROM findings; DELETE FROM datasets; DELETE FROM encoders;")
+    tx.execute_batch("DELETE FROM item_fields; DELETE FROM items; DELETE FROM findings; DELETE FROM datasets; DELETE FROM encoders; DELETE FROM item_captions; DELETE FROM captions;")
         .map_err(err)?;
     {
         let mut ins_item = tx
@@ -656,6 +953,11 @@ fn commit_items(
                     .execute(params![id as i64, f.what.field, f.key])
                     .map_err(err)?;
             }
+            for (field, key) in &item.encoded {
+                ins_field
+                    .execute(params![id as i64, field, key])
+                    .map_err(err)?;
+            }
         }
         let mut ins_finding = tx
             .prepare("INSERT INTO findings(dataset, kind, path, detail) VALUES (?1, ?2, ?3, ?4)")
@@ -690,6 +992,43 @@ fn commit_items(
                 params![field, PIPELINE, image_fields],
             )
             .map_err(err)?;
+        }
+        for e in encoders {
+            tx.execute(
+                "INSERT INTO encoders(field, identity, params) VALUES (?1, ?2, ?3)",
+                params![e.field, e.identity, e.params.to_string()],
+            )
+            .map_err(err)?;
+        }
+        let mut ins_caption = tx
+            .prepare("INSERT INTO captions(id, encoder, key, text) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(err)?;
+        let mut ins_variant = tx
+            .prepare(
+                "INSERT INTO item_captions(item, encoder, variant, caption) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(err)?;
+        let mut next_id = 0i64;
+        for t in texts {
+            for (key, text) in &t.captions {
+                ins_caption
+                    .execute(params![next_id, t.field, key, text])
+                    .map_err(err)?;
+                next_id += 1;
+            }
+            let first = next_id - t.captions.len() as i64;
+            for (item, variants) in t.variants.iter().enumerate() {
+                for (v, &caption) in variants.iter().enumerate() {
+                    ins_variant
+                        .execute(params![
+                            item as i64,
+                            t.field,
+                            v as i64,
+                            first + i64::from(caption)
+                        ])
+                        .map_err(err)?;
+                }
+            }
         }
     }
     let digest = config_digest(config);

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS findings (
     dataset INTEGER NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, detail TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS encoders (
     field TEXT PRIMARY KEY, identity TEXT NOT NULL, params TEXT NOT NULL);
+-- Text embeddings are stored once per distinct caption: entries `<captions.key>.<output>`.
+-- item_captions lists each item's precomputed caption variants per text encoder.
+CREATE TABLE IF NOT EXISTS captions (
+    id INTEGER PRIMARY KEY, encoder TEXT NOT NULL, key TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS item_captions (
+    item INTEGER NOT NULL, encoder TEXT NOT NULL, variant INTEGER NOT NULL,
+    caption INTEGER NOT NULL REFERENCES captions(id), PRIMARY KEY (item, encoder, variant));
 ";
 
 /// An open catalog.

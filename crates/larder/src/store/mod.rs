@@ -9,6 +9,7 @@
 //!
 //! [`Store`] reads a store; [`prepare`](crate::prepare()) writes one.
 
+mod captions;
 pub(crate) mod catalog;
 pub mod codec;
 pub(crate) mod key;
@@ -19,7 +20,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use catalog::{Catalog, EntryRow};
+pub(crate) use captions::TextTable;
+use catalog::Catalog;
+pub(crate) use catalog::EntryRow;
 use shard::MappedShard;
 
 pub use shard::{SafetensorsFile, TensorRef};

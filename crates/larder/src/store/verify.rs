@@ -124,11 +124,23 @@ impl Store {
         let mut fields: BTreeMap<String, FieldStats> = BTreeMap::new();
         // An entry shared by several items (repeats, equal crops) is stored, and counted,
         // once: the distinct entries per field are summed in SQL, joined by integer id.
+        // Text embeddings count under their encoder's name: entries `<caption key>.<output>`
+        // lie between `<caption key>.` and `<caption key>/` in key order.
+        let captions = if super::captions::caption_tables_exist(&cat)? {
+            " UNION ALL
+             SELECT c.encoder, e.dtype, e.codec, COUNT(*), SUM(e.length), SUM(e.raw_len)
+             FROM captions c JOIN entries e ON e.key > c.key || '.' AND e.key < c.key || '/'
+             GROUP BY c.encoder, e.dtype, e.codec"
+        } else {
+            ""
+        };
         let rows = cat.rows(
-            "SELECT field, dtype, codec, COUNT(*), SUM(length), SUM(raw_len) FROM (
+            &format!(
+                "SELECT field, dtype, codec, COUNT(*), SUM(length), SUM(raw_len) FROM (
                  SELECT DISTINCT f.field, e.id, e.dtype, e.codec, e.length, e.raw_len
                  FROM item_fields f JOIN entries e ON e.id = f.entry_id)
-             GROUP BY field, dtype, codec",
+             GROUP BY field, dtype, codec{captions}"
+            ),
             |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -375,9 +387,17 @@ impl Store {
             let cat = self.catalog();
             let err = |e| cat.err(e);
             let tx = cat.conn.unchecked_transaction().map_err(err)?;
+            // Text embeddings are referenced by caption, not by item field.
+            let keep_captions = if super::captions::caption_tables_exist(&cat)? {
+                format!(" AND NOT {}", super::captions::IS_CAPTION_OUTPUT)
+            } else {
+                String::new()
+            };
             report.entries_removed = tx
                 .execute(
-                    "DELETE FROM entries WHERE key NOT IN (SELECT entry FROM item_fields)",
+                    &format!(
+                        "DELETE FROM entries WHERE key NOT IN (SELECT entry FROM item_fields){keep_captions}"
+                    ),
                     [],
                 )
                 .map_err(err)? as u64;

@@ -2,6 +2,7 @@
 
 mod config;
 mod diagnose;
+mod encode;
 mod interop;
 mod load;
 mod metrics;

@@ -1,0 +1,181 @@
+//! The caption tables: text embeddings stored once per distinct caption, and each item's
+//! caption variants per text encoder (see docs/store-format.md).
+
+use super::Store;
+use super::catalog::Catalog;
+use crate::{Error, Result};
+
+/// Returns true if and only if the catalog has the caption tables (stores written before them
+/// do not, and are read as having no text embeddings).
+pub(crate) fn caption_tables_exist(cat: &Catalog) -> Result<bool> {
+    let n: i64 = cat
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('captions', 'item_captions')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| cat.err(e))?;
+    Ok(n == 2)
+}
+
+/// SQL condition on `entries.key`: the entry is an output of a caption (`<caption key>.<output>`).
+pub(crate) const IS_CAPTION_OUTPUT: &str =
+    "(instr(key, '.') > 0 AND substr(key, 1, instr(key, '.') - 1) IN (SELECT key FROM captions))";
+
+/// One text encoder's captions as the loader needs them.
+#[derive(Debug, Clone)]
+pub(crate) struct TextTable {
+    /// The encoder's field name (`"text"`).
+    pub field: String,
+    /// Stored outputs: (name, is a token sequence).
+    pub outputs: Vec<(String, bool)>,
+    /// Per caption: its text, and the entry position of each output (in `outputs` order).
+    pub captions: Vec<(String, Vec<u32>)>,
+    /// The empty caption's index in `captions`; `None` in stores whose captions were imported
+    /// from AI Toolkit, which caches no empty caption.
+    pub empty: Option<u32>,
+    /// Item `i`'s variants are `variants[offsets[i]..offsets[i + 1]]` (caption indices); an
+    /// item without any (no AI Toolkit cache was imported for it) has an empty range.
+    pub offsets: Vec<u32>,
+    /// Caption indices, item after item.
+    pub variants: Vec<u32>,
+}
+
+impl Store {
+    /// Every text encoder's captions and variants; empty for stores without text encoders
+    /// (including stores written before the caption tables existed).
+    pub(crate) fn text_tables(&self, items: usize) -> Result<Vec<TextTable>> {
+        let encoders = {
+            let cat = self.catalog();
+            if !caption_tables_exist(&cat)? {
+                return Ok(Vec::new());
+            }
+            cat.rows("SELECT field, params FROM encoders ORDER BY field", |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+        };
+        let mut tables = Vec::new();
+        for (field, params) in encoders {
+            let params: serde_json::Value = serde_json::from_str(&params).unwrap_or_default();
+            if params["kind"] != "text" {
+                continue;
+            }
+            tables.push(self.text_table(field, &params["outputs"], items)?);
+        }
+        Ok(tables)
+    }
+
+    fn text_table(
+        &self,
+        field: String,
+        outputs: &serde_json::Value,
+        items: usize,
+    ) -> Result<TextTable> {
+        let bad = |message: String| Error::Store {
+            path: self.root().join(super::CATALOG_FILE),
+            message: format!("text encoder {field:?}: {message}; run `larder prepare` again"),
+        };
+        let names = |key: &str| -> Vec<String> {
+            outputs[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let sequences = names("sequences");
+        let outputs: Vec<(String, bool)> = names("outputs")
+            .into_iter()
+            .map(|o| {
+                let seq = sequences.contains(&o);
+                (o, seq)
+            })
+            .collect();
+        if outputs.is_empty() {
+            return Err(bad("the catalog records no outputs".into()));
+        }
+        let (rows, variants) = {
+            let cat = self.catalog();
+            let err = |e| cat.err(e);
+            let mut stmt = cat
+                .conn
+                .prepare("SELECT id, key, text FROM captions WHERE encoder = ?1 ORDER BY id")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([&field], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(err)?;
+            let mut stmt = cat
+                .conn
+                .prepare(
+                    "SELECT item, caption FROM item_captions WHERE encoder = ?1 ORDER BY item, variant",
+                )
+                .map_err(err)?;
+            let variants = stmt
+                .query_map([&field], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(err)?;
+            (rows, variants)
+        };
+        let first_id = rows.first().map_or(0, |r| r.0);
+        let index = self.key_index()?;
+        let mut captions = Vec::with_capacity(rows.len());
+        let mut empty = None;
+        for (_, key, text) in rows {
+            let positions = outputs
+                .iter()
+                .map(|(o, _)| {
+                    index
+                        .get(&format!("{key}.{o}"))
+                        .copied()
+                        .ok_or_else(|| bad(format!("caption {text:?} has no stored {o}")))
+                })
+                .collect::<Result<Vec<u32>>>()?;
+            if text.is_empty() {
+                empty = Some(captions.len() as u32);
+            }
+            captions.push((text, positions));
+        }
+        let mut offsets = vec![0u32; items + 1];
+        let mut flat = Vec::with_capacity(variants.len());
+        let mut item_at = 0usize;
+        for (item, caption) in variants {
+            let item = usize::try_from(item).unwrap_or(usize::MAX);
+            let caption = u32::try_from(caption - first_id)
+                .ok()
+                .filter(|&c| (c as usize) < captions.len())
+                .ok_or_else(|| bad(format!("item {item} refers to an unknown caption")))?;
+            if item >= items {
+                return Err(bad(format!("item {item} has variants but is not an item")));
+            }
+            while item_at < item {
+                item_at += 1;
+                offsets[item_at] = flat.len() as u32;
+            }
+            flat.push(caption);
+        }
+        while item_at < items {
+            item_at += 1;
+            offsets[item_at] = flat.len() as u32;
+        }
+        Ok(TextTable {
+            field,
+            outputs,
+            captions,
+            empty,
+            offsets,
+            variants: flat,
+        })
+    }
+}

@@ -1,0 +1,618 @@
+//! Encoders in prepare and the loader: latents, text embeddings with variants, CLIP
+//! embeddings; keys that recompute only what changed; encoder errors that lose nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use larder::encode::{
+    EncodedTensor, EncoderError, EncoderIdentity, Encoders, ImageEncoder, PixelBatch, PixelValues,
+    TextEncoder,
+};
+use larder::load::{Loader, LoaderOptions, Padding};
+use larder::{Config, Error, FieldData, PrepareOptions, PrepareReport, Store, prepare_with};
+
+use crate::{file, image};
+
+/// A deterministic weight in [-1, 1) for (a, b): a small seeded hash, not zeros.
+fn weight(seed: u64, a: usize, b: usize) -> f32 {
+    let mut z = seed ^ ((a as u64) << 32) ^ b as u64;
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// A VAE stand-in: each 8×8 patch of 3 channels projected to `channels` values by seeded
+/// weights. Counts the images it encodes and fails on images whose first pixel value is
+/// `fail_on` (set per test).
+struct PatchEncoder {
+    id: String,
+    channels: usize,
+    images: Arc<AtomicUsize>,
+    fail_after: Option<usize>,
+}
+
+impl PatchEncoder {
+    fn new(id: &str, images: &Arc<AtomicUsize>) -> Self {
+        PatchEncoder {
+            id: id.into(),
+            channels: 4,
+            images: images.clone(),
+            fail_after: None,
+        }
+    }
+}
+
+/// The patch projection of one C×H×W f32 image.
+fn project(pixels: &[f32], h: usize, w: usize, channels: usize) -> Vec<f32> {
+    let (lh, lw) = (h / 8, w / 8);
+    let mut out = vec![0f32; channels * lh * lw];
+    for c in 0..channels {
+        for y in 0..lh {
+            for x in 0..lw {
+                let mut acc = 0f32;
+                for k in 0..3 {
+                    for dy in 0..8 {
+                        for dx in 0..8 {
+                            let p = pixels[(k * h + y * 8 + dy) * w + x * 8 + dx];
+                            acc += p * weight(7, c, (k * 8 + dy) * 8 + dx);
+                        }
+                    }
+                }
+                out[(c * lh + y) * lw + x] = acc / 24.0;
+            }
+        }
+    }
+    out
+}
+
+impl ImageEncoder for PatchEncoder {
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity {
+            id: self.id.clone(),
+            scaling_factor: Some(0.5),
+            shift_factor: Some(0.1),
+        }
+    }
+
+    fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
+        let [n, c, h, w] = batch.shape;
+        let PixelValues::F32(values) = batch.values else {
+            return Err("expected f32 pixels".into());
+        };
+        if let Some(limit) = self.fail_after
+            && self.images.load(Ordering::SeqCst) >= limit
+        {
+            return Err("CUDA out of memory (simulated)".into());
+        }
+        self.images.fetch_add(n, Ordering::SeqCst);
+        let per = c * h * w;
+        let values = (0..n)
+            .flat_map(|i| project(&values[i * per..(i + 1) * per], h, w, self.channels))
+            .collect();
+        Ok(EncodedTensor {
+            shape: vec![n, self.channels, h / 8, w / 8],
+            values,
+        })
+    }
+}
+
+/// A text encoder stand-in: each comma-separated token hashed into a seeded 8-dimensional
+/// embedding; sequences right-padded to the batch's longest with a mask, plus a pooled mean.
+struct HashText {
+    captions: Arc<AtomicUsize>,
+    fail_after: Option<usize>,
+}
+
+const DIM: usize = 8;
+
+fn token_embedding(token: &str) -> Vec<f32> {
+    let h = token.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (0..DIM).map(|d| weight(h, d, 1)).collect()
+}
+
+/// The tokens of a caption: a start token, then its comma-separated parts.
+fn tokens(caption: &str) -> Vec<String> {
+    std::iter::once("<s>".to_owned())
+        .chain(
+            caption
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+        )
+        .collect()
+}
+
+impl TextEncoder for HashText {
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity::new("hash-text-8 f32")
+    }
+
+    fn encode(&mut self, captions: &[&str]) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
+        if let Some(limit) = self.fail_after
+            && self.captions.load(Ordering::SeqCst) >= limit
+        {
+            return Err("the text encoder ran out of memory (simulated)".into());
+        }
+        self.captions.fetch_add(captions.len(), Ordering::SeqCst);
+        let toks: Vec<Vec<String>> = captions.iter().map(|c| tokens(c)).collect();
+        let l = toks.iter().map(Vec::len).max().unwrap_or(1);
+        let n = captions.len();
+        let mut embeds = vec![0f32; n * l * DIM];
+        let mut mask = vec![0f32; n * l];
+        let mut pooled = vec![0f32; n * DIM];
+        for (i, t) in toks.iter().enumerate() {
+            for (j, token) in t.iter().enumerate() {
+                let e = token_embedding(token);
+                embeds[(i * l + j) * DIM..][..DIM].copy_from_slice(&e);
+                mask[i * l + j] = 1.0;
+                for d in 0..DIM {
+                    pooled[i * DIM + d] += e[d] / t.len() as f32;
+                }
+            }
+        }
+        Ok(vec![
+            (
+                "embeds".into(),
+                EncodedTensor {
+                    shape: vec![n, l, DIM],
+                    values: embeds,
+                },
+            ),
+            (
+                "pooled".into(),
+                EncodedTensor {
+                    shape: vec![n, DIM],
+                    values: pooled,
+                },
+            ),
+            (
+                "mask".into(),
+                EncodedTensor {
+                    shape: vec![n, l],
+                    values: mask,
+                },
+            ),
+        ])
+    }
+}
+
+fn options(batch: usize) -> PrepareOptions {
+    PrepareOptions {
+        shard_bytes: 16 << 10,
+        encode_batch_size: batch,
+        caption_variants: 3,
+        ..PrepareOptions::default()
+    }
+}
+
+/// Five distinct images in two buckets (the last two share a caption); returns the config.
+fn dataset(root: &Path, extra: &str) -> PathBuf {
+    let imgs = root.join("imgs");
+    let captions = [
+        "a cat, red",
+        "a dog, blue",
+        "a bird, green, small",
+        "a fish",
+        "a fish",
+    ];
+    for (i, caption) in captions.iter().enumerate() {
+        let (w, h) = [(64, 64), (96, 64)][i % 2];
+        let path = image(&imgs, &format!("img{i}.png"), w, h, Some(caption));
+        larder::synth::write_image(&path, w, h, 10 + i as u64).expect("distinct image");
+    }
+    file(
+        root,
+        "c.yaml",
+        &format!(
+            "datasets:\n  - folder_path: imgs\n    resolution: 64\n{extra}larder:\n  divisibility: 16\n"
+        ),
+    )
+}
+
+fn run(
+    config: &Path,
+    out: &Path,
+    options: &PrepareOptions,
+    encoders: &mut Encoders,
+) -> larder::Result<PrepareReport> {
+    prepare_with(
+        &Config::load(config).expect("config"),
+        out,
+        options,
+        encoders,
+    )
+}
+
+fn latent_encoders(id: &str, images: &Arc<AtomicUsize>) -> Encoders {
+    Encoders {
+        image: vec![("latent".into(), Box::new(PatchEncoder::new(id, images)))],
+        ..Encoders::default()
+    }
+}
+
+fn f32s(data: FieldData) -> (Vec<f32>, Vec<usize>) {
+    match data {
+        FieldData::F32 { values, shape } => (values, shape),
+        FieldData::U8 { .. } => panic!("expected floats"),
+    }
+}
+
+fn u8s(data: FieldData) -> Vec<u8> {
+    match data {
+        FieldData::U8 { values, .. } => values,
+        FieldData::F32 { .. } => panic!("expected bytes"),
+    }
+}
+
+#[test]
+fn latents_are_the_encoders_output_of_the_stored_pixels_in_bf16() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "    flip_x: true\n");
+    let out = dir.path().join("store");
+    let images = Arc::new(AtomicUsize::new(0));
+    let report = run(
+        &config,
+        &out,
+        &options(2),
+        &mut latent_encoders("patch-v1", &images),
+    )
+    .expect("prepare");
+    // Five images and their flip_x copies, each encoded separately.
+    assert_eq!(report.items, 10);
+    assert_eq!(images.load(Ordering::SeqCst), 10);
+    let store = Store::open(&out).expect("open");
+    let items = store.items().expect("items");
+    let mut latents = std::collections::HashSet::new();
+    for item in &items {
+        let pixels = u8s(store.read_field(item, "pixels").expect("pixels"));
+        let (h, w) = (item.bucket_h as usize, item.bucket_w as usize);
+        let signed: Vec<f32> = pixels.iter().map(|&p| f32::from(p) / 127.5 - 1.0).collect();
+        let expected = project(&signed, h, w, 4);
+        let (latent, shape) = f32s(store.read_field(item, "latent").expect("latent"));
+        assert_eq!(shape, [4, h / 8, w / 8]);
+        for (a, b) in latent.iter().zip(&expected) {
+            assert!((a - b).abs() <= b.abs() / 256.0 + 1e-6, "{a} vs {b}");
+        }
+        assert!(expected.iter().any(|v| v.abs() > 1e-3));
+        latents.insert(item.fields["latent"].clone());
+    }
+    assert_eq!(latents.len(), 10, "flipped items have latents of their own");
+    let inspect = store.inspect().expect("inspect");
+    let text = serde_json::to_string(&inspect).expect("json");
+    assert!(text.contains("latent"), "{text}");
+}
+
+#[test]
+fn rerun_encodes_only_changed_items_and_a_new_identity_recomputes_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let images = Arc::new(AtomicUsize::new(0));
+    run(
+        &config,
+        &out,
+        &options(4),
+        &mut latent_encoders("patch-v1", &images),
+    )
+    .expect("first");
+    assert_eq!(images.load(Ordering::SeqCst), 5);
+
+    let again = Arc::new(AtomicUsize::new(0));
+    let report = run(
+        &config,
+        &out,
+        &options(4),
+        &mut latent_encoders("patch-v1", &again),
+    )
+    .expect("again");
+    assert_eq!(again.load(Ordering::SeqCst), 0);
+    assert_eq!(report.entries_computed, 0);
+
+    // Edit one image: only it is encoded again.
+    larder::synth::write_image(&dir.path().join("imgs/img2.png"), 64, 64, 99).expect("edit");
+    let edited = Arc::new(AtomicUsize::new(0));
+    run(
+        &config,
+        &out,
+        &options(4),
+        &mut latent_encoders("patch-v1", &edited),
+    )
+    .expect("edited");
+    assert_eq!(edited.load(Ordering::SeqCst), 1);
+
+    // Another encoder identity: every latent is recomputed; nothing stale is served.
+    let other = Arc::new(AtomicUsize::new(0));
+    run(
+        &config,
+        &out,
+        &options(4),
+        &mut latent_encoders("patch-v2", &other),
+    )
+    .expect("v2");
+    assert_eq!(other.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn an_encoder_error_names_the_item_keeps_what_was_done_and_a_rerun_does_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let images = Arc::new(AtomicUsize::new(0));
+    let mut failing = PatchEncoder::new("patch-v1", &images);
+    failing.fail_after = Some(3);
+    let mut encoders = Encoders {
+        image: vec![("latent".into(), Box::new(failing))],
+        ..Encoders::default()
+    };
+    let err = run(&config, &out, &options(1), &mut encoders).expect_err("the encoder fails");
+    let message = err.to_string();
+    assert!(matches!(err, Error::Encoder { .. }), "{err:?}");
+    assert!(
+        message.contains("latent") && message.contains("img"),
+        "{message}"
+    );
+    assert!(message.contains("out of memory"), "{message}");
+    assert_eq!(images.load(Ordering::SeqCst), 3);
+
+    let rest = Arc::new(AtomicUsize::new(0));
+    let report = run(
+        &config,
+        &out,
+        &options(1),
+        &mut latent_encoders("patch-v1", &rest),
+    )
+    .expect("rerun");
+    assert_eq!(
+        rest.load(Ordering::SeqCst),
+        2,
+        "only the items not done before the error"
+    );
+    assert_eq!(report.items, 5);
+    assert!(
+        Store::open(&out)
+            .expect("open")
+            .verify()
+            .expect("verify")
+            .problems
+            .is_empty()
+    );
+}
+
+fn text_encoders(captions: &Arc<AtomicUsize>) -> Encoders {
+    Encoders {
+        text: vec![(
+            "text".into(),
+            Box::new(HashText {
+                captions: captions.clone(),
+                fail_after: None,
+            }),
+        )],
+        ..Encoders::default()
+    }
+}
+
+fn loader(out: &Path, padding: Padding) -> Loader {
+    let store = Arc::new(Store::open(out).expect("open"));
+    Loader::new(
+        store,
+        LoaderOptions {
+            batch_size: 2,
+            threads: 2,
+            text_padding: padding,
+            ..LoaderOptions::default()
+        },
+    )
+    .expect("loader")
+}
+
+#[test]
+fn captions_are_encoded_once_per_distinct_text_and_served_padded_with_masks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let captions = Arc::new(AtomicUsize::new(0));
+    let report = run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare");
+    // Four distinct captions ("a fish" twice) and the empty caption.
+    assert_eq!((report.captions, report.captions_encoded), (5, 5));
+    assert_eq!(captions.load(Ordering::SeqCst), 5);
+
+    for padding in [Padding::Right, Padding::Left] {
+        let mut seen = std::collections::HashSet::new();
+        for batch in loader(&out, padding) {
+            let batch = batch.expect("batch");
+            let embeds = &batch.fields["text.embeds"];
+            let mask = &batch.fields["text.mask"];
+            let pooled = &batch.fields["text.pooled"];
+            assert_eq!(embeds.dtype, "BF16");
+            let (b, l) = (batch.len(), embeds.shape[1]);
+            assert_eq!(embeds.shape, [b, l, DIM]);
+            assert_eq!(mask.shape, [b, l]);
+            assert_eq!(pooled.shape, [b, DIM]);
+            for (k, caption) in batch.captions.iter().enumerate() {
+                let n = tokens(caption).len();
+                let row = &mask.data.as_slice()[k * l..(k + 1) * l];
+                assert_eq!(row.iter().filter(|&&m| m == 1).count(), n, "{caption}");
+                let real = match padding {
+                    Padding::Right => 0..n,
+                    Padding::Left => l - n..l,
+                };
+                assert!(real.clone().all(|j| row[j] == 1), "{padding:?} {row:?}");
+                // The first real token is the start token's embedding (bf16 bytes).
+                let bytes = embeds.data.as_slice();
+                let at = (k * l + real.start) * DIM * 2;
+                let first =
+                    f32::from_bits(u32::from(u16::from_le_bytes([bytes[at], bytes[at + 1]])) << 16);
+                let expected = token_embedding("<s>")[0];
+                assert!(
+                    (first - expected).abs() <= expected.abs() / 128.0,
+                    "{first} vs {expected}"
+                );
+            }
+            seen.extend(batch.items.iter().copied());
+        }
+        assert_eq!(seen.len(), 5);
+    }
+
+    let again = Arc::new(AtomicUsize::new(0));
+    let report = run(&config, &out, &options(8), &mut text_encoders(&again)).expect("again");
+    assert_eq!(
+        (report.captions_encoded, again.load(Ordering::SeqCst)),
+        (0, 0)
+    );
+
+    // Caption entries are referenced by caption, not by item field: gc keeps them, inspect
+    // counts them (5 captions × embeds and pooled), and the store still serves them.
+    let mut store = Store::open(&out).expect("open");
+    let text = &store.inspect().expect("inspect").fields["text"];
+    assert_eq!(text.entries, 10, "{text:?}");
+    assert_eq!(store.gc().expect("gc").entries_removed, 0);
+    assert!(store.verify().expect("verify").problems.is_empty());
+    assert!(
+        loader(&out, Padding::Right).all(|b| b.expect("batch").fields.contains_key("text.embeds"))
+    );
+}
+
+#[test]
+fn a_text_encoder_error_names_the_caption_and_a_rerun_encodes_only_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let captions = Arc::new(AtomicUsize::new(0));
+    let mut failing = Encoders {
+        text: vec![(
+            "text".into(),
+            Box::new(HashText {
+                captions: captions.clone(),
+                fail_after: Some(2),
+            }),
+        )],
+        ..Encoders::default()
+    };
+    let err = run(&config, &out, &options(1), &mut failing).expect_err("fails");
+    assert!(err.to_string().contains("caption"), "{err}");
+    assert_eq!(captions.load(Ordering::SeqCst), 2);
+    let rest = Arc::new(AtomicUsize::new(0));
+    let report = run(&config, &out, &options(1), &mut text_encoders(&rest)).expect("rerun");
+    assert_eq!((report.captions, report.captions_encoded), (5, 3));
+    assert_eq!(rest.load(Ordering::SeqCst), 3);
+    assert!(loader(&out, Padding::Right).all(|b| b.is_ok()));
+}
+
+#[test]
+fn shuffled_captions_get_variants_and_dropout_serves_the_empty_caption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(
+        dir.path(),
+        "    shuffle_tokens: true\n    caption_dropout_rate: 0.3\n",
+    );
+    let out = dir.path().join("store");
+    let captions = Arc::new(AtomicUsize::new(0));
+    let report = run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare");
+    // More distinct strings than captions: shuffled variants, deduplicated.
+    assert!(report.captions > 5, "{report:?}");
+    let mut texts: std::collections::HashMap<u32, std::collections::HashSet<String>> =
+        Default::default();
+    let mut dropped = 0;
+    let mut served = 0;
+    let mut l = loader(&out, Padding::Right);
+    for _ in 0..12 {
+        for batch in l.by_ref() {
+            let batch = batch.expect("batch");
+            let mask = &batch.fields["text.mask"];
+            let width = mask.shape[1];
+            for (k, caption) in batch.captions.iter().enumerate() {
+                served += 1;
+                let ones = mask.data.as_slice()[k * width..(k + 1) * width]
+                    .iter()
+                    .filter(|&&m| m == 1)
+                    .count();
+                assert_eq!(ones, tokens(caption).len());
+                if caption.is_empty() {
+                    dropped += 1;
+                } else {
+                    texts
+                        .entry(batch.items[k])
+                        .or_default()
+                        .insert(caption.clone());
+                }
+            }
+        }
+    }
+    // 60 draws at rate 0.3: dropout happens, and not always.
+    assert!((5..35).contains(&dropped), "{dropped} of {served}");
+    // The three-token caption shows more than one variant across epochs, at most K = 3.
+    let many = texts.values().map(|s| s.len()).max().unwrap_or(0);
+    assert!((2..=3).contains(&many), "{texts:?}");
+}
+
+#[test]
+fn clip_encoders_see_the_whole_image_clip_normalized() {
+    struct Mean {
+        seen: Arc<std::sync::Mutex<Vec<[usize; 4]>>>,
+    }
+    impl ImageEncoder for Mean {
+        fn identity(&self) -> EncoderIdentity {
+            EncoderIdentity::new("channel-mean")
+        }
+        fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
+            let [n, c, h, w] = batch.shape;
+            self.seen.lock().expect("lock").push(batch.shape);
+            let PixelValues::F32(v) = batch.values else {
+                return Err("expected f32".into());
+            };
+            let plane = h * w;
+            let values = (0..n * c)
+                .map(|i| v[i * plane..(i + 1) * plane].iter().sum::<f32>() / plane as f32)
+                .collect();
+            Ok(EncodedTensor {
+                shape: vec![n, c],
+                values,
+            })
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut encoders = Encoders {
+        clip: vec![("clip".into(), Box::new(Mean { seen: seen.clone() }))],
+        ..Encoders::default()
+    };
+    let mut opts = options(8);
+    opts.clip.size = 32;
+    run(&config, &out, &opts, &mut encoders).expect("prepare");
+    let shapes = seen.lock().expect("lock").clone();
+    assert_eq!(shapes.iter().map(|s| s[0]).sum::<usize>(), 5);
+    assert!(shapes.iter().all(|s| s[1..] == [3, 32, 32]), "{shapes:?}");
+    let store = Store::open(&out).expect("open");
+    for item in store.items().expect("items") {
+        let (v, shape) = f32s(store.read_field(&item, "clip").expect("clip"));
+        assert_eq!(shape, [3]);
+        // Synthetic images are mid-range colours: normalized means stay within CLIP's range.
+        assert!(v.iter().all(|x| x.abs() < 2.2), "{v:?}");
+        assert!(v.iter().any(|x| x.abs() > 1e-3));
+    }
+}
+
+#[test]
+fn bad_encoder_names_and_byte_codecs_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let images = Arc::new(AtomicUsize::new(0));
+    let mut enc = Encoders {
+        image: vec![("pixels".into(), Box::new(PatchEncoder::new("x", &images)))],
+        ..Encoders::default()
+    };
+    let err = run(&config, &out, &options(2), &mut enc).expect_err("reserved name");
+    assert!(err.to_string().contains("pixels"), "{err}");
+    let mut opts = options(2);
+    opts.latent_codec = larder::store::codec::Codec::RAW_U8;
+    let err = run(&config, &out, &opts, &mut latent_encoders("x", &images)).expect_err("u8");
+    assert!(err.to_string().contains("latent_codec"), "{err}");
+}
