@@ -117,6 +117,7 @@ def fake_torch(monkeypatch):
             from_numpy=lambda a: Tensor(f"array{a.shape}", array=a),
             bfloat16="bfloat16",
             float16="float16",
+            bool="bool",
         )
         monkeypatch.setitem(sys.modules, "torch", torch)
         monkeypatch.setattr(larder, "_NOTICES", set())
