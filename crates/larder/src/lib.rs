@@ -19,7 +19,9 @@
 
 mod caption;
 mod config;
+pub mod cuda;
 mod error;
+pub mod fastload;
 mod image;
 pub mod load;
 mod plan;
