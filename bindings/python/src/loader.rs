@@ -67,7 +67,7 @@ impl Drop for Loader {
 impl Loader {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (store, batch_size = 1, shuffle = true, seed = 0, drop_last = false, num_threads = None, prefetch = 4, rank = None, world_size = None, fields = None, random_flip = false))]
+    #[pyo3(signature = (store, batch_size = 1, shuffle = true, seed = 0, drop_last = false, num_threads = None, prefetch = 4, rank = None, world_size = None, fields = None, random_flip = false, pin_memory = false))]
     fn new(
         py: Python<'_>,
         store: &Bound<'_, PyAny>,
@@ -81,6 +81,7 @@ impl Loader {
         world_size: Option<usize>,
         fields: Option<Vec<String>>,
         random_flip: bool,
+        pin_memory: bool,
     ) -> PyResult<Loader> {
         let store = match store.cast::<Store>() {
             Ok(s) => s.get().inner.clone(),
@@ -108,6 +109,7 @@ impl Loader {
             prefetch,
             fields,
             random_flip,
+            pin_memory,
             ..LoaderOptions::default()
         };
         if let Some(n) = num_threads {
@@ -137,6 +139,12 @@ impl Loader {
     /// Batches this rank serves in the current epoch.
     fn __len__(&mut self) -> PyResult<usize> {
         Ok(self.live()?.len())
+    }
+
+    /// Returns True if and only if batch buffers are page-locked.
+    #[getter]
+    fn pinned(&mut self) -> PyResult<bool> {
+        Ok(self.live()?.pinned())
     }
 
     /// The current epoch.

@@ -34,6 +34,8 @@ enum Command {
     BenchPrepare(cmd::bench_prepare::Args),
     /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
     BenchLoad(cmd::bench_load::Args),
+    /// Time loading a safetensors checkpoint by each path (plain, O_DIRECT, pinned, cuFile), cold and warm, against the safetensors package.
+    LoadBench(cmd::load_bench::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::BenchScan(args) => cmd::bench_scan::run(args),
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
         Command::BenchLoad(args) => cmd::bench_load::run(args),
+        Command::LoadBench(args) => cmd::load_bench::run(args),
     };
     match result {
         Ok(code) => code,

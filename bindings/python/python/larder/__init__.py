@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from ._larder import (
@@ -35,6 +34,7 @@ from ._larder import Loader as _Loader
 from ._larder import Store as _Store
 from ._larder import prepare_json as _prepare_json
 from ._larder import scan_json as _scan_json
+from .fastload import cuda_probe, load_file, safe_open
 from .tuner import BatchSizeTuner
 
 __all__ = [
@@ -50,6 +50,9 @@ __all__ = [
     "Store",
     "StoreError",
     "__version__",
+    "cuda_probe",
+    "load_file",
+    "safe_open",
     "load_config",
     "prepare",
     "scan",
@@ -196,8 +199,9 @@ class DataLoader:
         rank: This process's rank (default ``RANK`` or 0).
         world_size: The number of ranks (default ``WORLD_SIZE`` or 1).
         fields: Fields to load (default all).
-        pin_memory: Accepted for PyTorch compatibility; page-locked buffers come with the GPU
-            helpers, until then batches are in ordinary memory (a notice says so once).
+        pin_memory: Page-locked batch buffers (CUDA allocations through the driver, loaded at
+            run time), for fast asynchronous copies to the GPU; without CUDA, ordinary memory
+            and a warning with the reason (``pinned`` says which).
         random_flip: Mirror each item's image fields with probability 1/2 per epoch.
         format: ``"numpy"`` or ``"torch"`` (tensors that share the arrays' memory).
 
@@ -227,11 +231,6 @@ class DataLoader:
     ):
         if format not in ("numpy", "torch"):
             raise ArgumentError(f"format must be 'numpy' or 'torch', not {format!r}")
-        if pin_memory:
-            _notice_once(
-                "pin_memory: page-locked batch buffers come with larder's GPU helpers; "
-                "batches are in ordinary memory for now"
-            )
         native_store = store._native if isinstance(store, Store) else os.fspath(store)
         self._format = format
         self._loader = _Loader(
@@ -246,6 +245,7 @@ class DataLoader:
             world_size=world_size,
             fields=list(fields) if fields is not None else None,
             random_flip=random_flip,
+            pin_memory=pin_memory,
         )
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -269,6 +269,11 @@ class DataLoader:
         """The current epoch."""
         return self._loader.epoch
 
+    @property
+    def pinned(self) -> bool:
+        """True if and only if batch buffers are page-locked (``pin_memory=True`` with CUDA)."""
+        return self._loader.pinned
+
     def state_dict(self) -> Dict[str, Any]:
         """The loader's position: seed and options, epoch, global batches consumed, and the
         batch-size history. Resuming from it reads none of the skipped data."""
@@ -285,12 +290,3 @@ class DataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Starts ``epoch`` from its beginning (as ``DistributedSampler.set_epoch``)."""
         self._loader.set_epoch(epoch)
-
-
-_NOTICES: set = set()
-
-
-def _notice_once(message: str) -> None:
-    if message not in _NOTICES:
-        _NOTICES.add(message)
-        warnings.warn(message, stacklevel=3)

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod bench_load;
 pub mod bench_prepare;
 pub mod bench_scan;
+pub mod load_bench;
 pub mod scan;
 pub mod store;
 

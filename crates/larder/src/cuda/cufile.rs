@@ -74,7 +74,7 @@ fn load() -> std::result::Result<Api, String> {
         // side (the CUDA driver it depends on is loaded above).
         match unsafe { Library::new(name) } {
             Ok(lib) => return resolve(lib).map_err(|e| format!("{name}: {e}")),
-            Err(e) => errors.push(format!("{name}: {e}")),
+            Err(e) => errors.push(super::driver::load_error(&e)),
         }
     }
     Err(format!(
@@ -88,8 +88,14 @@ fn resolve(lib: Library) -> std::result::Result<Api, String> {
         ($name:ident) => {{
             // SAFETY: the symbol is the cuFile function of that name with the C signature the
             // field's type reproduces; `lib` stays loaded in the same never-dropped static.
-            let s = unsafe { lib.get(concat!(stringify!($name), "\0").as_bytes()) }
-                .map_err(|e| format!("missing {}: {e}", stringify!($name)))?;
+            let s =
+                unsafe { lib.get(concat!(stringify!($name), "\0").as_bytes()) }.map_err(|e| {
+                    format!(
+                        "missing {}: {}",
+                        stringify!($name),
+                        super::driver::load_error(&e)
+                    )
+                })?;
             *s
         }};
     }

@@ -93,13 +93,21 @@ fn load() -> std::result::Result<Api, String> {
         // preconditions on our side.
         match unsafe { Library::new(name) } {
             Ok(lib) => return resolve(lib).map_err(|e| format!("{name}: {e}")),
-            Err(e) => errors.push(format!("{name}: {e}")),
+            Err(e) => errors.push(load_error(&e)),
         }
     }
     Err(format!(
         "the CUDA driver library is not installed or not on the loader path (no NVIDIA driver on this machine?): {}",
         errors.join("; ")
     ))
+}
+
+/// A libloading error with its cause (the `dlerror` text, which says what was not found).
+pub(crate) fn load_error(e: &libloading::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 fn resolve(lib: Library) -> std::result::Result<Api, String> {
@@ -109,7 +117,7 @@ fn resolve(lib: Library) -> std::result::Result<Api, String> {
             // the field's type reproduces; the pointer is used only while `lib` (kept in the
             // same struct, in a static that is never dropped) stays loaded.
             let s = unsafe { lib.get(concat!(stringify!($name), "\0").as_bytes()) }
-                .map_err(|e| format!("missing {}: {e}", stringify!($name)))?;
+                .map_err(|e| format!("missing {}: {}", stringify!($name), load_error(&e)))?;
             *s
         }};
     }

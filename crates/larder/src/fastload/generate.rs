@@ -6,8 +6,9 @@ use std::path::Path;
 use crate::{Error, Result};
 
 /// Writes a safetensors file of about `bytes` bytes shaped like a transformer checkpoint:
-/// blocks of bf16 4096×4096 weight matrices with f32 norm vectors, then a bf16 embedding that
-/// makes up the rest. Values are finite (|x| < 2) and a pure function of `seed` and the
+/// blocks of f16 4096×4096 weight matrices with f32 norm vectors, then an f16 embedding that
+/// makes up the rest. (f16 rather than the bf16 of most checkpoints, which is the same bytes
+/// to a loader, so that `safetensors.numpy` — NumPy has no bfloat16 — can load it too.) Values are finite (|x| < 2) and a pure function of `seed` and the
 /// tensor's position. Returns the number of tensors.
 pub fn write_synthetic(path: &Path, bytes: u64, seed: u64) -> Result<usize> {
     const SIDE: u64 = 4096;
@@ -17,13 +18,13 @@ pub fn write_synthetic(path: &Path, bytes: u64, seed: u64) -> Result<usize> {
     let mut total = 0u64;
     let mut block = 0;
     while total + matrix + norm <= bytes {
-        tensors.push((format!("blocks.{block}.weight"), "BF16", vec![SIDE, SIDE]));
+        tensors.push((format!("blocks.{block}.weight"), "F16", vec![SIDE, SIDE]));
         tensors.push((format!("blocks.{block}.norm"), "F32", vec![SIDE]));
         total += matrix + norm;
         block += 1;
     }
     let rest = (bytes - total) / (2 * SIDE);
-    tensors.push(("embed.weight".into(), "BF16", vec![rest, SIDE]));
+    tensors.push(("embed.weight".into(), "F16", vec![rest, SIDE]));
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
     meta.insert("generator".into(), "larder write_synthetic".into());
@@ -54,7 +55,7 @@ pub fn write_synthetic(path: &Path, bytes: u64, seed: u64) -> Result<usize> {
     let mut chunk = vec![0u8; 8 << 20];
     for (_, dtype, shape) in &tensors {
         let size = shape.iter().product::<u64>() * if *dtype == "F32" { 4 } else { 2 };
-        // Clearing the top exponent bit of every bf16 / f32 keeps the values finite.
+        // Clearing the top exponent bit of every f16 / f32 keeps the values finite.
         let mask: u64 = if *dtype == "F32" {
             0xBFFF_FFFF_BFFF_FFFF
         } else {

@@ -42,6 +42,9 @@ pub struct LoaderOptions {
     /// epoch, item): flip augmentation without AI Toolkit's doubling of the item list. Applies
     /// to u8 image fields (pixels, masks, controls, inpaint), not to encoded latents.
     pub random_flip: bool,
+    /// Page-locked batch buffers (fast, asynchronous copies to a GPU) when CUDA is usable;
+    /// ordinary memory and a warning otherwise. [`Loader::pinned`] says which.
+    pub pin_memory: bool,
 }
 
 impl Default for LoaderOptions {
@@ -57,6 +60,7 @@ impl Default for LoaderOptions {
             prefetch: 4,
             fields: None,
             random_flip: false,
+            pin_memory: false,
         }
     }
 }
@@ -195,6 +199,7 @@ impl Loader {
             &state.history,
         ));
         let start = state.consumed;
+        let pool = Arc::new(BufferPool::new(options.pin_memory));
         Ok(Loader {
             store,
             shared: Arc::new(Catalogued {
@@ -210,8 +215,13 @@ impl Loader {
             step: 0,
             start,
             pipeline: None,
-            pool: Arc::new(BufferPool::default()),
+            pool,
         })
+    }
+
+    /// Returns true if and only if batch buffers are page-locked (`pin_memory` with CUDA).
+    pub fn pinned(&self) -> bool {
+        self.pool.is_pinned()
     }
 
     /// The loader's position; save it with a checkpoint.

@@ -1,6 +1,7 @@
 //! larder's integration tests: one binary, one module per stage.
 
 mod config;
+mod fastload;
 mod interop;
 mod load;
 mod plan;
