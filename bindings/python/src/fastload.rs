@@ -44,7 +44,7 @@ pub struct Checkpoint {
 fn options(
     threads: usize,
     chunk_mib: usize,
-    direct: bool,
+    direct: Option<bool>,
     pinned: bool,
     only: Option<&str>,
 ) -> PyResult<LoadOptions> {
@@ -105,14 +105,14 @@ impl Checkpoint {
     }
 
     /// Reads every tensor into host memory; returns ({name: capsule or array}, report JSON).
-    #[pyo3(signature = (as_dlpack, threads = 8, chunk_mib = 16, direct = false, pinned = false))]
+    #[pyo3(signature = (as_dlpack, threads = 8, chunk_mib = 16, direct = None, pinned = false))]
     fn load<'py>(
         &self,
         py: Python<'py>,
         as_dlpack: bool,
         threads: usize,
         chunk_mib: usize,
-        direct: bool,
+        direct: Option<bool>,
         pinned: bool,
     ) -> PyResult<(Bound<'py, PyDict>, String)> {
         let opts = options(threads, chunk_mib, direct, pinned, None)?;
@@ -131,14 +131,14 @@ impl Checkpoint {
 
     /// Reads every tensor into the memory of GPU `ordinal`; returns ({name: capsule}, report
     /// JSON). `only` names the one path to use ("cufile", "pinned", "plain").
-    #[pyo3(signature = (ordinal, threads = 8, chunk_mib = 16, direct = false, only = None))]
+    #[pyo3(signature = (ordinal, threads = 8, chunk_mib = 16, direct = None, only = None))]
     fn load_to<'py>(
         &self,
         py: Python<'py>,
         ordinal: usize,
         threads: usize,
         chunk_mib: usize,
-        direct: bool,
+        direct: Option<bool>,
         only: Option<&str>,
     ) -> PyResult<(Bound<'py, PyDict>, String)> {
         let opts = options(threads, chunk_mib, direct, false, only)?;

@@ -129,7 +129,7 @@ def load(
     dtype: Any = None,
     *,
     framework: Optional[str] = None,
-    direct: bool = False,
+    direct: Optional[bool] = None,
     pinned: bool = False,
     method: Optional[str] = None,
     threads: int = 8,
@@ -167,7 +167,7 @@ def load_file(
     dtype: Any = None,
     *,
     framework: Optional[str] = None,
-    direct: bool = False,
+    direct: Optional[bool] = None,
     pinned: bool = False,
     method: Optional[str] = None,
     threads: int = 8,
@@ -184,8 +184,10 @@ def load_file(
         dtype: Cast floating-point tensors to this dtype (a torch dtype or its name, or a
             NumPy dtype); None keeps the stored dtypes.
         framework: ``"pt"`` (torch tensors) or ``"numpy"``; default torch when importable.
-        direct: Read with ``O_DIRECT`` (bypassing the page cache): faster for cold files larger
-            than the free page cache, slower for files already cached.
+        direct: ``True`` reads with ``O_DIRECT`` (bypassing the page cache), ``False`` through
+            the page cache; ``None`` (default) uses ``O_DIRECT`` for files of 64 MiB or more that
+            are mostly not cached. Pass ``False`` when several processes load the same file at
+            once (ranks under torchrun): the page cache then reads it from the drive only once.
         pinned: Page-locked host buffers (CPU loads), for fast copies to a GPU later; ordinary
             memory, with a warning, without CUDA.
         method: GPU loads: use only this path (``"cufile"``, ``"pinned"`` or ``"plain"``) and

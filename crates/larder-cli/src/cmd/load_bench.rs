@@ -198,15 +198,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match ordinal {
         None => {
             contenders.push(Contender {
-                name: "larder plain (parallel pread)".into(),
+                name: "larder (default: O_DIRECT when cold)".into(),
                 run: Box::new(larder_host(path.clone(), base.clone())),
+            });
+            contenders.push(Contender {
+                name: "larder plain (page cache)".into(),
+                run: Box::new(larder_host(
+                    path.clone(),
+                    LoadOptions {
+                        direct: Some(false),
+                        ..base.clone()
+                    },
+                )),
             });
             contenders.push(Contender {
                 name: "larder direct (O_DIRECT)".into(),
                 run: Box::new(larder_host(
                     path.clone(),
                     LoadOptions {
-                        direct: true,
+                        direct: Some(true),
                         ..base.clone()
                     },
                 )),
@@ -341,6 +351,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     for u in &unavailable {
         println!("unavailable: {u}");
+    }
+    if ordinal.is_none() {
+        // Which path the default took, cold and warm (it decides per file).
+        let default_path = |cold: bool| -> anyhow::Result<&'static str> {
+            if cold {
+                for f in &files {
+                    evict(f)?;
+                }
+            }
+            Ok(ckpt.load(&base)?.report().path.name())
+        };
+        println!(
+            "larder's default took: {} when cold, {} when warm",
+            if args.warm_only {
+                "-"
+            } else {
+                default_path(true)?
+            },
+            default_path(false)?
+        );
     }
     // Ratios: larder's first (default) path against each peer.
     for (i, c) in contenders

@@ -147,17 +147,19 @@ impl Checkpoint {
     /// Reads every file whole into host memory, each with parallel positioned reads of large
     /// chunks, and hands the tensors out as views of those buffers.
     ///
-    /// With `options.direct` the reads bypass the page cache (`O_DIRECT`); with
-    /// `options.pinned` the buffers are page-locked. Either falls back — with a warning and a
-    /// line in the report — when the file system or the machine does not allow it.
+    /// Files mostly absent from the page cache are read with `O_DIRECT` unless
+    /// `options.direct` says otherwise (see [`LoadOptions::direct`]); with `options.pinned`
+    /// the buffers are page-locked. Either falls back — with a warning and a line in the
+    /// report — when the file system or the machine does not allow it.
     pub fn load(&self, options: &LoadOptions) -> Result<HostTensors> {
         let started = Instant::now();
         let mut fallbacks = Vec::new();
         let mut pinned = options.pinned;
         let mut direct = options.direct;
         let mut files = Vec::with_capacity(self.shards.len());
+        let mut any_direct = false;
         for shard in &self.shards {
-            let buffer = read_host(
+            let (buffer, was_direct) = read_host(
                 shard,
                 options.threads,
                 options.chunk_bytes,
@@ -166,10 +168,11 @@ impl Checkpoint {
                 &mut fallbacks,
             )?;
             files.push(Arc::new(buffer));
+            any_direct |= was_direct;
         }
         let path = if pinned {
             LoadPath::Pinned
-        } else if direct {
+        } else if any_direct {
             LoadPath::Direct
         } else {
             LoadPath::Plain
@@ -194,17 +197,22 @@ impl Checkpoint {
     }
 }
 
+/// Files smaller than this are always read through the page cache: `O_DIRECT` gains little
+/// on them, and cached small files serve the next reader.
+const AUTO_DIRECT_MIN_BYTES: u64 = 64 << 20;
+
 /// Reads one shard whole into a host buffer, falling back from pinned to ordinary memory and
 /// from `O_DIRECT` to buffered reads when they are refused (the flags are cleared so that the
-/// next shards do not try again).
+/// next shards do not try again). `direct`: `None` reads with `O_DIRECT` when the file is
+/// large and mostly not in the page cache. Returns the buffer and whether `O_DIRECT` was used.
 pub(crate) fn read_host(
     shard: &Shard,
     threads: usize,
     chunk: usize,
     pinned: &mut bool,
-    direct: &mut bool,
+    direct: &mut Option<bool>,
     fallbacks: &mut Vec<String>,
-) -> Result<HostBuffer> {
+) -> Result<(HostBuffer, bool)> {
     let len = usize::try_from(shard.file_len).map_err(|_| Error::InvalidArgument {
         name: "path",
         message: format!(
@@ -229,7 +237,11 @@ pub(crate) fn read_host(
     };
     // O_DIRECT needs every chunk to be a multiple of the block size.
     let chunk = round_up(chunk.max(ALIGN));
-    if *direct {
+    let use_direct = direct.unwrap_or_else(|| {
+        shard.file_len >= AUTO_DIRECT_MIN_BYTES
+            && read::cached_fraction(&shard.file, shard.file_len).is_some_and(|f| f < 0.5)
+    });
+    if use_direct {
         let attempt = read::open(&shard.path, true).and_then(|f| {
             read::read_parallel(
                 &f,
@@ -241,11 +253,11 @@ pub(crate) fn read_host(
             )
         });
         match attempt {
-            Ok(()) => return Ok(buffer),
+            Ok(()) => return Ok((buffer, true)),
             // A file system without O_DIRECT (tmpfs, some FUSE and network ones) refuses it
             // with EINVAL, at open or at the first read.
             Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
-                *direct = false;
+                *direct = Some(false);
                 note(
                     fallbacks,
                     format!(
@@ -265,7 +277,7 @@ pub(crate) fn read_host(
         chunk,
         threads,
     )?;
-    Ok(buffer)
+    Ok((buffer, false))
 }
 
 /// Records a fallback and says it once as a warning.

@@ -257,7 +257,7 @@ fn by_plain_copy(
     fallbacks: &mut Vec<String>,
 ) -> Result<()> {
     let (mut pinned, mut direct) = (false, options.direct);
-    let host = read_host(
+    let (host, _) = read_host(
         shard,
         options.threads,
         options.chunk_bytes,

@@ -25,10 +25,12 @@
 //!   chunks into one page-aligned buffer per file, optionally page-locked (`pinned`, so that a
 //!   later copy to the GPU is fast) and optionally with `O_DIRECT`.
 //!
-//! `O_DIRECT` bypasses the page cache: it helps for cold reads of files larger than the free
-//! page cache (no double copy through the cache, no eviction of other data, no read-ahead
-//! thrash) and on fast NVMe where the copy out of the cache is the bottleneck. It does nothing
-//! for data already cached — it even re-reads it from the drive — so it is off by default.
+//! `O_DIRECT` bypasses the page cache: it helps for cold reads of large files — large requests
+//! go straight from the drive to the buffer, with no copy out of the cache, no eviction of other
+//! data and no read-ahead heuristics — and most when the file is larger than the free page
+//! cache. It does nothing for data already cached (it reads it from the drive again) and leaves
+//! nothing cached for the next reader. So by default larder asks the kernel (`mincore`) how much
+//! of each file is cached and uses `O_DIRECT` only for large files that mostly are not.
 
 mod buffer;
 mod checkpoint;
@@ -101,8 +103,10 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Bytes per read request (rounded up to 4 KiB).
     pub chunk_bytes: usize,
-    /// Host loads: bypass the page cache with `O_DIRECT` (see the module docs for when).
-    pub direct: bool,
+    /// Host loads: `Some(true)` reads with `O_DIRECT` (bypassing the page cache), `Some(false)`
+    /// through the page cache; `None` (the default) uses `O_DIRECT` for a file of 64 MiB or
+    /// more that is mostly not cached, and the page cache otherwise (see the module docs).
+    pub direct: Option<bool>,
     /// Host loads: page-locked buffers (falls back to ordinary memory without CUDA).
     pub pinned: bool,
     /// GPU loads: the one path to use (failing rather than falling back), or `None` to choose
@@ -115,7 +119,7 @@ impl Default for LoadOptions {
         LoadOptions {
             threads: 8,
             chunk_bytes: 16 << 20,
-            direct: false,
+            direct: None,
             pinned: false,
             only: None,
         }

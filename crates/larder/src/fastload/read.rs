@@ -23,10 +23,53 @@ pub(crate) fn open(path: &Path, direct: bool) -> Result<File> {
     options.open(path).map_err(|e| Error::io(path, e))
 }
 
+/// The fraction of the file's first `len` bytes that is in the page cache (`mincore` over a
+/// read-only mapping, which reads nothing), or `None` when the kernel cannot say.
+pub(crate) fn cached_fraction(file: &File, len: u64) -> Option<f64> {
+    if len == 0 {
+        return Some(1.0);
+    }
+    // SAFETY: the mapping is read-only and only its address is used (by mincore); no byte of
+    // it is read, so a concurrent change of the file cannot be observed through it.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    let pages = map.len().div_ceil(page);
+    let mut resident = vec![0u8; pages];
+    // SAFETY: the range is the whole mapping, page-aligned at its start; `resident` holds one
+    // byte per page, as mincore writes.
+    let r = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            resident.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let cached = resident.iter().filter(|&&b| b & 1 == 1).count();
+    Some(cached as f64 / pages as f64)
+}
+
 /// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
 pub(crate) fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let want = buf.len();
+    fill_at_most(file, buf, offset, want)
+}
+
+/// Reads into `buf` from `offset` until `want` bytes have come or the file ends; returns the
+/// bytes read. `buf` may be longer than `want`: an `O_DIRECT` read must ask for whole blocks
+/// even at the end of a file, and must not be followed by a read at the unaligned offset where
+/// the file ended (which the kernel refuses rather than answering "end of file").
+pub(crate) fn fill_at_most(
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    want: usize,
+) -> io::Result<usize> {
     let mut done = 0;
-    while done < buf.len() {
+    while done < want {
         match file.read_at(&mut buf[done..], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
@@ -67,7 +110,7 @@ pub(crate) fn read_parallel(
                 s.spawn(move || -> Result<()> {
                     for (offset, part) in rx.iter() {
                         let want = (len - offset).min(part.len() as u64) as usize;
-                        let got = fill_at(file, part, offset).map_err(|e| Error::io(path, e))?;
+                        let got = fill_at_most(file, part, offset, want).map_err(|e| Error::io(path, e))?;
                         if got < want {
                             return Err(Error::Safetensors {
                                 path: path.to_path_buf(),
