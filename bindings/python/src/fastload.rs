@@ -277,7 +277,7 @@ fn host_tensor<'py>(
     )?;
     let width = info.dtype.bitsize() / 8;
     // Sub-byte dtypes (F4, F6) are served as their packed bytes.
-    let shape = if info.dtype.bitsize() % 8 != 0 {
+    let shape = if !info.dtype.bitsize().is_multiple_of(8) {
         vec![bytes.len()]
     } else {
         info.shape.clone()

@@ -297,24 +297,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // Round-robin: each run times every contender once, so that a change in the machine's load
+    // during the benchmark (it is shared) falls on all of them alike.
     let mut eviction: Option<Eviction> = None;
-    let mut cold: Vec<f64> = Vec::new();
-    let mut warm: Vec<f64> = Vec::new();
-    for c in &contenders {
-        eprintln!("timing {}...", c.name);
-        if args.warm_only {
-            cold.push(f64::NAN);
-        } else {
-            cold.push(super::median_of(args.runs, || {
+    let n = contenders.len();
+    let mut cold_runs: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut warm_runs: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for run in 0..args.runs.max(1) {
+        eprintln!("run {} of {}...", run + 1, args.runs);
+        for (i, c) in contenders.iter().enumerate() {
+            if !args.warm_only {
                 for f in &files {
                     eviction = Some(evict(f)?);
                 }
-                (c.run)()
-            })?);
+                cold_runs[i].push((c.run)()?);
+            }
+            // Warm: the page cache holds whatever this contender's own previous load left
+            // there (after an O_DIRECT load, nothing), as it would for a second load.
+            (c.run)()?;
+            warm_runs[i].push((c.run)()?);
         }
-        (c.run)()?;
-        warm.push(super::median_of(args.runs, || (c.run)())?);
     }
+    let cold: Vec<f64> = cold_runs.into_iter().map(super::median).collect();
+    let warm: Vec<f64> = warm_runs.into_iter().map(super::median).collect();
 
     let gb = bytes as f64 / 1e9;
     println!(

@@ -26,7 +26,7 @@ enum Memory {
 }
 
 impl HostBuffer {
-    /// An ordinary buffer for `len` bytes, with room rounded up to [`ALIGN`].
+    /// An ordinary buffer for `len` bytes, with room rounded up to a whole number of pages.
     pub fn new(len: usize) -> Result<HostBuffer> {
         let capacity = round_up(len).max(ALIGN);
         let map = memmap2::MmapMut::map_anon(capacity).map_err(|e| Error::InvalidArgument {

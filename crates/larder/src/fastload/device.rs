@@ -150,10 +150,7 @@ fn by_cufile(shard: &Shard, buffer: &DeviceBuffer, options: &LoadOptions) -> Res
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        read::join_all(handles)
     })
 }
 

@@ -126,9 +126,19 @@ pub(crate) fn read_parallel(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect::<Result<()>>()
+        join_all(handles)
     })
+}
+
+/// Joins every worker — all of them, so that each failure surfaces and none is left running —
+/// and returns the first error; a worker's panic is re-raised here.
+pub(crate) fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<()>>>) -> Result<()> {
+    let mut first = Ok(());
+    for h in handles {
+        let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
 }
