@@ -159,6 +159,20 @@ fn peer(
     }
 }
 
+/// A permutation of `0..n` for run `run`: deterministic, and different from run to run
+/// (Fisher-Yates driven by an LCG seeded with the run).
+fn run_order(n: usize, run: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = (run as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..n).rev() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        order.swap(i, ((state >> 33) % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(size) = args.generate {
         let have = std::fs::metadata(&args.path).map(|m| m.len()).ok();
@@ -298,14 +312,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     // Round-robin: each run times every contender once, so that a change in the machine's load
-    // during the benchmark (it is shared) falls on all of them alike.
+    // during the benchmark (it is shared) falls on all of them alike; and each run takes them in
+    // a different order, because a load is measurably slower right after another process has
+    // paged the whole file in (even with the cache emptied in between), which would otherwise
+    // always fall on the same contender.
     let mut eviction: Option<Eviction> = None;
     let n = contenders.len();
     let mut cold_runs: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut warm_runs: Vec<Vec<f64>> = vec![Vec::new(); n];
     for run in 0..args.runs.max(1) {
         eprintln!("run {} of {}...", run + 1, args.runs);
-        for (i, c) in contenders.iter().enumerate() {
+        for i in run_order(n, run) {
+            let c = &contenders[i];
             if !args.warm_only {
                 for f in &files {
                     eviction = Some(evict(f)?);
@@ -397,6 +415,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn each_run_takes_every_contender_once_in_its_own_order() {
+        let orders: Vec<Vec<usize>> = (0..5).map(|r| super::run_order(5, r)).collect();
+        for o in &orders {
+            let mut sorted = o.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
+        }
+        orders
+            .iter()
+            .skip(1)
+            .for_each(|o| assert_ne!(o, &orders[0]));
+        assert_eq!(super::run_order(5, 3), super::run_order(5, 3));
+    }
 
     #[test]
     fn sizes_take_binary_units() {

@@ -1,5 +1,6 @@
 //! The `larder` binary, run as users run it: one test binary, one module per command group.
 
+mod load_bench;
 mod scan;
 mod store;
 

@@ -29,8 +29,8 @@
 //! go straight from the drive to the buffer, with no copy out of the cache, no eviction of other
 //! data and no read-ahead heuristics — and most when the file is larger than the free page
 //! cache. It does nothing for data already cached (it reads it from the drive again) and leaves
-//! nothing cached for the next reader. So by default larder asks the kernel (`mincore`) how much
-//! of each file is cached and uses `O_DIRECT` only for large files that mostly are not.
+//! nothing cached for the next reader. So by default larder asks the kernel (`cachestat`, Linux
+//! 6.5+) how much of each file is cached and uses `O_DIRECT` only for large files that mostly are not.
 
 mod buffer;
 mod checkpoint;

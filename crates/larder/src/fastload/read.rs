@@ -23,33 +23,42 @@ pub(crate) fn open(path: &Path, direct: bool) -> Result<File> {
     options.open(path).map_err(|e| Error::io(path, e))
 }
 
-/// The fraction of the file's first `len` bytes that is in the page cache (`mincore` over a
-/// read-only mapping, which reads nothing), or `None` when the kernel cannot say.
+/// The fraction of the file's first `len` bytes that is in the page cache, from the
+/// `cachestat` system call (Linux 6.5), which counts cached pages without mapping or reading
+/// anything; `None` where the kernel lacks it (the caller then reads through the cache).
 pub(crate) fn cached_fraction(file: &File, len: u64) -> Option<f64> {
+    use std::os::fd::AsRawFd;
+    /// `__NR_cachestat`: the same number on every architecture (new system calls share one
+    /// table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
     if len == 0 {
         return Some(1.0);
     }
-    // SAFETY: the mapping is read-only and only its address is used (by mincore); no byte of
-    // it is read, so a concurrent change of the file cannot be observed through it.
-    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-    let pages = map.len().div_ceil(page);
-    let mut resident = vec![0u8; pages];
-    // SAFETY: the range is the whole mapping, page-aligned at its start; `resident` holds one
-    // byte per page, as mincore writes.
-    let r = unsafe {
-        libc::mincore(
-            map.as_ptr() as *mut libc::c_void,
-            map.len(),
-            resident.as_mut_ptr(),
-        )
-    };
+    let range = Range { off: 0, len };
+    let mut stat = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both live and laid out as the
+    // kernel's `struct cachestat_range` and `struct cachestat`; flags must be 0.
+    let r = unsafe { libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range, &mut stat, 0) };
     if r != 0 {
         return None;
     }
-    let cached = resident.iter().filter(|&&b| b & 1 == 1).count();
-    Some(cached as f64 / pages as f64)
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(stat.nr_cache as f64 / len.div_ceil(page) as f64)
 }
 
 /// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
