@@ -56,6 +56,7 @@ pub fn to_py(err: larder::Error) -> PyErr {
         | larder::Error::Metadata { .. } => ConfigError::new_err(message),
         larder::Error::Store { .. } | larder::Error::Catalog { .. } => StoreError::new_err(message),
         larder::Error::Image { .. } | larder::Error::Codec { .. } => DecodeError::new_err(message),
+        larder::Error::Safetensors { .. } => DecodeError::new_err(message),
         larder::Error::InvalidArgument { .. } => ArgumentError::new_err(message),
         larder::Error::Encoder { .. } => EncoderError::new_err(message),
         _ => LarderError::new_err(message),

@@ -8,6 +8,7 @@
 mod config;
 mod encoders;
 mod errors;
+mod fastload;
 mod loader;
 mod logging;
 mod metrics;
@@ -47,6 +48,9 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loader::Buffer>()?;
     m.add_class::<tune::Tuner>()?;
     m.add_class::<metrics::Metrics>()?;
+    m.add_class::<fastload::Checkpoint>()?;
+    m.add_class::<fastload::HostBytes>()?;
+    m.add_function(wrap_pyfunction!(fastload::cuda_probe_json, m)?)?;
     m.add_function(wrap_pyfunction!(config::load_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::scan_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::prepare_json, m)?)?;

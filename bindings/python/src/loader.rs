@@ -75,7 +75,7 @@ impl Drop for Loader {
 impl Loader {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (store, batch_size = 1, shuffle = true, seed = 0, drop_last = false, num_threads = None, prefetch = 4, rank = None, world_size = None, fields = None, random_flip = false, text_padding = "right"))]
+    #[pyo3(signature = (store, batch_size = 1, shuffle = true, seed = 0, drop_last = false, num_threads = None, prefetch = 4, rank = None, world_size = None, fields = None, random_flip = false, text_padding = "right", pin_memory = false))]
     fn new(
         py: Python<'_>,
         store: &Bound<'_, PyAny>,
@@ -90,6 +90,7 @@ impl Loader {
         fields: Option<Vec<String>>,
         random_flip: bool,
         text_padding: &str,
+        pin_memory: bool,
     ) -> PyResult<Loader> {
         let text_padding = match text_padding {
             "right" => larder::load::Padding::Right,
@@ -127,6 +128,7 @@ impl Loader {
             fields,
             random_flip,
             text_padding,
+            pin_memory,
             ..LoaderOptions::default()
         };
         if let Some(n) = num_threads {
@@ -157,6 +159,12 @@ impl Loader {
     /// Batches this rank serves in the current epoch.
     fn __len__(&mut self) -> PyResult<usize> {
         Ok(self.live()?.len())
+    }
+
+    /// Returns True if and only if batch buffers are page-locked.
+    #[getter]
+    fn pinned(&mut self) -> PyResult<bool> {
+        Ok(self.live()?.pinned())
     }
 
     /// The current epoch.

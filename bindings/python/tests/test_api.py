@@ -146,9 +146,19 @@ def test_a_missing_shard_raises_at_its_batch_naming_it(tmp_path):
     assert len(raised) + len(served) == 9, (raised, served)
 
 
-def test_pin_memory_says_what_it_does(store_path):
-    with pytest.warns(UserWarning, match="page-locked"):
-        larder.DataLoader(store_path, pin_memory=True)
+def test_pin_memory_pins_with_cuda_and_says_why_not_without(store_path, caplog):
+    probe = larder.cuda_probe()
+    with caplog.at_level("WARNING", logger="larder"):
+        loader = larder.DataLoader(store_path, batch_size=2, pin_memory=True)
+    assert loader.pinned == probe["pinned_usable"]
+    if not loader.pinned:
+        (record,) = [r for r in caplog.records if "pin_memory" in r.getMessage()]
+        assert probe["driver_error"].removeprefix("CUDA: ") in record.getMessage()
+    # Pinned or not, the batches are the same.
+    plain = larder.DataLoader(store_path, batch_size=2)
+    for a, b in zip(loader, plain):
+        assert np.array_equal(a["pixels"], b["pixels"])
+    assert not larder.DataLoader(store_path).pinned
 
 
 def test_ranks_split_the_epoch(store_path):

@@ -52,6 +52,8 @@ enum Command {
     /// Write an AI Toolkit job file for your GPU, RAM, dataset and model, saying why each
     /// value was chosen.
     Wizard(cmd::wizard::Args),
+    /// Time loading a safetensors checkpoint by each path (plain, O_DIRECT, pinned, cuFile), cold and warm, against the safetensors package.
+    LoadBench(cmd::load_bench::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
         Command::BenchDiagnose(args) => cmd::bench_diagnose::run(args),
         Command::Wizard(args) => cmd::wizard::run(args),
         Command::BenchEncode(args) => cmd::bench_encode::run(args),
+        Command::LoadBench(args) => cmd::load_bench::run(args),
     };
     match result {
         Ok(code) => code,

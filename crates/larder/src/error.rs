@@ -100,6 +100,22 @@ pub enum Error {
         /// What the encoder reported.
         message: String,
     },
+    /// A safetensors file (or a sharded model's index) is malformed, truncated or hostile.
+    #[error("{}: {}{message}", path.display(), tensor.as_ref().map(|t| format!("tensor `{t}`: ")).unwrap_or_default())]
+    Safetensors {
+        /// The file concerned.
+        path: PathBuf,
+        /// The tensor concerned, when the problem is one tensor's.
+        tensor: Option<String>,
+        /// What was wrong.
+        message: String,
+    },
+    /// The CUDA driver or GPUDirect Storage failed (a driver call, a device allocation).
+    #[error("CUDA: {message}")]
+    Cuda {
+        /// What failed, with the driver's error name where it gave one.
+        message: String,
+    },
 }
 
 impl Error {

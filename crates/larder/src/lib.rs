@@ -19,10 +19,12 @@
 
 mod caption;
 mod config;
+pub mod cuda;
 pub mod diagnose;
 pub mod doctor;
 pub mod encode;
 mod error;
+pub mod fastload;
 mod image;
 pub mod load;
 pub mod metrics;

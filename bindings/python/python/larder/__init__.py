@@ -38,6 +38,7 @@ from ._larder import import_aitk_json as _import_aitk_json
 from ._larder import prepare_json as _prepare_json
 from ._larder import scan_json as _scan_json
 from .encoders import Encoder
+from .fastload import cuda_probe, load_file, safe_open
 from .metrics import Metrics
 from .tuner import BatchSizeTuner
 
@@ -57,9 +58,12 @@ __all__ = [
     "Store",
     "StoreError",
     "__version__",
+    "cuda_probe",
     "import_aitk",
     "load_config",
+    "load_file",
     "prepare",
+    "safe_open",
     "scan",
 ]
 
@@ -285,8 +289,9 @@ class DataLoader:
         rank: This process's rank (default ``RANK`` or 0).
         world_size: The number of ranks (default ``WORLD_SIZE`` or 1).
         fields: Fields to load (default all).
-        pin_memory: Accepted for PyTorch compatibility; page-locked buffers come with the GPU
-            helpers, until then batches are in ordinary memory (a notice says so once).
+        pin_memory: Page-locked batch buffers (CUDA allocations through the driver, loaded at
+            run time), for fast asynchronous copies to the GPU; without CUDA, ordinary memory
+            and a warning with the reason (``pinned`` says which).
         random_flip: Mirror each item's image fields with probability 1/2 per epoch.
         format: ``"numpy"`` or ``"torch"`` (tensors that share the arrays' memory).
         text_padding: ``"right"`` or ``"left"``: where text embeddings (``"<encoder>.embeds"``)
@@ -319,11 +324,6 @@ class DataLoader:
     ):
         if format not in ("numpy", "torch"):
             raise ArgumentError(f"format must be 'numpy' or 'torch', not {format!r}")
-        if pin_memory:
-            _notice_once(
-                "pin_memory: page-locked batch buffers come with larder's GPU helpers; "
-                "batches are in ordinary memory for now"
-            )
         native_store = store._native if isinstance(store, Store) else os.fspath(store)
         self._format = format
         self._loader = _Loader(
@@ -339,6 +339,7 @@ class DataLoader:
             fields=list(fields) if fields is not None else None,
             random_flip=random_flip,
             text_padding=text_padding,
+            pin_memory=pin_memory,
         )
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -361,6 +362,11 @@ class DataLoader:
     def epoch(self) -> int:
         """The current epoch."""
         return self._loader.epoch
+
+    @property
+    def pinned(self) -> bool:
+        """True if and only if batch buffers are page-locked (``pin_memory=True`` with CUDA)."""
+        return self._loader.pinned
 
     def state_dict(self) -> Dict[str, Any]:
         """The loader's position: seed and options, epoch, global batches consumed, and the

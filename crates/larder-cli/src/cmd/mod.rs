@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod diagnose;
 pub mod doctor;
 pub mod import_aitk;
+pub mod load_bench;
 pub mod scan;
 pub mod store;
 pub mod wizard;

@@ -4,6 +4,7 @@ mod dashboard;
 mod diagnose;
 mod doctor;
 mod encode;
+mod load_bench;
 mod scan;
 mod store;
 mod wizard;

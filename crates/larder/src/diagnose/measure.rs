@@ -236,7 +236,10 @@ mod tests {
     fn parses_smaps_rollup() {
         let text = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:              204800 kB\nPss:              102400 kB\nPss_Anon:          1000 kB\nAnonymous:         51200 kB\n";
         let m = ProcessMemory::parse(text).expect("all three lines");
-        assert_eq!((m.rss, m.pss, m.anonymous), (200 << 20, 100 << 20, 50 << 20));
+        assert_eq!(
+            (m.rss, m.pss, m.anonymous),
+            (200 << 20, 100 << 20, 50 << 20)
+        );
         assert_eq!(m.file_backed(), 150 << 20);
         assert_eq!(ProcessMemory::parse("Rss: 4 kB\n"), None);
     }

@@ -12,6 +12,7 @@
 //! ```
 
 mod disk;
+mod fast_paths;
 mod gpu;
 mod system;
 
@@ -19,6 +20,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use disk::{read_speed, store_checks};
+pub use fast_paths::fast_path_checks;
 pub use gpu::gpu_checks;
 pub use system::system_checks;
 
@@ -93,5 +95,6 @@ pub fn run(options: &DoctorOptions) -> Vec<Check> {
         checks.extend(store_checks(store));
     }
     checks.extend(gpu_checks());
+    checks.extend(fast_path_checks(&crate::cuda::probe()));
     checks
 }

@@ -3,44 +3,108 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::cuda::PinnedBuffer;
+
 /// A byte buffer that goes back to its pool when dropped, so that a steady training loop
 /// allocates no batch memory after the first few steps.
 #[derive(Debug)]
 pub struct PooledBuffer {
-    data: Vec<u8>,
+    memory: Memory,
+    len: usize,
     pool: Option<Arc<BufferPool>>,
+}
+
+/// Where a pooled buffer's bytes live.
+#[derive(Debug)]
+enum Memory {
+    /// Ordinary memory; the vector's length is the buffer's.
+    Heap(Vec<u8>),
+    /// Page-locked memory (`pin_memory`), at least as long as the buffer.
+    Pinned(PinnedBuffer),
+}
+
+impl Memory {
+    fn capacity(&self) -> usize {
+        match self {
+            Memory::Heap(v) => v.capacity(),
+            Memory::Pinned(p) => p.as_slice().len(),
+        }
+    }
 }
 
 impl PooledBuffer {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        &self.data
+        match &self.memory {
+            Memory::Heap(v) => v,
+            Memory::Pinned(p) => &p.as_slice()[..self.len],
+        }
     }
 
     /// The bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.data
+        match &mut self.memory {
+            Memory::Heap(v) => v,
+            Memory::Pinned(p) => &mut p.as_mut_slice()[..self.len],
+        }
+    }
+
+    /// Returns true if and only if the bytes are page-locked.
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.memory, Memory::Pinned(_))
     }
 }
 
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
-            pool.put(std::mem::take(&mut self.data));
+            pool.put(std::mem::replace(
+                &mut self.memory,
+                Memory::Heap(Vec::new()),
+            ));
         }
     }
 }
 
-/// Free buffers, reused by size.
+/// Free buffers, reused by size; page-locked when the pool is pinned.
 #[derive(Debug, Default)]
 pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Vec<Memory>>,
+    pinned: bool,
 }
 
 /// Buffers kept for reuse at most; more are freed (a prefetch queue never needs more).
 const POOL_LIMIT: usize = 64;
 
+/// Page-locked buffers are allocated in multiples of this, so that batches of nearby sizes
+/// (other buckets) reuse them: page-locking is far slower than an ordinary allocation.
+const PINNED_GRANULE: usize = 2 << 20;
+
 impl BufferPool {
+    /// A pool of ordinary buffers, or of page-locked ones when `pin` and CUDA is usable. When
+    /// CUDA is not, the pool is ordinary and says so once (a warning with the reason).
+    pub fn new(pin: bool) -> BufferPool {
+        let pinned = pin
+            && match crate::cuda::available() {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        "pin_memory: page-locked batch buffers need CUDA, which is unavailable ({why}); batches are in ordinary memory"
+                    );
+                    false
+                }
+            };
+        BufferPool {
+            free: Mutex::default(),
+            pinned,
+        }
+    }
+
+    /// Returns true if and only if the pool hands out page-locked buffers.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned
+    }
+
     /// A buffer of exactly `len` bytes (contents unspecified: every byte is overwritten by the
     /// caller).
     pub fn take(self: &Arc<Self>, len: usize) -> PooledBuffer {
@@ -55,19 +119,35 @@ impl BufferPool {
                 .map(|(i, _)| i);
             pick.map(|i| free.swap_remove(i))
         };
-        let mut data = reused.unwrap_or_default();
-        data.resize(len, 0);
+        let memory = match reused {
+            Some(Memory::Heap(mut v)) => {
+                v.resize(len, 0);
+                Memory::Heap(v)
+            }
+            Some(pinned @ Memory::Pinned(_)) => pinned,
+            None if self.pinned => match PinnedBuffer::new(len.next_multiple_of(PINNED_GRANULE)) {
+                Ok(p) => Memory::Pinned(p),
+                Err(e) => {
+                    tracing::warn!("pin_memory: {e}; this batch is in ordinary memory");
+                    Memory::Heap(vec![0; len])
+                }
+            },
+            None => Memory::Heap(vec![0; len]),
+        };
         PooledBuffer {
-            data,
+            memory,
+            len,
             pool: Some(self.clone()),
         }
     }
 
-    fn put(&self, mut buf: Vec<u8>) {
+    fn put(&self, mut memory: Memory) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < POOL_LIMIT {
-            buf.clear();
-            free.push(buf);
+            if let Memory::Heap(v) = &mut memory {
+                v.clear();
+            }
+            free.push(memory);
         }
     }
 }
@@ -120,5 +200,29 @@ impl Batch {
     /// Returns true if and only if the batch has no items.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_pool_pins_exactly_when_cuda_is_usable_and_reuses_buffers() {
+        let pool = Arc::new(BufferPool::new(true));
+        assert_eq!(pool.is_pinned(), crate::cuda::available().is_ok());
+        let mut b = pool.take(1000);
+        assert_eq!(b.is_pinned(), pool.is_pinned());
+        b.as_mut_slice().fill(7);
+        assert_eq!(b.as_slice(), &[7u8; 1000][..]);
+        drop(b);
+        let again = pool.take(500);
+        assert_eq!(again.as_slice().len(), 500);
+        assert_eq!(
+            pool.free.lock().map(|f| f.len()).unwrap_or(9),
+            0,
+            "the free buffer was reused"
+        );
+        assert!(!BufferPool::new(false).is_pinned());
     }
 }

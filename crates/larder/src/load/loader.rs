@@ -46,6 +46,9 @@ pub struct LoaderOptions {
     pub random_flip: bool,
     /// Which side text embeddings are padded on (to the batch's longest caption).
     pub text_padding: Padding,
+    /// Page-locked batch buffers (fast, asynchronous copies to a GPU) when CUDA is usable;
+    /// ordinary memory and a warning otherwise. [`Loader::pinned`] says which.
+    pub pin_memory: bool,
 }
 
 impl Default for LoaderOptions {
@@ -62,6 +65,7 @@ impl Default for LoaderOptions {
             fields: None,
             random_flip: false,
             text_padding: Padding::Right,
+            pin_memory: false,
         }
     }
 }
@@ -211,6 +215,7 @@ impl Loader {
             &state.history,
         ));
         let start = state.consumed;
+        let pool = Arc::new(BufferPool::new(options.pin_memory));
         Ok(Loader {
             store,
             shared: Arc::new(Catalogued {
@@ -229,8 +234,13 @@ impl Loader {
             step: 0,
             start,
             pipeline: None,
-            pool: Arc::new(BufferPool::default()),
+            pool,
         })
+    }
+
+    /// Returns true if and only if batch buffers are page-locked (`pin_memory` with CUDA).
+    pub fn pinned(&self) -> bool {
+        self.pool.is_pinned()
     }
 
     /// The loader's position; save it with a checkpoint.

@@ -12,7 +12,7 @@ use larder::{Config, FieldData, PrepareOptions, Store, prepare};
 
 use crate::{file, image};
 
-fn python() -> String {
+pub fn python() -> String {
     std::env::var("LARDER_TEST_PYTHON").unwrap_or_else(|_| {
         panic!("LARDER_TEST_PYTHON is not set: run the tests with scripts/test, which makes a venv with safetensors and numpy")
     })

@@ -3,6 +3,7 @@
 mod config;
 mod diagnose;
 mod encode;
+mod fastload;
 mod interop;
 mod load;
 mod metrics;
