@@ -28,6 +28,16 @@ enum Command {
     Verify(cmd::store::VerifyArgs),
     /// Remove entries and shards of a store that no item references.
     Gc(cmd::store::StoreArgs),
+    /// Memory: what a dataset costs under a PyTorch DataLoader and under larder, measured on
+    /// request, with advice.
+    Diagnose(cmd::diagnose::Args),
+    /// Check the machine: memory, /dev/shm, open files, disk, page cache, NVIDIA driver, GDS.
+    Doctor(cmd::doctor::Args),
+    /// Write an AI Toolkit job file for your GPU, RAM, dataset and model, saying why each
+    /// value was chosen.
+    Wizard(cmd::wizard::Args),
+    /// Serve the live web dashboard of a training run (from its metrics file or its endpoint).
+    Dashboard(cmd::dashboard::Args),
     /// Serve a store for a few epochs: samples/s, MB/s, batch latency, memory.
     Bench(cmd::bench::Args),
     /// Benchmark the scan against AI Toolkit's way of reading image sizes (needs Python + Pillow).
@@ -38,22 +48,13 @@ enum Command {
     BenchEncode(cmd::bench_encode::Args),
     /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
     BenchLoad(cmd::bench_load::Args),
-    /// Serve the live web dashboard of a training run (from its metrics file or its endpoint).
-    Dashboard(cmd::dashboard::Args),
+    /// Time loading a safetensors checkpoint by each path (plain, O_DIRECT, pinned, cuFile),
+    /// cold and warm, against the safetensors package.
+    LoadBench(cmd::load_bench::Args),
     /// Measure what recording a training step's metrics costs.
     BenchMetrics(cmd::bench_metrics::Args),
-    /// Memory: what a dataset costs under a PyTorch DataLoader and under larder, measured on
-    /// request, with advice.
-    Diagnose(cmd::diagnose::Args),
-    /// Check the machine: memory, /dev/shm, open files, disk, page cache, NVIDIA driver, GDS.
-    Doctor(cmd::doctor::Args),
     /// Benchmark `larder diagnose`'s memory estimate against measured RSS and PSS.
     BenchDiagnose(cmd::bench_diagnose::Args),
-    /// Write an AI Toolkit job file for your GPU, RAM, dataset and model, saying why each
-    /// value was chosen.
-    Wizard(cmd::wizard::Args),
-    /// Time loading a safetensors checkpoint by each path (plain, O_DIRECT, pinned, cuFile), cold and warm, against the safetensors package.
-    LoadBench(cmd::load_bench::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
