@@ -51,6 +51,17 @@ def test_the_counters_carry_on_after_load_state_dict(store_path):
     assert metrics.last()["bytes_read"] > before, "the rebuilt loader counts into the same metrics"
 
 
+def test_a_prefetcher_stands_in_for_its_loader(store_path):
+    import larder.torch as lt
+
+    loader = larder.DataLoader(store_path, batch_size=4, seed=0)
+    prefetcher = lt.CudaPrefetcher.__new__(lt.CudaPrefetcher)
+    prefetcher.loader = loader  # what the constructor keeps; no torch needed to attach
+    metrics = larder.Metrics(loader=prefetcher, print_every=None)
+    steps(metrics, loader, 1)
+    assert metrics.last()["bytes_read"] > 0
+
+
 def test_prometheus_and_dashboard_endpoints(store_path):
     loader = larder.DataLoader(store_path, batch_size=8, seed=0)
     metrics = larder.Metrics(listen="127.0.0.1:0", loader=loader, print_every=None)

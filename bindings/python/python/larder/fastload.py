@@ -84,11 +84,19 @@ def _framework(framework: Optional[str]) -> str:
 
 def _device(device: Any) -> Optional[int]:
     """None for the CPU, else the CUDA ordinal."""
+    if isinstance(device, int):
+        return device
     text = str(device)
     if text == "cpu":
         return None
     if text == "cuda":
-        return 0
+        # As torch reads it: the current device (each rank's own under torchrun).
+        try:
+            import torch
+
+            return torch.cuda.current_device() if torch.cuda.is_available() else 0
+        except ImportError:
+            return 0
     if text.startswith("cuda:") and text[5:].isdigit():
         return int(text[5:])
     raise ArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")

@@ -68,6 +68,8 @@ class Metrics:
 
     def attach_loader(self, loader: Any) -> None:
         """Includes a :class:`larder.DataLoader`'s counters (wait, queue, bytes, assembly)."""
+        # A CudaPrefetcher stands in for its loader.
+        loader = getattr(loader, "loader", loader)
         self._native.attach_loader(getattr(loader, "_loader", loader))
 
     def step(self, loss: Any = None, lr: Optional[float] = None, batch_size: Optional[int] = None) -> None:

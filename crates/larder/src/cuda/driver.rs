@@ -48,7 +48,8 @@ pub(crate) struct Api {
     pub(crate) cuDeviceGetAttribute: unsafe extern "C" fn(*mut c_int, c_int, CuDevice) -> CuResult,
     pub(crate) cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
     pub(crate) cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(CuDevice) -> CuResult,
-    pub(crate) cuCtxSetCurrent: unsafe extern "C" fn(CuContext) -> CuResult,
+    pub(crate) cuCtxPushCurrent_v2: unsafe extern "C" fn(CuContext) -> CuResult,
+    pub(crate) cuCtxPopCurrent_v2: unsafe extern "C" fn(*mut CuContext) -> CuResult,
     pub(crate) cuMemHostAlloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CuResult,
     pub(crate) cuMemFreeHost: unsafe extern "C" fn(*mut c_void) -> CuResult,
     pub(crate) cuMemAlloc_v2: unsafe extern "C" fn(*mut DevicePtr, usize) -> CuResult,
@@ -131,7 +132,8 @@ fn resolve(lib: Library) -> std::result::Result<Api, String> {
         cuDeviceGetAttribute: sym!(cuDeviceGetAttribute),
         cuDevicePrimaryCtxRetain: sym!(cuDevicePrimaryCtxRetain),
         cuDevicePrimaryCtxRelease_v2: sym!(cuDevicePrimaryCtxRelease_v2),
-        cuCtxSetCurrent: sym!(cuCtxSetCurrent),
+        cuCtxPushCurrent_v2: sym!(cuCtxPushCurrent_v2),
+        cuCtxPopCurrent_v2: sym!(cuCtxPopCurrent_v2),
         cuMemHostAlloc: sym!(cuMemHostAlloc),
         cuMemFreeHost: sym!(cuMemFreeHost),
         cuMemAlloc_v2: sym!(cuMemAlloc_v2),
@@ -254,22 +256,28 @@ impl Device {
         self.ordinal
     }
 
-    /// Makes this device's context current on the calling thread (every driver call that
-    /// allocates or copies needs one).
-    pub(crate) fn bind(&self) -> Result<&'static Api> {
+    /// Makes this device's context current on the calling thread until the returned guard
+    /// is dropped, when the thread's previous context (PyTorch's, say) is current again. A
+    /// context left current would move the caller's work to this device behind its back.
+    pub(crate) fn bind(&self) -> Result<Current> {
         let api = driver()?;
-        // SAFETY: the context is retained for as long as `self` lives.
+        // SAFETY: the context is retained for as long as `self` lives, and outlives the guard,
+        // which borrows nothing but pops on the same thread (it is not Send).
         check(
             api,
-            unsafe { (api.cuCtxSetCurrent)(self.context) },
-            "cuCtxSetCurrent",
+            unsafe { (api.cuCtxPushCurrent_v2)(self.context) },
+            "cuCtxPushCurrent",
         )?;
-        Ok(api)
+        Ok(Current {
+            api,
+            _thread: std::marker::PhantomData,
+        })
     }
 
     /// Device memory of `len` bytes.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer> {
-        let api = self.bind()?;
+        let current = self.bind()?;
+        let api = current.api;
         let mut ptr = 0;
         // cuMemAlloc refuses zero bytes; an empty buffer keeps a one-byte allocation.
         // SAFETY: writes one device pointer.
@@ -370,7 +378,8 @@ impl DeviceBuffer {
             offset + src.len() <= self.len,
             "copy past the device buffer"
         );
-        let api = self.device.bind()?;
+        let current = self.device.bind()?;
+        let api = current.api;
         // SAFETY: the destination range lies inside this allocation (asserted above); the
         // source is a live slice; the call returns when the copy is done.
         check(
@@ -385,7 +394,8 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if let Ok(api) = self.device.bind() {
+        if let Ok(current) = self.device.bind() {
+            let api = current.api;
             // SAFETY: `ptr` came from cuMemAlloc and is freed once.
             unsafe { (api.cuMemFree_v2)(self.ptr) };
         }
@@ -396,6 +406,30 @@ impl Drop for DeviceBuffer {
 unsafe impl Send for DeviceBuffer {}
 // SAFETY: as above.
 unsafe impl Sync for DeviceBuffer {}
+
+/// A device's context pushed on this thread by [`Device::bind`]; popped on drop.
+pub(crate) struct Current {
+    pub(crate) api: &'static Api,
+    /// Push and pop must happen on the same thread.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        let mut popped = std::ptr::null_mut();
+        // SAFETY: pops the context this guard pushed on this thread, writing one handle.
+        unsafe { (self.api.cuCtxPopCurrent_v2)(&mut popped) };
+    }
+}
+
+/// The GPU whose context page-locked allocations use: `LARDER_CUDA_DEVICE`, else torchrun's
+/// `LOCAL_RANK`, else 0.
+fn local_device() -> usize {
+    ["LARDER_CUDA_DEVICE", "LOCAL_RANK"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
 
 /// Page-locked host memory (`cuMemHostAlloc`, portable to every context): the GPU's copy
 /// engines read it directly, so host→device copies run at full bus speed and asynchronously.
@@ -417,10 +451,11 @@ impl PinnedBuffer {
     /// `len` bytes of page-locked memory, zeroed.
     pub fn new(len: usize) -> Result<PinnedBuffer> {
         let api = driver()?;
-        // Page-locked allocation needs a current context; the primary context of device 0
-        // serves (the memory is portable, so every device can use it).
-        let device = Device::open(0)?;
-        device.bind()?;
+        // Page-locked allocation needs a context; the memory is portable, so any device's
+        // serves. This rank's own GPU (LOCAL_RANK under torchrun) keeps the other ranks' GPUs
+        // free of a context per rank.
+        let device = Device::open(local_device())?;
+        let _current = device.bind()?;
         let mut ptr = std::ptr::null_mut();
         // SAFETY: writes one host pointer to `len.max(1)` bytes.
         check(
@@ -452,7 +487,8 @@ impl PinnedBuffer {
 
 impl Drop for PinnedBuffer {
     fn drop(&mut self) {
-        if let Ok(api) = self.device.bind() {
+        if let Ok(current) = self.device.bind() {
+            let api = current.api;
             // SAFETY: `ptr` came from cuMemHostAlloc and is freed once.
             unsafe { (api.cuMemFreeHost)(self.ptr.cast()) };
         }
@@ -468,7 +504,8 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub(crate) fn new(device: &Arc<Device>) -> Result<Stream> {
-        let api = device.bind()?;
+        let current = device.bind()?;
+        let api = current.api;
         let mut stream = std::ptr::null_mut();
         // SAFETY: writes one stream handle, destroyed in Drop.
         check(
@@ -493,7 +530,8 @@ impl Stream {
         offset: usize,
         src: &[u8],
     ) -> Result<()> {
-        let api = self.device.bind()?;
+        let current = self.device.bind()?;
+        let api = current.api;
         // SAFETY: the caller keeps `src` alive and the range inside `dst`.
         check(
             api,
@@ -511,7 +549,8 @@ impl Stream {
 
     /// An event marking everything queued so far.
     pub(crate) fn record(&self) -> Result<Event> {
-        let api = self.device.bind()?;
+        let current = self.device.bind()?;
+        let api = current.api;
         let mut event = std::ptr::null_mut();
         // SAFETY: writes one event handle, destroyed in Event's Drop.
         check(
@@ -531,7 +570,8 @@ impl Stream {
 
     /// Waits for everything queued.
     pub(crate) fn synchronize(&self) -> Result<()> {
-        let api = self.device.bind()?;
+        let current = self.device.bind()?;
+        let api = current.api;
         // SAFETY: the stream is live.
         check(
             api,
@@ -543,7 +583,8 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if let Ok(api) = self.device.bind() {
+        if let Ok(current) = self.device.bind() {
+            let api = current.api;
             // SAFETY: waits for queued work (whose sources may be freed next), then destroys
             // the stream once.
             unsafe {

@@ -206,7 +206,23 @@ impl Encoders {
             .chain(self.text.iter().map(|e| &e.0))
             .chain(self.clip.iter().map(|e| &e.0));
         for name in names {
-            let reserved = ["pixels", "mask", "inpaint", "captions", "keys", "items"];
+            // Names the batch already uses: fields, and the metadata the Python batch adds.
+            let reserved = [
+                "pixels",
+                "mask",
+                "inpaint",
+                "captions",
+                "keys",
+                "items",
+                "dtypes",
+                "bucket",
+                "is_reg",
+                "flipped",
+                "network_weight",
+                "loss_multiplier",
+                "epoch",
+                "index",
+            ];
             let bad = name.is_empty()
                 || !name
                     .chars()

@@ -129,6 +129,9 @@ fn section_chunks(shard: &Shard, chunk: usize) -> Vec<(u64, usize)> {
 
 /// cuFile reads straight into device memory, several requests in flight.
 fn by_cufile(shard: &Shard, buffer: &DeviceBuffer, options: &LoadOptions) -> Result<()> {
+    // cuFile registers handles and buffers in the current context; popped after both are
+    // deregistered (locals drop in reverse order).
+    let _current = buffer.device().bind()?;
     let file = CuFile::open(&shard.path)?;
     let _registered = Registered::new(buffer);
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -142,7 +145,7 @@ fn by_cufile(shard: &Shard, buffer: &DeviceBuffer, options: &LoadOptions) -> Res
             .map(|_| {
                 let (rx, file) = (rx.clone(), &file);
                 s.spawn(move || -> Result<()> {
-                    buffer.device().bind()?;
+                    let _current = buffer.device().bind()?;
                     for (offset, len) in rx.iter() {
                         file.read(buffer, offset as usize, start + offset, len)?;
                     }

@@ -77,6 +77,13 @@ pub(crate) fn read(path: &Path) -> Result<Index> {
         }
         weight_map.insert(tensor, i);
     }
+    if files.is_empty() {
+        return Err(Error::Safetensors {
+            path: path.to_path_buf(),
+            tensor: None,
+            message: "the index's weight_map names no tensor".into(),
+        });
+    }
     let metadata = raw
         .metadata
         .into_iter()

@@ -66,6 +66,15 @@ impl Drop for PooledBuffer {
     }
 }
 
+/// Logs a pin_memory warning the first time only: a loader rebuilt by `load_state_dict`, or
+/// every batch of a pool whose page-locking starts failing, would otherwise repeat it.
+fn warn_once(message: std::fmt::Arguments<'_>) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("{message}");
+    }
+}
+
 /// Free buffers, reused by size; page-locked when the pool is pinned.
 #[derive(Debug, Default)]
 pub struct BufferPool {
@@ -88,9 +97,9 @@ impl BufferPool {
             && match crate::cuda::available() {
                 Ok(()) => true,
                 Err(why) => {
-                    tracing::warn!(
+                    warn_once(format_args!(
                         "pin_memory: page-locked batch buffers need CUDA, which is unavailable ({why}); batches are in ordinary memory"
-                    );
+                    ));
                     false
                 }
             };
@@ -128,7 +137,9 @@ impl BufferPool {
             None if self.pinned => match PinnedBuffer::new(len.next_multiple_of(PINNED_GRANULE)) {
                 Ok(p) => Memory::Pinned(p),
                 Err(e) => {
-                    tracing::warn!("pin_memory: {e}; this batch is in ordinary memory");
+                    warn_once(format_args!(
+                        "pin_memory: {e}; batches that cannot be page-locked are in ordinary memory"
+                    ));
                     Memory::Heap(vec![0; len])
                 }
             },

@@ -611,6 +611,13 @@ fn bad_encoder_names_and_byte_codecs_are_refused() {
     };
     let err = run(&config, &out, &options(2), &mut enc).expect_err("reserved name");
     assert!(err.to_string().contains("pixels"), "{err}");
+    // The Python batch's own keys would overwrite such a field.
+    let mut enc = Encoders {
+        image: vec![("index".into(), Box::new(PatchEncoder::new("x", &images)))],
+        ..Encoders::default()
+    };
+    let err = run(&config, &out, &options(2), &mut enc).expect_err("batch metadata name");
+    assert!(err.to_string().contains("\"index\""), "{err}");
     let mut opts = options(2);
     opts.latent_codec = larder::store::codec::Codec::RAW_U8;
     let err = run(&config, &out, &opts, &mut latent_encoders("x", &images)).expect_err("u8");

@@ -220,6 +220,9 @@ fn a_hostile_index_cannot_reach_outside_its_folder_or_misplace_tensors() {
     let not_index = sharded.join("plain.json");
     std::fs::write(&not_index, r#"{"a": 1}"#).expect("write");
     assert!(open_err(&not_index).contains("weight_map"));
+    let empty = sharded.join("empty.index.json");
+    std::fs::write(&empty, r#"{"weight_map": {}}"#).expect("write");
+    assert!(open_err(&empty).contains("names no tensor"));
 }
 
 #[test]

@@ -171,7 +171,7 @@ pub fn import_aitk(
     let default = |given: &Option<EncoderIdentity>, id: String| {
         given.clone().unwrap_or_else(|| EncoderIdentity::new(id))
     };
-    let targets = Targets {
+    let mut targets = Targets {
         latent: (
             &options.latent.0,
             default(&options.latent.1, format!("ai-toolkit/{arch_name}")),
@@ -191,8 +191,14 @@ pub fn import_aitk(
             ),
         ),
         options: &options.prepare,
+        stored_captions: HashSet::new(),
         stored: catalog.entry_keys()?,
     };
+    targets.stored_captions = targets
+        .stored
+        .iter()
+        .filter_map(|k| k.split_once('.').map(|(caption, _)| caption.to_owned()))
+        .collect();
     let mut imported = Imported::default();
     let (catalog, written) = with_writer(catalog, out, &options.prepare, |tx| {
         targets.copy_latents(tx, &items, &latents, &mut imported, &mut report)?;
@@ -329,6 +335,9 @@ struct Targets<'a> {
     clip: (&'a String, EncoderIdentity),
     options: &'a PrepareOptions,
     stored: HashSet<String>,
+    /// Captions with embeddings stored: the part of a `{caption key}.{output}` entry key
+    /// before the dot, as the text encoder's pass reads it.
+    stored_captions: HashSet<String>,
 }
 
 /// What the copy produced, for the catalog.
@@ -494,8 +503,7 @@ impl Targets<'_> {
             imported.captions.push((key.clone(), caption.clone()));
             ids.insert(caption.clone(), id);
             imported.item_captions.push((item.id, id));
-            let prefix = format!("{key}.");
-            if self.stored.iter().any(|k| k.starts_with(&prefix)) {
+            if self.stored_captions.contains(&key) {
                 report.texts.stored += 1;
                 continue;
             }
