@@ -627,6 +627,7 @@ fn assemble(
         seed,
         epoch,
         shared.text_padding,
+        &shared.metrics,
     )?;
     fields.extend(text.fields);
     let captions = text.captions.unwrap_or_else(|| {

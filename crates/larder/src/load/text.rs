@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::batch::{BufferPool, Tensor};
 use crate::caption::CaptionRecipe;
+use crate::metrics::LoaderMetrics;
 use crate::rng::{Purpose, Stream};
 use crate::store::codec::{self, Repr};
 use crate::store::{Store, TextTable};
@@ -53,6 +54,7 @@ pub(super) fn assemble(
     seed: u64,
     epoch: u64,
     padding: Padding,
+    metrics: &LoaderMetrics,
 ) -> Result<TextBatch> {
     let mut fields = Vec::new();
     let mut captions = None;
@@ -102,7 +104,8 @@ pub(super) fn assemble(
                 .map(|&c| table.captions[c as usize].1[o])
                 .collect();
             let name = format!("{}.{output}", table.field);
-            let (tensor, lengths) = pad_stack(store, pool, &positions, *sequence, padding, &name)?;
+            let (tensor, lengths) =
+                pad_stack(store, pool, &positions, *sequence, padding, &name, metrics)?;
             if let (Some(lengths), None) = (lengths, &mask) {
                 mask = Some(attention_mask(pool, &lengths, tensor.shape[1], padding));
             }
@@ -146,6 +149,7 @@ fn pad_stack(
     sequence: bool,
     padding: Padding,
     name: &str,
+    metrics: &LoaderMetrics,
 ) -> Result<(Tensor, Option<Vec<usize>>)> {
     let mut parts = Vec::with_capacity(positions.len());
     for &pos in positions {
@@ -155,7 +159,9 @@ fn pad_stack(
             message: format!("{name}: {e}"),
         };
         let stored = map.slice(entry.offset, entry.length).map_err(context)?;
+        let decoding = std::time::Instant::now();
         let (dtype, bytes) = element_bytes(entry, stored).map_err(context)?;
+        metrics.record_read(stored.len() as u64, decoding.elapsed());
         parts.push((dtype, bytes.into_owned(), entry.shape.clone()));
     }
     let (dtype, _, first_shape) = parts.first().ok_or_else(|| Error::InvalidArgument {

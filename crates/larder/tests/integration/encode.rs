@@ -411,6 +411,34 @@ fn loader(out: &Path, padding: Padding) -> Loader {
 }
 
 #[test]
+fn the_loader_counts_the_text_embeddings_it_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let captions = Arc::new(AtomicUsize::new(0));
+    run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare");
+    let store = Arc::new(Store::open(&out).expect("open"));
+    let mut text_only = Loader::new(
+        store,
+        LoaderOptions {
+            batch_size: 2,
+            threads: 1,
+            fields: Some(vec!["text".into()]),
+            ..LoaderOptions::default()
+        },
+    )
+    .expect("loader");
+    let batch = text_only.next().expect("a batch").expect("readable");
+    let embeds = &batch.fields["text.embeds"];
+    let read = text_only.metrics().snapshot().bytes_read;
+    // At least this batch's embeddings, unpadded, were read from the shards.
+    assert!(
+        read > 0 && read as usize >= embeds.shape[0] * 4,
+        "{read} bytes"
+    );
+}
+
+#[test]
 fn captions_are_encoded_once_per_distinct_text_and_served_padded_with_masks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dataset(dir.path(), "");
