@@ -6,29 +6,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use larder::Error;
 use larder::fastload::{Checkpoint, LoadOptions, LoadPath, write_synthetic};
 
-use crate::interop::python;
+use crate::interop::run_script;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/fastload_interop.py")
 }
 
 fn python_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(script())
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    serde_json::from_slice(&run_script(&script(), args)).unwrap_or(serde_json::Value::Null)
 }
 
 fn hex(bytes: &[u8]) -> String {

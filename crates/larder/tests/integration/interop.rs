@@ -22,18 +22,27 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/safetensors_interop.py")
 }
 
-fn run_python(args: &[&str]) {
+/// Runs `script` (under tests/interop) with the test Python; its standard output, or a
+/// failure showing what it printed.
+pub fn run_script(script: &Path, args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let out = Command::new(python())
-        .arg(script())
+        .arg(script)
         .args(args)
         .output()
         .expect("run python");
     assert!(
         out.status.success(),
-        "python {args:?} failed:\n{}\n{}",
+        "python {} {args:?} failed:\n{}\n{}",
+        script.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
+}
+
+fn run_python(args: &[&str]) {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    run_script(&script(), &args);
 }
 
 #[test]
