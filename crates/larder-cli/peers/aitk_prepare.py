@@ -38,8 +38,10 @@ def bucket(width, height, resolution, d):
     return min(capped, key=lambda x: abs(x[0] * x[1] - target))
 
 
-def process(job):
-    path, out, resolution, d = job
+def aitk_pixels(path, resolution, d):
+    """AI Toolkit's default pixel path for one image: open, orient, RGB, bucket, resize, crop.
+    Returns the image and its geometry: (scaled width, scaled height, crop x, crop y, bucket
+    width, bucket height)."""
     img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     w, h = img.size
     bw, bh = bucket(w, h, resolution, d)
@@ -47,6 +49,12 @@ def process(job):
     sw, sh = int(math.ceil(w * m)), int(math.ceil(h * m))
     cx, cy = int((sw - bw) / 2), int((sh - bh) / 2)
     img = img.resize((sw, sh), Image.BICUBIC).crop((cx, cy, cx + bw, cy + bh))
+    return img, (sw, sh, cx, cy, bw, bh)
+
+
+def process(job):
+    path, out, resolution, d = job
+    img, _ = aitk_pixels(path, resolution, d)
     arr = np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
     stem = os.path.splitext(os.path.basename(path))[0]
     save_file({"pixels": arr}, os.path.join(out, stem + ".safetensors"))

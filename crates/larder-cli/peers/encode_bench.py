@@ -21,17 +21,18 @@ Prints one JSON object; the pipeline timings are lists with one entry per run.
 """
 
 import json
-import math
 import os
 import shutil
 import sys
 import time
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors.numpy import save_file
 
 import larder
+# The same pixel path as `larder bench-prepare`'s peer, written beside this script.
+from aitk_prepare import aitk_pixels
 
 
 def noop(pixels):
@@ -46,30 +47,10 @@ def busy(pixels):
     return noop(pixels)
 
 
-def bucket(width, height, resolution, d):
-    # AI Toolkit's get_bucket_for_image_size (toolkit/buckets.py).
-    total = width * height
-    max_pixels = resolution * resolution
-    target = min(total, max_pixels)
-    scaler = (target / total) ** 0.5
-    w_raw, h_raw = (width * scaler) / d, (height * scaler) / d
-    f, c = math.floor, math.ceil
-    cands = [(f(w_raw) * d, f(h_raw) * d), (f(w_raw) * d, c(h_raw) * d),
-             (c(w_raw) * d, f(h_raw) * d), (c(w_raw) * d, c(h_raw) * d)]
-    capped = [(w, h) for (w, h) in cands if w > 0 and h > 0 and w * h <= max_pixels]
-    return min(capped, key=lambda x: abs(x[0] * x[1] - target))
-
-
 def aitk_loop(files, out, resolution, d, encode):
     os.makedirs(out, exist_ok=True)
     for path in files:
-        img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-        w, h = img.size
-        bw, bh = bucket(w, h, resolution, d)
-        m = max(bw / w, bh / h)
-        sw, sh = int(math.ceil(w * m)), int(math.ceil(h * m))
-        cx, cy = int((sw - bw) / 2), int((sh - bh) / 2)
-        img = img.resize((sw, sh), Image.BICUBIC).crop((cx, cy, cx + bw, cy + bh))
+        img, (sw, sh, cx, cy, bw, bh) = aitk_pixels(path, resolution, d)
         # transforms.ToTensor() then Normalize([0.5], [0.5]).
         x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
         x = (x - 0.5) / 0.5

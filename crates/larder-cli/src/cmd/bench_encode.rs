@@ -42,6 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let data = args.dir.join(format!("jpegs-{}", args.images));
     super::bench_prepare::generate(&data, args.images)?;
+    // The peer's pixel path is bench-prepare's peer script, imported from beside this one.
+    let shared = args.dir.join("aitk_prepare.py");
+    std::fs::write(&shared, super::bench_prepare::PEER_SCRIPT)
+        .with_context(|| format!("writing {}", shared.display()))?;
     let script = args.dir.join("encode_bench.py");
     std::fs::write(&script, PEER_SCRIPT)
         .with_context(|| format!("writing {}", script.display()))?;

@@ -16,7 +16,7 @@ use larder::store::codec::{self, Codec, Values};
 use larder::{Config, PrepareOptions};
 use rayon::prelude::*;
 
-const PEER_SCRIPT: &str = include_str!("../../peers/aitk_prepare.py");
+pub(crate) const PEER_SCRIPT: &str = include_str!("../../peers/aitk_prepare.py");
 
 /// Arguments of `larder bench-prepare`.
 #[derive(Debug, clap::Args)]
