@@ -59,6 +59,7 @@ pub fn to_py(err: larder::Error) -> PyErr {
         larder::Error::Safetensors { .. } => DecodeError::new_err(message),
         larder::Error::InvalidArgument { .. } => ArgumentError::new_err(message),
         larder::Error::Encoder { .. } => EncoderError::new_err(message),
+        larder::Error::Remote { .. } => RemoteError::new_err(message),
         _ => LarderError::new_err(message),
     }
 }

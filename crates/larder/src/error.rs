@@ -110,6 +110,14 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// Object storage could not be reached or read, or what it returned failed its checksum.
+    #[error("{url}: {message}")]
+    Remote {
+        /// The URL of the object (or the store) concerned.
+        url: String,
+        /// What happened, after how many tries, and what to do about it.
+        message: String,
+    },
     /// The CUDA driver or GPUDirect Storage failed (a driver call, a device allocation).
     #[error("CUDA: {message}")]
     Cuda {

@@ -31,9 +31,11 @@ pub mod metrics;
 mod plan;
 mod prepare;
 mod progress;
+pub mod remote;
 mod report;
 mod rng;
 mod scan;
+mod size;
 pub mod store;
 pub mod synth;
 pub mod tune;
@@ -54,4 +56,5 @@ pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
     ScannedImage, scan, scan_with,
 };
+pub use size::parse_size;
 pub use store::{FieldData, Store, StoredItem};

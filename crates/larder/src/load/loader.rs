@@ -451,6 +451,8 @@ struct Pipeline {
     jobs: usize,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// For a remote store: fetches the chunks of the batches ahead.
+    prefetch: Option<crate::remote::Prefetch>,
 }
 
 impl Pipeline {
@@ -476,6 +478,14 @@ impl Pipeline {
         let jobs = Arc::new(jobs);
 
         let count = jobs.len();
+        let prefetch = {
+            let (shared, plan, jobs) = (shared.clone(), plan.clone(), jobs.clone());
+            store.prefetch(count, move |n| {
+                jobs.get(n).map_or_else(Vec::new, |&global| {
+                    batch_entries(&shared, &plan.batches[global], epoch, seed)
+                })
+            })
+        };
         let threads = (0..options.threads)
             .map(|_| {
                 let (store, shared, pool, jobs, plan) = (
@@ -530,6 +540,7 @@ impl Pipeline {
             jobs: count,
             stop,
             threads,
+            prefetch,
         }
     }
 
@@ -558,6 +569,9 @@ impl Pipeline {
             }
         };
         self.metrics.record_delivery(asked.elapsed(), ready);
+        if let Some(p) = &self.prefetch {
+            p.consumed(self.next);
+        }
         self.next += 1;
         if let Some(tokens) = &self.tokens {
             let _ = tokens.send(());
@@ -676,6 +690,31 @@ fn mirror_rows(tensor: &mut Tensor, flipped: &[bool]) {
     }
 }
 
+/// The entries (by position) that assembling the batch of items `ids` reads: what a remote
+/// store prefetches.
+fn batch_entries(shared: &Catalogued, ids: &[u32], epoch: u64, seed: u64) -> Vec<u32> {
+    let columns = &shared.columns;
+    let mut out: Vec<u32> = shared
+        .fields
+        .iter()
+        .flat_map(|&f| ids.iter().map(move |&id| columns.entries[f][id as usize]))
+        .filter(|&pos| pos != NO_ENTRY && pos != DANGLING)
+        .collect();
+    let datasets: Vec<u32> = ids
+        .iter()
+        .map(|&id| columns.items[id as usize].dataset)
+        .collect();
+    out.extend(text::entry_positions(
+        &shared.texts,
+        &shared.recipes,
+        ids,
+        &datasets,
+        seed,
+        epoch,
+    ));
+    out
+}
+
 /// Stacks one field of the items into a pooled buffer: raw entries are copied straight from the
 /// memory map; compressed ones are decompressed into place; quantized ones decoded to f32.
 fn stack(
@@ -700,21 +739,27 @@ fn stack(
                 ),
             });
         }
-        let (map, entry) = store.stored_bytes_at(pos).map_err(|e| match e {
+        let (stored, entry) = store.stored_bytes_at(pos).map_err(|e| match e {
             Error::Store { path, message } => Error::Store {
                 path,
+                message: in_item(message),
+            },
+            Error::Remote { url, message } => Error::Remote {
+                url,
                 message: in_item(message),
             },
             other => other,
         })?;
         let context = |e: Error| Error::Store {
-            path: map.path.clone(),
+            path: stored.origin().to_path_buf(),
             message: in_item(e.to_string()),
         };
-        let stored = map.slice(entry.offset, entry.length).map_err(context)?;
         let decoding = Instant::now();
-        let (dtype, bytes) = text::element_bytes(entry, stored).map_err(context)?;
+        let (dtype, bytes) = text::element_bytes(entry, &stored).map_err(context)?;
         metrics.record_read(stored.len() as u64, decoding.elapsed());
+        if let Some(hit) = stored.cache_hit() {
+            metrics.record_cache(hit);
+        }
         let tensor = out.get_or_insert_with(|| {
             item_bytes = bytes.len();
             let mut shape = vec![positions.len()];

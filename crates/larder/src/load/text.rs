@@ -42,6 +42,71 @@ fn drops_caption(recipe: &CaptionRecipe, seed: u64, epoch: u64, item: u64) -> bo
         && Stream::new(Purpose::Caption, &[seed, epoch, item]).unit() < recipe.caption_dropout_rate
 }
 
+/// Returns true if and only if some of the items `ids` have no caption in `table`.
+fn lacks(table: &TextTable, ids: &[u32]) -> bool {
+    ids.iter()
+        .any(|&id| table.offsets[id as usize] == table.offsets[id as usize + 1])
+}
+
+/// The caption (an index into `table.captions`) each of the items `ids` gets in `epoch`.
+fn picks(
+    table: &TextTable,
+    recipes: &[CaptionRecipe],
+    ids: &[u32],
+    datasets: &[u32],
+    seed: u64,
+    epoch: u64,
+) -> Result<Vec<u32>> {
+    ids.iter()
+        .zip(datasets)
+        .map(|(&id, &dataset)| {
+            let item = u64::from(id);
+            if drops_caption(&recipes[dataset as usize], seed, epoch, item) {
+                return table.empty.ok_or_else(|| Error::InvalidArgument {
+                    name: "caption_dropout_rate",
+                    message: format!(
+                        "item {id} drops its caption, but the store has no empty-caption embedding for {:?} (imported caches have none): run prepare with the text encoder to add it",
+                        table.field
+                    ),
+                });
+            }
+            let (a, b) = (
+                table.offsets[id as usize] as usize,
+                table.offsets[id as usize + 1] as usize,
+            );
+            let v = Stream::new(Purpose::CaptionVariant, &[seed, epoch, item]).below((b - a) as u64)
+                as usize;
+            Ok(table.variants[a + v])
+        })
+        .collect()
+}
+
+/// The entries (by position) whose text embeddings [`assemble`] reads for the items `ids`: what
+/// a remote store prefetches.
+pub(super) fn entry_positions(
+    tables: &[TextTable],
+    recipes: &[CaptionRecipe],
+    ids: &[u32],
+    datasets: &[u32],
+    seed: u64,
+    epoch: u64,
+) -> Vec<u32> {
+    let mut out = Vec::new();
+    for table in tables {
+        if lacks(table, ids) {
+            continue;
+        }
+        // A batch that cannot pick (no empty caption) fails when assembled and says why.
+        let Ok(picks) = picks(table, recipes, ids, datasets, seed, epoch) else {
+            continue;
+        };
+        for c in picks {
+            out.extend_from_slice(&table.captions[c as usize].1);
+        }
+    }
+    out
+}
+
 /// Assembles every text field of the items `ids` (of datasets `datasets`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn assemble(
@@ -60,35 +125,10 @@ pub(super) fn assemble(
     let mut captions = None;
     for table in tables {
         // A field that some items lack is left out of the batch, as item fields are.
-        let lacking = ids
-            .iter()
-            .any(|&id| table.offsets[id as usize] == table.offsets[id as usize + 1]);
-        if lacking {
+        if lacks(table, ids) {
             continue;
         }
-        let picks: Vec<u32> = ids
-            .iter()
-            .zip(datasets)
-            .map(|(&id, &dataset)| {
-                let item = u64::from(id);
-                if drops_caption(&recipes[dataset as usize], seed, epoch, item) {
-                    return table.empty.ok_or_else(|| Error::InvalidArgument {
-                        name: "caption_dropout_rate",
-                        message: format!(
-                            "item {id} drops its caption, but the store has no empty-caption embedding for {:?} (imported caches have none): run prepare with the text encoder to add it",
-                            table.field
-                        ),
-                    });
-                }
-                let (a, b) = (
-                    table.offsets[id as usize] as usize,
-                    table.offsets[id as usize + 1] as usize,
-                );
-                let v = Stream::new(Purpose::CaptionVariant, &[seed, epoch, item])
-                    .below((b - a) as u64) as usize;
-                Ok(table.variants[a + v])
-            })
-            .collect::<Result<_>>()?;
+        let picks = picks(table, recipes, ids, datasets, seed, epoch)?;
         if captions.is_none() {
             captions = Some(
                 picks
@@ -153,15 +193,17 @@ fn pad_stack(
 ) -> Result<(Tensor, Option<Vec<usize>>)> {
     let mut parts = Vec::with_capacity(positions.len());
     for &pos in positions {
-        let (map, entry) = store.stored_bytes_at(pos)?;
+        let (stored, entry) = store.stored_bytes_at(pos)?;
         let context = |e: Error| Error::Store {
-            path: map.path.clone(),
+            path: stored.origin().to_path_buf(),
             message: format!("{name}: {e}"),
         };
-        let stored = map.slice(entry.offset, entry.length).map_err(context)?;
         let decoding = std::time::Instant::now();
-        let (dtype, bytes) = element_bytes(entry, stored).map_err(context)?;
+        let (dtype, bytes) = element_bytes(entry, &stored).map_err(context)?;
         metrics.record_read(stored.len() as u64, decoding.elapsed());
+        if let Some(hit) = stored.cache_hit() {
+            metrics.record_cache(hit);
+        }
         parts.push((dtype, bytes.into_owned(), entry.shape.clone()));
     }
     let (dtype, _, first_shape) = parts.first().ok_or_else(|| Error::InvalidArgument {

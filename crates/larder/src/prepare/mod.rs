@@ -226,6 +226,18 @@ pub fn prepare_with(
     options: &PrepareOptions,
     encoders: &mut Encoders,
 ) -> Result<PrepareReport> {
+    prepare_inner(config, out, options, encoders, None)
+}
+
+/// [`prepare_with`], sending the file name of every shard to `written` once it is committed
+/// (for uploading while the run goes on).
+pub(crate) fn prepare_inner(
+    config: &Config,
+    out: &Path,
+    options: &PrepareOptions,
+    encoders: &mut Encoders,
+    written: Option<&Sender<String>>,
+) -> Result<PrepareReport> {
     let started = Instant::now();
     encoders.validate()?;
     for (name, codec) in [
@@ -354,7 +366,7 @@ pub fn prepare_with(
         )
     });
 
-    let (mut catalog, mut written) = run_pipeline(catalog, out, options, &todo)?;
+    let (mut catalog, mut done) = run_pipeline(catalog, out, options, &todo, written)?;
 
     // Image and CLIP encoders, one after the other, each over the entries it lacks.
     let mut encoder_rows: Vec<EncoderRow> = Vec::new();
@@ -387,12 +399,12 @@ pub fn prepare_with(
             1,
             &format!("{{bar:30}} {{pos}}/{{len}} {name} {{per_sec}} ETA {{eta}}"),
         );
-        let (c, w) = with_writer(catalog, out, options, |tx| {
+        let (c, w) = with_writer(catalog, out, options, written, |tx| {
             encoded::encode_images(tx, encoder.as_mut(), name, input, &jobs, options, &bar)
         })?;
         bar.finish_and_clear();
         catalog = c;
-        written.absorb(w);
+        done.absorb(w);
         let params = match input {
             encoded::Input::Bucket(format) => {
                 serde_json::json!({"kind": "image", "pixel_format": format})
@@ -410,10 +422,10 @@ pub fn prepare_with(
     report.entries_reused = seen.len() - to_compute;
 
     // Items whose entries failed are left out, with the finding recorded.
-    let failed_keys: HashSet<String> = written.failed.iter().map(|(k, _)| k.clone()).collect();
+    let failed_keys: HashSet<String> = done.failed.iter().map(|(k, _)| k.clone()).collect();
     report
         .findings
-        .extend(written.failed.drain(..).map(|(_, finding)| finding));
+        .extend(done.failed.drain(..).map(|(_, finding)| finding));
     let kept: Vec<&ItemPlan<'_>> = items
         .iter()
         .filter(|item| {
@@ -439,14 +451,14 @@ pub fn prepare_with(
             &format!("{{bar:30}} {{pos}}/{{len}} captions for {name} {{per_sec}} ETA {{eta}}"),
         );
         let mut outcome = (None, 0);
-        let (c, w) = with_writer(catalog, out, options, |tx| {
+        let (c, w) = with_writer(catalog, out, options, written, |tx| {
             outcome =
                 texts::encode_texts(tx, encoder.as_mut(), &texts, &stored, known, options, &bar)?;
             Ok(())
         })?;
         bar.finish_and_clear();
         catalog = c;
-        written.absorb(w);
+        done.absorb(w);
         let (outputs, encoded) = outcome;
         report.captions += texts.captions.len();
         report.captions_encoded += encoded;
@@ -458,9 +470,9 @@ pub fn prepare_with(
         text_plans.push(texts);
     }
 
-    report.entries_computed = written.entries;
-    report.shards_written = written.shards;
-    report.bytes_written = written.bytes;
+    report.entries_computed = done.entries;
+    report.shards_written = done.shards;
+    report.bytes_written = done.bytes;
     report.items = kept.len();
     commit_items(
         &catalog,
@@ -555,24 +567,7 @@ fn open_for_writing(out: &Path) -> Result<(File, Catalog)> {
     for dir in [out.to_path_buf(), out.join(SHARD_DIR), out.join(TMP_DIR)] {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-    let lock_path = out.join(".lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(Error::Store {
-                path: out.to_path_buf(),
-                message: "another `larder prepare` is writing this store; wait for it to finish"
-                    .into(),
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-    }
+    let lock = crate::store::lock_store(out)?;
     let catalog = Catalog::open(&out.join(CATALOG_FILE), true)?;
     crate::store::remove_strays(out, &catalog)?;
     Ok((lock, catalog))
@@ -608,6 +603,8 @@ struct ShardWriter<'a> {
     pending: Vec<Pending>,
     names: HashSet<String>,
     done: Written,
+    /// Told the file name of each shard once it is committed.
+    sink: Option<&'a Sender<String>>,
 }
 
 impl ShardWriter<'_> {
@@ -671,6 +668,15 @@ impl ShardWriter<'_> {
                 |r| r.get(0),
             )
             .map_err(err)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO shard_chunks(shard, chunk_bytes, blake3) VALUES (?1, ?2, ?3)",
+            params![
+                shard_id,
+                shard.chunks.chunk_bytes as i64,
+                shard.chunks.digests.concat()
+            ],
+        )
+        .map_err(err)?;
         let places: HashMap<&str, _> = shard.tensors.iter().map(|p| (p.name.as_str(), p)).collect();
         {
             let mut insert = tx
@@ -702,6 +708,11 @@ impl ShardWriter<'_> {
             }
         }
         tx.commit().map_err(err)?;
+        if let Some(sink) = self.sink {
+            // The receiver (an uploader) outlives the writer; if it has stopped, the shard is
+            // uploaded with the rest at the end.
+            let _ = sink.send(shard.file.clone());
+        }
         self.done.entries += self.pending.len();
         self.done.shards += 1;
         self.done.bytes += shard.bytes;
@@ -726,6 +737,7 @@ fn with_writer(
     catalog: Catalog,
     out: &Path,
     options: &PrepareOptions,
+    sink: Option<&Sender<String>>,
     produce: impl FnOnce(&Sender<Vec<Vec<Produced>>>) -> Result<()>,
 ) -> Result<(Catalog, Written)> {
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<Produced>>>(2);
@@ -740,6 +752,7 @@ fn with_writer(
         pending: Vec::new(),
         names: HashSet::new(),
         done: Written::default(),
+        sink,
     };
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<(Catalog, Written)> {
@@ -773,6 +786,7 @@ fn run_pipeline(
     out: &Path,
     options: &PrepareOptions,
     todo: &[(&ItemPlan<'_>, &FieldJob)],
+    sink: Option<&Sender<String>>,
 ) -> Result<(Catalog, Written)> {
     let bar = crate::progress::bar(
         options.progress,
@@ -780,7 +794,7 @@ fn run_pipeline(
         1,
         "{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]",
     );
-    let outcome = with_writer(catalog, out, options, |tx| {
+    let outcome = with_writer(catalog, out, options, sink, |tx| {
         // Chunks keep the output order deterministic while all cores work on each chunk.
         let chunk = rayon::current_num_threads().max(1) * 8;
         for part in todo.chunks(chunk) {

@@ -20,6 +20,14 @@ CREATE TABLE IF NOT EXISTS sources (
     path TEXT PRIMARY KEY, bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, blake3 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS shards (
     id INTEGER PRIMARY KEY, file TEXT NOT NULL UNIQUE, bytes INTEGER NOT NULL, blake3 TEXT NOT NULL);
+-- Checksums of each shard's consecutive chunk_bytes-sized pieces (32-byte BLAKE3 digests,
+-- concatenated): a reader of byte ranges (object storage) verifies what it fetched without
+-- reading whole shards.
+CREATE TABLE IF NOT EXISTS shard_chunks (
+    shard INTEGER PRIMARY KEY REFERENCES shards(id), chunk_bytes INTEGER NOT NULL,
+    blake3 BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS shard_chunks_follow_shards AFTER DELETE ON shards
+BEGIN DELETE FROM shard_chunks WHERE shard = OLD.id; END;
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
     shard INTEGER NOT NULL REFERENCES shards(id), tensor TEXT NOT NULL,
@@ -247,6 +255,79 @@ impl Catalog {
             "SELECT id, file, bytes, blake3 FROM shards ORDER BY id",
             |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)),
         )
+    }
+}
+
+/// The chunk checksums of one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChunkSums {
+    /// Bytes per chunk (the last chunk may be shorter).
+    pub chunk_bytes: u64,
+    /// One BLAKE3 digest per chunk.
+    pub digests: Vec<[u8; 32]>,
+}
+
+impl Catalog {
+    /// Every shard's chunk checksums, by shard id. Stores written before checksums per chunk
+    /// existed have none; `larder push` adds them.
+    pub fn shard_chunks(&self) -> Result<std::collections::HashMap<i64, ChunkSums>> {
+        // An old catalog opened read-only may lack the table.
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'shard_chunks'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Ok(Default::default());
+        }
+        let rows = self.rows("SELECT shard, chunk_bytes, blake3 FROM shard_chunks", |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut out = std::collections::HashMap::new();
+        for (shard, chunk_bytes, blob) in rows {
+            if chunk_bytes <= 0 || blob.len() % 32 != 0 {
+                return Err(Error::Store {
+                    path: self.path.clone(),
+                    message: format!(
+                        "shard {shard}: malformed chunk checksums; run `larder push` again"
+                    ),
+                });
+            }
+            let digests = blob
+                .chunks_exact(32)
+                .map(|c| {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(c);
+                    d
+                })
+                .collect();
+            out.insert(
+                shard,
+                ChunkSums {
+                    chunk_bytes: chunk_bytes as u64,
+                    digests,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records the chunk checksums of shard `shard`.
+    pub fn set_shard_chunks(&self, shard: i64, sums: &ChunkSums) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO shard_chunks(shard, chunk_bytes, blake3) VALUES (?1, ?2, ?3)",
+                params![shard, sums.chunk_bytes as i64, sums.digests.concat()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
     }
 }
 

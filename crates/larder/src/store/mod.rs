@@ -200,10 +200,61 @@ impl EntryTable {
     }
 }
 
+/// The stored bytes of one entry: a view of a mapped local shard, or bytes read from a remote
+/// one (through its cache).
+#[derive(Debug)]
+pub(crate) struct EntryBytes {
+    data: EntryData,
+    /// The shard's path or URL, for messages.
+    origin: PathBuf,
+}
+
+#[derive(Debug)]
+enum EntryData {
+    Mapped {
+        map: Arc<MappedShard>,
+        range: std::ops::Range<usize>,
+    },
+    Fetched {
+        bytes: Vec<u8>,
+        cached: bool,
+    },
+}
+
+impl EntryBytes {
+    /// The shard file (or its URL) the bytes come from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// For a remote store: whether the bytes came from the local cache.
+    pub fn cache_hit(&self) -> Option<bool> {
+        match &self.data {
+            EntryData::Mapped { .. } => None,
+            EntryData::Fetched { cached, .. } => Some(*cached),
+        }
+    }
+}
+
+impl std::ops::Deref for EntryBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.data {
+            EntryData::Mapped { map, range } => &map.bytes()[range.clone()],
+            EntryData::Fetched { bytes, .. } => bytes,
+        }
+    }
+}
+
 /// A store opened for reading.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
+    /// The path or URL the store was opened from.
+    location: String,
+    /// The shard reader of a store in object storage; `None` for a local store.
+    remote: Option<Arc<crate::remote::RemoteShards>>,
     catalog: Mutex<Catalog>,
     /// Every entry, read on first use: inspect, verify and gc never need them, and at a
     /// million entries they are most of what opening a store costs.
@@ -215,9 +266,39 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store in `root`.
+    /// Opens the store in the local folder `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let root = root.as_ref().to_path_buf();
+        Store::open_catalog(root.clone(), root.display().to_string(), None)
+    }
+
+    /// Opens the store at `location`: a URL (`s3://`, `gs://`, `az://`, `http(s)://`; see
+    /// [`remote`](crate::remote)) or a local folder.
+    pub fn open_location(location: &str, options: &crate::remote::RemoteOptions) -> Result<Store> {
+        if crate::remote::is_url(location) {
+            Store::open_storage(crate::remote::storage_for(location, options)?, options)
+        } else {
+            Store::open(location)
+        }
+    }
+
+    /// Opens the store held by `storage`, reading its shards in ranges through a local cache
+    /// as for a store in object storage, whatever the backend.
+    pub fn open_storage(
+        storage: Arc<dyn crate::remote::Storage>,
+        options: &crate::remote::RemoteOptions,
+    ) -> Result<Store> {
+        let location = storage.url("").trim_end_matches('/').to_owned();
+        let (catalog, shards) = crate::remote::open_store(storage, options)?;
+        let root = catalog.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Store::open_catalog(root, location, Some(shards))
+    }
+
+    fn open_catalog(
+        root: PathBuf,
+        location: String,
+        remote: Option<Arc<crate::remote::RemoteShards>>,
+    ) -> Result<Store> {
         let catalog = Catalog::open(&root.join(CATALOG_FILE), false)?;
         let shard_files = catalog
             .shards()?
@@ -226,6 +307,8 @@ impl Store {
             .collect();
         Ok(Store {
             root,
+            location,
+            remote,
             catalog: Mutex::new(catalog),
             table: std::sync::OnceLock::new(),
             by_key: std::sync::OnceLock::new(),
@@ -234,9 +317,25 @@ impl Store {
         })
     }
 
-    /// The store's folder.
+    /// The store's folder; for a store in object storage, the local cache folder that holds
+    /// its catalog.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The path or URL the store was opened from.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Returns true if and only if the store is read from object storage.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The remote shard reader, for stores in object storage.
+    pub(crate) fn remote(&self) -> Option<&Arc<crate::remote::RemoteShards>> {
+        self.remote.as_ref()
     }
 
     fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
@@ -339,7 +438,7 @@ impl Store {
 
     /// The stored bytes of entry `key` as they lie in the shard (compressed when the codec
     /// compresses), with the entry's description.
-    pub(crate) fn stored_bytes(&self, key: &str) -> Result<(Arc<MappedShard>, &EntryRow)> {
+    pub(crate) fn stored_bytes(&self, key: &str) -> Result<(EntryBytes, &EntryRow)> {
         let pos = self
             .key_index()?
             .get(key)
@@ -376,17 +475,62 @@ impl Store {
         Ok(self.by_key.get_or_init(|| index))
     }
 
+    /// The entry at position `pos` of the store's entry list.
+    pub(crate) fn entry_at(&self, pos: u32) -> Result<&EntryRow> {
+        self.table()?
+            .entries
+            .get(pos as usize)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "entry",
+                message: format!("no entry at position {pos}"),
+            })
+    }
+
     /// [`stored_bytes`](Self::stored_bytes) by the entry's position in the store's entry list.
-    pub(crate) fn stored_bytes_at(&self, pos: u32) -> Result<(Arc<MappedShard>, &EntryRow)> {
-        let entry =
-            self.table()?
-                .entries
-                .get(pos as usize)
-                .ok_or_else(|| Error::InvalidArgument {
-                    name: "entry",
-                    message: format!("no entry at position {pos}"),
-                })?;
-        Ok((self.shard(entry.shard)?, entry))
+    pub(crate) fn stored_bytes_at(&self, pos: u32) -> Result<(EntryBytes, &EntryRow)> {
+        let entry = self.entry_at(pos)?;
+        let Some(remote) = &self.remote else {
+            let map = self.shard(entry.shard)?;
+            // Checked against the mapped file's size, so the view can never fault.
+            map.slice(entry.offset, entry.length)?;
+            let start = entry.offset as usize;
+            let bytes = EntryBytes {
+                origin: map.path.clone(),
+                data: EntryData::Mapped {
+                    range: start..start + entry.length as usize,
+                    map,
+                },
+            };
+            return Ok((bytes, entry));
+        };
+        let read = remote.read(entry.shard, entry.offset, entry.length)?;
+        let bytes = EntryBytes {
+            origin: PathBuf::from(remote.url_of(entry.shard)),
+            data: EntryData::Fetched {
+                bytes: read.bytes,
+                cached: read.cached,
+            },
+        };
+        Ok((bytes, entry))
+    }
+
+    /// Starts prefetching `count` batches whose entries (by position) `entries` lists, when the
+    /// store is remote; a local store needs none.
+    pub(crate) fn prefetch(
+        self: &Arc<Self>,
+        count: usize,
+        entries: impl Fn(usize) -> Vec<u32> + Send + 'static,
+    ) -> Option<crate::remote::Prefetch> {
+        let remote = self.remote.clone()?;
+        let store = self.clone();
+        let ranges: crate::remote::BatchEntries = Box::new(move |n| {
+            entries(n)
+                .into_iter()
+                .filter_map(|pos| store.entry_at(pos).ok())
+                .map(|e| (e.shard, e.offset, e.length))
+                .collect()
+        });
+        Some(crate::remote::Prefetch::start(remote, count, ranges))
     }
 
     /// The item table in columns, for the loader: compact at millions of items, where a map of
@@ -462,14 +606,14 @@ impl Store {
 
     /// Reads and decodes entry `key`.
     pub fn read_entry(&self, key: &str) -> Result<FieldData> {
-        let (map, entry) = self.stored_bytes(key)?;
+        let (stored, entry) = self.stored_bytes(key)?;
         let codec = entry.codec;
-        let stored = map.slice(entry.offset, entry.length)?;
-        let elements =
-            codec::decompress(codec, stored, entry.raw_len as usize).map_err(|e| Error::Store {
-                path: map.path.clone(),
+        let elements = codec::decompress(codec, &stored, entry.raw_len as usize).map_err(|e| {
+            Error::Store {
+                path: stored.origin().to_path_buf(),
                 message: format!("entry {key}: {e}"),
-            })?;
+            }
+        })?;
         if codec.repr == codec::Repr::U8 {
             return Ok(FieldData::U8 {
                 values: elements.into_owned(),
@@ -497,6 +641,26 @@ impl Store {
                 ),
             })?;
         self.read_entry(key)
+    }
+}
+
+/// Takes the write lock of the store in `dir` (the folder must exist): one writer at a time,
+/// whether it prepares, merges, pushes or pulls. Held until the returned file is dropped.
+pub(crate) fn lock_store(dir: &Path) -> Result<std::fs::File> {
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Store {
+            path: dir.to_path_buf(),
+            message: "another larder process (prepare, merge, push or pull) is writing this store; wait for it to finish".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&lock_path, e)),
     }
 }
 

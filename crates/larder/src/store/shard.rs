@@ -15,10 +15,15 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::catalog::ChunkSums;
 use crate::{Error, Result};
 
 /// Alignment of the data section within a shard file.
 pub const ALIGN: usize = 64;
+
+/// Size of the pieces of a shard that carry their own checksum in the catalog: the unit in
+/// which a remote store's shards are fetched, verified and cached.
+pub const CHUNK_BYTES: u64 = 1 << 20;
 
 /// The `__metadata__` value that marks a larder shard.
 pub const FORMAT: &str = "larder-shard/1";
@@ -49,6 +54,7 @@ pub(crate) struct WrittenShard {
     pub file: String,
     pub bytes: u64,
     pub blake3: String,
+    pub chunks: ChunkSums,
     pub tensors: Vec<Placed>,
 }
 
@@ -137,7 +143,7 @@ impl ShardBuilder {
         for t in &self.tensors {
             out.write_all(&t.bytes).map_err(io)?;
         }
-        let (writer, hash, bytes) = out.finish();
+        let (writer, hash, chunks, bytes) = out.finish();
         let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         drop(file);
@@ -162,6 +168,7 @@ impl ShardBuilder {
             file: name,
             bytes,
             blake3,
+            chunks,
             tensors: placed,
         })
     }
@@ -186,10 +193,12 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Hashes everything written through it, so a shard is hashed without being read back.
+/// Hashes everything written through it, whole and per chunk, so a shard is hashed without
+/// being read back.
 struct HashingWriter<W> {
     inner: W,
     hasher: blake3::Hasher,
+    chunks: ChunkHasher,
     bytes: u64,
 }
 
@@ -198,12 +207,18 @@ impl<W: Write> HashingWriter<W> {
         HashingWriter {
             inner,
             hasher: blake3::Hasher::new(),
+            chunks: ChunkHasher::default(),
             bytes: 0,
         }
     }
 
-    fn finish(self) -> (W, blake3::Hash, u64) {
-        (self.inner, self.hasher.finalize(), self.bytes)
+    fn finish(self) -> (W, blake3::Hash, ChunkSums, u64) {
+        (
+            self.inner,
+            self.hasher.finalize(),
+            self.chunks.finish(),
+            self.bytes,
+        )
     }
 }
 
@@ -211,12 +226,61 @@ impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.chunks.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Hashes a stream in [`CHUNK_BYTES`] pieces.
+#[derive(Default)]
+pub(crate) struct ChunkHasher {
+    current: blake3::Hasher,
+    in_current: u64,
+    digests: Vec<[u8; 32]>,
+}
+
+impl ChunkHasher {
+    pub fn update(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            let take = ((CHUNK_BYTES - self.in_current) as usize).min(buf.len());
+            self.current.update(&buf[..take]);
+            self.in_current += take as u64;
+            buf = &buf[take..];
+            if self.in_current == CHUNK_BYTES {
+                self.digests.push(*self.current.finalize().as_bytes());
+                self.current.reset();
+                self.in_current = 0;
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> ChunkSums {
+        if self.in_current > 0 {
+            self.digests.push(*self.current.finalize().as_bytes());
+        }
+        ChunkSums {
+            chunk_bytes: CHUNK_BYTES,
+            digests: self.digests,
+        }
+    }
+}
+
+/// The chunk checksums of the file at `path`, read in one pass.
+pub(crate) fn chunk_sums_of_file(path: &Path) -> std::io::Result<ChunkSums> {
+    let mut file = File::open(path)?;
+    let mut hasher = ChunkHasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
     }
 }
 

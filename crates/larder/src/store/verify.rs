@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use super::shard::hash_file;
+use super::shard::MappedShard;
 use super::{CATALOG_FILE, SHARD_DIR, Store, strays};
-use crate::Result;
+use crate::{Error, Result};
 
 /// A summary of a store.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -98,6 +98,21 @@ struct Located {
 
 fn field_family(field: &str) -> &str {
     field.split('.').next().unwrap_or(field)
+}
+
+/// A whole shard file, for verification.
+enum WholeShard {
+    Mapped(MappedShard),
+    Fetched(Vec<u8>),
+}
+
+impl WholeShard {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            WholeShard::Mapped(m) => m.bytes(),
+            WholeShard::Fetched(b) => b,
+        }
+    }
 }
 
 impl Store {
@@ -227,37 +242,49 @@ impl Store {
             by_shard.entry(e.shard).or_default().push(e);
         }
         let known: HashSet<i64> = shards.iter().map(|s| s.0).collect();
+        let chunk_sums = cat.shard_chunks()?;
         for (id, file, bytes, blake3) in &shards {
             report.shards += 1;
-            let path = self.root.join(SHARD_DIR).join(file);
+            let path = self.shard_origin(file);
             let problem = |message: String, entry: Option<String>| Problem {
                 path: path.clone(),
                 entry,
                 message,
             };
-            if !path.is_file() {
-                report
-                    .problems
-                    .push(problem("shard file is missing".into(), None));
-                continue;
-            }
-            let (actual_bytes, actual_hash) =
-                hash_file(&path).map_err(|e| crate::Error::io(&path, e))?;
-            if actual_bytes != *bytes || &actual_hash != blake3 {
-                report.problems.push(problem(
-                    format!("checksum mismatch: catalog says {bytes} bytes, blake3 {}…; file has {actual_bytes} bytes, blake3 {}…", &blake3[..16], &actual_hash[..16]),
-                    None,
-                ));
-                continue;
-            }
-            let map = match self.shard(*id) {
-                Ok(m) => m,
+            let whole = match self.whole_shard(file) {
+                Ok(Some(w)) => w,
+                Ok(None) => {
+                    report
+                        .problems
+                        .push(problem("shard file is missing".into(), None));
+                    continue;
+                }
                 Err(e) => {
                     report.problems.push(problem(e.to_string(), None));
                     continue;
                 }
             };
-            let parsed = safetensors::SafeTensors::read_metadata(map.bytes());
+            let content = whole.bytes();
+            let actual_bytes = content.len() as u64;
+            let actual_hash = blake3::hash(content).to_hex();
+            if actual_bytes != *bytes || actual_hash.as_str() != blake3 {
+                report.problems.push(problem(
+                    format!("checksum mismatch: catalog says {bytes} bytes, blake3 {}…; file has {actual_bytes} bytes, blake3 {}…", &blake3[..16], &actual_hash.as_str()[..16]),
+                    None,
+                ));
+                continue;
+            }
+            if let Some(sums) = chunk_sums.get(id) {
+                let mut hasher = super::shard::ChunkHasher::default();
+                hasher.update(content);
+                if &hasher.finish() != sums {
+                    report.problems.push(problem(
+                        "the catalog's chunk checksums do not match the shard (its whole checksum does): run `larder push` from a good copy to rewrite them".into(),
+                        None,
+                    ));
+                }
+            }
+            let parsed = safetensors::SafeTensors::read_metadata(content);
             let (header_len, meta) = match parsed {
                 Ok(m) => m,
                 Err(e) => {
@@ -333,13 +360,69 @@ impl Store {
             .conn
             .query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0))
             .map_err(|e| cat.err(e))? as u64;
-        report.strays = strays(&self.root, &cat)?;
+        report.strays = match self.remote() {
+            None => strays(&self.root, &cat)?,
+            Some(remote) => {
+                let known: HashSet<String> = shards.iter().map(|s| s.1.clone()).collect();
+                remote
+                    .storage
+                    .list(&format!("{SHARD_DIR}/"))?
+                    .into_iter()
+                    .filter(|(key, _)| !known.contains(key.trim_start_matches("shards/")))
+                    .map(|(key, _)| PathBuf::from(remote.storage.url(&key)))
+                    .collect()
+            }
+        };
         Ok(report)
+    }
+
+    /// The path or URL of shard file `file`.
+    fn shard_origin(&self, file: &str) -> PathBuf {
+        match self.remote() {
+            None => self.root.join(SHARD_DIR).join(file),
+            Some(remote) => PathBuf::from(remote.storage.url(&crate::remote::shard_key(file))),
+        }
+    }
+
+    /// All of shard file `file`, mapped or downloaded; `None` when it is missing.
+    fn whole_shard(&self, file: &str) -> Result<Option<WholeShard>> {
+        match self.remote() {
+            None => {
+                let path = self.root.join(SHARD_DIR).join(file);
+                if !path.is_file() {
+                    return Ok(None);
+                }
+                Ok(Some(WholeShard::Mapped(MappedShard::open(&path)?)))
+            }
+            Some(remote) => {
+                let key = crate::remote::shard_key(file);
+                match remote.storage.get(&key) {
+                    Ok(bytes) => Ok(Some(WholeShard::Fetched(bytes))),
+                    Err(e) if crate::remote::is_not_found(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Refuses to change a store in object storage: repairs work on a local copy.
+    fn local_only(&self, what: &str) -> Result<()> {
+        if self.is_remote() {
+            return Err(Error::InvalidArgument {
+                name: "store",
+                message: format!(
+                    "{what} changes a store and works on local stores only: `larder pull {url} DIR`, {what} DIR, then `larder push DIR {url}`",
+                    url = self.location()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Verifies the store and forgets every broken shard: its catalog rows and entries go, and
     /// so does the file. The next `larder prepare` recomputes exactly the lost entries.
     pub fn repair(&mut self) -> Result<VerifyReport> {
+        self.local_only("larder verify --repair")?;
         let report = self.verify()?;
         let broken: HashSet<&std::path::Path> = report
             .problems
@@ -382,6 +465,7 @@ impl Store {
     /// Removes entries no item references, shard files with no entries left, and stray files.
     /// Shards that still hold referenced entries are kept whole.
     pub fn gc(&mut self) -> Result<GcReport> {
+        self.local_only("larder gc")?;
         let mut report = GcReport::default();
         {
             let cat = self.catalog();

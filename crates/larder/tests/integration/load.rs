@@ -55,14 +55,14 @@ pub fn options(batch_size: u32, threads: usize) -> LoaderOptions {
 }
 
 /// What a batch holds, comparable: items, captions, and each field's shape and a hash of its bytes.
-type Digest = (
+pub type Digest = (
     Vec<u32>,
     Vec<String>,
     BTreeMap<String, (Vec<usize>, String)>,
 );
 
 /// The digest of a batch.
-fn digest(b: &Batch) -> Digest {
+pub fn digest(b: &Batch) -> Digest {
     let fields = b
         .fields
         .iter()
@@ -79,7 +79,7 @@ fn digest(b: &Batch) -> Digest {
     (b.items.clone(), b.captions.clone(), fields)
 }
 
-fn epoch(loader: &mut Loader) -> Vec<Digest> {
+pub fn epoch(loader: &mut Loader) -> Vec<Digest> {
     let mut out = Vec::new();
     for b in loader.by_ref() {
         out.push(digest(&b.expect("batch")));

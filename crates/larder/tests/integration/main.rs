@@ -8,6 +8,7 @@ mod interop;
 mod load;
 mod metrics;
 mod plan;
+mod remote;
 mod scan;
 mod store;
 

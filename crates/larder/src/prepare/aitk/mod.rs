@@ -200,7 +200,7 @@ pub fn import_aitk(
         .filter_map(|k| k.split_once('.').map(|(caption, _)| caption.to_owned()))
         .collect();
     let mut imported = Imported::default();
-    let (catalog, written) = with_writer(catalog, out, &options.prepare, |tx| {
+    let (catalog, written) = with_writer(catalog, out, &options.prepare, None, |tx| {
         targets.copy_latents(tx, &items, &latents, &mut imported, &mut report)?;
         targets.copy_clips(tx, &items, &clips, &mut imported, &mut report)?;
         targets.copy_texts(tx, &items, &texts, &mut imported, &mut report)

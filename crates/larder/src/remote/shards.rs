@@ -1,0 +1,221 @@
+//! Reading a remote store's shards by byte ranges, through the local chunk cache.
+//!
+//! An entry is read from the chunks that cover it. Chunks in the cache are read from disk;
+//! missing ones are fetched with one range request per run of adjacent chunks, checked against
+//! the catalog's checksums, and cached. Two threads that need the same chunk wait for one
+//! request (the prefetcher's, usually) instead of making two.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::Storage;
+use super::cache::{ChunkCache, ChunkKey};
+use crate::store::catalog::ChunkSums;
+use crate::{Error, Result};
+
+/// Most chunks fetched by one request: a run longer than this is split, so that one slow
+/// request does not hold up the rest.
+pub(crate) const MAX_RUN: u32 = 16;
+
+/// One shard of a remote store.
+#[derive(Debug)]
+pub(crate) struct RemoteShard {
+    /// Object key, `shards/<file>`.
+    pub key: String,
+    /// The file name without its extension: the cache's name for the shard.
+    pub name: Arc<str>,
+    pub bytes: u64,
+    pub sums: ChunkSums,
+}
+
+impl RemoteShard {
+    /// The byte range of chunk `index`.
+    fn chunk_range(&self, index: u32) -> Range<u64> {
+        let start = index as u64 * self.sums.chunk_bytes;
+        start..(start + self.sums.chunk_bytes).min(self.bytes)
+    }
+
+    /// The chunks that hold `offset..offset + length`.
+    pub fn chunks_of(&self, offset: u64, length: u64) -> Range<u32> {
+        let first = offset / self.sums.chunk_bytes;
+        let end = (offset + length)
+            .div_ceil(self.sums.chunk_bytes)
+            .max(first + 1);
+        first as u32..end as u32
+    }
+
+    fn key_of(&self, index: u32) -> ChunkKey {
+        ChunkKey {
+            shard: self.name.clone(),
+            index,
+        }
+    }
+}
+
+/// The shards of one remote store, read through a cache.
+#[derive(Debug)]
+pub(crate) struct RemoteShards {
+    pub storage: Arc<dyn Storage>,
+    pub shards: HashMap<i64, RemoteShard>,
+    pub cache: Arc<ChunkCache>,
+    /// Bytes of upcoming batches the prefetcher may hold pinned.
+    pub prefetch_bytes: u64,
+    /// Requests the prefetcher makes at once.
+    pub concurrency: usize,
+    /// Chunks being fetched now.
+    flights: Mutex<HashSet<ChunkKey>>,
+    landed: Condvar,
+}
+
+/// Bytes read for an entry, and whether every chunk came from the cache.
+pub(crate) struct Read {
+    pub bytes: Vec<u8>,
+    pub cached: bool,
+}
+
+impl RemoteShards {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        shards: HashMap<i64, RemoteShard>,
+        cache: Arc<ChunkCache>,
+        options: &super::RemoteOptions,
+    ) -> RemoteShards {
+        RemoteShards {
+            storage,
+            shards,
+            cache,
+            prefetch_bytes: options.prefetch_bytes,
+            concurrency: options.concurrency.max(1),
+            flights: Mutex::new(HashSet::new()),
+            landed: Condvar::new(),
+        }
+    }
+
+    pub fn shard(&self, id: i64) -> Result<&RemoteShard> {
+        self.shards.get(&id).ok_or_else(|| Error::Remote {
+            url: self.storage.url(super::CATALOG_KEY),
+            message: format!(
+                "an entry refers to shard {id}, which the catalog does not list (or lists without chunk checksums); push the store again"
+            ),
+        })
+    }
+
+    /// The URL of shard `id`, for messages.
+    pub fn url_of(&self, id: i64) -> String {
+        match self.shards.get(&id) {
+            Some(s) => self.storage.url(&s.key),
+            None => self.storage.url(super::CATALOG_KEY),
+        }
+    }
+
+    /// Reads `offset..offset + length` of shard `id`.
+    pub fn read(&self, id: i64, offset: u64, length: u64) -> Result<Read> {
+        let shard = self.shard(id)?;
+        let end = offset.checked_add(length).filter(|&e| e <= shard.bytes);
+        if end.is_none() {
+            return Err(Error::Remote {
+                url: self.storage.url(&shard.key),
+                message: format!(
+                    "entry at {offset}+{length} lies beyond the end of the shard ({} bytes): the catalog and the shard disagree; run `larder verify` on the store",
+                    shard.bytes
+                ),
+            });
+        }
+        let mut out = Vec::with_capacity(length as usize);
+        let mut cached = true;
+        let chunks = shard.chunks_of(offset, length);
+        let mut index = chunks.start;
+        while index < chunks.end {
+            let range = shard.chunk_range(index);
+            let within = (offset.max(range.start) - range.start) as usize
+                ..((offset + length).min(range.end) - range.start) as usize;
+            let digest = &shard.sums.digests[index as usize];
+            if let Some(bytes) = self
+                .cache
+                .read(&shard.key_of(index), within.clone(), digest)
+            {
+                out.extend_from_slice(&bytes);
+                index += 1;
+                continue;
+            }
+            cached = false;
+            // Fetch the rest of the entry's chunks in one request; append what this entry
+            // needs of each.
+            let run = index..chunks.end.min(index + MAX_RUN);
+            let fetched = self.fetch_run(shard, run.clone())?;
+            for (i, bytes) in run.clone().zip(fetched) {
+                let range = shard.chunk_range(i);
+                let from = offset.max(range.start) - range.start;
+                let to = (offset + length).min(range.end) - range.start;
+                out.extend_from_slice(&bytes[from as usize..to as usize]);
+            }
+            index = run.end;
+        }
+        Ok(Read { bytes: out, cached })
+    }
+
+    /// Returns the bytes of chunks `run` of `shard`: those in the cache from there, the rest
+    /// fetched with one range request, checked against their checksums and cached. Chunks
+    /// another thread is fetching are waited for and then taken from the cache.
+    pub fn fetch_run(&self, shard: &RemoteShard, run: Range<u32>) -> Result<Vec<Vec<u8>>> {
+        let from_cache = |i: u32| {
+            let range = shard.chunk_range(i);
+            self.cache.read(
+                &shard.key_of(i),
+                0..(range.end - range.start) as usize,
+                &shard.sums.digests[i as usize],
+            )
+        };
+        let (mut chunks, missing) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            while run.clone().any(|i| flights.contains(&shard.key_of(i))) {
+                flights = self.landed.wait(flights).unwrap_or_else(|p| p.into_inner());
+            }
+            let chunks: Vec<Option<Vec<u8>>> = run.clone().map(from_cache).collect();
+            let first = chunks.iter().position(Option::is_none);
+            let last = chunks.iter().rposition(Option::is_none);
+            let (Some(first), Some(last)) = (first, last) else {
+                return Ok(chunks.into_iter().flatten().collect());
+            };
+            let missing = run.start + first as u32..run.start + last as u32 + 1;
+            flights.extend(missing.clone().map(|i| shard.key_of(i)));
+            (chunks, missing)
+        };
+        let fetched = self.fetch_uncached(shard, missing.clone());
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            for i in missing.clone() {
+                flights.remove(&shard.key_of(i));
+            }
+        }
+        self.landed.notify_all();
+        for (i, bytes) in missing.zip(fetched?) {
+            chunks[(i - run.start) as usize] = Some(bytes);
+        }
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    fn fetch_uncached(&self, shard: &RemoteShard, run: Range<u32>) -> Result<Vec<Vec<u8>>> {
+        let span = shard.chunk_range(run.start).start..shard.chunk_range(run.end - 1).end;
+        let bytes = self.storage.get_range(&shard.key, span.clone())?;
+        let mut chunks = Vec::with_capacity(run.len());
+        for i in run {
+            let range = shard.chunk_range(i);
+            let part =
+                &bytes[(range.start - span.start) as usize..(range.end - span.start) as usize];
+            if blake3::hash(part).as_bytes() != &shard.sums.digests[i as usize] {
+                return Err(Error::Remote {
+                    url: self.storage.url(&shard.key),
+                    message: format!(
+                        "bytes {}..{} do not match their checksum in the catalog: the shard was altered after the store was written (nothing was cached); run `larder verify` on the store, and push or prepare it again",
+                        range.start, range.end
+                    ),
+                });
+            }
+            self.cache.insert(&shard.key_of(i), part)?;
+            chunks.push(part.to_vec());
+        }
+        Ok(chunks)
+    }
+}
