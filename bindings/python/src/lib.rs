@@ -27,6 +27,22 @@ pub(crate) fn fresh_pool() -> larder::Result<rayon::ThreadPool> {
         })
 }
 
+/// The store location behind `obj`: a URL or path string, or an `os.PathLike`.
+pub(crate) fn location_of(obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(text) = obj.extract::<String>() {
+        return Ok(text);
+    }
+    let path: std::path::PathBuf = obj.extract()?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// Opens the store at `location` (a folder or a URL), with the remote settings of the
+/// environment (`LARDER_CACHE_DIR`, `LARDER_CACHE_LIMIT`, …).
+pub(crate) fn open_store(location: &str) -> larder::Result<larder::Store> {
+    let remote = larder::remote::RemoteOptions::from_env()?;
+    larder::Store::open_location(location, &remote)
+}
+
 /// The config behind `obj`: a `Config`, or a path to load.
 pub(crate) fn config_of(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<larder::Config> {
     if let Ok(c) = obj.cast::<config::Config>() {
@@ -54,6 +70,8 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config::load_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::scan_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::prepare_json, m)?)?;
+    m.add_function(wrap_pyfunction!(store::push_json, m)?)?;
+    m.add_function(wrap_pyfunction!(store::pull_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::import_aitk_json, m)?)?;
     Ok(())
 }

@@ -104,8 +104,8 @@ impl Loader {
         let store = match store.cast::<Store>() {
             Ok(s) => s.get().inner.clone(),
             Err(_) => {
-                let path: std::path::PathBuf = store.extract()?;
-                Arc::new(py.detach(|| larder::Store::open(&path)).map_err(to_py)?)
+                let location = crate::location_of(store)?;
+                Arc::new(py.detach(|| crate::open_store(&location)).map_err(to_py)?)
             }
         };
         let mut options = LoaderOptions {

@@ -41,7 +41,7 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 pub fn prepare_json(
     py: Python<'_>,
     config: &Bound<'_, PyAny>,
-    out: PathBuf,
+    out: &Bound<'_, PyAny>,
     shard_bytes: u64,
     image_codec: &str,
     progress: bool,
@@ -82,8 +82,16 @@ pub fn prepare_json(
         let e = PyTextEncoder::new(&name, &f, &raised)?;
         encoders.text.push((name, Box::new(e)));
     }
+    let out = crate::location_of(out)?;
     let result = py.detach(|| {
-        fresh_pool()?.install(|| larder::prepare_with(&config, &out, &options, &mut encoders))
+        fresh_pool()?.install(|| {
+            if larder::remote::is_url(&out) {
+                let remote = larder::remote::RemoteOptions::from_env()?;
+                larder::remote::prepare(&config, &out, &options, &mut encoders, &remote)
+            } else {
+                larder::prepare_with(&config, out.as_ref(), &options, &mut encoders)
+            }
+        })
     });
     // Dropping the encoders releases their Python references; the GIL is held here.
     drop(encoders);
@@ -160,34 +168,37 @@ fn entries<'py>(d: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<(String, Bound<'
 #[pyclass(module = "larder._larder", frozen)]
 pub struct Store {
     pub(crate) inner: Arc<larder::Store>,
-    path: PathBuf,
+    location: String,
 }
 
 #[pymethods]
 impl Store {
-    /// Opens the store in `path`.
+    /// Opens the store at `location`.
     ///
     /// Args:
-    ///     path: A folder written by `larder prepare`.
+    ///     location: A folder written by `larder prepare`, or a URL (s3://, gs://, az://,
+    ///         http(s)://) of one in object storage.
     ///
     /// Returns:
     ///     Store: the opened store.
     ///
     /// Raises:
     ///     StoreError: not a store, or a damaged catalog.
+    ///     RemoteError: the object storage could not be reached or read.
     #[staticmethod]
-    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Store> {
-        let inner = py.detach(|| larder::Store::open(&path)).map_err(to_py)?;
+    fn open(py: Python<'_>, location: &Bound<'_, PyAny>) -> PyResult<Store> {
+        let location = crate::location_of(location)?;
+        let inner = py.detach(|| crate::open_store(&location)).map_err(to_py)?;
         Ok(Store {
             inner: Arc::new(inner),
-            path,
+            location,
         })
     }
 
-    /// The store's folder.
+    /// The store's folder or URL.
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.path.clone()
+    fn path(&self) -> String {
+        self.location.clone()
     }
 
     /// What the store holds, as JSON (see `larder.Store.inspect`).
@@ -203,6 +214,36 @@ impl Store {
     }
 
     fn __repr__(&self) -> String {
-        format!("Store({:?})", self.path.display().to_string())
+        format!("Store({:?})", self.location)
     }
+}
+
+/// Uploads a local store to object storage (see `larder.push`).
+///
+/// Returns:
+///     str: the report as JSON.
+#[pyfunction]
+pub fn push_json(py: Python<'_>, store: PathBuf, url: String) -> PyResult<String> {
+    let report = py
+        .detach(|| {
+            let remote = larder::remote::RemoteOptions::from_env()?;
+            larder::remote::push(&store, &url, &remote)
+        })
+        .map_err(to_py)?;
+    json(&report)
+}
+
+/// Downloads a store from object storage (see `larder.pull`).
+///
+/// Returns:
+///     str: the report as JSON.
+#[pyfunction]
+pub fn pull_json(py: Python<'_>, url: String, dir: PathBuf) -> PyResult<String> {
+    let report = py
+        .detach(|| {
+            let remote = larder::remote::RemoteOptions::from_env()?;
+            larder::remote::pull(&url, &dir, &remote)
+        })
+        .map_err(to_py)?;
+    json(&report)
 }

@@ -28,6 +28,10 @@ enum Command {
     Verify(cmd::store::VerifyArgs),
     /// Remove entries and shards of a store that no item references.
     Gc(cmd::store::StoreArgs),
+    /// Upload a local store to object storage (shards, then the catalog); resumable.
+    Push(cmd::remote::PushArgs),
+    /// Download a store from object storage into a folder, checking every shard; resumable.
+    Pull(cmd::remote::PullArgs),
     /// Memory: what a dataset costs under a PyTorch DataLoader and under larder, measured on
     /// request, with advice.
     Diagnose(cmd::diagnose::Args),
@@ -40,6 +44,8 @@ enum Command {
     Dashboard(cmd::dashboard::Args),
     /// Serve a store for a few epochs: samples/s, MB/s, batch latency, memory.
     Bench(cmd::bench::Args),
+    /// Serve a store locally, then from object storage with a cold and a warm cache, side by side.
+    BenchRemote(cmd::remote::BenchArgs),
     /// Benchmark the scan against AI Toolkit's way of reading image sizes (needs Python + Pillow).
     BenchScan(cmd::bench_scan::Args),
     /// Benchmark prepare against AI Toolkit's pixel path, and print codec sizes and errors.
@@ -110,6 +116,9 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::store::inspect(args),
         Command::Verify(args) => cmd::store::verify(args),
         Command::Gc(args) => cmd::store::gc(args),
+        Command::Push(args) => cmd::remote::push(args),
+        Command::Pull(args) => cmd::remote::pull(args),
+        Command::BenchRemote(args) => cmd::remote::bench(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::BenchScan(args) => cmd::bench_scan::run(args),
         Command::BenchPrepare(args) => cmd::bench_prepare::run(args),

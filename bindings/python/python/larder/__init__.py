@@ -36,6 +36,8 @@ from ._larder import Loader as _Loader
 from ._larder import Store as _Store
 from ._larder import import_aitk_json as _import_aitk_json
 from ._larder import prepare_json as _prepare_json
+from ._larder import pull_json as _pull_json
+from ._larder import push_json as _push_json
 from ._larder import scan_json as _scan_json
 from .encoders import Encoder
 from .fastload import cuda_probe, load_file, safe_open
@@ -63,6 +65,8 @@ __all__ = [
     "load_config",
     "load_file",
     "prepare",
+    "pull",
+    "push",
     "safe_open",
     "scan",
 ]
@@ -135,7 +139,9 @@ def prepare(
 
     Args:
         config: A :class:`Config` or a path.
-        out: The store folder to create or update.
+        out: The store folder to create or update, or a URL (``s3://``, ``gs://``,
+            ``az://``): the store is then built in a local staging folder and uploaded as
+            shards complete, the catalog last (see docs/remote.md).
         shard_bytes: Target shard size in bytes.
         image_codec: ``"u8"``, ``"u8+zstd"`` or ``"u8+lz4"``.
         progress: Show a progress bar when standard error is a terminal.
@@ -176,6 +182,34 @@ def prepare(
             store_pixels,
         )
     )
+
+
+def push(store: PathLike, url: str) -> Dict[str, Any]:
+    """Uploads the local store ``store`` to ``url`` (``s3://``, ``gs://``, ``az://``).
+
+    Shards go first (in parts when large), the catalog last; shards already there are skipped,
+    so an interrupted push run again sends only the rest. Credentials and endpoints come from
+    the environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``; docs/remote.md).
+
+    Returns:
+        dict: shards uploaded and already present, bytes, seconds.
+
+    Raises:
+        RemoteError: the object storage could not be reached or refused a write.
+    """
+    return json.loads(_push_json(os.fspath(store), url))
+
+
+def pull(url: str, dir: PathLike) -> Dict[str, Any]:
+    """Downloads the store at ``url`` into the folder ``dir``, checking every shard.
+
+    Returns:
+        dict: shards downloaded and already present, bytes, seconds.
+
+    Raises:
+        RemoteError: unreachable, or a shard that does not match its checksum.
+    """
+    return json.loads(_pull_json(url, os.fspath(dir)))
 
 
 def import_aitk(
@@ -236,16 +270,19 @@ class Store:
 
     @classmethod
     def open(cls, path: PathLike) -> "Store":
-        """Opens the store in ``path``.
+        """Opens the store in the folder ``path``, or at a URL (``s3://``, ``gs://``,
+        ``az://``, ``http(s)://``): its catalog is fetched once, its shards read in ranges
+        through a local cache (``LARDER_CACHE_DIR``, ``LARDER_CACHE_LIMIT``; docs/remote.md).
 
         Raises:
             StoreError: not a store, or a damaged catalog.
+            RemoteError: the object storage could not be reached or read.
         """
         return cls(_Store.open(os.fspath(path)))
 
     @property
     def path(self) -> str:
-        """The store's folder."""
+        """The store's folder or URL."""
         return os.fspath(self._native.path)
 
     def inspect(self) -> Dict[str, Any]:
@@ -279,7 +316,7 @@ class DataLoader:
     ``"loss_multiplier"``, ``"flipped"``, ``"epoch"``, ``"index"`` and ``"dtypes"``.
 
     Args:
-        store: A :class:`Store` or a store folder.
+        store: A :class:`Store`, a store folder, or a store URL (``s3://...``; docs/remote.md).
         batch_size: Items per batch (all from one bucket).
         shuffle: Permute items and batches each epoch.
         seed: Seed of the order, the caption transforms and the random flips.

@@ -1,7 +1,6 @@
 //! `larder bench`: serve a store for a few epochs and report throughput, latency and memory.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +12,18 @@ use larder::load::{Loader, LoaderOptions};
 /// Arguments of `larder bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The store folder.
-    store: PathBuf,
+    /// The store: a folder, or a URL (s3://, gs://, az://, http(s)://).
+    store: String,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How the store is served.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
     /// Items per batch.
     #[arg(long, default_value_t = 4)]
     batch_size: u32,
@@ -30,41 +39,57 @@ pub struct Args {
     /// Fields to load (comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     fields: Option<Vec<String>>,
-    /// Print one JSON document.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `larder bench` measured.
 #[derive(Debug, serde::Serialize)]
-struct Report {
-    store: PathBuf,
+pub struct Report {
+    store: String,
     batch_size: u32,
     threads: usize,
     epochs: u64,
     batches: usize,
     samples: usize,
     seconds: f64,
-    samples_per_s: f64,
-    mb_per_s: f64,
+    pub samples_per_s: f64,
+    pub mb_per_s: f64,
     /// Opening the catalog.
     store_open_s: f64,
     /// Opening the catalog and building the loader (item table, order).
     open_s: f64,
-    first_batch_s: f64,
+    pub first_batch_s: f64,
     latency_p50_ms: f64,
-    latency_p99_ms: f64,
+    pub latency_p99_ms: f64,
     epoch_switch_ms: Vec<f64>,
     rss_mb: Option<f64>,
     pss_mb: Option<f64>,
     /// Private anonymous memory: what the loader itself allocates, as opposed to the mapped
     /// store's page cache, which RSS also counts and every process on the machine shares.
     anon_mb: Option<f64>,
+    /// For a remote store: entry reads served from the local cache, and fetched.
+    cache_hits: u64,
+    pub cache_misses: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let remote = larder::remote::RemoteOptions::from_env()?;
+    let report = serve(&args.store, &args.serve, &remote)?;
+    if args.json {
+        super::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print(&report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the store at `location` and serves it for `args.epochs` epochs.
+pub fn serve(
+    location: &str,
+    args: &ServeArgs,
+    remote: &larder::remote::RemoteOptions,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let store = Arc::new(Store::open(&args.store)?);
+    let store = Arc::new(Store::open_location(location, remote)?);
     let store_open_s = started.elapsed().as_secs_f64();
     let options = LoaderOptions {
         batch_size: args.batch_size,
@@ -119,8 +144,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(0.0)
     };
     let (rss_mb, pss_mb, anon_mb) = memory();
-    let report = Report {
-        store: args.store.clone(),
+    let counters = loader.metrics().snapshot();
+    Ok(Report {
+        store: location.to_owned(),
         batch_size: args.batch_size,
         threads: args.threads,
         epochs: args.epochs,
@@ -138,19 +164,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rss_mb,
         pss_mb,
         anon_mb,
-    };
-    if args.json {
-        super::print_json(&report)?;
-        return Ok(ExitCode::SUCCESS);
-    }
+        cache_hits: counters.cache_hits,
+        cache_misses: counters.cache_misses,
+    })
+}
+
+/// Prints `report` as text.
+pub fn print(report: &Report) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "served {} batches ({} samples) of {} in {} epochs: {:.0} samples/s, {:.1} MB/s",
         report.batches,
         report.samples,
-        args.store.display(),
-        args.epochs,
+        report.store,
+        report.epochs,
         report.samples_per_s,
         report.mb_per_s
     )?;
@@ -176,7 +204,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "memory: not available on this system (needs /proc/self/smaps_rollup)"
         )?,
     }
-    Ok(ExitCode::SUCCESS)
+    if report.cache_hits + report.cache_misses > 0 {
+        writeln!(
+            out,
+            "remote reads: {} from the local cache, {} fetched",
+            report.cache_hits, report.cache_misses
+        )?;
+    }
+    Ok(())
 }
 
 /// Resident and proportional set size, and anonymous memory, of this process, in MiB.

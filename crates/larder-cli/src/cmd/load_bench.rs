@@ -52,7 +52,7 @@ pub struct Args {
     python: Option<String>,
     /// First write a deterministic synthetic checkpoint of this size (e.g. 4G, 512M) at PATH,
     /// unless one of that size is there already.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = super::parse_size)]
     generate: Option<u64>,
     /// Runs per contender and cache state (the median is reported).
     #[arg(long, default_value_t = 3)]
@@ -66,31 +66,6 @@ pub struct Args {
     /// Skip the cold-cache runs.
     #[arg(long)]
     warm_only: bool,
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim().to_ascii_uppercase();
-    let t = t
-        .strip_suffix("IB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(&t);
-    let (digits, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, ""),
-    };
-    let n: f64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 4G or 512M"))?;
-    let scale = match unit {
-        "" => 1u64,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(format!("unknown size unit in {text:?}: K, M, G or T")),
-    };
-    Ok((n * scale as f64) as u64)
 }
 
 /// One contender: a name and how to time one load of it.
@@ -414,8 +389,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
-
     #[test]
     fn each_run_takes_every_contender_once_in_its_own_order() {
         let orders: Vec<Vec<usize>> = (0..5).map(|r| super::run_order(5, r)).collect();
@@ -429,15 +402,5 @@ mod tests {
             .skip(1)
             .for_each(|o| assert_ne!(o, &orders[0]));
         assert_eq!(super::run_order(5, 3), super::run_order(5, 3));
-    }
-
-    #[test]
-    fn sizes_take_binary_units() {
-        assert_eq!(parse_size("4G"), Ok(4 << 30));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("1.5k"), Ok(1536));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("4Q").is_err());
-        assert!(parse_size("lots").is_err());
     }
 }

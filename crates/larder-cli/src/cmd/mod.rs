@@ -11,6 +11,7 @@ pub mod diagnose;
 pub mod doctor;
 pub mod import_aitk;
 pub mod load_bench;
+pub mod remote;
 pub mod scan;
 pub mod store;
 pub mod wizard;
@@ -18,6 +19,11 @@ pub mod wizard;
 use std::io::Write;
 
 /// Prints `value` on standard output as one pretty JSON document (every `--json` flag).
+/// Parses a byte size argument such as 256MiB, 64K, 1.5G or 20GB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    larder::parse_size(text).map_err(|e| e.to_string())
+}
+
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;

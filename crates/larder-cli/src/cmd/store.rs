@@ -13,11 +13,12 @@ use larder::{Config, PrepareOptions, Store};
 pub struct PrepareArgs {
     /// An AI Toolkit job file, a YAML file with a `datasets:` list, or a folder of images.
     config: PathBuf,
-    /// The store folder to create or update.
+    /// The store to create or update: a folder, or a URL (s3://, gs://, az://), which is
+    /// prepared in a local staging folder and uploaded as shards complete, catalog last.
     #[arg(long)]
-    out: PathBuf,
+    out: String,
     /// Target shard size, e.g. 256MiB, 64KiB, 1GB.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "256MiB", value_parser = super::parse_size)]
     shard_size: u64,
     /// Codec of image fields (pixels, masks, controls): u8, u8+zstd, u8+zstd:LEVEL, u8+lz4.
     #[arg(long, default_value = "u8", value_parser = parse_codec)]
@@ -30,8 +31,8 @@ pub struct PrepareArgs {
 /// Arguments of the commands that take a store.
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
-    /// The store folder.
-    store: PathBuf,
+    /// The store: a folder, or a URL (s3://, gs://, az://, http(s)://).
+    store: String,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -47,35 +48,14 @@ pub struct VerifyArgs {
     repair: bool,
 }
 
-pub fn parse_codec(s: &str) -> Result<Codec, String> {
-    Codec::parse(s).map_err(|e| e.to_string())
+/// Opens the store at `location`, a folder or a URL.
+fn open(location: &str) -> anyhow::Result<Store> {
+    let remote = larder::remote::RemoteOptions::from_env()?;
+    Store::open_location(location, &remote).with_context(|| format!("opening {location}"))
 }
 
-/// Parses "256MiB", "64KiB", "1GB", "4096".
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1000,
-        "kib" | "k" => 1 << 10,
-        "mb" => 1_000_000,
-        "mib" | "m" => 1 << 20,
-        "gb" => 1_000_000_000,
-        "gib" | "g" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("{s:?} is not a usable size"))
+pub fn parse_codec(s: &str) -> Result<Codec, String> {
+    Codec::parse(s).map_err(|e| e.to_string())
 }
 
 pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
@@ -89,8 +69,19 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         progress: !args.json,
         ..PrepareOptions::default()
     };
-    let report = larder::prepare(&config, &args.out, &options)
-        .with_context(|| format!("preparing {}", args.out.display()))?;
+    let report = if larder::remote::is_url(&args.out) {
+        let remote = larder::remote::RemoteOptions::from_env()?;
+        larder::remote::prepare(
+            &config,
+            &args.out,
+            &options,
+            &mut Default::default(),
+            &remote,
+        )
+    } else {
+        larder::prepare(&config, args.out.as_ref(), &options)
+    }
+    .with_context(|| format!("preparing {}", args.out))?;
     if args.json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -99,7 +90,7 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     writeln!(
         out,
         "{}: {} items, {} entries ({} computed, {} already stored), {} sources hashed, {} shards written ({:.1} MiB), {:.2}s",
-        args.out.display(),
+        args.out,
         report.items,
         report.entries,
         report.entries_computed,
@@ -123,14 +114,14 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn inspect(args: StoreArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&args.store)?;
+    let store = open(&args.store)?;
     let i = store.inspect()?;
     if args.json {
         super::print_json(&i)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "store {}", i.root.display())?;
+    writeln!(out, "store {}", store.location())?;
     writeln!(
         out,
         "config {} (digest {})",
@@ -185,7 +176,7 @@ pub fn inspect(args: StoreArgs) -> anyhow::Result<ExitCode> {
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let repair = args.repair;
     let args = args.store;
-    let mut store = Store::open(&args.store)?;
+    let mut store = open(&args.store)?;
     let report = if repair {
         store.repair()?
     } else {
@@ -211,7 +202,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{}: {} shards, {} entries, {} items checked, {} problems",
-            args.store.display(),
+            args.store,
             report.shards,
             report.entries,
             report.items,
@@ -239,7 +230,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn gc(args: StoreArgs) -> anyhow::Result<ExitCode> {
-    let mut store = Store::open(&args.store)?;
+    let mut store = open(&args.store)?;
     let report = store.gc()?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -248,7 +239,7 @@ pub fn gc(args: StoreArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{}: removed {} entries and {} shards, freed {:.1} MiB",
-            args.store.display(),
+            args.store,
             report.entries_removed,
             report.shards_removed,
             report.bytes_freed as f64 / (1 << 20) as f64

@@ -5,6 +5,7 @@ mod diagnose;
 mod doctor;
 mod encode;
 mod load_bench;
+mod remote;
 mod scan;
 mod store;
 mod wizard;

@@ -716,7 +716,8 @@ fn batch_entries(shared: &Catalogued, ids: &[u32], epoch: u64, seed: u64) -> Vec
 }
 
 /// Stacks one field of the items into a pooled buffer: raw entries are copied straight from the
-/// memory map; compressed ones are decompressed into place; quantized ones decoded to f32.
+/// memory map (or, for a remote store, read from its cache straight into place); compressed
+/// ones are decompressed into place; quantized ones decoded to f32.
 fn stack(
     store: &Store,
     pool: &Arc<BufferPool>,
@@ -727,19 +728,10 @@ fn stack(
     metrics: &LoaderMetrics,
 ) -> Result<Tensor> {
     let mut out: Option<Tensor> = None;
-    let mut item_bytes = 0usize;
     for (k, (&pos, row)) in positions.iter().zip(rows).enumerate() {
         let in_item =
             |message: String| format!("item {} ({}) field {field}: {message}", ids[k], row.path);
-        if pos == DANGLING {
-            return Err(Error::Store {
-                path: store.root().to_path_buf(),
-                message: in_item(
-                    "its entry is not in the catalog; run `larder prepare` again".into(),
-                ),
-            });
-        }
-        let (stored, entry) = store.stored_bytes_at(pos).map_err(|e| match e {
+        let with_item = |e: Error| match e {
             Error::Store { path, message } => Error::Store {
                 path,
                 message: in_item(message),
@@ -749,7 +741,36 @@ fn stack(
                 message: in_item(message),
             },
             other => other,
-        })?;
+        };
+        if pos == DANGLING {
+            return Err(Error::Store {
+                path: store.root().to_path_buf(),
+                message: in_item(
+                    "its entry is not in the catalog; run `larder prepare` again".into(),
+                ),
+            });
+        }
+        let entry = store.entry_at(pos)?;
+        if let (Some(remote), Some(dtype)) = (store.remote(), entry.codec.plain_dtype()) {
+            let started = Instant::now();
+            let dst = slot(
+                &mut out,
+                pool,
+                positions.len(),
+                k,
+                dtype,
+                &entry.shape,
+                entry.length,
+            )
+            .map_err(with_item)?;
+            let hit = remote
+                .read_into(entry.shard, entry.offset, dst)
+                .map_err(with_item)?;
+            metrics.record_read(entry.length, started.elapsed());
+            metrics.record_cache(hit);
+            continue;
+        }
+        let (stored, entry) = store.stored_bytes_at(pos).map_err(with_item)?;
         let context = |e: Error| Error::Store {
             path: stored.origin().to_path_buf(),
             message: in_item(e.to_string()),
@@ -760,34 +781,57 @@ fn stack(
         if let Some(hit) = stored.cache_hit() {
             metrics.record_cache(hit);
         }
-        let tensor = out.get_or_insert_with(|| {
-            item_bytes = bytes.len();
-            let mut shape = vec![positions.len()];
-            shape.extend_from_slice(&entry.shape);
-            Tensor {
-                dtype,
-                shape,
-                data: pool.take(item_bytes * positions.len()),
-            }
-        });
-        if bytes.len() != item_bytes
-            || tensor.dtype != dtype
-            || tensor.shape[1..] != entry.shape[..]
-        {
-            return Err(context(Error::InvalidArgument {
-                name: "field",
-                message: format!(
-                    "shape {:?} {dtype} differs from the batch's {:?} {}",
-                    entry.shape,
-                    &tensor.shape[1..],
-                    tensor.dtype
-                ),
-            }));
-        }
-        tensor.data.as_mut_slice()[k * item_bytes..(k + 1) * item_bytes].copy_from_slice(&bytes);
+        slot(
+            &mut out,
+            pool,
+            positions.len(),
+            k,
+            dtype,
+            &entry.shape,
+            bytes.len() as u64,
+        )
+        .map_err(context)?
+        .copy_from_slice(&bytes);
     }
     out.ok_or_else(|| Error::InvalidArgument {
         name: "batch",
         message: "empty batch".into(),
     })
+}
+
+/// Item `k`'s part of the stacked tensor of `count` items, allocated from the pool by the first
+/// item; an item whose dtype, shape or size differs from the first's is an error.
+fn slot<'t>(
+    out: &'t mut Option<Tensor>,
+    pool: &Arc<BufferPool>,
+    count: usize,
+    k: usize,
+    dtype: &'static str,
+    shape: &[usize],
+    bytes: u64,
+) -> Result<&'t mut [u8]> {
+    let item_bytes = bytes as usize;
+    let tensor = out.get_or_insert_with(|| {
+        let mut full = vec![count];
+        full.extend_from_slice(shape);
+        Tensor {
+            dtype,
+            shape: full,
+            data: pool.take(item_bytes * count),
+        }
+    });
+    if tensor.data.as_slice().len() != item_bytes * count
+        || tensor.dtype != dtype
+        || tensor.shape[1..] != shape[..]
+    {
+        return Err(Error::InvalidArgument {
+            name: "field",
+            message: format!(
+                "shape {shape:?} {dtype} differs from the batch's {:?} {}",
+                &tensor.shape[1..],
+                tensor.dtype
+            ),
+        });
+    }
+    Ok(&mut tensor.data.as_mut_slice()[k * item_bytes..(k + 1) * item_bytes])
 }

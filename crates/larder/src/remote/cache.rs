@@ -151,48 +151,70 @@ impl ChunkCache {
         self.state().chunks.contains_key(key)
     }
 
-    /// Reads `range` (within the chunk) of chunk `key`, checking the whole chunk against
-    /// `digest` first if this process has not yet. `None` when the chunk is not cached, or was
-    /// and failed its check (it is then deleted).
-    pub fn read(
+    /// Reads `range` (within the chunk) of chunk `key` into `out`, checking the whole chunk
+    /// against `digest` first if this process has not yet. Returns false when the chunk is not
+    /// cached, or was and failed its check (it is then deleted); `out` is then unspecified.
+    pub fn read_into(
         &self,
         key: &ChunkKey,
         range: std::ops::Range<usize>,
         digest: &[u8; 32],
-    ) -> Option<Vec<u8>> {
+        out: &mut [u8],
+    ) -> bool {
         let verified = {
             let mut state = self.state();
-            let verified = state.chunks.get(key)?.verified;
+            let Some(c) = state.chunks.get(key) else {
+                return false;
+            };
+            let verified = c.verified;
             state.touch(key);
             verified
         };
         let path = self.path(key);
-        let bytes = if verified {
-            read_range(&path, range.clone())
+        let ok = if verified {
+            read_range(&path, range.start as u64, out)
         } else {
             match std::fs::read(&path) {
                 Ok(all) if blake3::hash(&all).as_bytes() == digest => {
                     if let Some(c) = self.state().chunks.get_mut(key) {
                         c.verified = true;
                     }
-                    all.get(range.clone()).map(<[u8]>::to_vec)
+                    match all.get(range) {
+                        Some(part) if part.len() == out.len() => {
+                            out.copy_from_slice(part);
+                            true
+                        }
+                        _ => false,
+                    }
                 }
                 Ok(_) => {
                     tracing::warn!(
                         "cached chunk {} failed its checksum; fetching it again",
                         path.display()
                     );
-                    None
+                    false
                 }
-                Err(_) => None,
+                Err(_) => false,
             }
         };
-        if bytes.is_none() {
+        if !ok {
             // Unreadable, altered or removed behind our back: forget it, so the caller's fetch
             // replaces it.
             self.remove(key);
         }
-        bytes
+        ok
+    }
+
+    /// [`read_into`](Self::read_into) a new buffer; `None` when the chunk is not served from
+    /// the cache.
+    pub fn read(
+        &self,
+        key: &ChunkKey,
+        range: std::ops::Range<usize>,
+        digest: &[u8; 32],
+    ) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; range.len()];
+        self.read_into(key, range, digest, &mut out).then_some(out)
     }
 
     /// Stores chunk `key` (already checked against its checksum). Makes room by evicting
@@ -352,12 +374,12 @@ fn scan(chunks_dir: &Path) -> Result<State> {
     Ok(state)
 }
 
-fn read_range(path: &Path, range: std::ops::Range<usize>) -> Option<Vec<u8>> {
+/// Fills `out` from `path` at `offset`; false if the file is gone or shorter.
+fn read_range(path: &Path, offset: u64, out: &mut [u8]) -> bool {
     use std::os::unix::fs::FileExt;
-    let file = File::open(path).ok()?;
-    let mut out = vec![0u8; range.len()];
-    file.read_exact_at(&mut out, range.start as u64).ok()?;
-    Some(out)
+    File::open(path)
+        .and_then(|f| f.read_exact_at(out, offset))
+        .is_ok()
 }
 
 #[cfg(test)]

@@ -111,7 +111,17 @@ impl RemoteShards {
 
     /// Reads `offset..offset + length` of shard `id`.
     pub fn read(&self, id: i64, offset: u64, length: u64) -> Result<Read> {
+        let mut bytes = vec![0u8; length as usize];
+        let cached = self.read_into(id, offset, &mut bytes)?;
+        Ok(Read { bytes, cached })
+    }
+
+    /// Reads `out.len()` bytes at `offset` of shard `id` into `out` (the loader's batch buffer,
+    /// for entries stored raw: no copy in between). Returns true if and only if every chunk
+    /// came from the cache.
+    pub fn read_into(&self, id: i64, offset: u64, out: &mut [u8]) -> Result<bool> {
         let shard = self.shard(id)?;
+        let length = out.len() as u64;
         let end = offset.checked_add(length).filter(|&e| e <= shard.bytes);
         if end.is_none() {
             return Err(Error::Remote {
@@ -122,37 +132,40 @@ impl RemoteShards {
                 ),
             });
         }
-        let mut out = Vec::with_capacity(length as usize);
+        // Where chunk `i`'s part of the entry lies, within the chunk and within `out`.
+        let span = |i: u32| {
+            let range = shard.chunk_range(i);
+            let from = offset.max(range.start);
+            let to = (offset + length).min(range.end);
+            (
+                (from - range.start) as usize..(to - range.start) as usize,
+                (from - offset) as usize..(to - offset) as usize,
+            )
+        };
         let mut cached = true;
         let chunks = shard.chunks_of(offset, length);
         let mut index = chunks.start;
         while index < chunks.end {
-            let range = shard.chunk_range(index);
-            let within = (offset.max(range.start) - range.start) as usize
-                ..((offset + length).min(range.end) - range.start) as usize;
+            let (within, at) = span(index);
             let digest = &shard.sums.digests[index as usize];
-            if let Some(bytes) = self
+            if self
                 .cache
-                .read(&shard.key_of(index), within.clone(), digest)
+                .read_into(&shard.key_of(index), within, digest, &mut out[at])
             {
-                out.extend_from_slice(&bytes);
                 index += 1;
                 continue;
             }
             cached = false;
-            // Fetch the rest of the entry's chunks in one request; append what this entry
-            // needs of each.
+            // Fetch the rest of the entry's chunks in one request.
             let run = index..chunks.end.min(index + MAX_RUN);
             let fetched = self.fetch_run(shard, run.clone())?;
             for (i, bytes) in run.clone().zip(fetched) {
-                let range = shard.chunk_range(i);
-                let from = offset.max(range.start) - range.start;
-                let to = (offset + length).min(range.end) - range.start;
-                out.extend_from_slice(&bytes[from as usize..to as usize]);
+                let (within, at) = span(i);
+                out[at].copy_from_slice(&bytes[within]);
             }
             index = run.end;
         }
-        Ok(Read { bytes: out, cached })
+        Ok(cached)
     }
 
     /// Returns the bytes of chunks `run` of `shard`: those in the cache from there, the rest

@@ -120,6 +120,13 @@ pub struct Codec {
 }
 
 impl Codec {
+    /// The dtype of the stored bytes when they are the element bytes as they are (no
+    /// compression, no quantization); `None` when a reader must decode them.
+    pub fn plain_dtype(&self) -> Option<&'static str> {
+        let quantized = matches!(self.repr, Repr::Fp8E4M3 | Repr::Fp8E5M2 | Repr::Int8);
+        (self.compression == Compression::None && !quantized).then(|| self.element_dtype())
+    }
+
     /// Raw bytes (pixels), uncompressed.
     pub const RAW_U8: Codec = Codec {
         repr: Repr::U8,

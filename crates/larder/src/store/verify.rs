@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// A summary of a store.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Inspection {
-    /// The store folder.
+    /// The store folder, or its URL.
     pub root: PathBuf,
     /// Digest of the config that made it.
     pub config_digest: Option<String>,
@@ -206,7 +206,7 @@ impl Store {
             .into_iter()
             .collect();
         Ok(Inspection {
-            root: self.root.clone(),
+            root: PathBuf::from(self.location()),
             config_digest: cat.meta("config_digest")?,
             config_source: cat.meta("config_source")?,
             items,
