@@ -55,5 +55,6 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config::scan_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::prepare_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::import_aitk_json, m)?)?;
+    m.add_function(wrap_pyfunction!(store::merge_json, m)?)?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use larder::store::codec::Codec;
-use larder::{Config, PrepareOptions, Store};
+use larder::{Config, Part, PrepareOptions, Store};
 
 /// Arguments of `larder prepare`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,10 @@ pub struct PrepareArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Prepare only part I of N (0-based), e.g. 0/4, into OUT/parts/I-of-N; `larder merge OUT`
+    /// combines the parts. Under torchrun, RANK/WORLD_SIZE choose the part when this is not given.
+    #[arg(long, value_name = "I/N", value_parser = parse_part)]
+    shard: Option<Part>,
 }
 
 /// Arguments of the commands that take a store.
@@ -45,6 +49,10 @@ pub struct VerifyArgs {
     /// Forget broken shards (catalog rows and files) so the next `larder prepare` rebuilds them.
     #[arg(long)]
     repair: bool,
+}
+
+fn parse_part(s: &str) -> Result<Part, String> {
+    Part::parse(s).map_err(|e| e.to_string())
 }
 
 pub fn parse_codec(s: &str) -> Result<Codec, String> {
@@ -83,14 +91,30 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
+    let part = match args.shard {
+        Some(part) => Some(part),
+        None => {
+            let part = Part::from_env()?;
+            if let Some(p) = part {
+                eprintln!(
+                    "RANK and WORLD_SIZE are set: preparing part {p} into {} (`larder merge {}` combines the parts once all are done)",
+                    p.dir(&args.out).display(),
+                    args.out.display()
+                );
+            }
+            part
+        }
+    };
     let options = PrepareOptions {
         shard_bytes: args.shard_size,
         image_codec: args.image_codec,
         progress: !args.json,
+        part,
         ..PrepareOptions::default()
     };
+    let written = part.map_or(args.out.clone(), |p| p.dir(&args.out));
     let report = larder::prepare(&config, &args.out, &options)
-        .with_context(|| format!("preparing {}", args.out.display()))?;
+        .with_context(|| format!("preparing {}", written.display()))?;
     if args.json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -99,7 +123,7 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     writeln!(
         out,
         "{}: {} items, {} entries ({} computed, {} already stored), {} sources hashed, {} shards written ({:.1} MiB), {:.2}s",
-        args.out.display(),
+        written.display(),
         report.items,
         report.entries,
         report.entries_computed,
@@ -109,6 +133,14 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         report.bytes_written as f64 / (1 << 20) as f64,
         report.seconds
     )?;
+    if let Some(p) = part.filter(|p| !p.is_whole()) {
+        writeln!(
+            out,
+            "part {p} done; when all {} parts are: larder merge {}",
+            p.count,
+            args.out.display()
+        )?;
+    }
     if !report.findings.is_empty() {
         writeln!(
             out,
