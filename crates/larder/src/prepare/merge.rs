@@ -235,18 +235,32 @@ impl PartSet {
                 ));
             }
         }
-        let missing: Vec<String> = by_index
+        let missing: Vec<Part> = by_index
             .iter()
             .enumerate()
             .filter(|(_, k)| k.is_none())
-            .map(|(i, _)| format!("{i}/{count}"))
+            .map(|(i, _)| Part {
+                index: i as u32,
+                count,
+            })
             .collect();
         if !missing.is_empty() {
+            // Named where the parts lie: the folder holding the part folders.
+            let parts_dir = first.parent().and_then(Path::parent).unwrap_or(first);
             return Err(store_error(
-                first,
+                parts_dir,
                 format!(
-                    "part(s) {} missing: {} of {count} parts given; run `larder prepare CONFIG --out STORE --shard i/{count}` for each missing part, then merge",
-                    missing.join(", "),
+                    "part(s) {} missing (folders {}): {} of {count} parts found; run `larder prepare CONFIG --out STORE --shard i/{count}` for each missing part, then merge",
+                    missing
+                        .iter()
+                        .map(Part::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    missing
+                        .iter()
+                        .map(Part::dir_name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     catalogs.len()
                 ),
             ));
