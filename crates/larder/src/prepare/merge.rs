@@ -361,7 +361,8 @@ pub(crate) fn merge_catalogs(out: &Path, set: &PartSet) -> Result<MergedCatalog>
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
              CREATE TEMP TABLE part_ids (part INTEGER NOT NULL, item INTEGER NOT NULL,
                  plan_index INTEGER NOT NULL, PRIMARY KEY (part, item));
-             CREATE TEMP TABLE shard_part (file TEXT PRIMARY KEY, part INTEGER NOT NULL);",
+             CREATE TEMP TABLE shard_part (file TEXT PRIMARY KEY, part INTEGER NOT NULL);
+             CREATE INDEX main.merging_findings ON findings(path);",
         )
         .map_err(err)?;
 
@@ -467,12 +468,14 @@ pub(crate) fn merge_catalogs(out: &Path, set: &PartSet) -> Result<MergedCatalog>
                 c = list(&source_cols, ""),
                 s = list(&source_cols, "s")
             ))?;
-            // Scan and plan findings are the same in every part; each is kept once.
+            // Scan and plan findings are the same in every part; each is kept once (found
+            // through a temporary index by path: a broken dataset has many).
             let same = finding_cols
                 .iter()
                 .map(|c| format!("g.\"{c}\" IS f.\"{c}\""))
                 .collect::<Vec<_>>()
                 .join(" AND ");
+            let same = format!("g.path = f.path AND {same}");
             run(format!(
                 "INSERT INTO main.findings({c}) SELECT {f} FROM part.findings f
                  WHERE ?1 >= 0 AND NOT EXISTS (SELECT 1 FROM main.findings g WHERE {same})",
@@ -499,9 +502,9 @@ pub(crate) fn merge_catalogs(out: &Path, set: &PartSet) -> Result<MergedCatalog>
     captions.write(&cat)?;
 
     let tx = cat.conn.unchecked_transaction().map_err(err)?;
-    tx.execute(
-        "DELETE FROM shards WHERE id NOT IN (SELECT DISTINCT shard FROM entries)",
-        [],
+    tx.execute_batch(
+        "DELETE FROM shards WHERE id NOT IN (SELECT DISTINCT shard FROM entries);
+         DROP INDEX main.merging_findings;",
     )
     .map_err(err)?;
     tx.execute(
@@ -768,6 +771,12 @@ fn move_file(from: &Path, to: &Path, tmp: &Path) -> Result<()> {
 /// removed. Interrupted, it can be run again and finishes.
 pub fn merge_parts(out: &Path, parts: &[PathBuf]) -> Result<MergeReport> {
     let started = Instant::now();
+    if parts.is_empty() && !out.is_dir() {
+        return Err(store_error(
+            out,
+            "no such folder: name the store folder the parts were prepared for (`--out` of `larder prepare --shard`)".into(),
+        ));
+    }
     let _lock = super::lock_store(out)?;
     let leftover = out.join(MERGED_PARTS_DIR);
     if leftover.exists() {

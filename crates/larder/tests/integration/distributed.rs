@@ -130,6 +130,18 @@ fn captions(store: &Path) -> Vec<(String, String, String)> {
         .expect("rows")
 }
 
+/// The findings the catalog records (scan, plan, decode), sorted.
+fn findings(store: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open(store.join("catalog.sqlite")).expect("catalog");
+    let mut stmt = db
+        .prepare("SELECT dataset || ' ' || kind || ' ' || path || ' ' || detail FROM findings ORDER BY 1")
+        .expect("findings");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
 /// Two epochs of batches: item keys, captions, and every field's bytes.
 type Served = Vec<(Vec<String>, Vec<String>, BTreeMap<String, Vec<u8>>)>;
 
@@ -220,6 +232,12 @@ fn parts_with_encoders_merge_into_the_store_an_unsharded_prepare_writes() {
     sound(&out);
     assert_eq!(listing(&out), listing(&whole));
     assert_eq!(captions(&out), captions(&whole));
+    let noted = findings(&out);
+    assert!(
+        noted.iter().any(|f| f.contains("missing_mask")),
+        "{noted:?}"
+    );
+    assert_eq!(noted, findings(&whole));
     let (merged, reference) = (
         Store::open(&out).expect("open"),
         Store::open(&whole).expect("open"),
@@ -404,6 +422,13 @@ fn parts_named_explicitly_merge_and_are_removed() {
     assert_eq!(served(&out), served(&whole));
     // A whole prepare of the same config over the merged store finds everything stored.
     let again = run(&config, &out, None, &mut Encoders::default());
-    assert_eq!((again.entries_computed, again.shards_written), (0, 0));
+    assert_eq!(
+        (
+            again.entries_computed,
+            again.shards_written,
+            again.sources_hashed
+        ),
+        (0, 0, 0)
+    );
     assert_eq!(listing(&out), listing(&whole));
 }
