@@ -26,7 +26,8 @@ pub struct PrepareArgs {
     #[arg(long)]
     json: bool,
     /// Prepare only part I of N (0-based), e.g. 0/4, into OUT/parts/I-of-N; `larder merge OUT`
-    /// combines the parts. Under torchrun, RANK/WORLD_SIZE choose the part when this is not given.
+    /// combines the parts. Without it, torchrun's RANK/WORLD_SIZE choose the part; 0/1 is the
+    /// whole prepare.
     #[arg(long, value_name = "I/N", value_parser = parse_part)]
     shard: Option<Part>,
 }
