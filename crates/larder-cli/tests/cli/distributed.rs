@@ -1,10 +1,13 @@
 //! `larder prepare --shard` in several processes at once, under torchrun's variables, and
 //! `larder merge`, as users run them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
 use larder::Store;
+use larder::load::{Loader, LoaderOptions};
 
 use crate::{larder, s};
 
@@ -29,6 +32,46 @@ fn dataset(root: &Path) -> PathBuf {
     )
     .expect("config");
     config
+}
+
+/// Each item's source, bucket, crop, flip, item key, caption and field entries, in id order.
+fn listing(store: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open(store.join("catalog.sqlite")).expect("catalog");
+    let mut stmt = db
+        .prepare(
+            "SELECT path || ' ' || bucket_w || 'x' || bucket_h || ' ' || crop_x || ',' || crop_y || ' '
+                    || flip || ' ' || item_key || ' ' || caption || ' '
+                    || (SELECT group_concat(field || '=' || entry, ' ') FROM item_fields WHERE item = items.id)
+             FROM items ORDER BY id",
+        )
+        .expect("items");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+/// One epoch of batches for seed 3: item keys and every field's bytes.
+fn served(store: &Path) -> Vec<(Vec<String>, BTreeMap<String, Vec<u8>>)> {
+    let store = Arc::new(Store::open(store).expect("open"));
+    let mut options = LoaderOptions {
+        batch_size: 4,
+        threads: 2,
+        ..LoaderOptions::default()
+    };
+    options.order.seed = 3;
+    Loader::new(store, options)
+        .expect("loader")
+        .map(|b| {
+            let b = b.expect("batch");
+            let fields = b
+                .fields
+                .iter()
+                .map(|(name, t)| (name.clone(), t.data.as_slice().to_vec()))
+                .collect();
+            (b.keys, fields)
+        })
+        .collect()
 }
 
 fn ok(out: &Output) -> String {
@@ -91,12 +134,18 @@ fn three_processes_prepare_parts_at_once_and_the_merge_equals_an_unsharded_prepa
         "9 images, 2 resolutions, 2 repeats, flipped"
     );
     assert_eq!(items, reference.items().expect("items"));
+    assert_eq!(listing(&out), listing(&whole));
     for item in &items {
-        assert_eq!(
-            merged.read_field(item, "pixels").expect("merged"),
-            reference.read_field(item, "pixels").expect("reference")
-        );
+        for field in item.fields.keys() {
+            assert_eq!(
+                merged.read_field(item, field).expect("merged"),
+                reference.read_field(item, field).expect("reference")
+            );
+        }
     }
+    let batches = served(&out);
+    assert_eq!(batches.len(), 72 / 4);
+    assert_eq!(batches, served(&whole));
     let verified = ok(&larder(&["verify", s(&out)]));
     assert!(verified.contains("0 problems"), "{verified}");
     let inspected: serde_json::Value =
