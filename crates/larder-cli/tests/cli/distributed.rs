@@ -51,8 +51,11 @@ fn listing(store: &Path) -> Vec<String> {
         .expect("rows")
 }
 
-/// One epoch of batches for seed 3: item keys and every field's bytes.
-fn served(store: &Path) -> Vec<(Vec<String>, BTreeMap<String, Vec<u8>>)> {
+/// A batch as compared: item keys and every field's bytes.
+type Served = (Vec<String>, BTreeMap<String, Vec<u8>>);
+
+/// One epoch of batches for seed 3.
+fn served(store: &Path) -> Vec<Served> {
     let store = Arc::new(Store::open(store).expect("open"));
     let mut options = LoaderOptions {
         batch_size: 4,
