@@ -355,6 +355,20 @@ fn merge_refuses_missing_unfinished_and_mismatched_parts() {
     assert!(err.contains("merged from 3 parts already"), "{err}");
 }
 
+/// Copies the folder `from` to `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read folder") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 #[test]
 fn an_interrupted_merge_run_again_finishes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -385,8 +399,18 @@ fn an_interrupted_merge_run_again_finishes() {
     }
     assert!(moved >= 3);
     std::fs::write(out.join("tmp/catalog.merging.sqlite"), b"half a catalog").expect("write");
+    let parts = dir.path().join("parts-copy");
+    copy_tree(&out.join("parts"), &parts);
     let report = merge_parts(&out, &[]).expect("merge again");
     assert_eq!(report.shards_moved, report.shards - moved);
+    sound(&out);
+    assert_eq!(listing(&out), listing(&whole));
+
+    // Killed after the merged catalog was put in place, before the parts were removed.
+    std::fs::rename(&parts, out.join("parts")).expect("restore parts");
+    let report = merge_parts(&out, &[]).expect("merge again");
+    assert_eq!(report.shards_moved, 0);
+    assert!(!out.join("parts").exists());
     sound(&out);
     assert_eq!(listing(&out), listing(&whole));
 
