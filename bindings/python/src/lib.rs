@@ -73,5 +73,6 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store::push_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::pull_json, m)?)?;
     m.add_function(wrap_pyfunction!(store::import_aitk_json, m)?)?;
+    m.add_function(wrap_pyfunction!(store::merge_json, m)?)?;
     Ok(())
 }

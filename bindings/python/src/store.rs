@@ -32,12 +32,13 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 ///     caption_variants: Variants per item when caption transforms are random.
 ///     clip_size: CLIP's square input side.
 ///     store_pixels: Store the pixels field too.
+///     shard: (i, n): prepare only part i of n into `out/parts/i-of-n` (see `larder.merge`).
 ///
 /// Returns:
 ///     str: the report as JSON.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (config, out, shard_bytes = 256 << 20, image_codec = "u8", progress = false, image_encoders = None, text_encoders = None, clip_encoders = None, encode_batch_size = 8, latent_codec = "bf16", text_codec = "bf16", caption_variants = 4, clip_size = 224, store_pixels = true))]
+#[pyo3(signature = (config, out, shard_bytes = 256 << 20, image_codec = "u8", progress = false, image_encoders = None, text_encoders = None, clip_encoders = None, encode_batch_size = 8, latent_codec = "bf16", text_codec = "bf16", caption_variants = 4, clip_size = 224, store_pixels = true, shard = None))]
 pub fn prepare_json(
     py: Python<'_>,
     config: &Bound<'_, PyAny>,
@@ -54,8 +55,13 @@ pub fn prepare_json(
     caption_variants: usize,
     clip_size: u32,
     store_pixels: bool,
+    shard: Option<(u32, u32)>,
 ) -> PyResult<String> {
     let config = crate::config_of(py, config)?;
+    let part = shard
+        .map(|(i, n)| larder::Part::new(i, n))
+        .transpose()
+        .map_err(to_py)?;
     let parse = |text: &str| larder::store::codec::Codec::parse(text).map_err(to_py);
     let options = larder::PrepareOptions {
         shard_bytes,
@@ -67,6 +73,7 @@ pub fn prepare_json(
         encode_batch_size,
         caption_variants,
         clip: larder::encode::ClipPreprocess { size: clip_size },
+        part,
     };
     let raised: Raised = Default::default();
     let mut encoders = larder::encode::Encoders::default();
@@ -150,6 +157,31 @@ pub fn import_aitk_json(
     };
     let report = py
         .detach(|| fresh_pool()?.install(|| larder::import_aitk(&config, &out, &options)))
+        .map_err(to_py)?;
+    json(&report)
+}
+
+/// Merges the parts of a distributed prepare into one store (see `larder.merge`).
+///
+/// Args:
+///     out: The store folder.
+///     parts: Part folders; empty, the folders `out/parts/i-of-n` are merged.
+///
+/// Returns:
+///     str: the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (out, parts = Vec::new()))]
+pub fn merge_json(py: Python<'_>, out: &Bound<'_, PyAny>, parts: Vec<PathBuf>) -> PyResult<String> {
+    let out = crate::location_of(out)?;
+    let report = py
+        .detach(|| {
+            if larder::remote::is_url(&out) {
+                let remote = larder::remote::RemoteOptions::from_env()?;
+                larder::remote::merge(&out, &remote)
+            } else {
+                larder::merge_parts(out.as_ref(), &parts)
+            }
+        })
         .map_err(to_py)?;
     json(&report)
 }

@@ -20,6 +20,8 @@ enum Command {
     Scan(cmd::scan::Args),
     /// Prepare a dataset into a store: decode, resize, crop and pack into shards; resumable.
     Prepare(cmd::store::PrepareArgs),
+    /// Combine the parts of a distributed prepare (`prepare --shard I/N`) into one store.
+    Merge(cmd::merge::Args),
     /// Import AI Toolkit's latent, text-embedding and CLIP caches into a store, without re-encoding.
     ImportAitk(cmd::import_aitk::Args),
     /// Show what a store holds: items, buckets, fields, codecs, sizes, findings.
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => cmd::scan::run(args),
         Command::Prepare(args) => cmd::store::prepare(args),
+        Command::Merge(args) => cmd::merge::run(args),
         Command::ImportAitk(args) => cmd::import_aitk::run(args),
         Command::Inspect(args) => cmd::store::inspect(args),
         Command::Verify(args) => cmd::store::verify(args),

@@ -51,6 +51,7 @@ pub use prepare::{
     AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, PrepareOptions,
     PrepareReport, config_digest, import_aitk, prepare, prepare_with,
 };
+pub use prepare::{MergeReport, PARTS_DIR, Part, merge_parts};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
 pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,

@@ -35,6 +35,7 @@ from ._larder import (
 from ._larder import Loader as _Loader
 from ._larder import Store as _Store
 from ._larder import import_aitk_json as _import_aitk_json
+from ._larder import merge_json as _merge_json
 from ._larder import prepare_json as _prepare_json
 from ._larder import pull_json as _pull_json
 from ._larder import push_json as _push_json
@@ -64,6 +65,7 @@ __all__ = [
     "import_aitk",
     "load_config",
     "load_file",
+    "merge",
     "prepare",
     "pull",
     "push",
@@ -130,6 +132,7 @@ def prepare(
     caption_variants: int = 4,
     clip_size: int = 224,
     store_pixels: bool = True,
+    shard: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """Prepares a config into a store: decode, resize, crop, encode and pack into shards.
 
@@ -156,6 +159,10 @@ def prepare(
             drops tokens.
         clip_size: CLIP's square input side (224, or 336 for ViT-L/14-336).
         store_pixels: Also store the ``pixels`` field.
+        shard: ``(i, n)``: prepare only part ``i`` of ``n`` (0-based) into
+            ``out/parts/i-of-n``; :func:`merge` combines the parts once all are done (see
+            docs/distributed.md). Python does not read torchrun's ``RANK``/``WORLD_SIZE`` for
+            you: pass ``shard=(rank, world_size)`` explicitly.
 
     Returns:
         dict: items, entries (computed and reused), captions, shards written, findings, seconds.
@@ -180,6 +187,7 @@ def prepare(
             caption_variants,
             clip_size,
             store_pixels,
+            None if shard is None else (int(shard[0]), int(shard[1])),
         )
     )
 
@@ -210,6 +218,28 @@ def pull(url: str, dir: PathLike) -> Dict[str, Any]:
         RemoteError: unreachable, or a shard that does not match its checksum.
     """
     return json.loads(_pull_json(url, os.fspath(dir)))
+
+
+def merge(out: PathLike, parts: Optional[Sequence[PathLike]] = None) -> Dict[str, Any]:
+    """Combines the parts of a distributed prepare into one store.
+
+    The merged store lists exactly the items, in the same order, of an unsharded prepare of
+    the config, so a :class:`DataLoader` serves the same batches from it. Shards are moved
+    into ``out/shards``, the parts are removed; an interrupted merge can be run again.
+
+    Args:
+        out: The store folder the parts were prepared for (``prepare(..., out, shard=...)``).
+        parts: Part folders to merge; by default every ``out/parts/i-of-n``.
+
+    Returns:
+        dict: parts, items, entries, duplicate_entries, shards, shards_moved, seconds.
+
+    Raises:
+        StoreError: a part is missing or unfinished, the parts disagree (split, config,
+            encoders), or ``out`` holds a store of another config.
+    """
+    paths = [os.fspath(p) for p in (parts or [])]
+    return json.loads(_merge_json(os.fspath(out), paths))
 
 
 def import_aitk(

@@ -139,6 +139,11 @@ def prepare_json(
     caption_variants: int = 4,
     clip_size: int = 224,
     store_pixels: bool = True,
+    shard: Optional[Tuple[int, int]] = None,
+) -> str: ...
+def merge_json(
+    out: Union[str, os.PathLike[str]],
+    parts: Sequence[Union[str, os.PathLike[str]]] = ...,
 ) -> str: ...
 
 class HostBytes:

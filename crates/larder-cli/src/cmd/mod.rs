@@ -11,6 +11,7 @@ pub mod diagnose;
 pub mod doctor;
 pub mod import_aitk;
 pub mod load_bench;
+pub mod merge;
 pub mod remote;
 pub mod scan;
 pub mod store;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use larder::store::codec::Codec;
-use larder::{Config, PrepareOptions, Store};
+use larder::{Config, Part, PrepareOptions, Store};
 
 /// Arguments of `larder prepare`.
 #[derive(Debug, clap::Args)]
@@ -26,6 +26,11 @@ pub struct PrepareArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Prepare only part I of N (0-based), e.g. 0/4, into OUT/parts/I-of-N; `larder merge OUT`
+    /// combines the parts. Without it, torchrun's RANK/WORLD_SIZE choose the part; 0/1 is the
+    /// whole prepare.
+    #[arg(long, value_name = "I/N", value_parser = parse_part)]
+    shard: Option<Part>,
 }
 
 /// Arguments of the commands that take a store.
@@ -54,6 +59,10 @@ fn open(location: &str) -> anyhow::Result<Store> {
     Store::open_location(location, &remote).with_context(|| format!("opening {location}"))
 }
 
+fn parse_part(s: &str) -> Result<Part, String> {
+    Part::parse(s).map_err(|e| e.to_string())
+}
+
 pub fn parse_codec(s: &str) -> Result<Codec, String> {
     Codec::parse(s).map_err(|e| e.to_string())
 }
@@ -63,11 +72,37 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
+    let part = match args.shard {
+        Some(part) => Some(part),
+        None => {
+            let part = Part::from_env()?;
+            if let Some(p) = part {
+                eprintln!(
+                    "RANK and WORLD_SIZE are set: preparing part {p} into {}/{}/{} (`larder merge {}` combines the parts once all are done)",
+                    args.out.trim_end_matches('/'),
+                    larder::PARTS_DIR,
+                    p.dir_name(),
+                    args.out
+                );
+            }
+            part
+        }
+    };
     let options = PrepareOptions {
         shard_bytes: args.shard_size,
         image_codec: args.image_codec,
         progress: !args.json,
+        part,
         ..PrepareOptions::default()
+    };
+    let written = match part.filter(|p| !p.is_whole()) {
+        Some(p) => format!(
+            "{}/{}/{}",
+            args.out.trim_end_matches('/'),
+            larder::PARTS_DIR,
+            p.dir_name()
+        ),
+        None => args.out.clone(),
     };
     let report = if larder::remote::is_url(&args.out) {
         let remote = larder::remote::RemoteOptions::from_env()?;
@@ -81,7 +116,7 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     } else {
         larder::prepare(&config, args.out.as_ref(), &options)
     }
-    .with_context(|| format!("preparing {}", args.out))?;
+    .with_context(|| format!("preparing {written}"))?;
     if args.json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -90,7 +125,7 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     writeln!(
         out,
         "{}: {} items, {} entries ({} computed, {} already stored), {} sources hashed, {} shards written ({:.1} MiB), {:.2}s",
-        args.out,
+        written,
         report.items,
         report.entries,
         report.entries_computed,
@@ -100,6 +135,13 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         report.bytes_written as f64 / (1 << 20) as f64,
         report.seconds
     )?;
+    if let Some(p) = part.filter(|p| !p.is_whole()) {
+        writeln!(
+            out,
+            "part {p} done; when all {} parts are: larder merge {}",
+            p.count, args.out
+        )?;
+    }
     if !report.findings.is_empty() {
         writeln!(
             out,

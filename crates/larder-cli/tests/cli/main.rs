@@ -2,6 +2,7 @@
 
 mod dashboard;
 mod diagnose;
+mod distributed;
 mod doctor;
 mod encode;
 mod load_bench;

@@ -9,10 +9,14 @@
 
 mod aitk;
 mod encoded;
+pub(crate) mod merge;
+mod part;
 mod sources;
 mod texts;
 
 pub use aitk::{AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, import_aitk};
+pub use merge::{MergeReport, merge_parts};
+pub use part::{PARTS_DIR, Part};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -58,6 +62,10 @@ pub struct PrepareOptions {
     pub caption_variants: usize,
     /// CLIP encoders' preprocessing.
     pub clip: ClipPreprocess,
+    /// This run's part of a distributed prepare: its items only, written to
+    /// `<out>/parts/<i>-of-<N>` for `larder merge` (see docs/distributed.md). `None` (or
+    /// `0/1`) prepares everything into `out`.
+    pub part: Option<Part>,
 }
 
 impl Default for PrepareOptions {
@@ -72,6 +80,7 @@ impl Default for PrepareOptions {
             encode_batch_size: 8,
             caption_variants: 4,
             clip: ClipPreprocess::default(),
+            part: None,
         }
     }
 }
@@ -124,6 +133,8 @@ struct FieldJob {
 #[derive(Debug)]
 struct ItemPlan<'a> {
     planned: PlannedItem,
+    /// Index of the item in the whole plan (the merged store's order, for a part).
+    plan_index: usize,
     image: &'a ScannedImage,
     content_hash: String,
     item_key: String,
@@ -209,7 +220,8 @@ struct EncodedInfo {
     bias: Vec<f32>,
 }
 
-/// Prepares `config` into the store directory `out`.
+/// Prepares `config` into the store directory `out` (for a part of a distributed prepare,
+/// `options.part`, into `out/parts/<i>-of-<N>`).
 pub fn prepare(config: &Config, out: &Path, options: &PrepareOptions) -> Result<PrepareReport> {
     prepare_with(config, out, options, &mut Encoders::default())
 }
@@ -280,12 +292,23 @@ pub(crate) fn prepare_inner(
     report.findings.extend(scan.findings.iter().cloned());
     report.findings.extend(plan.findings.iter().cloned());
 
+    // A part prepares its share of the plan into its own folder; the whole, everything here.
+    let part = match options.part {
+        Some(p) => Some(Part::new(p.index, p.count)?).filter(|p| !p.is_whole()),
+        None => None,
+    };
+    let selected: Vec<usize> = match &part {
+        Some(p) => p.select(&plan),
+        None => (0..plan.items.len()).collect(),
+    };
+    let part_out = part.map(|p| p.dir(out));
+    let out = part_out.as_deref().unwrap_or(out);
     let (_lock, catalog) = open_for_writing(out)?;
 
     // Content hashes of every source file the items need, and a dataset each belongs to (for
     // the finding if it cannot be read).
     let mut dataset_of: HashMap<PathBuf, usize> = HashMap::new();
-    for item in &plan.items {
+    for item in selected.iter().map(|&k| &plan.items[k]) {
         let img = &scan.datasets[item.dataset].images[item.image];
         for f in field_sources(&config.datasets[item.dataset], img) {
             dataset_of.entry(f.source).or_insert(item.dataset);
@@ -306,8 +329,8 @@ pub(crate) fn prepare_inner(
     }
 
     let codec_name = options.image_codec.name();
-    let mut items: Vec<ItemPlan<'_>> = Vec::with_capacity(plan.items.len());
-    for planned in &plan.items {
+    let mut items: Vec<ItemPlan<'_>> = Vec::with_capacity(selected.len());
+    for (plan_index, planned) in selected.iter().map(|&k| (k, &plan.items[k])) {
         let cfg = &config.datasets[planned.dataset];
         let img = &scan.datasets[planned.dataset].images[planned.image];
         let sources = field_sources(cfg, img);
@@ -338,6 +361,7 @@ pub(crate) fn prepare_inner(
             .collect();
         items.push(ItemPlan {
             planned: *planned,
+            plan_index,
             image: img,
             content_hash,
             item_key: ikey,
@@ -482,6 +506,7 @@ pub(crate) fn prepare_inner(
         options,
         &encoder_rows,
         &text_plans,
+        part.map(|p| (p, plan.items.len())),
     )?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -558,6 +583,15 @@ fn encoded_fields(
 /// Creates the store layout, takes the store's lock, opens the catalog, and clears what an
 /// interrupted run may have left: temporary files and shard files the catalog never recorded.
 fn open_for_writing(out: &Path) -> Result<(File, Catalog)> {
+    let lock = make_and_lock(out)?;
+    let catalog = Catalog::open(&out.join(CATALOG_FILE), true)?;
+    crate::store::remove_strays(out, &catalog)?;
+    Ok((lock, catalog))
+}
+
+/// Creates the store layout (the folder, `shards/`, `tmp/`) and takes the store's lock, held
+/// until the returned file is dropped: one writer (a prepare or a merge) per store at a time.
+pub(crate) fn make_and_lock(out: &Path) -> Result<File> {
     if out.exists() && !out.is_dir() {
         return Err(Error::Store {
             path: out.to_path_buf(),
@@ -567,10 +601,7 @@ fn open_for_writing(out: &Path) -> Result<(File, Catalog)> {
     for dir in [out.to_path_buf(), out.join(SHARD_DIR), out.join(TMP_DIR)] {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-    let lock = crate::store::lock_store(out)?;
-    let catalog = Catalog::open(&out.join(CATALOG_FILE), true)?;
-    crate::store::remove_strays(out, &catalog)?;
-    Ok((lock, catalog))
+    crate::store::lock_store(out)
 }
 
 /// What the writer did.
@@ -902,7 +933,10 @@ fn stored_entry(
 }
 
 /// Replaces the item list, findings, datasets and encoders in one transaction: until it
-/// commits, readers see the previous prepare's complete store.
+/// commits, readers see the previous prepare's complete store. A part of a distributed
+/// prepare, `(part, planned items in the whole plan)`, also records each item's plan index and
+/// its `part` marker: a part is complete if and only if its marker is there.
+#[allow(clippy::too_many_arguments)]
 fn commit_items(
     catalog: &Catalog,
     config: &Config,
@@ -911,10 +945,11 @@ fn commit_items(
     options: &PrepareOptions,
     encoders: &[EncoderRow],
     texts: &[texts::EncoderTexts],
+    part: Option<(Part, usize)>,
 ) -> Result<()> {
     let err = |e| catalog.err(e);
     let tx = catalog.conn.unchecked_transaction().map_err(err)?;
-    tx.execute_batch("DELETE FROM item_fields; DELETE FROM items; DELETE FROM findings; DELETE FROM datasets; DELETE FROM encoders; DELETE FROM item_captions; DELETE FROM captions;")
+    tx.execute_batch("DELETE FROM item_fields; DELETE FROM part_items; DELETE FROM items; DELETE FROM findings; DELETE FROM datasets; DELETE FROM encoders; DELETE FROM item_captions; DELETE FROM captions;")
         .map_err(err)?;
     {
         let mut ins_item = tx
@@ -970,6 +1005,16 @@ fn commit_items(
             for (field, key) in &item.encoded {
                 ins_field
                     .execute(params![id as i64, field, key])
+                    .map_err(err)?;
+            }
+        }
+        if part.is_some() {
+            let mut ins_part = tx
+                .prepare("INSERT INTO part_items(item, plan_index) VALUES (?1, ?2)")
+                .map_err(err)?;
+            for (id, item) in items.iter().enumerate() {
+                ins_part
+                    .execute(params![id as i64, item.plan_index as i64])
                     .map_err(err)?;
             }
         }
@@ -1058,6 +1103,27 @@ fn commit_items(
             params![k, v],
         )
         .map_err(err)?;
+    }
+    match part {
+        Some((part, planned)) => {
+            for (k, v) in [
+                (merge::META_PART, part.to_string()),
+                (merge::META_PLAN_ITEMS, planned.to_string()),
+            ] {
+                tx.execute(
+                    "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![k, v],
+                )
+                .map_err(err)?;
+            }
+        }
+        None => {
+            tx.execute(
+                "DELETE FROM meta WHERE key IN (?1, ?2)",
+                params![merge::META_PART, merge::META_PLAN_ITEMS],
+            )
+            .map_err(err)?;
+        }
     }
     tx.commit().map_err(err)
 }

@@ -29,7 +29,9 @@ use std::sync::Arc;
 pub use object::ObjectStorage;
 pub use options::RemoteOptions;
 pub use storage::{LocalStorage, MemoryStorage, Storage, is_not_found};
-pub use transfer::{PullReport, PushReport, prepare, prepare_into, pull, push, push_to};
+pub use transfer::{
+    PullReport, PushReport, merge, merge_in, prepare, prepare_into, pull, push, push_to,
+};
 
 pub(crate) use cache::ChunkCache;
 pub(crate) use prefetch::{BatchEntries, Prefetch};

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{CATALOG_KEY, RemoteOptions, Storage, shard_key, storage_for};
+use crate::prepare::PARTS_DIR;
 use crate::store::catalog::Catalog;
 use crate::store::shard::chunk_sums_of_file;
 use crate::store::{CATALOG_FILE, SHARD_DIR, TMP_DIR};
@@ -223,7 +224,8 @@ fn for_each_shard<T: Sync>(
 
 /// Prepares `config` into the store at `url`: the store is built in a local staging folder
 /// (inside the cache folder, so a rerun resumes it), each shard is uploaded as soon as it is
-/// committed, and the catalog is uploaded last, once every shard is there.
+/// committed, and the catalog is uploaded last, once every shard is there. With
+/// `options.part`, the part goes to `url/parts/<i>-of-<N>/`, for [`merge`].
 ///
 /// An interrupted run, run again, redoes nothing that is finished: the staging folder resumes
 /// as a local prepare does, and shards already uploaded are skipped.
@@ -234,40 +236,116 @@ pub fn prepare(
     encoders: &mut crate::encode::Encoders,
     remote: &RemoteOptions,
 ) -> Result<crate::PrepareReport> {
-    let storage = storage_for(url, remote)?;
-    prepare_into(config, storage.as_ref(), options, encoders, remote)
+    let target = match options.part.filter(|p| !p.is_whole()) {
+        Some(p) => format!("{}/{PARTS_DIR}/{}", url.trim_end_matches('/'), p.dir_name()),
+        None => url.to_owned(),
+    };
+    let storage = storage_for(&target, remote)?;
+    let staging = remote.cache_folder(url).join("staging");
+    prepare_into(config, storage.as_ref(), &staging, options, encoders)
 }
 
-/// [`prepare`] into any storage.
+/// [`prepare`] into any storage, staging in `staging` (a part in its `parts/<i>-of-<N>`).
 pub fn prepare_into(
     config: &crate::Config,
     storage: &dyn Storage,
+    staging: &Path,
     options: &crate::PrepareOptions,
     encoders: &mut crate::encode::Encoders,
-    remote: &RemoteOptions,
 ) -> Result<crate::PrepareReport> {
-    let staging = remote.cache_folder(&storage.url("")).join("staging");
+    let local = options
+        .part
+        .map_or(staging.to_path_buf(), |p| p.dir(staging));
     let (tx, rx) = crossbeam_channel::unbounded::<String>();
     std::thread::scope(|s| {
-        let uploader = s.spawn(|| -> Result<()> {
+        let uploader = s.spawn(|| {
             for file in rx {
                 let key = shard_key(&file);
-                let path = staging.join(SHARD_DIR).join(&file);
+                let path = local.join(SHARD_DIR).join(&file);
                 // Uploads as shards complete; one that fails here is tried again below.
                 if let Err(e) = storage.put_file(&key, &path) {
                     tracing::warn!("uploading {file} failed, will retry at the end: {e}");
                 }
             }
-            Ok(())
         });
-        let prepared =
-            crate::prepare::prepare_inner(config, &staging, options, encoders, Some(&tx));
+        let prepared = crate::prepare::prepare_inner(config, staging, options, encoders, Some(&tx));
         drop(tx);
-        let uploaded = uploader.join().unwrap_or(Ok(()));
+        let _ = uploader.join();
         let report = prepared?;
-        uploaded?;
-        let _lock = crate::store::lock_store(&staging)?;
-        upload_store(&staging, storage)?;
+        let _lock = crate::store::lock_store(&local)?;
+        upload_store(&local, storage)?;
         Ok(report)
+    })
+}
+
+/// Merges the parts of a distributed prepare into `url` (see docs/distributed.md): the parts'
+/// catalogs are downloaded and merged as `larder merge` merges local parts, their shards are
+/// copied into `shards/` inside the storage (nothing is downloaded), the merged catalog is
+/// uploaded, and `parts/` is removed.
+pub fn merge(url: &str, remote: &RemoteOptions) -> Result<crate::MergeReport> {
+    let storage = storage_for(url, remote)?;
+    let work = remote.cache_folder(url).join("merge");
+    merge_in(storage.as_ref(), &work)
+}
+
+/// [`merge`] in any storage, with `work` as a local scratch folder.
+pub fn merge_in(storage: &dyn Storage, work: &Path) -> Result<crate::MergeReport> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
+    let prefix = format!("{PARTS_DIR}/");
+    let listed = storage.list(&prefix)?;
+    let mut catalogs = Vec::new();
+    for (key, _) in &listed {
+        let Some(name) = key
+            .strip_prefix(&prefix)
+            .and_then(|k| k.strip_suffix(&format!("/{CATALOG_KEY}")))
+        else {
+            continue;
+        };
+        let path = work.join(format!("{name}.sqlite"));
+        std::fs::write(&path, storage.get(key)?).map_err(|e| Error::io(&path, e))?;
+        catalogs.push(path);
+    }
+    if catalogs.is_empty() {
+        return Err(Error::Remote {
+            url: storage.url(&prefix),
+            message: "no parts to merge here (prepare with --shard i/N into this URL first)".into(),
+        });
+    }
+    let set = crate::prepare::merge::parts::PartSet::read(&catalogs)?;
+    let merged_path = work.join(CATALOG_FILE);
+    let merged = crate::prepare::merge::catalog::merge_catalogs(&merged_path, &set)?;
+    let mut moved = 0;
+    for shard in &merged.shards {
+        let to = shard_key(&shard.file);
+        if storage.size(&to)? == Some(shard.bytes) {
+            continue;
+        }
+        let from = format!(
+            "{PARTS_DIR}/{}/{}",
+            shard.part.dir_name(),
+            shard_key(&shard.file)
+        );
+        storage.copy(&from, &to)?;
+        moved += 1;
+    }
+    let bytes = std::fs::read(&merged_path).map_err(|e| Error::io(&merged_path, e))?;
+    storage.put(CATALOG_KEY, &bytes)?;
+    // The parts go once the merged store is complete; catalogs first, so that a rerun after an
+    // interruption here finds no half-listed part.
+    let (part_catalogs, rest): (Vec<_>, Vec<_>) =
+        listed.iter().partition(|(k, _)| k.ends_with(CATALOG_KEY));
+    for (key, _) in part_catalogs.into_iter().chain(rest) {
+        storage.delete(key)?;
+    }
+    let _ = std::fs::remove_dir_all(work);
+    Ok(crate::MergeReport {
+        parts: set.parts.len(),
+        items: merged.items,
+        entries: merged.entries,
+        duplicate_entries: merged.duplicate_entries,
+        shards: merged.shards.len(),
+        shards_moved: moved,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }

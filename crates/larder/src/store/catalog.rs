@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS captions (
 CREATE TABLE IF NOT EXISTS item_captions (
     item INTEGER NOT NULL, encoder TEXT NOT NULL, variant INTEGER NOT NULL,
     caption INTEGER NOT NULL REFERENCES captions(id), PRIMARY KEY (item, encoder, variant));
+-- A part of a distributed prepare (meta `part` = `i/N`) records each item's index in the
+-- whole plan: `larder merge` orders the merged store's items by it.
+CREATE TABLE IF NOT EXISTS part_items (
+    item INTEGER PRIMARY KEY REFERENCES items(id), plan_index INTEGER NOT NULL);
 ";
 
 /// An open catalog.

@@ -228,7 +228,7 @@ fn run(
     )
 }
 
-fn latent_encoders(id: &str, images: &Arc<AtomicUsize>) -> Encoders {
+pub(crate) fn latent_encoders(id: &str, images: &Arc<AtomicUsize>) -> Encoders {
     Encoders {
         image: vec![("latent".into(), Box::new(PatchEncoder::new(id, images)))],
         ..Encoders::default()
@@ -383,7 +383,7 @@ fn an_encoder_error_names_the_item_keeps_what_was_done_and_a_rerun_does_the_rest
     );
 }
 
-fn text_encoders(captions: &Arc<AtomicUsize>) -> Encoders {
+pub(crate) fn text_encoders(captions: &Arc<AtomicUsize>) -> Encoders {
     Encoders {
         text: vec![(
             "text".into(),

@@ -2,6 +2,7 @@
 
 mod config;
 mod diagnose;
+mod distributed;
 mod encode;
 mod fastload;
 mod interop;

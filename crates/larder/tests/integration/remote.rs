@@ -629,3 +629,48 @@ fn a_shard_altered_on_the_server_fails_its_checksum_and_the_cache_keeps_nothing_
     );
     assert_cache_holds_only_good_chunks(&cache, &local);
 }
+
+#[test]
+fn a_distributed_prepare_into_s3_merges_there_into_the_unsharded_store() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = prepared(dir.path(), 12);
+    let expected = epoch(&mut loader(Arc::new(Store::open(&local).expect("open"))));
+    let opts = server.options(&dir.path().join("cache"));
+    let url = server.url("distributed");
+    let config = Config::load(dir.path().join("c.yaml")).expect("config");
+    for i in 0..3 {
+        let options = PrepareOptions {
+            shard_bytes: SHARD_BYTES,
+            part: Some(larder::Part::new(i, 3).expect("part")),
+            ..PrepareOptions::default()
+        };
+        larder::remote::prepare(&config, &url, &options, &mut Default::default(), &opts)
+            .expect("prepare a part");
+        assert!(
+            server
+                .object_path("distributed", &format!("parts/{i}-of-3/catalog.sqlite"))
+                .is_file()
+        );
+    }
+    assert!(
+        Store::open_location(&url, &opts).is_err(),
+        "no store before the merge"
+    );
+    let report = larder::remote::merge(&url, &opts).expect("merge");
+    assert_eq!((report.parts, report.items), (3, 12), "{report:?}");
+    assert!(
+        !server
+            .object_path("distributed", "parts")
+            .join("0-of-3")
+            .join("catalog.sqlite")
+            .exists()
+    );
+    let store = Arc::new(Store::open_location(&url, &opts).expect("open merged"));
+    assert_eq!(epoch(&mut loader(store.clone())), expected);
+    let verified = store.verify().expect("verify");
+    assert!(
+        verified.problems.is_empty() && verified.strays.is_empty(),
+        "{verified:?}"
+    );
+}

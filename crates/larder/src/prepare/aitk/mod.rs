@@ -139,6 +139,14 @@ pub fn import_aitk(
     out: &Path,
     options: &AitkImportOptions,
 ) -> Result<AitkImportReport> {
+    // The import reads every item's caches into one store; parts of a distributed prepare
+    // are merged first, then imported into.
+    if options.prepare.part.is_some_and(|p| !p.is_whole()) {
+        return Err(crate::Error::InvalidArgument {
+            name: "part",
+            message: "importing AI Toolkit's caches is not split into parts: merge the parts, then import into the merged store".into(),
+        });
+    }
     let mut report = AitkImportReport {
         prepare: prepare(config, out, &options.prepare)?,
         ..AitkImportReport::default()
