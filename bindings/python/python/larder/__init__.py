@@ -228,7 +228,8 @@ def merge(out: PathLike, parts: Optional[Sequence[PathLike]] = None) -> Dict[str
     into ``out/shards``, the parts are removed; an interrupted merge can be run again.
 
     Args:
-        out: The store folder the parts were prepared for (``prepare(..., out, shard=...)``).
+        out: The store folder (or URL) the parts were prepared for
+            (``prepare(..., out, shard=...)``).
         parts: Part folders to merge; by default every ``out/parts/i-of-n``.
 
     Returns:

@@ -35,7 +35,7 @@ pub struct ServeArgs {
     prefetch: usize,
     /// Epochs to serve.
     #[arg(long, default_value_t = 3)]
-    epochs: u64,
+    pub epochs: u64,
     /// Fields to load (comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     fields: Option<Vec<String>>,
@@ -47,7 +47,7 @@ pub struct Report {
     store: String,
     batch_size: u32,
     threads: usize,
-    epochs: u64,
+    pub epochs: u64,
     batches: usize,
     samples: usize,
     seconds: f64,

@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// The URL to serve the same store from (it is pushed there first; already uploaded shards
     /// are skipped).
     url: String,
+    /// The store is at URL already (for example its folder served over HTTP): do not push.
+    #[arg(long)]
+    no_push: bool,
     #[command(flatten)]
     serve: super::bench::ServeArgs,
     /// Print one JSON document.
@@ -86,39 +89,72 @@ pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The three runs of `bench-remote`, side by side.
+/// The four runs of `bench-remote`, side by side.
 #[derive(Debug, serde::Serialize)]
 struct Comparison {
-    local: super::bench::Report,
+    /// How the page cache was emptied before the cold runs.
+    eviction: String,
+    local_cold: super::bench::Report,
     remote_cold: super::bench::Report,
+    local_warm: super::bench::Report,
     remote_warm: super::bench::Report,
+    /// Samples/s from object storage with an empty cache over local with an empty page cache.
     cold_vs_local: f64,
+    /// Samples/s from object storage with a warm cache over local with a warm page cache.
     warm_vs_local: f64,
 }
 
-/// Serves the same store locally, then from `url` with an empty cache, then again with the
-/// cache the cold run filled; prints samples/s and the ratios to local.
+/// Serves the same store locally and from `url`: one epoch each with nothing cached (the page
+/// cache emptied, the remote cache folder new), then `--epochs` epochs each with everything
+/// cached; prints samples/s side by side with the ratios.
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let base = RemoteOptions::from_env()?;
-    larder::remote::push(&args.store, &args.url, &base)
-        .with_context(|| format!("pushing {} to {}", args.store.display(), args.url))?;
-    let local = super::bench::serve(&args.store.to_string_lossy(), &args.serve, &base)?;
+    if !args.no_push {
+        larder::remote::push(&args.store, &args.url, &base)
+            .with_context(|| format!("pushing {} to {}", args.store.display(), args.url))?;
+    }
+    let local = args.store.to_string_lossy().into_owned();
+    let shards: Vec<PathBuf> = std::fs::read_dir(args.store.join("shards"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    let evict = || -> anyhow::Result<String> {
+        let mut how = "nothing to evict".to_owned();
+        for shard in &shards {
+            how = larder::fastload::evict(shard)?.describe().to_owned();
+        }
+        Ok(how)
+    };
+    let mut cold = args.serve.clone();
+    cold.epochs = 1;
     // A cache folder of this run's own: the cold run starts from nothing.
     let scratch = std::env::temp_dir().join(format!("larder-bench-remote-{}", std::process::id()));
     let remote = RemoteOptions {
         cache_dir: Some(scratch.clone()),
         ..base
     };
-    let runs = super::bench::serve(&args.url, &args.serve, &remote)
-        .and_then(|cold| Ok((cold, super::bench::serve(&args.url, &args.serve, &remote)?)));
+    let runs = (|| -> anyhow::Result<_> {
+        // Each cold run right after an eviction, each warm run right after its cold run (an
+        // eviction in between would make the warm run's first epoch cold again).
+        let eviction = evict()?;
+        let local_cold = super::bench::serve(&local, &cold, &remote)?;
+        let local_warm = super::bench::serve(&local, &args.serve, &remote)?;
+        evict()?;
+        let remote_cold = super::bench::serve(&args.url, &cold, &remote)?;
+        let remote_warm = super::bench::serve(&args.url, &args.serve, &remote)?;
+        Ok((eviction, local_cold, remote_cold, local_warm, remote_warm))
+    })();
     let _ = std::fs::remove_dir_all(&scratch);
-    let (remote_cold, remote_warm) = runs?;
-    let ratio = |r: &super::bench::Report| r.samples_per_s / local.samples_per_s.max(1e-9);
+    let (eviction, local_cold, remote_cold, local_warm, remote_warm) = runs?;
+    let ratio = |a: &super::bench::Report, b: &super::bench::Report| {
+        a.samples_per_s / b.samples_per_s.max(1e-9)
+    };
     let comparison = Comparison {
-        cold_vs_local: ratio(&remote_cold),
-        warm_vs_local: ratio(&remote_warm),
-        local,
+        cold_vs_local: ratio(&remote_cold, &local_cold),
+        warm_vs_local: ratio(&remote_warm, &local_warm),
+        eviction,
+        local_cold,
         remote_cold,
+        local_warm,
         remote_warm,
     };
     if args.json {
@@ -128,18 +164,33 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<12} {:>10} {:>9} {:>12} {:>10} {:>9} {:>9}",
-        "run", "samples/s", "MB/s", "first batch", "p99 wait", "fetched", "vs local"
+        "cold runs: one epoch, page cache emptied ({}), remote cache empty",
+        comparison.eviction
+    )?;
+    writeln!(
+        out,
+        "{:<12} {:>6} {:>10} {:>9} {:>12} {:>10} {:>9} {:>9}",
+        "run", "epochs", "samples/s", "MB/s", "first batch", "p99 wait", "fetched", "vs local"
     )?;
     for (name, r, ratio) in [
-        ("local", &comparison.local, 1.0),
-        ("s3 cold", &comparison.remote_cold, comparison.cold_vs_local),
-        ("s3 warm", &comparison.remote_warm, comparison.warm_vs_local),
+        ("local cold", &comparison.local_cold, 1.0),
+        (
+            "remote cold",
+            &comparison.remote_cold,
+            comparison.cold_vs_local,
+        ),
+        ("local warm", &comparison.local_warm, 1.0),
+        (
+            "remote warm",
+            &comparison.remote_warm,
+            comparison.warm_vs_local,
+        ),
     ] {
         writeln!(
             out,
-            "{:<12} {:>10.0} {:>9.1} {:>11.3}s {:>8.2}ms {:>9} {:>8.2}x",
+            "{:<12} {:>6} {:>10.0} {:>9.1} {:>11.3}s {:>8.2}ms {:>9} {:>8.2}x",
             name,
+            r.epochs,
             r.samples_per_s,
             r.mb_per_s,
             r.first_batch_s,
