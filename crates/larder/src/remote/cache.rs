@@ -1,21 +1,26 @@
-//! The local cache of a remote store: shard chunks as files, least-recently-used first out,
-//! never a chunk that a queued batch has pinned.
+//! The local cache of a remote store: each shard as a sparse file holding the chunks fetched so
+//! far, read through a memory map like a local store's shard; least-recently-used chunks go
+//! first, never a chunk that a queued batch has pinned.
 //!
 //! ```text
 //! <cache folder>/
-//!   .lock                     held by the one process using this folder
-//!   catalog.sqlite            the store's catalog, fetched when the store is opened
-//!   chunks/<shard>/<index>    chunk `index` of shard file `<shard>.safetensors`
+//!   .lock               held by the one process using this folder
+//!   catalog.sqlite      the store's catalog, fetched when the store is opened
+//!   shards/<name>       shard `<name>.safetensors`, sparse: fetched chunks at their offsets
 //! ```
 //!
-//! A chunk file is written to a temporary name and renamed, so a crash leaves whole chunks or
-//! none. A chunk is checked against its catalog checksum the first time this process uses it,
-//! whether it was just fetched or found on disk from an earlier run; one that fails is deleted
-//! and fetched again. Chunks are named by the shard's content hash, so a cache stays valid
-//! across prepares of the same store: a changed shard has another name.
+//! A chunk is written at its offset in its shard's file; evicting it punches a hole there
+//! (`fallocate(PUNCH_HOLE)`), which frees its disk blocks. The chunks present are tracked in
+//! memory and, when a cache folder is opened again, found from the files' data regions
+//! (`SEEK_DATA`). Every chunk is checked against its catalog checksum the first time this
+//! process uses it, whether it was just fetched or found on disk from an earlier run (a crash
+//! mid-write, a bad disk, a hole read as zeros); one that fails is punched out and fetched
+//! again. Reading pins the chunk for the length of the copy, so a hole is never punched under
+//! a reader. Shard names are content hashes, so a cache stays valid across prepares.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -28,8 +33,21 @@ pub(crate) struct ChunkKey {
     pub index: u32,
 }
 
+/// Where a chunk lies in its shard.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkPlace {
+    /// Byte offset of the chunk in the shard.
+    pub offset: u64,
+    /// The chunk's length.
+    pub len: u64,
+    /// The whole shard's length (the sparse file's size).
+    pub shard_bytes: u64,
+}
+
 #[derive(Debug)]
 struct Cached {
+    /// Where the chunk lies in its shard's file.
+    offset: u64,
     bytes: u64,
     /// When it was last used (a tick of the cache's clock).
     used: u64,
@@ -37,13 +55,23 @@ struct Cached {
     verified: bool,
 }
 
+/// A shard's sparse file, mapped.
+#[derive(Debug)]
+struct ShardFile {
+    file: File,
+    map: Arc<memmap2::Mmap>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     chunks: HashMap<ChunkKey, Cached>,
     /// (last use, chunk), oldest first: the eviction order.
     by_use: BTreeSet<(u64, ChunkKey)>,
-    /// Chunks that queued batches still need, with how many batches need each.
+    /// Chunks that queued batches (or a reader, while it copies) still need, with how many.
     pins: HashMap<ChunkKey, u32>,
+    files: HashMap<Arc<str>, ShardFile>,
+    /// Chunks held per shard file: a file whose count drops to zero is deleted.
+    per_shard: HashMap<Arc<str>, usize>,
     total: u64,
     clock: u64,
 }
@@ -59,11 +87,44 @@ impl State {
         }
     }
 
+    fn add(&mut self, key: ChunkKey, offset: u64, bytes: u64, verified: bool) {
+        self.clock += 1;
+        let used = self.clock;
+        self.by_use.insert((used, key.clone()));
+        *self.per_shard.entry(key.shard.clone()).or_default() += 1;
+        self.chunks.insert(
+            key,
+            Cached {
+                offset,
+                bytes,
+                used,
+                verified,
+            },
+        );
+        self.total += bytes;
+    }
+
     fn forget(&mut self, key: &ChunkKey) -> Option<Cached> {
         let c = self.chunks.remove(key)?;
         self.by_use.remove(&(c.used, key.clone()));
         self.total -= c.bytes;
+        if let Some(n) = self.per_shard.get_mut(&key.shard) {
+            *n -= 1;
+        }
         Some(c)
+    }
+
+    fn pin(&mut self, key: &ChunkKey) {
+        *self.pins.entry(key.clone()).or_default() += 1;
+    }
+
+    fn unpin(&mut self, key: &ChunkKey) {
+        if let Some(n) = self.pins.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(key);
+            }
+        }
     }
 }
 
@@ -93,8 +154,8 @@ impl ChunkCache {
         {
             return Ok(cache);
         }
-        let chunks_dir = dir.join("chunks");
-        std::fs::create_dir_all(&chunks_dir).map_err(|e| Error::io(&chunks_dir, e))?;
+        let shards_dir = dir.join("shards");
+        std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
         let lock_path = dir.join(".lock");
         let lock = File::options()
             .create(true)
@@ -112,7 +173,7 @@ impl ChunkCache {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
-        let state = scan(&chunks_dir)?;
+        let state = scan(&shards_dir)?;
         let cache = Arc::new(ChunkCache {
             dir: dir.to_path_buf(),
             limit,
@@ -133,11 +194,8 @@ impl ChunkCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn path(&self, key: &ChunkKey) -> PathBuf {
-        self.dir
-            .join("chunks")
-            .join(&*key.shard)
-            .join(key.index.to_string())
+    fn path(&self, shard: &str) -> PathBuf {
+        self.dir.join("shards").join(shard)
     }
 
     /// Bytes held now.
@@ -151,165 +209,173 @@ impl ChunkCache {
         self.state().chunks.contains_key(key)
     }
 
-    /// Reads `range` (within the chunk) of chunk `key` into `out`, checking the whole chunk
-    /// against `digest` first if this process has not yet. Returns false when the chunk is not
-    /// cached, or was and failed its check (it is then deleted); `out` is then unspecified.
+    /// Copies `out.len()` bytes from `within` bytes into chunk `key` (at `place`) into `out`,
+    /// checking the whole chunk against `digest` first if this process has not yet. Returns
+    /// false when the chunk is not cached, or was and failed its check (it is then dropped);
+    /// `out` is then unspecified.
     pub fn read_into(
         &self,
         key: &ChunkKey,
-        range: std::ops::Range<usize>,
+        place: ChunkPlace,
+        within: u64,
         digest: &[u8; 32],
         out: &mut [u8],
     ) -> bool {
-        let verified = {
+        let (map, verified) = {
             let mut state = self.state();
-            let Some(c) = state.chunks.get(key) else {
+            let Some(verified) = state.chunks.get(key).map(|c| c.verified) else {
                 return false;
             };
-            let verified = c.verified;
+            let Some(map) = state.files.get(&key.shard).map(|f| f.map.clone()) else {
+                return false;
+            };
             state.touch(key);
-            verified
+            // Held while copying: the chunk cannot be punched out from under the copy.
+            state.pin(key);
+            (map, verified)
         };
-        let path = self.path(key);
-        let ok = if verified {
-            read_range(&path, range.start as u64, out)
-        } else {
-            match std::fs::read(&path) {
-                Ok(all) if blake3::hash(&all).as_bytes() == digest => {
-                    if let Some(c) = self.state().chunks.get_mut(key) {
-                        c.verified = true;
-                    }
-                    match all.get(range) {
-                        Some(part) if part.len() == out.len() => {
-                            out.copy_from_slice(part);
-                            true
-                        }
-                        _ => false,
-                    }
-                }
-                Ok(_) => {
-                    tracing::warn!(
-                        "cached chunk {} failed its checksum; fetching it again",
-                        path.display()
-                    );
-                    false
-                }
-                Err(_) => false,
+        let start = place.offset as usize;
+        let chunk = map.get(start..start + place.len as usize);
+        let ok = match chunk {
+            Some(chunk) if verified || blake3::hash(chunk).as_bytes() == digest => {
+                let from = within as usize;
+                out.copy_from_slice(&chunk[from..from + out.len()]);
+                true
             }
+            _ => false,
         };
+        let mut state = self.state();
+        state.unpin(key);
+        if ok && !verified {
+            if let Some(c) = state.chunks.get_mut(key) {
+                c.verified = true;
+            }
+        }
         if !ok {
-            // Unreadable, altered or removed behind our back: forget it, so the caller's fetch
-            // replaces it.
-            self.remove(key);
+            tracing::warn!(
+                "cached chunk {} of shard {} failed its checksum; fetching it again",
+                key.index,
+                key.shard
+            );
+            if state.forget(key).is_some() {
+                punch(&state, key, place.offset, place.len);
+            }
         }
         ok
     }
 
-    /// [`read_into`](Self::read_into) a new buffer; `None` when the chunk is not served from
-    /// the cache.
-    pub fn read(
-        &self,
-        key: &ChunkKey,
-        range: std::ops::Range<usize>,
-        digest: &[u8; 32],
-    ) -> Option<Vec<u8>> {
-        let mut out = vec![0u8; range.len()];
-        self.read_into(key, range, digest, &mut out).then_some(out)
-    }
-
-    /// Stores chunk `key` (already checked against its checksum). Makes room by evicting
-    /// least-recently-used chunks that no queued batch needs; a chunk that is itself unpinned
-    /// and finds no room is not stored (the caller has its bytes), while a pinned one is
-    /// stored even over the limit, which is what lets a limit smaller than one batch work.
-    pub fn insert(&self, key: &ChunkKey, bytes: &[u8]) -> Result<()> {
-        let pinned = self.state().pins.contains_key(key);
-        if self.contains(key) {
-            return Ok(());
-        }
+    /// Stores chunk `key` (already checked against its checksum) at `place`. Makes room by
+    /// evicting least-recently-used chunks that no queued batch needs; a chunk that is itself
+    /// unpinned and finds no room is not stored (the caller has its bytes), while a pinned one
+    /// is stored even over the limit, which is what lets a limit smaller than one batch work.
+    pub fn insert(&self, key: &ChunkKey, place: ChunkPlace, bytes: &[u8]) -> Result<()> {
+        let pinned = {
+            let state = self.state();
+            if state.chunks.contains_key(key) {
+                return Ok(());
+            }
+            state.pins.contains_key(key)
+        };
         let size = bytes.len() as u64;
         if !self.evict_to(size) && !pinned {
             return Ok(());
         }
-        let path = self.path(key);
-        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let tmp = dir.join(format!(".{}.tmp", key.index));
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                Error::io(&path, e)
-            })?;
         let mut state = self.state();
-        state.clock += 1;
-        let used = state.clock;
-        state.chunks.insert(
-            key.clone(),
-            Cached {
-                bytes: size,
-                used,
-                verified: true,
-            },
-        );
-        state.by_use.insert((used, key.clone()));
-        state.total += size;
+        if !state.files.contains_key(&key.shard) {
+            let file = self.create(&key.shard, place.shard_bytes)?;
+            state.files.insert(key.shard.clone(), file);
+        }
+        let Some(shard) = state.files.get(&key.shard) else {
+            return Ok(());
+        };
+        use std::os::unix::fs::FileExt;
+        shard
+            .file
+            .write_all_at(bytes, place.offset)
+            .map_err(|e| Error::io(self.path(&key.shard), e))?;
+        if !state.chunks.contains_key(key) {
+            state.add(key.clone(), place.offset, size, true);
+        }
         Ok(())
+    }
+
+    /// Opens (creating, sized `bytes`) the sparse file of shard `name`, and maps it.
+    fn create(&self, name: &str, bytes: u64) -> Result<ShardFile> {
+        let path = self.path(name);
+        let io = |e| Error::io(&path, e);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        if file.metadata().map_err(io)?.len() != bytes {
+            file.set_len(bytes).map_err(io)?;
+        }
+        // SAFETY: the file is this cache's own (its folder is locked to this process) and its
+        // size never changes once set. Regions not yet fetched read as zeros; nothing reads a
+        // chunk that the cache does not list as present, and a present chunk is checked
+        // against its checksum before its first use and pinned while it is copied.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Ok(ShardFile {
+            file,
+            map: Arc::new(map),
+        })
     }
 
     /// Evicts unpinned chunks, oldest first, until `incoming` more bytes fit under the limit.
     /// Returns true if and only if they fit.
     fn evict_to(&self, incoming: u64) -> bool {
-        let (victims, fits) = {
-            let mut state = self.state();
-            let mut need = (state.total + incoming).saturating_sub(self.limit);
-            let mut victims = Vec::new();
-            for (_, key) in &state.by_use {
-                if need == 0 {
-                    break;
-                }
-                if state.pins.contains_key(key) {
-                    continue;
-                }
-                need = need.saturating_sub(state.chunks.get(key).map_or(0, |c| c.bytes));
-                victims.push(key.clone());
-            }
-            for key in &victims {
-                state.forget(key);
-            }
-            (victims, need == 0)
-        };
-        for key in victims {
-            let _ = std::fs::remove_file(self.path(&key));
+        let mut state = self.state();
+        let mut need = (state.total + incoming).saturating_sub(self.limit);
+        if need == 0 {
+            return true;
         }
-        fits
-    }
-
-    fn remove(&self, key: &ChunkKey) {
-        if self.state().forget(key).is_some() {
-            let _ = std::fs::remove_file(self.path(key));
+        let mut victims = Vec::new();
+        for (_, key) in &state.by_use {
+            if need == 0 {
+                break;
+            }
+            if state.pins.contains_key(key) {
+                continue;
+            }
+            need = need.saturating_sub(state.chunks.get(key).map_or(0, |c| c.bytes));
+            victims.push(key.clone());
         }
+        for key in &victims {
+            if let Some(c) = state.forget(key) {
+                punch(&state, key, c.offset, c.bytes);
+            }
+        }
+        // A shard file without chunks goes altogether (a reader still holding its map reads
+        // the unlinked file, which stays whole until the map is dropped).
+        for key in &victims {
+            if state.per_shard.get(&key.shard) == Some(&0) {
+                state.per_shard.remove(&key.shard);
+                state.files.remove(&key.shard);
+                let _ = std::fs::remove_file(self.path(&key.shard));
+            }
+        }
+        need == 0
     }
 
     /// Marks `keys` as needed by a queued batch: they are not evicted until unpinned.
     pub fn pin(&self, keys: &[ChunkKey]) {
         let mut state = self.state();
         for k in keys {
-            *state.pins.entry(k.clone()).or_default() += 1;
+            state.pin(k);
         }
     }
 
     /// Releases one batch's pins on `keys`.
     pub fn unpin(&self, keys: &[ChunkKey]) {
-        let mut state = self.state();
-        for k in keys {
-            if let Some(n) = state.pins.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    state.pins.remove(k);
-                }
+        {
+            let mut state = self.state();
+            for k in keys {
+                state.unpin(k);
             }
         }
-        drop(state);
         // Chunks stored over the limit while pinned go as soon as nothing needs them.
         self.evict_to(0);
     }
@@ -327,74 +393,141 @@ impl ChunkCache {
     }
 }
 
-/// Reads back what an earlier run cached, oldest first by modification time; temporary files
-/// of an interrupted write are removed.
-fn scan(chunks_dir: &Path) -> Result<State> {
-    let mut found: Vec<(std::time::SystemTime, ChunkKey, u64)> = Vec::new();
-    let shards = std::fs::read_dir(chunks_dir).map_err(|e| Error::io(chunks_dir, e))?;
-    for shard in shards.flatten() {
-        let Ok(files) = std::fs::read_dir(shard.path()) else {
+/// Frees the disk blocks of chunk `key` (forgotten already), `len` bytes at `offset`. Where the file system cannot punch
+/// holes, the chunk's bytes are zeroed instead: the space is not returned, but the chunk can
+/// never pass for cached.
+fn punch(state: &State, key: &ChunkKey, offset: u64, len: u64) {
+    let Some(shard) = state.files.get(&key.shard) else {
+        return;
+    };
+    // SAFETY: a valid descriptor and a range inside the file; punching keeps the size.
+    let r = unsafe {
+        libc::fallocate(
+            shard.file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r != 0 {
+        use std::os::unix::fs::FileExt;
+        let _ = shard.file.write_all_at(&vec![0u8; len as usize], offset);
+    }
+}
+
+/// Reads back what an earlier run cached: every whole chunk inside a data region of a shard
+/// file, unverified, oldest files first.
+fn scan(shards_dir: &Path) -> Result<State> {
+    let mut files: Vec<(std::time::SystemTime, PathBuf, Arc<str>)> = Vec::new();
+    for entry in std::fs::read_dir(shards_dir)
+        .map_err(|e| Error::io(shards_dir, e))?
+        .flatten()
+    {
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let name: Arc<str> = entry.file_name().to_string_lossy().into();
+        files.push((modified, entry.path(), name));
+    }
+    files.sort();
+    let mut state = State::default();
+    let chunk = crate::store::CHUNK_BYTES;
+    for (_, path, name) in files {
+        let Ok(file) = File::options().read(true).write(true).open(&path) else {
             continue;
         };
-        let name: Arc<str> = shard.file_name().to_string_lossy().into();
-        for file in files.flatten() {
-            let file_name = file.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = file.metadata() else { continue };
-            match file_name.parse::<u32>() {
-                Ok(index) => found.push((
-                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
-                    ChunkKey {
-                        shard: name.clone(),
-                        index,
-                    },
-                    meta.len(),
-                )),
-                Err(_) => {
-                    let _ = std::fs::remove_file(file.path());
+        let Ok(size) = file.metadata().map(|m| m.len()) else {
+            continue;
+        };
+        // SAFETY: as in `ChunkCache::create`.
+        let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
+            continue;
+        };
+        for (start, end) in data_regions(&file, size) {
+            let first = start.div_ceil(chunk);
+            let mut index = first;
+            while index * chunk < end {
+                let len = chunk.min(size - index * chunk);
+                if index * chunk + len > end {
+                    break;
                 }
+                let key = ChunkKey {
+                    shard: name.clone(),
+                    index: index as u32,
+                };
+                state.add(key, index * chunk, len, false);
+                index += 1;
             }
         }
-    }
-    found.sort();
-    let mut state = State::default();
-    for (_, key, bytes) in found {
-        state.clock += 1;
-        let used = state.clock;
-        state.by_use.insert((used, key.clone()));
-        state.chunks.insert(
-            key,
-            Cached {
-                bytes,
-                used,
-                verified: false,
+        state.files.insert(
+            name,
+            ShardFile {
+                file,
+                map: Arc::new(map),
             },
         );
-        state.total += bytes;
     }
     Ok(state)
 }
 
-/// Fills `out` from `path` at `offset`; false if the file is gone or shorter.
-fn read_range(path: &Path, offset: u64, out: &mut [u8]) -> bool {
-    use std::os::unix::fs::FileExt;
-    File::open(path)
-        .and_then(|f| f.read_exact_at(out, offset))
-        .is_ok()
+/// The (start, end) byte ranges of `file` that hold data rather than holes. Where the file
+/// system cannot tell, the whole file is data (and unfetched chunks then fail their checksum).
+fn data_regions(file: &File, size: u64) -> Vec<(u64, u64)> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < size {
+        // SAFETY: lseek on a valid descriptor; it only moves this descriptor's offset.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { size as i64 } else { hole };
+        out.push((data as u64, hole as u64));
+        pos = hole;
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{ChunkCache, ChunkKey};
+    use super::{ChunkCache, ChunkKey, ChunkPlace};
 
-    fn key(shard: &str, index: u32) -> ChunkKey {
+    const SHARD: u64 = 4 * crate::store::CHUNK_BYTES;
+
+    fn key(index: u32) -> ChunkKey {
         ChunkKey {
-            shard: shard.into(),
+            shard: "s".into(),
             index,
+        }
+    }
+
+    fn place(index: u32, len: u64) -> ChunkPlace {
+        ChunkPlace {
+            offset: u64::from(index) * crate::store::CHUNK_BYTES,
+            len,
+            shard_bytes: SHARD,
         }
     }
 
     fn digest(bytes: &[u8]) -> [u8; 32] {
         *blake3::hash(bytes).as_bytes()
+    }
+
+    fn read(cache: &ChunkCache, index: u32, data: &[u8]) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; data.len()];
+        cache
+            .read_into(
+                &key(index),
+                place(index, data.len() as u64),
+                0,
+                &digest(data),
+                &mut out,
+            )
+            .then_some(out)
     }
 
     #[test]
@@ -403,15 +536,24 @@ mod tests {
         let cache = ChunkCache::open(dir.path(), 300).expect("open");
         let data = [vec![1u8; 100], vec![2u8; 100], vec![3u8; 100]];
         for (i, d) in data.iter().enumerate() {
-            cache.insert(&key("s", i as u32), d).expect("insert");
+            cache
+                .insert(&key(i as u32), place(i as u32, 100), d)
+                .expect("insert");
         }
         // Use chunk 0, pin chunk 1: chunk 2 is then the one to go.
-        assert!(cache.read(&key("s", 0), 0..10, &digest(&data[0])).is_some());
-        cache.pin(&[key("s", 1)]);
-        cache.insert(&key("s", 3), &[4u8; 100]).expect("insert");
-        assert!(cache.contains(&key("s", 0)) && cache.contains(&key("s", 1)));
-        assert!(!cache.contains(&key("s", 2)));
+        assert_eq!(read(&cache, 0, &data[0]), Some(data[0].clone()));
+        cache.pin(&[key(1)]);
+        cache
+            .insert(&key(3), place(3, 100), &[4u8; 100])
+            .expect("insert");
+        assert!(cache.contains(&key(0)) && cache.contains(&key(1)));
+        assert!(!cache.contains(&key(2)));
         assert_eq!(cache.total(), 300);
+        assert_eq!(
+            read(&cache, 2, &data[2]),
+            None,
+            "an evicted chunk is not served"
+        );
     }
 
     #[test]
@@ -419,34 +561,52 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = ChunkCache::open(dir.path(), 10).expect("open");
         // Unpinned and too big: not stored, no error.
-        cache.insert(&key("s", 0), &[0u8; 100]).expect("insert");
-        assert!(!cache.contains(&key("s", 0)));
-        cache.pin(&[key("s", 1)]);
-        cache.insert(&key("s", 1), &[1u8; 100]).expect("insert");
-        assert!(cache.contains(&key("s", 1)));
+        cache
+            .insert(&key(0), place(0, 100), &[0u8; 100])
+            .expect("insert");
+        assert!(!cache.contains(&key(0)));
+        cache.pin(&[key(1)]);
+        cache
+            .insert(&key(1), place(1, 100), &[1u8; 100])
+            .expect("insert");
+        assert!(cache.contains(&key(1)));
         assert_eq!(cache.pinned_bytes(), 100);
-        cache.unpin(&[key("s", 1)]);
-        assert!(!cache.contains(&key("s", 1)));
+        cache.unpin(&[key(1)]);
+        assert!(!cache.contains(&key(1)));
         assert_eq!(cache.total(), 0);
+        assert!(
+            !dir.path().join("shards/s").exists(),
+            "an empty shard file goes"
+        );
     }
 
     #[test]
-    fn a_corrupt_cached_chunk_is_dropped_not_served() {
+    fn chunks_survive_a_reopen_and_a_corrupt_one_is_dropped_not_served() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let good = vec![7u8; 64];
+        let chunk = crate::store::CHUNK_BYTES;
+        let good: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
         {
-            let cache = ChunkCache::open(dir.path(), 1 << 20).expect("open");
-            cache.insert(&key("s", 0), &good).expect("insert");
+            let cache = ChunkCache::open(dir.path(), 1 << 30).expect("open");
+            cache
+                .insert(&key(0), place(0, chunk), &good)
+                .expect("insert");
+            cache
+                .insert(&key(2), place(2, chunk), &good)
+                .expect("insert");
         }
-        // Flip a byte on disk, as a crash or a bad disk might.
-        let path = dir.path().join("chunks/s/0");
+        // Flip a byte of chunk 2 on disk, as a crash or a bad disk might.
+        let path = dir.path().join("shards/s");
         let mut bytes = std::fs::read(&path).expect("read");
-        bytes[5] ^= 0xff;
+        bytes[2 * chunk as usize + 5] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
-        let cache = ChunkCache::open(dir.path(), 1 << 20).expect("reopen");
-        assert!(cache.contains(&key("s", 0)), "found by the scan");
-        assert_eq!(cache.read(&key("s", 0), 0..64, &digest(&good)), None);
-        assert!(!cache.contains(&key("s", 0)) && !path.exists());
+        let cache = ChunkCache::open(dir.path(), 1 << 30).expect("reopen");
+        assert!(cache.contains(&key(0)), "found by the scan");
+        assert_eq!(read(&cache, 0, &good), Some(good.clone()));
+        assert_eq!(read(&cache, 2, &good), None);
+        assert!(!cache.contains(&key(2)), "dropped after failing its check");
+        // Chunk 1 was never fetched: a hole, or zeros where holes are not found; either way
+        // it is not served.
+        assert_eq!(read(&cache, 1, &good), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::Storage;
-use super::cache::{ChunkCache, ChunkKey};
+use super::cache::{ChunkCache, ChunkKey, ChunkPlace};
 use crate::store::catalog::ChunkSums;
 use crate::{Error, Result};
 
@@ -43,6 +43,15 @@ impl RemoteShard {
             .div_ceil(self.sums.chunk_bytes)
             .max(first + 1);
         first as u32..end as u32
+    }
+
+    fn place_of(&self, index: u32) -> ChunkPlace {
+        let range = self.chunk_range(index);
+        ChunkPlace {
+            offset: range.start,
+            len: range.end - range.start,
+            shard_bytes: self.bytes,
+        }
     }
 
     fn key_of(&self, index: u32) -> ChunkKey {
@@ -148,10 +157,13 @@ impl RemoteShards {
         while index < chunks.end {
             let (within, at) = span(index);
             let digest = &shard.sums.digests[index as usize];
-            if self
-                .cache
-                .read_into(&shard.key_of(index), within, digest, &mut out[at])
-            {
+            if self.cache.read_into(
+                &shard.key_of(index),
+                shard.place_of(index),
+                within.start as u64,
+                digest,
+                &mut out[at],
+            ) {
                 index += 1;
                 continue;
             }
@@ -173,12 +185,17 @@ impl RemoteShards {
     /// another thread is fetching are waited for and then taken from the cache.
     pub fn fetch_run(&self, shard: &RemoteShard, run: Range<u32>) -> Result<Vec<Vec<u8>>> {
         let from_cache = |i: u32| {
-            let range = shard.chunk_range(i);
-            self.cache.read(
-                &shard.key_of(i),
-                0..(range.end - range.start) as usize,
-                &shard.sums.digests[i as usize],
-            )
+            let place = shard.place_of(i);
+            let mut bytes = vec![0u8; place.len as usize];
+            self.cache
+                .read_into(
+                    &shard.key_of(i),
+                    place,
+                    0,
+                    &shard.sums.digests[i as usize],
+                    &mut bytes,
+                )
+                .then_some(bytes)
         };
         let (mut chunks, missing) = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,7 +243,8 @@ impl RemoteShards {
                     ),
                 });
             }
-            self.cache.insert(&shard.key_of(i), part)?;
+            self.cache
+                .insert(&shard.key_of(i), shard.place_of(i), part)?;
             chunks.push(part.to_vec());
         }
         Ok(chunks)

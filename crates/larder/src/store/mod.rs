@@ -25,7 +25,7 @@ use catalog::Catalog;
 pub(crate) use catalog::EntryRow;
 use shard::MappedShard;
 
-pub use shard::{SafetensorsFile, TensorRef};
+pub use shard::{CHUNK_BYTES, SafetensorsFile, TensorRef};
 pub use verify::{FieldStats, GcReport, Inspection, Problem, VerifyReport};
 
 use crate::{Error, Result};
