@@ -16,7 +16,7 @@ fn larder(cache: &Path, args: &[&str]) -> Output {
 }
 
 /// A fresh prefix in the test bucket, so runs and tests never see each other's objects.
-fn url(name: &str) -> String {
+fn fresh_url(name: &str) -> String {
     let bucket = std::env::var("LARDER_TEST_S3_URL").expect(
         "LARDER_TEST_S3_URL (and AWS_ENDPOINT_URL with credentials) must name the test S3 server: run scripts/test, which starts it",
     );
@@ -41,7 +41,7 @@ fn ok(out: &Output) -> String {
 fn the_sample_prepared_into_s3_is_inspected_verified_served_and_pulled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
-    let url = url("sample");
+    let url = fresh_url("sample");
     let config = sample_config();
     ok(&larder(
         &cache,
@@ -70,7 +70,7 @@ fn the_sample_prepared_into_s3_is_inspected_verified_served_and_pulled() {
     let pulled = dir.path().join("pulled");
     ok(&larder(&cache, &["pull", &url, s(&pulled)]));
     ok(&larder(&cache, &["verify", s(&pulled)]));
-    let copy = url("copy");
+    let copy = fresh_url("copy");
     let pushed = ok(&larder(&cache, &["push", s(&pulled), &copy, "--json"]));
     let pushed: serde_json::Value = serde_json::from_str(&pushed).expect("json");
     assert!(pushed["shards_uploaded"].as_u64() > Some(0), "{pushed}");
@@ -87,7 +87,7 @@ fn the_sample_prepared_into_s3_is_inspected_verified_served_and_pulled() {
 #[test]
 fn a_url_with_no_store_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = larder(dir.path(), &["inspect", &url("nothing")]);
+    let out = larder(dir.path(), &["inspect", &fresh_url("nothing")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -134,8 +134,18 @@ pub(crate) struct ChunkCache {
     dir: PathBuf,
     limit: u64,
     state: Mutex<State>,
+    /// Deleted when dropped (see [`ChunkCache::open_private`]).
+    private: bool,
     /// Held for the cache's lifetime: one process per folder.
     _lock: File,
+}
+
+impl Drop for ChunkCache {
+    fn drop(&mut self) {
+        if self.private {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Caches open in this process, by folder: a second store or loader on the same folder shares
@@ -143,8 +153,22 @@ pub(crate) struct ChunkCache {
 static OPEN: Mutex<Vec<(PathBuf, Weak<ChunkCache>)>> = Mutex::new(Vec::new());
 
 impl ChunkCache {
-    /// Opens the cache in `dir` (creating it) with a limit of `limit` bytes, taking its lock.
-    pub fn open(dir: &Path, limit: u64) -> Result<Arc<ChunkCache>> {
+    /// Opens the cache in `dir` (creating it) with a limit of `limit` bytes, taking its lock;
+    /// `None` when another process holds it.
+    pub fn open(dir: &Path, limit: u64) -> Result<Option<Arc<ChunkCache>>> {
+        ChunkCache::open_as(dir, limit, false)
+    }
+
+    /// Opens a private cache in `dir` that is deleted when dropped: for a process that finds
+    /// its cache folder held by another.
+    pub fn open_private(dir: &Path, limit: u64) -> Result<Arc<ChunkCache>> {
+        ChunkCache::open_as(dir, limit, true)?.ok_or_else(|| Error::Store {
+            path: dir.to_path_buf(),
+            message: "a private cache folder is locked by another process".into(),
+        })
+    }
+
+    fn open_as(dir: &Path, limit: u64, private: bool) -> Result<Option<Arc<ChunkCache>>> {
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|(_, w)| w.strong_count() > 0);
         if let Some(cache) = open
@@ -152,7 +176,7 @@ impl ChunkCache {
             .find(|(d, _)| d == dir)
             .and_then(|(_, w)| w.upgrade())
         {
-            return Ok(cache);
+            return Ok(Some(cache));
         }
         let shards_dir = dir.join("shards");
         std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
@@ -165,12 +189,7 @@ impl ChunkCache {
             .map_err(|e| Error::io(&lock_path, e))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Store {
-                    path: dir.to_path_buf(),
-                    message: "this cache folder is in use by another process; give each process its own (LARDER_CACHE_DIR, or LOCAL_RANK under torchrun)".into(),
-                });
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
         let state = scan(&shards_dir)?;
@@ -178,11 +197,12 @@ impl ChunkCache {
             dir: dir.to_path_buf(),
             limit,
             state: Mutex::new(state),
+            private,
             _lock: lock,
         });
         cache.evict_to(0);
         open.push((dir.to_path_buf(), Arc::downgrade(&cache)));
-        Ok(cache)
+        Ok(Some(cache))
     }
 
     /// The cache's folder.
@@ -533,7 +553,7 @@ mod tests {
     #[test]
     fn least_recently_used_goes_first_and_pinned_never() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = ChunkCache::open(dir.path(), 300).expect("open");
+        let cache = opened(dir.path(), 300);
         let data = [vec![1u8; 100], vec![2u8; 100], vec![3u8; 100]];
         for (i, d) in data.iter().enumerate() {
             cache
@@ -559,7 +579,7 @@ mod tests {
     #[test]
     fn a_limit_smaller_than_a_chunk_holds_pinned_chunks_only_while_pinned() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = ChunkCache::open(dir.path(), 10).expect("open");
+        let cache = opened(dir.path(), 10);
         // Unpinned and too big: not stored, no error.
         cache
             .insert(&key(0), place(0, 100), &[0u8; 100])
@@ -586,7 +606,7 @@ mod tests {
         let chunk = crate::store::CHUNK_BYTES;
         let good: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
         {
-            let cache = ChunkCache::open(dir.path(), 1 << 30).expect("open");
+            let cache = opened(dir.path(), 1 << 30);
             cache
                 .insert(&key(0), place(0, chunk), &good)
                 .expect("insert");
@@ -599,7 +619,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[2 * chunk as usize + 5] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
-        let cache = ChunkCache::open(dir.path(), 1 << 30).expect("reopen");
+        let cache = opened(dir.path(), 1 << 30);
         assert!(cache.contains(&key(0)), "found by the scan");
         assert_eq!(read(&cache, 0, &good), Some(good.clone()));
         assert_eq!(read(&cache, 2, &good), None);
@@ -612,14 +632,33 @@ mod tests {
     #[test]
     fn a_second_process_is_refused_the_folder_but_this_one_shares_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let a = ChunkCache::open(dir.path(), 100).expect("open");
-        let b = ChunkCache::open(dir.path(), 100).expect("shared in-process");
-        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let a = opened(dir.path(), 100);
+        let b = opened(dir.path(), 100);
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "shared in-process");
         // Another open file description stands for another process.
         let lock = std::fs::File::open(dir.path().join(".lock")).expect("lock file");
         assert!(matches!(
             lock.try_lock(),
             Err(std::fs::TryLockError::WouldBlock)
         ));
+    }
+
+    #[test]
+    fn a_private_cache_is_deleted_when_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let private = dir.path().join("private");
+        let cache = ChunkCache::open_private(&private, 1 << 20).expect("open");
+        cache
+            .insert(&key(0), place(0, 10), &[1u8; 10])
+            .expect("insert");
+        assert!(private.join("shards/s").is_file());
+        drop(cache);
+        assert!(!private.exists());
+    }
+
+    fn opened(dir: &std::path::Path, limit: u64) -> std::sync::Arc<ChunkCache> {
+        ChunkCache::open(dir, limit)
+            .expect("open")
+            .expect("not held by another process")
     }
 }

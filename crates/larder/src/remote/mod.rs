@@ -74,7 +74,20 @@ pub(crate) fn open_store(
     options: &RemoteOptions,
 ) -> Result<(PathBuf, Arc<RemoteShards>)> {
     let folder = options.cache_folder(&storage.url(""));
-    let cache = ChunkCache::open(&folder, options.cache_limit)?;
+    let cache = match ChunkCache::open(&folder, options.cache_limit)? {
+        Some(cache) => cache,
+        None => {
+            // Another process (a second training run, an `inspect` beside a running job) has
+            // this folder: work in a private one rather than fail or share unsafely.
+            let private = folder.with_extension(format!("pid{}", std::process::id()));
+            tracing::warn!(
+                "the cache folder {} is in use by another process; this one caches in {} (deleted at exit); give each process its own LARDER_CACHE_DIR to keep what it fetches",
+                folder.display(),
+                private.display()
+            );
+            ChunkCache::open_private(&private, options.cache_limit)?
+        }
+    };
     let catalog = fetch_catalog(storage.as_ref(), cache.dir())?;
     let cat = crate::store::catalog::Catalog::open(&catalog, false)?;
     let sums = cat.shard_chunks()?;

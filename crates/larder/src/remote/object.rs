@@ -254,6 +254,7 @@ impl Storage for ObjectStorage {
                     break;
                 }
                 if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    let _ = writer.abort().await;
                     return Err(self.error(key, e));
                 }
                 writer.write(&buf[..n]);

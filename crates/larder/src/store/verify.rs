@@ -364,9 +364,16 @@ impl Store {
             None => strays(&self.root, &cat)?,
             Some(remote) => {
                 let known: HashSet<String> = shards.iter().map(|s| s.1.clone()).collect();
-                remote
+                // Listing is not part of plain HTTP: strays are advice, so a store that cannot
+                // be listed still verifies, with a warning.
+                let listed = remote
                     .storage
-                    .list(&format!("{SHARD_DIR}/"))?
+                    .list(&format!("{SHARD_DIR}/"))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("cannot list the shards to look for strays: {e}");
+                        Vec::new()
+                    });
+                listed
                     .into_iter()
                     .filter(|(key, _)| !known.contains(key.trim_start_matches("shards/")))
                     .map(|(key, _)| PathBuf::from(remote.storage.url(&key)))
