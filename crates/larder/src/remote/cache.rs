@@ -266,10 +266,11 @@ impl ChunkCache {
         };
         let mut state = self.state();
         state.unpin(key);
-        if ok && !verified {
-            if let Some(c) = state.chunks.get_mut(key) {
-                c.verified = true;
-            }
+        if ok
+            && !verified
+            && let Some(c) = state.chunks.get_mut(key)
+        {
+            c.verified = true;
         }
         if !ok {
             tracing::warn!(
