@@ -180,18 +180,9 @@ impl ChunkCache {
         }
         let shards_dir = dir.join("shards");
         std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
-        let lock_path = dir.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-        }
+        let Some(lock) = crate::store::try_lock(&dir.join(".lock"))? else {
+            return Ok(None);
+        };
         let state = scan(&shards_dir)?;
         let cache = Arc::new(ChunkCache {
             dir: dir.to_path_buf(),

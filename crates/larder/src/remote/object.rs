@@ -65,52 +65,41 @@ impl ObjectStorage {
                 .map(|(_, v)| v.clone())
         };
         let build_error = |e: object_store::Error| invalid(e.to_string());
-        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
-            "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+        // Each cloud's builder takes its own configuration keys, parsed from their names, and
+        // the same retry and client settings.
+        macro_rules! cloud {
+            ($builder:expr, $endpoint:expr) => {{
+                let mut b = $builder.with_url(url);
                 for (k, v) in &options.config {
                     if let Ok(key) = k.to_ascii_lowercase().parse() {
                         b = b.with_config(key, v);
                     }
                 }
+                let built = b
+                    .with_retry(retry.clone())
+                    .with_client_options(client($endpoint))
+                    .build()
+                    .map_err(build_error)?;
+                Arc::new(built) as Arc<dyn ObjectStore>
+            }};
+        }
+        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "s3" | "s3a" => {
                 let endpoint = config("aws_endpoint")
                     .or_else(|| config("aws_endpoint_url"))
                     .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
                     .or_else(|| std::env::var("AWS_ENDPOINT").ok());
-                Arc::new(
-                    b.with_retry(retry)
-                        .with_client_options(client(endpoint.as_deref()))
-                        .build()
-                        .map_err(build_error)?,
+                cloud!(
+                    object_store::aws::AmazonS3Builder::from_env(),
+                    endpoint.as_deref()
                 )
             }
-            "gs" => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
-                for (k, v) in &options.config {
-                    if let Ok(key) = k.to_ascii_lowercase().parse() {
-                        b = b.with_config(key, v);
-                    }
-                }
-                Arc::new(
-                    b.with_retry(retry)
-                        .with_client_options(client(None))
-                        .build()
-                        .map_err(build_error)?,
-                )
-            }
+            "gs" => cloud!(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env(),
+                None
+            ),
             "az" | "azure" | "abfs" | "abfss" => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-                for (k, v) in &options.config {
-                    if let Ok(key) = k.to_ascii_lowercase().parse() {
-                        b = b.with_config(key, v);
-                    }
-                }
-                Arc::new(
-                    b.with_retry(retry)
-                        .with_client_options(client(None))
-                        .build()
-                        .map_err(build_error)?,
-                )
+                cloud!(object_store::azure::MicrosoftAzureBuilder::from_env(), None)
             }
             "http" | "https" => {
                 // The origin is the store; the URL's path is the prefix of its objects.
@@ -118,7 +107,7 @@ impl ObjectStorage {
                 Arc::new(
                     object_store::http::HttpBuilder::new()
                         .with_url(origin)
-                        .with_retry(retry)
+                        .with_retry(retry.clone())
                         .with_client_options(client(None))
                         .build()
                         .map_err(build_error)?,

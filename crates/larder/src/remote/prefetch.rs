@@ -95,16 +95,18 @@ impl Prefetch {
 
     /// The consumer has taken batch `n` (and every batch before it): their pins go.
     pub fn consumed(&self, n: usize) {
-        let released: Vec<Vec<ChunkKey>> = {
-            let mut w = self.shared.window();
+        self.release(|w| {
             w.consumed = w.consumed.max(n + 1);
             let keep = w.pinned.split_off(&(n + 1));
             std::mem::replace(&mut w.pinned, keep)
-                .into_values()
-                .map(|(keys, _)| keys)
-                .collect()
-        };
-        for keys in released {
+        });
+    }
+
+    /// Updates the window with `change`, which returns the pinned batches to release, and
+    /// releases their pins.
+    fn release(&self, change: impl FnOnce(&mut Window) -> BTreeMap<usize, (Vec<ChunkKey>, u64)>) {
+        let released = change(&mut self.shared.window());
+        for (keys, _) in released.into_values() {
             self.shared.shards.cache.unpin(&keys);
         }
         self.shared.moved.notify_all();
@@ -114,18 +116,10 @@ impl Prefetch {
 impl Drop for Prefetch {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let released: Vec<Vec<ChunkKey>> = {
-            let mut w = self.shared.window();
+        self.release(|w| {
             w.stopped = true;
             std::mem::take(&mut w.pinned)
-                .into_values()
-                .map(|(keys, _)| keys)
-                .collect()
-        };
-        for keys in released {
-            self.shared.shards.cache.unpin(&keys);
-        }
-        self.shared.moved.notify_all();
+        });
         // The threads end on their own: the coordinator at its next look at the window, the
         // fetchers after the request in flight (joining them here could wait a request's
         // whole retry budget against a server that is down).

@@ -339,13 +339,5 @@ pub fn merge_in(storage: &dyn Storage, work: &Path) -> Result<crate::MergeReport
         storage.delete(key)?;
     }
     let _ = std::fs::remove_dir_all(work);
-    Ok(crate::MergeReport {
-        parts: set.parts.len(),
-        items: merged.items,
-        entries: merged.entries,
-        duplicate_entries: merged.duplicate_entries,
-        shards: merged.shards.len(),
-        shards_moved: moved,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(crate::MergeReport::of(&set, &merged, moved, started))
 }

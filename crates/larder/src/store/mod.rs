@@ -647,20 +647,25 @@ impl Store {
 /// Takes the write lock of the store in `dir` (the folder must exist): one writer at a time,
 /// whether it prepares, merges, pushes or pulls. Held until the returned file is dropped.
 pub(crate) fn lock_store(dir: &Path) -> Result<std::fs::File> {
-    let lock_path = dir.join(".lock");
+    try_lock(&dir.join(".lock"))?.ok_or_else(|| Error::Store {
+        path: dir.to_path_buf(),
+        message: "another larder process (prepare, merge, push or pull) is writing this store; wait for it to finish".into(),
+    })
+}
+
+/// Takes an exclusive lock on the file `path` (created if need be), held until the returned
+/// file is dropped; `None` when another process holds it.
+pub(crate) fn try_lock(path: &Path) -> Result<Option<std::fs::File>> {
     let lock = std::fs::File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
     match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Store {
-            path: dir.to_path_buf(),
-            message: "another larder process (prepare, merge, push or pull) is writing this store; wait for it to finish".into(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&lock_path, e)),
+        Ok(()) => Ok(Some(lock)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
     }
 }
 

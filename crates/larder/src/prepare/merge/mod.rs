@@ -62,6 +62,26 @@ pub struct MergeReport {
     pub seconds: f64,
 }
 
+impl MergeReport {
+    /// The report of merging `set` into `merged`, `moved` shards placed, begun at `started`.
+    pub(crate) fn of(
+        set: &PartSet,
+        merged: &catalog::MergedCatalog,
+        moved: usize,
+        started: Instant,
+    ) -> MergeReport {
+        MergeReport {
+            parts: set.parts.len(),
+            items: merged.items,
+            entries: merged.entries,
+            duplicate_entries: merged.duplicate_entries,
+            shards: merged.shards.len(),
+            shards_moved: moved,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 fn store_error(path: &Path, message: String) -> Error {
     Error::Store {
         path: path.to_path_buf(),
@@ -237,13 +257,5 @@ pub fn merge_parts(out: &Path, parts: &[PathBuf]) -> Result<MergeReport> {
             std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
     }
-    Ok(MergeReport {
-        parts: set.parts.len(),
-        items: merged.items,
-        entries: merged.entries,
-        duplicate_entries: merged.duplicate_entries,
-        shards: merged.shards.len(),
-        shards_moved: moved,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(MergeReport::of(&set, &merged, moved, started))
 }
