@@ -93,9 +93,13 @@ pub(crate) fn open_store(
     let sums = cat.shard_chunks()?;
     let mut shards = std::collections::HashMap::new();
     for (id, file, bytes, _) in cat.shards()? {
-        // A shard without chunk checksums cannot be read in ranges; reading an entry in it
-        // says so and what to run.
-        let Some(sums) = sums.get(&id).cloned() else {
+        // A shard without chunk checksums (or with a list that does not cover it) cannot be
+        // read in ranges; reading an entry in it says so and what to run.
+        let Some(sums) = sums
+            .get(&id)
+            .filter(|s| s.digests.len() as u64 == bytes.div_ceil(s.chunk_bytes))
+            .cloned()
+        else {
             continue;
         };
         let name: Arc<str> = file.trim_end_matches(".safetensors").into();

@@ -31,6 +31,8 @@ pub struct ObjectStorage {
     prefix: ObjectPath,
     url: String,
     runtime: tokio::runtime::Runtime,
+    /// The process that made the runtime: its threads do not exist in a forked child.
+    pid: u32,
 }
 
 impl ObjectStorage {
@@ -134,7 +136,30 @@ impl ObjectStorage {
             prefix,
             url: url.trim_end_matches('/').to_owned(),
             runtime,
+            pid: std::process::id(),
         })
+    }
+
+    /// Refuses to work in a process forked after the I/O runtime was made: its threads are the
+    /// parent's, and waiting on them would hang.
+    fn checked(&self, key: &str) -> Result<()> {
+        if std::process::id() != self.pid {
+            return Err(Error::Remote {
+                url: self.url(key),
+                message: "this store was opened in another process (before a fork): open it again in this process".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the request `work` on `key` on the I/O runtime.
+    fn run<T>(
+        &self,
+        key: &str,
+        work: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        self.checked(key)?;
+        self.runtime.block_on(work).map_err(|e| self.error(key, e))
     }
 
     fn path(&self, key: &str) -> ObjectPath {
@@ -164,22 +189,17 @@ impl Storage for ObjectStorage {
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
-        self.runtime
-            .block_on(async {
-                let got = self.store.get(&path).await?;
-                got.bytes().await
-            })
-            .map(|b| b.to_vec())
-            .map_err(|e| self.error(key, e))
+        self.run(key, async {
+            let got = self.store.get(&path).await?;
+            got.bytes().await
+        })
+        .map(|b| b.to_vec())
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         let path = self.path(key);
         let want = range.end.saturating_sub(range.start);
-        let bytes = self
-            .runtime
-            .block_on(self.store.get_range(&path, range.clone()))
-            .map_err(|e| self.error(key, e))?;
+        let bytes = self.run(key, self.store.get_range(&path, range.clone()))?;
         // A server may answer a range past the end with what it has: a short answer means the
         // object is not what the catalog describes.
         if bytes.len() as u64 != want {
@@ -197,19 +217,17 @@ impl Storage for ObjectStorage {
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
-        match self.runtime.block_on(self.store.head(&self.path(key))) {
+        match self.run(key, self.store.head(&self.path(key))) {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error(key, e)),
+            Err(e) if super::is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
         let payload = object_store::PutPayload::from(bytes.to_vec());
-        self.runtime
-            .block_on(self.store.put(&self.path(key), payload))
+        self.run(key, self.store.put(&self.path(key), payload))
             .map(drop)
-            .map_err(|e| self.error(key, e))
     }
 
     fn put_file(&self, key: &str, source: &Path) -> Result<()> {
@@ -221,6 +239,7 @@ impl Storage for ObjectStorage {
             return self.put(key, &bytes);
         }
         let path = self.path(key);
+        self.checked(key)?;
         self.runtime.block_on(async {
             let upload = self
                 .store
@@ -262,7 +281,7 @@ impl Storage for ObjectStorage {
         let (folder, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let base = self.path(folder);
         let root = self.prefix.clone();
-        let mut out = self.runtime.block_on(async {
+        let mut out = self.run(prefix, async {
             let mut stream = self.store.list(Some(&base));
             let mut out = Vec::new();
             while let Some(meta) = stream.next().await {
@@ -275,24 +294,20 @@ impl Storage for ObjectStorage {
                 out.push((key.join("/"), meta.size));
             }
             Ok::<_, object_store::Error>(out)
-        });
-        if let Ok(list) = &mut out {
-            list.retain(|(k, _)| k.starts_with(prefix));
-            list.sort();
-        }
-        out.map_err(|e| self.error(prefix, e))
+        })?;
+        out.retain(|(k, _)| k.starts_with(prefix));
+        out.sort();
+        Ok(out)
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        match self.runtime.block_on(self.store.delete(&self.path(key))) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error(key, e)),
+        match self.run(key, self.store.delete(&self.path(key))) {
+            Err(e) if !super::is_not_found(&e) => Err(e),
+            _ => Ok(()),
         }
     }
 
     fn copy(&self, from: &str, to: &str) -> Result<()> {
-        self.runtime
-            .block_on(self.store.copy(&self.path(from), &self.path(to)))
-            .map_err(|e| self.error(from, e))
+        self.run(from, self.store.copy(&self.path(from), &self.path(to)))
     }
 }

@@ -134,8 +134,8 @@ fn coordinate(
 ) {
     let cache = &shared.shards.cache;
     for n in 0..count {
-        let mut keys: Vec<ChunkKey> = Vec::new();
-        let mut runs: Vec<(i64, std::ops::Range<u32>)> = Vec::new();
+        // The batch's chunks, each once, with the shard each belongs to.
+        let mut chunks: Vec<(i64, ChunkKey)> = Vec::new();
         let mut seen: HashSet<ChunkKey> = HashSet::new();
         let mut bytes = 0u64;
         for (id, offset, length) in entries(n) {
@@ -147,25 +147,13 @@ fn coordinate(
                     shard: shard.name.clone(),
                     index,
                 };
-                if !seen.insert(key.clone()) {
-                    continue;
+                if seen.insert(key.clone()) {
+                    bytes += shard.sums.chunk_bytes;
+                    chunks.push((id, key));
                 }
-                bytes += shard.sums.chunk_bytes;
-                if !cache.contains(&key) {
-                    match runs.last_mut() {
-                        Some((last_id, run))
-                            if *last_id == id
-                                && run.end == index
-                                && run.len() < super::shards::MAX_RUN as usize =>
-                        {
-                            run.end += 1
-                        }
-                        _ => runs.push((id, index..index + 1)),
-                    }
-                }
-                keys.push(key);
             }
         }
+        let keys: Vec<ChunkKey> = chunks.iter().map(|(_, k)| k.clone()).collect();
         {
             let mut w = shared.window();
             loop {
@@ -190,6 +178,26 @@ fn coordinate(
             }
             if n < w.consumed {
                 continue;
+            }
+        }
+        // Pinned now, so what is cached stays: fetch the rest, adjacent chunks together.
+        let mut missing: Vec<(i64, u32)> = chunks
+            .iter()
+            .filter(|(_, k)| !cache.contains(k))
+            .map(|(id, k)| (*id, k.index))
+            .collect();
+        missing.sort_unstable();
+        let mut runs: Vec<(i64, std::ops::Range<u32>)> = Vec::new();
+        for (id, index) in missing {
+            match runs.last_mut() {
+                Some((last, run))
+                    if *last == id
+                        && run.end == index
+                        && run.len() < super::shards::MAX_RUN as usize =>
+                {
+                    run.end += 1
+                }
+                _ => runs.push((id, index..index + 1)),
             }
         }
         for run in runs {

@@ -64,16 +64,17 @@ pub fn push_to(dir: &Path, storage: &dyn Storage) -> Result<PushReport> {
 fn upload_store(dir: &Path, storage: &dyn Storage) -> Result<PushReport> {
     let started = std::time::Instant::now();
     let catalog_path = dir.join(CATALOG_FILE);
+    // Refuses a folder that is not a store (opening for writing would make one).
+    drop(Catalog::open(&catalog_path, false)?);
     // Opening for writing adds the chunk-checksum table to a catalog from before it existed.
     let catalog = Catalog::open(&catalog_path, true)?;
     let shards = catalog.shards()?;
-    let mut sums = catalog.shard_chunks()?;
+    let sums = catalog.shard_chunks()?;
     for (id, file, _, _) in &shards {
         if !sums.contains_key(id) {
             let path = dir.join(SHARD_DIR).join(file);
             let s = chunk_sums_of_file(&path).map_err(|e| Error::io(&path, e))?;
             catalog.set_shard_chunks(*id, &s)?;
-            sums.insert(*id, s);
         }
     }
     drop(catalog);

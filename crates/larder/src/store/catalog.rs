@@ -254,11 +254,24 @@ impl Catalog {
     }
 
     /// Every shard: (id, file, bytes, blake3).
+    ///
+    /// A file name that is not a plain name in `shards/` (a path, `..`) is refused: a catalog
+    /// fetched from object storage is input, and a reader or `larder pull` must never be led
+    /// outside the store by it.
     pub fn shards(&self) -> Result<Vec<(i64, String, u64, String)>> {
-        self.rows(
+        let rows: Vec<(i64, String, u64, String)> = self.rows(
             "SELECT id, file, bytes, blake3 FROM shards ORDER BY id",
             |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)),
-        )
+        )?;
+        if let Some((id, file, _, _)) = rows.iter().find(|(_, f, _, _)| !plain_file_name(f)) {
+            return Err(Error::Store {
+                path: self.path.clone(),
+                message: format!(
+                    "shard {id} is named {file:?}, which is not a file name in shards/: the catalog is damaged or was not written by larder"
+                ),
+            });
+        }
+        Ok(rows)
     }
 }
 
@@ -335,6 +348,12 @@ impl Catalog {
     }
 }
 
+/// Returns true if and only if `name` names a file directly inside a folder: not empty, no
+/// path separator, not `.` or `..`.
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
 /// Reads a JSON list of plain numbers such as `[3,64,64]`, `[0.5,1e-3]` or `[]`.
 fn numbers<T: std::str::FromStr>(text: &str) -> Option<Vec<T>> {
     let inner = text.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
@@ -354,6 +373,28 @@ pub(crate) fn catalog_error(path: &Path, source: rusqlite::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::numbers;
+
+    #[test]
+    fn shard_names_that_leave_the_folder_are_not_plain() {
+        assert!(super::plain_file_name("0123abcd.safetensors"));
+        for bad in ["", ".", "..", "../x", "a/b", "/etc/passwd", "a\\b", "x\0y"] {
+            assert!(!super::plain_file_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_catalog_naming_a_shard_outside_the_store_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = super::Catalog::open(&dir.path().join("catalog.sqlite"), true).expect("open");
+        cat.conn
+            .execute(
+                "INSERT INTO shards(file, bytes, blake3) VALUES ('../../escape.safetensors', 1, 'x')",
+                [],
+            )
+            .expect("insert");
+        let err = cat.shards().expect_err("refused");
+        assert!(err.to_string().contains("not a file name"), "{err}");
+    }
 
     #[test]
     fn number_lists_read_back_what_serde_json_writes() {
