@@ -42,42 +42,23 @@ pub(crate) struct TextTable {
     pub variants: Vec<u32>,
 }
 
-impl Store {
-    /// Every text encoder's captions and variants; empty for stores without text encoders
-    /// (including stores written before the caption tables existed).
-    pub(crate) fn text_tables(&self, items: usize) -> Result<Vec<TextTable>> {
-        let encoders = {
-            let cat = self.catalog();
-            if !caption_tables_exist(&cat)? {
-                return Ok(Vec::new());
-            }
-            cat.rows("SELECT field, params FROM encoders ORDER BY field", |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?
-        };
-        let mut tables = Vec::new();
-        for (field, params) in encoders {
-            let params: serde_json::Value = serde_json::from_str(&params).unwrap_or_default();
-            if params["kind"] != "text" {
-                continue;
-            }
-            tables.push(self.text_table(field, &params["outputs"], items)?);
-        }
-        Ok(tables)
+/// Every text encoder's field and stored outputs ((name, is a token sequence)), as the
+/// `encoders` table records them; empty for stores without the caption tables.
+pub(crate) fn text_encoder_outputs(cat: &Catalog) -> Result<Vec<(String, Vec<(String, bool)>)>> {
+    if !caption_tables_exist(cat)? {
+        return Ok(Vec::new());
     }
-
-    fn text_table(
-        &self,
-        field: String,
-        outputs: &serde_json::Value,
-        items: usize,
-    ) -> Result<TextTable> {
-        let bad = |message: String| Error::Store {
-            path: self.root().join(super::CATALOG_FILE),
-            message: format!("text encoder {field:?}: {message}; run `larder prepare` again"),
-        };
+    let encoders = cat.rows("SELECT field, params FROM encoders ORDER BY field", |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for (field, params) in encoders {
+        let params: serde_json::Value = serde_json::from_str(&params).unwrap_or_default();
+        if params["kind"] != "text" {
+            continue;
+        }
         let names = |key: &str| -> Vec<String> {
-            outputs[key]
+            params["outputs"][key]
                 .as_array()
                 .map(|a| {
                     a.iter()
@@ -87,13 +68,39 @@ impl Store {
                 .unwrap_or_default()
         };
         let sequences = names("sequences");
-        let outputs: Vec<(String, bool)> = names("outputs")
+        let outputs = names("outputs")
             .into_iter()
             .map(|o| {
                 let seq = sequences.contains(&o);
                 (o, seq)
             })
             .collect();
+        out.push((field, outputs));
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Every text encoder's captions and variants; empty for stores without text encoders
+    /// (including stores written before the caption tables existed).
+    pub(crate) fn text_tables(&self, items: usize) -> Result<Vec<TextTable>> {
+        let encoders = text_encoder_outputs(&self.catalog())?;
+        encoders
+            .into_iter()
+            .map(|(field, outputs)| self.text_table(field, outputs, items))
+            .collect()
+    }
+
+    fn text_table(
+        &self,
+        field: String,
+        outputs: Vec<(String, bool)>,
+        items: usize,
+    ) -> Result<TextTable> {
+        let bad = |message: String| Error::Store {
+            path: self.root().join(super::CATALOG_FILE),
+            message: format!("text encoder {field:?}: {message}; run `larder prepare` again"),
+        };
         if outputs.is_empty() {
             return Err(bad("the catalog records no outputs".into()));
         }

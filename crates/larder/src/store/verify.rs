@@ -356,6 +356,35 @@ impl Store {
                 ),
             });
         }
+        // Text embeddings are referenced by caption, not by item field: each caption a text
+        // encoder recorded needs every output the encoder records.
+        for (field, outputs) in super::captions::text_encoder_outputs(&cat)? {
+            for (output, _) in outputs {
+                let mut stmt = cat
+                    .conn
+                    .prepare(
+                        "SELECT c.key, c.text FROM captions c WHERE c.encoder = ?1 AND NOT EXISTS
+                         (SELECT 1 FROM entries e WHERE e.key = c.key || '.' || ?2)",
+                    )
+                    .map_err(|e| cat.err(e))?;
+                let missing = stmt
+                    .query_map([&field, &output], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(|e| cat.err(e))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(|e| cat.err(e))?;
+                for (key, text) in missing {
+                    report.problems.push(Problem {
+                        path: self.root.join(CATALOG_FILE),
+                        entry: Some(format!("{key}.{output}")),
+                        message: format!(
+                            "the {field} embedding {output} of caption {text:?} is not stored; run `larder prepare` again"
+                        ),
+                    });
+                }
+            }
+        }
         report.items = cat
             .conn
             .query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0))

@@ -651,3 +651,40 @@ fn bad_encoder_names_and_byte_codecs_are_refused() {
     let err = run(&config, &out, &opts, &mut latent_encoders("x", &images)).expect_err("u8");
     assert!(err.to_string().contains("latent_codec"), "{err}");
 }
+
+#[test]
+fn verify_reports_text_embeddings_lost_with_a_repaired_shard_until_prepare_restores_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path(), "");
+    let out = dir.path().join("store");
+    let captions = Arc::new(AtomicUsize::new(0));
+    run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare");
+    // Break a shard that holds text embeddings: repair forgets it.
+    let holder = std::fs::read_dir(out.join("shards"))
+        .expect("shards")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            larder::store::SafetensorsFile::open(p)
+                .expect("shard")
+                .names()
+                .iter()
+                .any(|n| n.ends_with(".embeds"))
+        })
+        .expect("a shard with text embeddings");
+    std::fs::write(&holder, b"broken").expect("break");
+    Store::open(&out).expect("open").repair().expect("repair");
+
+    let report = Store::open(&out).expect("open").verify().expect("verify");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("embedding embeds of caption")
+                && p.message.contains("larder prepare")),
+        "{:?}",
+        report.problems
+    );
+    run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare again");
+    let report = Store::open(&out).expect("open").verify().expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
