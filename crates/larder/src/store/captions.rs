@@ -29,7 +29,7 @@ pub(crate) struct TextTable {
     /// The encoder's field name (`"text"`).
     pub field: String,
     /// Stored outputs: (name, is a token sequence).
-    pub outputs: Vec<(String, bool)>,
+    pub outputs: Outputs,
     /// Per caption: its text, and the entry position of each output (in `outputs` order).
     pub captions: Vec<(String, Vec<u32>)>,
     /// The empty caption's index in `captions`; `None` in stores whose captions were imported
@@ -42,9 +42,12 @@ pub(crate) struct TextTable {
     pub variants: Vec<u32>,
 }
 
-/// Every text encoder's field and stored outputs ((name, is a token sequence)), as the
-/// `encoders` table records them; empty for stores without the caption tables.
-pub(crate) fn text_encoder_outputs(cat: &Catalog) -> Result<Vec<(String, Vec<(String, bool)>)>> {
+/// A text encoder's stored outputs: (name, is a token sequence).
+pub(crate) type Outputs = Vec<(String, bool)>;
+
+/// Every text encoder's field and stored outputs, as the `encoders` table records them; empty
+/// for stores without the caption tables.
+pub(crate) fn text_encoder_outputs(cat: &Catalog) -> Result<Vec<(String, Outputs)>> {
     if !caption_tables_exist(cat)? {
         return Ok(Vec::new());
     }
@@ -94,7 +97,7 @@ impl Store {
     fn text_table(
         &self,
         field: String,
-        outputs: Vec<(String, bool)>,
+        outputs: Outputs,
         items: usize,
     ) -> Result<TextTable> {
         let bad = |message: String| Error::Store {
