@@ -2,6 +2,7 @@
 pull, against the S3 server scripts/test starts (endpoint and credentials in AWS_*)."""
 
 import os
+import signal
 import uuid
 
 import pytest
@@ -63,3 +64,36 @@ def test_an_unreachable_endpoint_raises_remote_error_naming_the_url(tmp_path, mo
     monkeypatch.setenv("LARDER_REMOTE_RETRY_TIMEOUT", "1")
     with pytest.raises(larder.RemoteError, match="s3://nowhere/store/catalog.sqlite"):
         larder.Store.open("s3://nowhere/store")
+
+
+def test_a_forked_child_opens_its_own_cache_and_never_uses_the_parents(tmp_path, s3_url):
+    """A PyTorch-style worker: the parent opened the store; the child must neither hang nor
+    share the parent's cache folder (each would punch out chunks the other thinks it holds)."""
+    config = make_dataset(str(tmp_path))
+    larder.prepare(config, s3_url)
+    store = larder.Store.open(s3_url)
+    expected = batches(larder.DataLoader(store, batch_size=2, seed=5))
+
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return into pytest
+        code = 1
+        try:
+            signal.alarm(60)
+            try:
+                list(larder.DataLoader(store, batch_size=2, seed=5))
+                code = 2  # the parent's store must not work here
+            except larder.RemoteError as e:
+                if "another process" not in str(e):
+                    code = 3
+                else:
+                    # A store opened afresh works, in a private cache beside the parent's.
+                    fresh = batches(larder.DataLoader(s3_url, batch_size=2, seed=5))
+                    code = 0 if fresh == expected else 4
+            del store  # must not hang on the parent's I/O threads
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), "the child hung or crashed"
+    assert os.WEXITSTATUS(status) == 0, f"child exit code {os.WEXITSTATUS(status)}"
+    # The parent's cache is intact and still serves.
+    assert batches(larder.DataLoader(store, batch_size=2, seed=5)) == expected

@@ -584,8 +584,17 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.tokens = None;
+        // Readers finish the batch in hand and stop. One waiting on object storage that has
+        // gone away could take a request's whole retry budget, so after a short wait the rest
+        // are left to end on their own (they own what they use).
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }

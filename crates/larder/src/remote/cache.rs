@@ -55,13 +55,6 @@ struct Cached {
     verified: bool,
 }
 
-/// A shard's sparse file, mapped.
-#[derive(Debug)]
-struct ShardFile {
-    file: File,
-    map: Arc<memmap2::Mmap>,
-}
-
 #[derive(Debug, Default)]
 struct State {
     chunks: HashMap<ChunkKey, Cached>,
@@ -69,7 +62,9 @@ struct State {
     by_use: BTreeSet<(u64, ChunkKey)>,
     /// Chunks that queued batches (or a reader, while it copies) still need, with how many.
     pins: HashMap<ChunkKey, u32>,
-    files: HashMap<Arc<str>, ShardFile>,
+    /// Each shard file's map. The files themselves are opened only to write or punch a chunk,
+    /// so a cache of thousands of shards holds no descriptors.
+    maps: HashMap<Arc<str>, Arc<memmap2::Mmap>>,
     /// Chunks held per shard file: a file whose count drops to zero is deleted.
     per_shard: HashMap<Arc<str>, usize>,
     total: u64,
@@ -136,13 +131,16 @@ pub(crate) struct ChunkCache {
     state: Mutex<State>,
     /// Deleted when dropped (see [`ChunkCache::open_private`]).
     private: bool,
+    /// The process that opened it. A forked child must not use it: its lock is the parent's,
+    /// and the two would evict each other's chunks unseen.
+    pid: u32,
     /// Held for the cache's lifetime: one process per folder.
     _lock: File,
 }
 
 impl Drop for ChunkCache {
     fn drop(&mut self) {
-        if self.private {
+        if self.private && std::process::id() == self.pid {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -150,7 +148,7 @@ impl Drop for ChunkCache {
 
 /// Caches open in this process, by folder: a second store or loader on the same folder shares
 /// the first one's cache instead of being refused by its lock.
-static OPEN: Mutex<Vec<(PathBuf, Weak<ChunkCache>)>> = Mutex::new(Vec::new());
+static OPEN: Mutex<Vec<(u32, PathBuf, Weak<ChunkCache>)>> = Mutex::new(Vec::new());
 
 impl ChunkCache {
     /// Opens the cache in `dir` (creating it) with a limit of `limit` bytes, taking its lock;
@@ -169,12 +167,14 @@ impl ChunkCache {
     }
 
     fn open_as(dir: &Path, limit: u64, private: bool) -> Result<Option<Arc<ChunkCache>>> {
+        let pid = std::process::id();
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|(_, w)| w.strong_count() > 0);
+        // Entries of another process are the parent's, inherited through a fork.
+        open.retain(|(p, _, w)| *p == pid && w.strong_count() > 0);
         if let Some(cache) = open
             .iter()
-            .find(|(d, _)| d == dir)
-            .and_then(|(_, w)| w.upgrade())
+            .find(|(_, d, _)| d == dir)
+            .and_then(|(_, _, w)| w.upgrade())
         {
             return Ok(Some(cache));
         }
@@ -189,10 +189,11 @@ impl ChunkCache {
             limit,
             state: Mutex::new(state),
             private,
+            pid,
             _lock: lock,
         });
         cache.evict_to(0);
-        open.push((dir.to_path_buf(), Arc::downgrade(&cache)));
+        open.push((pid, dir.to_path_buf(), Arc::downgrade(&cache)));
         Ok(Some(cache))
     }
 
@@ -232,12 +233,15 @@ impl ChunkCache {
         digest: &[u8; 32],
         out: &mut [u8],
     ) -> bool {
+        if self.foreign() {
+            return false;
+        }
         let (map, verified) = {
             let mut state = self.state();
             let Some(verified) = state.chunks.get(key).map(|c| c.verified) else {
                 return false;
             };
-            let Some(map) = state.files.get(&key.shard).map(|f| f.map.clone()) else {
+            let Some(map) = state.maps.get(&key.shard).cloned() else {
                 return false;
             };
             state.touch(key);
@@ -269,11 +273,15 @@ impl ChunkCache {
                 key.index,
                 key.shard
             );
-            if state.forget(key).is_some() {
-                punch(&state, key, place.offset, place.len);
-            }
+            self.drop_chunks(&mut state, std::slice::from_ref(key));
         }
         ok
+    }
+
+    /// Returns true if and only if this is a forked child of the process that opened the
+    /// cache, which must leave it alone.
+    fn foreign(&self) -> bool {
+        std::process::id() != self.pid
     }
 
     /// Stores chunk `key` (already checked against its checksum) at `place`. Makes room by
@@ -281,6 +289,9 @@ impl ChunkCache {
     /// unpinned and finds no room is not stored (the caller has its bytes), while a pinned one
     /// is stored even over the limit, which is what lets a limit smaller than one batch work.
     pub fn insert(&self, key: &ChunkKey, place: ChunkPlace, bytes: &[u8]) -> Result<()> {
+        if self.foreign() {
+            return Ok(());
+        }
         let pinned = {
             let state = self.state();
             if state.chunks.contains_key(key) {
@@ -293,27 +304,7 @@ impl ChunkCache {
             return Ok(());
         }
         let mut state = self.state();
-        if !state.files.contains_key(&key.shard) {
-            let file = self.create(&key.shard, place.shard_bytes)?;
-            state.files.insert(key.shard.clone(), file);
-        }
-        let Some(shard) = state.files.get(&key.shard) else {
-            return Ok(());
-        };
-        use std::os::unix::fs::FileExt;
-        shard
-            .file
-            .write_all_at(bytes, place.offset)
-            .map_err(|e| Error::io(self.path(&key.shard), e))?;
-        if !state.chunks.contains_key(key) {
-            state.add(key.clone(), place.offset, size, true);
-        }
-        Ok(())
-    }
-
-    /// Opens (creating, sized `bytes`) the sparse file of shard `name`, and maps it.
-    fn create(&self, name: &str, bytes: u64) -> Result<ShardFile> {
-        let path = self.path(name);
+        let path = self.path(&key.shard);
         let io = |e| Error::io(&path, e);
         let file = File::options()
             .read(true)
@@ -322,23 +313,68 @@ impl ChunkCache {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        if file.metadata().map_err(io)?.len() != bytes {
-            file.set_len(bytes).map_err(io)?;
+        if file.metadata().map_err(io)?.len() != place.shard_bytes {
+            file.set_len(place.shard_bytes).map_err(io)?;
         }
-        // SAFETY: the file is this cache's own (its folder is locked to this process) and its
-        // size never changes once set. Regions not yet fetched read as zeros; nothing reads a
-        // chunk that the cache does not list as present, and a present chunk is checked
-        // against its checksum before its first use and pinned while it is copied.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Ok(ShardFile {
-            file,
-            map: Arc::new(map),
-        })
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(bytes, place.offset).map_err(io)?;
+        if !state.maps.contains_key(&key.shard) {
+            // SAFETY: the file is this cache's own (its folder is locked to this process) and
+            // its size never changes once set. Regions not yet fetched read as zeros; nothing
+            // reads a chunk that the cache does not list as present, and a present chunk is
+            // checked against its checksum before its first use and pinned while it is copied.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            state.maps.insert(key.shard.clone(), Arc::new(map));
+        }
+        if !state.chunks.contains_key(key) {
+            state.add(key.clone(), place.offset, size, true);
+        }
+        Ok(())
+    }
+
+    /// Forgets `keys` and frees their disk blocks by punching holes. Where the file system
+    /// cannot punch holes, the whole shard file goes instead (with every chunk of it), so that
+    /// the limit still holds and no zeroed region can pass for a chunk.
+    fn drop_chunks(&self, state: &mut State, keys: &[ChunkKey]) {
+        for key in keys {
+            let Some(c) = state.forget(key) else { continue };
+            let path = self.path(&key.shard);
+            if state.per_shard.get(&key.shard) == Some(&0) {
+                // A shard file without chunks goes altogether (a reader still holding its map
+                // reads the unlinked file, which stays whole until the map is dropped).
+                self.drop_shard(state, &key.shard);
+            } else if let Err(e) = punch(&path, c.offset, c.bytes) {
+                tracing::warn!(
+                    "cannot punch a hole in {} ({e}); dropping the whole cached shard instead",
+                    path.display()
+                );
+                self.drop_shard(state, &key.shard);
+            }
+        }
+    }
+
+    /// Forgets every chunk of shard `name` and deletes its file.
+    fn drop_shard(&self, state: &mut State, name: &Arc<str>) {
+        let keys: Vec<ChunkKey> = state
+            .chunks
+            .keys()
+            .filter(|k| &k.shard == name)
+            .cloned()
+            .collect();
+        for k in &keys {
+            state.forget(k);
+        }
+        state.per_shard.remove(name);
+        state.maps.remove(name);
+        let _ = std::fs::remove_file(self.path(name));
     }
 
     /// Evicts unpinned chunks, oldest first, until `incoming` more bytes fit under the limit.
     /// Returns true if and only if they fit.
     fn evict_to(&self, incoming: u64) -> bool {
+        if self.foreign() {
+            return false;
+        }
         let mut state = self.state();
         let mut need = (state.total + incoming).saturating_sub(self.limit);
         if need == 0 {
@@ -355,25 +391,15 @@ impl ChunkCache {
             need = need.saturating_sub(state.chunks.get(key).map_or(0, |c| c.bytes));
             victims.push(key.clone());
         }
-        for key in &victims {
-            if let Some(c) = state.forget(key) {
-                punch(&state, key, c.offset, c.bytes);
-            }
-        }
-        // A shard file without chunks goes altogether (a reader still holding its map reads
-        // the unlinked file, which stays whole until the map is dropped).
-        for key in &victims {
-            if state.per_shard.get(&key.shard) == Some(&0) {
-                state.per_shard.remove(&key.shard);
-                state.files.remove(&key.shard);
-                let _ = std::fs::remove_file(self.path(&key.shard));
-            }
-        }
+        self.drop_chunks(&mut state, &victims);
         need == 0
     }
 
     /// Marks `keys` as needed by a queued batch: they are not evicted until unpinned.
     pub fn pin(&self, keys: &[ChunkKey]) {
+        if self.foreign() {
+            return;
+        }
         let mut state = self.state();
         for k in keys {
             state.pin(k);
@@ -405,25 +431,22 @@ impl ChunkCache {
     }
 }
 
-/// Frees the disk blocks of chunk `key` (forgotten already), `len` bytes at `offset`. Where the file system cannot punch
-/// holes, the chunk's bytes are zeroed instead: the space is not returned, but the chunk can
-/// never pass for cached.
-fn punch(state: &State, key: &ChunkKey, offset: u64, len: u64) {
-    let Some(shard) = state.files.get(&key.shard) else {
-        return;
-    };
+/// Frees the disk blocks of `len` bytes at `offset` of the file at `path`, keeping its size.
+fn punch(path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
+    let file = File::options().write(true).open(path)?;
     // SAFETY: a valid descriptor and a range inside the file; punching keeps the size.
     let r = unsafe {
         libc::fallocate(
-            shard.file.as_raw_fd(),
+            file.as_raw_fd(),
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             offset as libc::off_t,
             len as libc::off_t,
         )
     };
-    if r != 0 {
-        use std::os::unix::fs::FileExt;
-        let _ = shard.file.write_all_at(&vec![0u8; len as usize], offset);
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -446,17 +469,19 @@ fn scan(shards_dir: &Path) -> Result<State> {
     let mut state = State::default();
     let chunk = crate::store::CHUNK_BYTES;
     for (_, path, name) in files {
-        let Ok(file) = File::options().read(true).write(true).open(&path) else {
+        // A file that cannot be read back is removed: its blocks would otherwise count
+        // against nothing.
+        let opened = File::open(&path).and_then(|file| {
+            let size = file.metadata()?.len();
+            // SAFETY: as in `ChunkCache::insert`.
+            let map = unsafe { memmap2::Mmap::map(&file) }?;
+            Ok((size, data_regions(&file, size), map))
+        });
+        let Ok((size, regions, map)) = opened else {
+            let _ = std::fs::remove_file(&path);
             continue;
         };
-        let Ok(size) = file.metadata().map(|m| m.len()) else {
-            continue;
-        };
-        // SAFETY: as in `ChunkCache::create`.
-        let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
-            continue;
-        };
-        for (start, end) in data_regions(&file, size) {
+        for (start, end) in regions {
             let first = start.div_ceil(chunk);
             let mut index = first;
             while index * chunk < end {
@@ -472,13 +497,7 @@ fn scan(shards_dir: &Path) -> Result<State> {
                 index += 1;
             }
         }
-        state.files.insert(
-            name,
-            ShardFile {
-                file,
-                map: Arc::new(map),
-            },
-        );
+        state.maps.insert(name, Arc::new(map));
     }
     Ok(state)
 }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 pub use object::ObjectStorage;
 pub use options::RemoteOptions;
+pub(crate) use storage::read_in_pieces;
 pub use storage::{LocalStorage, MemoryStorage, Storage, is_not_found};
 pub use transfer::{
     PullReport, PushReport, merge, merge_in, prepare, prepare_into, pull, push, push_to,
@@ -79,6 +80,7 @@ pub(crate) fn open_store(
         None => {
             // Another process (a second training run, an `inspect` beside a running job) has
             // this folder: work in a private one rather than fail or share unsafely.
+            remove_stale_private_folders(&folder);
             let private = folder.with_extension(format!("pid{}", std::process::id()));
             tracing::warn!(
                 "the cache folder {} is in use by another process; this one caches in {} (deleted at exit); give each process its own LARDER_CACHE_DIR to keep what it fetches",
@@ -95,11 +97,7 @@ pub(crate) fn open_store(
     for (id, file, bytes, _) in cat.shards()? {
         // A shard without chunk checksums (or with a list that does not cover it) cannot be
         // read in ranges; reading an entry in it says so and what to run.
-        let Some(sums) = sums
-            .get(&id)
-            .filter(|s| s.digests.len() as u64 == bytes.div_ceil(s.chunk_bytes))
-            .cloned()
-        else {
+        let Some(sums) = sums.get(&id).filter(|s| covers(s, bytes)).cloned() else {
             continue;
         };
         let name: Arc<str> = file.trim_end_matches(".safetensors").into();
@@ -117,6 +115,35 @@ pub(crate) fn open_store(
         catalog,
         Arc::new(RemoteShards::new(storage, shards, cache, options)),
     ))
+}
+
+/// Removes the private cache folders beside `folder` (`<folder>.pid<P>`) whose process is gone:
+/// a process that exits without unwinding (`os._exit`, as multiprocessing's workers do) cannot
+/// delete its own.
+fn remove_stale_private_folders(folder: &Path) {
+    let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.pid", name.to_string_lossy());
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = entry_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Returns true if and only if `sums` are checksums of 1 MiB chunks (the cache's unit) that
+/// cover a shard of `bytes` bytes.
+pub(crate) fn covers(sums: &crate::store::catalog::ChunkSums, bytes: u64) -> bool {
+    sums.chunk_bytes == crate::store::CHUNK_BYTES
+        && sums.digests.len() as u64 == bytes.div_ceil(sums.chunk_bytes)
 }
 
 /// Downloads the catalog into `folder` (replacing what an earlier open fetched).

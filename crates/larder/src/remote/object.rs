@@ -30,7 +30,8 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
-    runtime: tokio::runtime::Runtime,
+    /// Dropped only in the process that made it (see `Drop`).
+    runtime: std::mem::ManuallyDrop<tokio::runtime::Runtime>,
     /// The process that made the runtime: its threads do not exist in a forked child.
     pid: u32,
 }
@@ -135,7 +136,7 @@ impl ObjectStorage {
             store,
             prefix,
             url: url.trim_end_matches('/').to_owned(),
-            runtime,
+            runtime: std::mem::ManuallyDrop::new(runtime),
             pid: std::process::id(),
         })
     }
@@ -178,6 +179,17 @@ impl ObjectStorage {
             message: format!(
                 "{e}; check the endpoint and credentials (docs/remote.md), or raise LARDER_REMOTE_RETRY_TIMEOUT when the service is slow to return"
             ),
+        }
+    }
+}
+
+impl Drop for ObjectStorage {
+    fn drop(&mut self) {
+        // In a forked child the runtime's threads are the parent's: dropping it would wait for
+        // them forever, so the child leaves it (its memory goes with the process).
+        if std::process::id() == self.pid {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.runtime) };
         }
     }
 }

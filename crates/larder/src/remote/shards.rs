@@ -36,12 +36,13 @@ impl RemoteShard {
         start..(start + self.sums.chunk_bytes).min(self.bytes)
     }
 
-    /// The chunks that hold `offset..offset + length`.
+    /// The chunks that hold `offset..offset + length` (none for an empty range).
     pub fn chunks_of(&self, offset: u64, length: u64) -> Range<u32> {
+        if length == 0 {
+            return 0..0;
+        }
         let first = offset / self.sums.chunk_bytes;
-        let end = (offset + length)
-            .div_ceil(self.sums.chunk_bytes)
-            .max(first + 1);
+        let end = (offset + length).div_ceil(self.sums.chunk_bytes);
         first as u32..end as u32
     }
 
@@ -78,6 +79,7 @@ pub(crate) struct RemoteShards {
 }
 
 /// Bytes read for an entry, and whether every chunk came from the cache.
+#[derive(Debug)]
 pub(crate) struct Read {
     pub bytes: Vec<u8>,
     pub cached: bool,
@@ -120,9 +122,25 @@ impl RemoteShards {
 
     /// Reads `offset..offset + length` of shard `id`.
     pub fn read(&self, id: i64, offset: u64, length: u64) -> Result<Read> {
+        // Checked before allocating: the length comes from the catalog.
+        self.check_range(self.shard(id)?, offset, length)?;
         let mut bytes = vec![0u8; length as usize];
         let cached = self.read_into(id, offset, &mut bytes)?;
         Ok(Read { bytes, cached })
+    }
+
+    /// An error unless `offset..offset + length` lies within `shard`.
+    fn check_range(&self, shard: &RemoteShard, offset: u64, length: u64) -> Result<()> {
+        match offset.checked_add(length) {
+            Some(end) if end <= shard.bytes => Ok(()),
+            _ => Err(Error::Remote {
+                url: self.storage.url(&shard.key),
+                message: format!(
+                    "entry at {offset}+{length} lies beyond the end of the shard ({} bytes): the catalog and the shard disagree; run `larder verify` on the store",
+                    shard.bytes
+                ),
+            }),
+        }
     }
 
     /// Reads `out.len()` bytes at `offset` of shard `id` into `out` (the loader's batch buffer,
@@ -131,16 +149,7 @@ impl RemoteShards {
     pub fn read_into(&self, id: i64, offset: u64, out: &mut [u8]) -> Result<bool> {
         let shard = self.shard(id)?;
         let length = out.len() as u64;
-        let end = offset.checked_add(length).filter(|&e| e <= shard.bytes);
-        if end.is_none() {
-            return Err(Error::Remote {
-                url: self.storage.url(&shard.key),
-                message: format!(
-                    "entry at {offset}+{length} lies beyond the end of the shard ({} bytes): the catalog and the shard disagree; run `larder verify` on the store",
-                    shard.bytes
-                ),
-            });
-        }
+        self.check_range(shard, offset, length)?;
         // Where chunk `i`'s part of the entry lies, within the chunk and within `out`.
         let span = |i: u32| {
             let range = shard.chunk_range(i);
@@ -212,14 +221,15 @@ impl RemoteShards {
             flights.extend(missing.clone().map(|i| shard.key_of(i)));
             (chunks, missing)
         };
-        let fetched = self.fetch_uncached(shard, missing.clone());
-        {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            for i in missing.clone() {
-                flights.remove(&shard.key_of(i));
-            }
-        }
-        self.landed.notify_all();
+        let fetched = {
+            // Cleared and announced however the fetch ends, a panic included: a key left in
+            // `flights` would keep every later reader of it waiting.
+            let _flight = Flight {
+                shards: self,
+                keys: missing.clone().map(|i| shard.key_of(i)).collect(),
+            };
+            self.fetch_uncached(shard, missing.clone())
+        };
         for (i, bytes) in missing.zip(fetched?) {
             chunks[(i - run.start) as usize] = Some(bytes);
         }
@@ -243,10 +253,94 @@ impl RemoteShards {
                     ),
                 });
             }
-            self.cache
-                .insert(&shard.key_of(i), shard.place_of(i), part)?;
+            // The bytes are good whether or not they can be cached (a full disk, say).
+            if let Err(e) = self.cache.insert(&shard.key_of(i), shard.place_of(i), part) {
+                tracing::warn!("cannot cache chunk {i} of {}: {e}", shard.key);
+            }
             chunks.push(part.to_vec());
         }
         Ok(chunks)
+    }
+}
+
+/// Chunks one thread is fetching, announced to the waiting readers when dropped.
+struct Flight<'a> {
+    shards: &'a RemoteShards,
+    keys: Vec<ChunkKey>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .shards
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            flights.remove(k);
+        }
+        self.shards.landed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::{RemoteShard, RemoteShards};
+    use crate::remote::{ChunkCache, MemoryStorage, RemoteOptions, Storage};
+    use crate::store::CHUNK_BYTES;
+    use crate::store::catalog::ChunkSums;
+
+    /// A shard of exactly two chunks in memory, and its reader.
+    fn two_chunks(dir: &std::path::Path) -> (RemoteShards, Vec<u8>) {
+        let data: Vec<u8> = (0..2 * CHUNK_BYTES).map(|i| (i % 241) as u8).collect();
+        let storage = Arc::new(MemoryStorage::new());
+        storage.put("shards/s.safetensors", &data).expect("put");
+        let sums = ChunkSums {
+            chunk_bytes: CHUNK_BYTES,
+            digests: data
+                .chunks(CHUNK_BYTES as usize)
+                .map(|c| *blake3::hash(c).as_bytes())
+                .collect(),
+        };
+        let shard = RemoteShard {
+            key: "shards/s.safetensors".into(),
+            name: "s".into(),
+            bytes: data.len() as u64,
+            sums,
+        };
+        let cache = ChunkCache::open(dir, 1 << 30)
+            .expect("open")
+            .expect("not held");
+        let shards = RemoteShards::new(
+            storage,
+            HashMap::from([(1, shard)]),
+            cache,
+            &RemoteOptions::default(),
+        );
+        (shards, data)
+    }
+
+    #[test]
+    fn ranges_across_chunks_and_empty_ranges_at_the_end_read_right() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (shards, data) = two_chunks(dir.path());
+        let at = CHUNK_BYTES - 7;
+        let read = shards.read(1, at, 20).expect("across the boundary");
+        assert_eq!(read.bytes, &data[at as usize..at as usize + 20]);
+        assert!(!read.cached);
+        assert!(shards.read(1, at, 20).expect("again").cached);
+        // An empty entry at the very end of a shard that is a whole number of chunks.
+        let end = 2 * CHUNK_BYTES;
+        assert_eq!(shards.shards[&1].chunks_of(end, 0), 0..0);
+        assert!(shards.read(1, end, 0).expect("empty").bytes.is_empty());
+        // Past the end: an error naming the shard, before anything is allocated.
+        let err = shards.read(1, end, u64::MAX / 2).expect_err("beyond");
+        assert!(
+            err.to_string().contains("memory:///shards/s.safetensors"),
+            "{err}"
+        );
     }
 }

@@ -51,6 +51,27 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn copy(&self, from: &str, to: &str) -> Result<()>;
 }
 
+/// Bytes per request when a whole object is read in pieces.
+const PIECE_BYTES: u64 = 16 << 20;
+
+/// Reads object `key` of `size` bytes in pieces of 16 MiB, one request each, handing them to
+/// `sink` in order: a large object over a slow link is not one request that must finish within
+/// one timeout (and start over on every retry), nor all in memory at once.
+pub(crate) fn read_in_pieces(
+    storage: &dyn Storage,
+    key: &str,
+    size: u64,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut at = 0;
+    while at < size {
+        let end = (at + PIECE_BYTES).min(size);
+        sink(&storage.get_range(key, at..end)?)?;
+        at = end;
+    }
+    Ok(())
+}
+
 /// The error for a missing object, worded the same by every backend.
 pub(crate) fn not_found(url: String) -> Error {
     Error::Remote {

@@ -125,23 +125,32 @@ fn download_store(storage: &dyn Storage, dir: &Path) -> Result<PullReport> {
             return Ok(Tally::present());
         }
         let key = shard_key(file);
-        let data = storage.get(&key)?;
-        let hash = blake3::hash(&data).to_hex();
-        if data.len() as u64 != *size || hash.as_str() != blake3 {
+        let tmp = dir.join(TMP_DIR).join(format!("{file}.part"));
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
+        let mut hasher = blake3::Hasher::new();
+        // Exactly the catalog's size is read (a shorter object is an error there), so the
+        // local copy is right if and only if its hash is.
+        super::storage::read_in_pieces(storage, &key, *size, |piece| {
+            hasher.update(piece);
+            std::io::Write::write_all(&mut out, piece).map_err(|e| Error::io(&tmp, e))
+        })?;
+        let hash = hasher.finalize().to_hex();
+        if hash.as_str() != blake3 {
+            let _ = std::fs::remove_file(&tmp);
             return Err(Error::Remote {
                 url: storage.url(&key),
                 message: format!(
-                    "the shard does not match its checksum in the catalog ({} bytes, blake3 {}…; expected {size} bytes, {}…): it was altered after the store was written",
-                    data.len(),
+                    "the shard does not match its checksum in the catalog (blake3 {}…, expected {}…): it was altered after the store was written",
                     &hash.as_str()[..16],
                     blake3.get(..16).unwrap_or(blake3)
                 ),
             });
         }
-        let tmp = dir.join(TMP_DIR).join(format!("{file}.part"));
-        std::fs::write(&tmp, &data)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| Error::io(&path, e))?;
+        out.into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))
+            .and_then(|f| f.sync_all().map_err(|e| Error::io(&tmp, e)))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         Ok(Tally::moved(*size))
     })?;
     let mut report = PullReport {
@@ -313,7 +322,12 @@ pub fn merge_in(storage: &dyn Storage, work: &Path) -> Result<crate::MergeReport
             message: "no parts to merge here (prepare with --shard i/N into this URL first)".into(),
         });
     }
-    let set = crate::prepare::merge::parts::PartSet::read(&catalogs)?;
+    // The catalogs were downloaded to a scratch folder; problems with them are the URL's.
+    let set =
+        crate::prepare::merge::parts::PartSet::read(&catalogs).map_err(|e| Error::Remote {
+            url: storage.url(&prefix),
+            message: e.to_string(),
+        })?;
     let merged_path = work.join(CATALOG_FILE);
     let merged = crate::prepare::merge::catalog::merge_catalogs(&merged_path, &set)?;
     let mut moved = 0;
@@ -332,11 +346,12 @@ pub fn merge_in(storage: &dyn Storage, work: &Path) -> Result<crate::MergeReport
     }
     let bytes = std::fs::read(&merged_path).map_err(|e| Error::io(&merged_path, e))?;
     storage.put(CATALOG_KEY, &bytes)?;
-    // The parts go once the merged store is complete; catalogs first, so that a rerun after an
-    // interruption here finds no half-listed part.
+    // The parts go once the merged store is complete: their shards first, their catalogs last,
+    // so that a rerun after an interruption here still finds every part, skips every copy (the
+    // shards are in place) and writes the same catalog.
     let (part_catalogs, rest): (Vec<_>, Vec<_>) =
         listed.iter().partition(|(k, _)| k.ends_with(CATALOG_KEY));
-    for (key, _) in part_catalogs.into_iter().chain(rest) {
+    for (key, _) in rest.into_iter().chain(part_catalogs) {
         storage.delete(key)?;
     }
     let _ = std::fs::remove_dir_all(work);

@@ -94,12 +94,7 @@ impl Store {
             .collect()
     }
 
-    fn text_table(
-        &self,
-        field: String,
-        outputs: Outputs,
-        items: usize,
-    ) -> Result<TextTable> {
+    fn text_table(&self, field: String, outputs: Outputs, items: usize) -> Result<TextTable> {
         let bad = |message: String| Error::Store {
             path: self.root().join(super::CATALOG_FILE),
             message: format!("text encoder {field:?}: {message}; run `larder prepare` again"),

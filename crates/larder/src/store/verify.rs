@@ -274,6 +274,17 @@ impl Store {
                 ));
                 continue;
             }
+            // A remote store is read in checksummed chunks: a shard without them cannot be read.
+            if self.is_remote()
+                && !chunk_sums
+                    .get(id)
+                    .is_some_and(|s| crate::remote::covers(s, *bytes))
+            {
+                report.problems.push(problem(
+                    "the catalog has no chunk checksums for this shard, so it cannot be read by range: `larder pull` the store and `larder push` it again (push adds them)".into(),
+                    None,
+                ));
+            }
             if let Some(sums) = chunk_sums.get(id) {
                 let mut hasher = super::shard::ChunkHasher::default();
                 hasher.update(content);
@@ -432,11 +443,15 @@ impl Store {
             }
             Some(remote) => {
                 let key = crate::remote::shard_key(file);
-                match remote.storage.get(&key) {
-                    Ok(bytes) => Ok(Some(WholeShard::Fetched(bytes))),
-                    Err(e) if crate::remote::is_not_found(&e) => Ok(None),
-                    Err(e) => Err(e),
-                }
+                let Some(size) = remote.storage.size(&key)? else {
+                    return Ok(None);
+                };
+                let mut bytes = Vec::with_capacity(size as usize);
+                crate::remote::read_in_pieces(remote.storage.as_ref(), &key, size, |piece| {
+                    bytes.extend_from_slice(piece);
+                    Ok(())
+                })?;
+                Ok(Some(WholeShard::Fetched(bytes)))
             }
         }
     }
