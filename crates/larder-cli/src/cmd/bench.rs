@@ -52,6 +52,8 @@ pub struct Report {
     samples: usize,
     seconds: f64,
     pub samples_per_s: f64,
+    /// Samples/s over the epochs after the first (none with one epoch).
+    pub steady_samples_per_s: Option<f64>,
     pub mb_per_s: f64,
     /// Opening the catalog.
     store_open_s: f64,
@@ -113,7 +115,13 @@ pub fn serve(
     let mut first_batch_s = None;
     let mut epoch_switch_ms = Vec::new();
     let serve = Instant::now();
+    // Where the first epoch ended: what follows is the steady state a long run sees, without
+    // one-time costs (page faults of a new map, a remote cache's first-use checksums).
+    let mut after_first: Option<(Instant, usize)> = None;
     for epoch in 0..args.epochs {
+        if epoch == 1 {
+            after_first = Some((Instant::now(), samples));
+        }
         let mut last = Instant::now();
         let mut first_of_epoch = true;
         for batch in loader.by_ref() {
@@ -136,6 +144,8 @@ pub fn serve(
         }
     }
     let seconds = serve.elapsed().as_secs_f64();
+    let steady_samples_per_s = after_first
+        .map(|(at, before)| (samples - before) as f64 / at.elapsed().as_secs_f64().max(1e-9));
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         latencies
@@ -154,6 +164,7 @@ pub fn serve(
         samples,
         seconds,
         samples_per_s: samples as f64 / seconds.max(1e-9),
+        steady_samples_per_s,
         mb_per_s: bytes as f64 / 1e6 / seconds.max(1e-9),
         store_open_s,
         open_s,
