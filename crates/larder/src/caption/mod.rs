@@ -70,12 +70,30 @@ impl CaptionRecipe {
                 && self.random_triggers_max > 0)
     }
 
+    /// Returns true if and only if the item drops its whole caption in this epoch: the same
+    /// draw [`apply`](Self::apply) makes first, so that a loader picking a precomputed text
+    /// embedding agrees with the caption it reports.
+    pub fn drops(&self, ctx: CaptionContext) -> bool {
+        self.draw_dropout(&mut Self::stream(ctx))
+    }
+
+    /// The random stream of an item's caption transforms in an epoch.
+    fn stream(ctx: CaptionContext) -> Stream {
+        Stream::new(Purpose::Caption, &[ctx.seed, ctx.epoch, ctx.item])
+    }
+
+    /// The caption-dropout draw: made only when dropout is on, so that turning it off does
+    /// not shift the draws of the other transforms.
+    fn draw_dropout(&self, rng: &mut Stream) -> bool {
+        self.caption_dropout_rate > 0.0 && rng.unit() < self.caption_dropout_rate
+    }
+
     /// Applies the transforms to `raw`, in AI Toolkit's order: caption dropout, split on
     /// commas, token dropout, shuffle, join, trigger substitution and prepending, random
     /// triggers, second shuffle.
     pub fn apply(&self, raw: &str, ctx: CaptionContext) -> String {
-        let mut rng = Stream::new(Purpose::Caption, &[ctx.seed, ctx.epoch, ctx.item]);
-        if self.caption_dropout_rate > 0.0 && rng.unit() < self.caption_dropout_rate {
+        let mut rng = Self::stream(ctx);
+        if self.draw_dropout(&mut rng) {
             return String::new();
         }
         let mut tokens = split_tokens(raw);
@@ -177,6 +195,30 @@ mod tests {
             epoch,
             item,
         }
+    }
+
+    #[test]
+    fn drops_agrees_with_apply_item_for_item() {
+        let dropping = CaptionRecipe {
+            caption_dropout_rate: 0.5,
+            shuffle_tokens: true,
+            ..recipe()
+        };
+        let mut dropped = 0;
+        for item in 0..200 {
+            let ctx = ctx(3, item);
+            let drops = dropping.drops(ctx);
+            assert_eq!(
+                drops,
+                dropping.apply("a, b, c", ctx).is_empty(),
+                "item {item}"
+            );
+            dropped += usize::from(drops);
+        }
+        assert!(
+            (60..140).contains(&dropped),
+            "{dropped} of 200 dropped at rate 0.5"
+        );
     }
 
     #[test]

@@ -35,13 +35,6 @@ pub(super) struct TextBatch {
     pub captions: Option<Vec<String>>,
 }
 
-/// Whether item `item` drops its caption in `epoch`: the first draw of the caption stream,
-/// as [`CaptionRecipe::apply`] makes it.
-fn drops_caption(recipe: &CaptionRecipe, seed: u64, epoch: u64, item: u64) -> bool {
-    recipe.caption_dropout_rate > 0.0
-        && Stream::new(Purpose::Caption, &[seed, epoch, item]).unit() < recipe.caption_dropout_rate
-}
-
 /// Returns true if and only if some of the items `ids` have no caption in `table`.
 fn lacks(table: &TextTable, ids: &[u32]) -> bool {
     ids.iter()
@@ -61,7 +54,7 @@ fn picks(
         .zip(datasets)
         .map(|(&id, &dataset)| {
             let item = u64::from(id);
-            if drops_caption(&recipes[dataset as usize], seed, epoch, item) {
+            if recipes[dataset as usize].drops(crate::CaptionContext { seed, epoch, item }) {
                 return table.empty.ok_or_else(|| Error::InvalidArgument {
                     name: "caption_dropout_rate",
                     message: format!(
