@@ -176,3 +176,22 @@ def test_a_renamed_cache_file_is_not_trusted(tmp_path):
     report = larder.import_aitk(plain, tmp_path / "store")
     assert report["latents"]["mismatched"] == 1
     assert "does not match its recorded parameters" in report["mismatches"][0]["reason"]
+
+
+def test_a_cache_file_whose_tensor_cannot_be_read_is_a_mismatch_not_an_abort(tmp_path):
+    make_dataset(str(tmp_path), n=2)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("datasets:\n  - folder_path: imgs\n    resolution: 64\n")
+    good, bad = larder.scan(plain).items
+    write_latent(good, "flux", 0)
+    # The right name and metadata, but no `latent` tensor inside (another tool's file, say).
+    info = latent_info(bad, "flux")
+    folder = os.path.join(os.path.dirname(bad["path"]), "_latent_cache")
+    stem = os.path.splitext(os.path.basename(bad["path"]))[0]
+    save_file({"other": np.zeros((2, 2), np.float16)}, os.path.join(folder, f"{stem}_{aitk_hash(info)}.safetensors"), metadata=aitk_meta(info))
+
+    report = larder.import_aitk(plain, tmp_path / "store")
+    assert report["latents"]["imported"] == 1 and report["latents"]["mismatched"] == 1
+    [m] = [m for m in report["mismatches"] if m["kind"] == "latent"]
+    assert "latent" in m["reason"] and m["item"].endswith(os.path.basename(bad["path"]))
+    assert larder.Store.open(tmp_path / "store").verify()["problems"] == []

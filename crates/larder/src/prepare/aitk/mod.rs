@@ -385,29 +385,39 @@ impl Targets<'_> {
                 PixelFormat::SignedUnit,
                 &codec.name(),
             );
-            imported
-                .fields
-                .push((item.id, field.to_string(), key.clone()));
-            if !imported.seen.insert(key.clone()) {
-                continue;
+            if !imported.seen.contains(&key) {
+                if self.stored.contains(&key) {
+                    report.latents.stored += 1;
+                } else {
+                    // A cache file whose header read but whose tensor does not (truncated,
+                    // corrupt) is a mismatch like any other: the item is left for a prepare
+                    // with the encoder, and the rest is imported.
+                    let t = match read_tensor(file, "latent") {
+                        Ok(t) => t,
+                        Err(e) => {
+                            report.latents.mismatched += 1;
+                            report
+                                .mismatches
+                                .push(mismatch("latent", item, file, e.to_string()));
+                            continue;
+                        }
+                    };
+                    let name = format!("{}/{field}", item.item_key);
+                    send(
+                        tx,
+                        vec![stored_entry(
+                            &key,
+                            name,
+                            codec,
+                            Values::F32(&t.values),
+                            t.shape,
+                        )?],
+                    );
+                    report.latents.imported += 1;
+                }
+                imported.seen.insert(key.clone());
             }
-            if self.stored.contains(&key) {
-                report.latents.stored += 1;
-                continue;
-            }
-            let t = read_tensor(file, "latent")?;
-            let name = format!("{}/{field}", item.item_key);
-            send(
-                tx,
-                vec![stored_entry(
-                    &key,
-                    name,
-                    codec,
-                    Values::F32(&t.values),
-                    t.shape,
-                )?],
-            );
-            report.latents.imported += 1;
+            imported.fields.push((item.id, field.to_string(), key));
         }
         Ok(())
     }
@@ -425,7 +435,9 @@ impl Targets<'_> {
         for (i, file) in found {
             let item = &items[*i];
             let mut group = Vec::new();
+            let mut fields = Vec::new();
             let mut already = false;
+            let mut unreadable = None;
             for (tensor, name) in [
                 ("image_embeds", field.to_string()),
                 ("last_hidden_state", format!("{field}.last_hidden_state")),
@@ -442,24 +454,41 @@ impl Targets<'_> {
                     &identity,
                     &codec.name(),
                 );
-                imported.fields.push((item.id, name.clone(), key.clone()));
-                if !imported.seen.insert(key.clone()) {
+                fields.push((item.id, name.clone(), key.clone()));
+                if imported.seen.contains(&key) {
                     continue;
                 }
                 if self.stored.contains(&key) {
                     already = true;
                     continue;
                 }
-                let t = read_tensor(file, tensor)?;
-                let shard_name = format!("{key}/{name}");
-                group.push(stored_entry(
-                    &key,
-                    shard_name,
-                    codec,
-                    Values::F32(&t.values),
-                    t.shape,
-                )?);
+                match read_tensor(file, tensor) {
+                    Ok(t) => group.push(stored_entry(
+                        &key,
+                        format!("{key}/{name}"),
+                        codec,
+                        Values::F32(&t.values),
+                        t.shape,
+                    )?),
+                    Err(e) => {
+                        unreadable = Some(e);
+                        break;
+                    }
+                }
             }
+            // An unreadable tensor makes the item a mismatch (as in `copy_latents`): none of
+            // its CLIP fields are imported.
+            if let Some(e) = unreadable {
+                report.clip.mismatched += 1;
+                report
+                    .mismatches
+                    .push(mismatch("clip", item, file, e.to_string()));
+                continue;
+            }
+            for (_, _, key) in &fields {
+                imported.seen.insert(key.clone());
+            }
+            imported.fields.extend(fields);
             if !group.is_empty() {
                 report.clip.imported += 1;
                 send(tx, group);
