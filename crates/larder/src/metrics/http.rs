@@ -141,16 +141,65 @@ impl Drop for HttpServer {
     }
 }
 
+/// Time one request may take to arrive, whole: the server has one thread, so a client that
+/// trickles its request a byte at a time must not hold it longer than this.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Bytes a request's line and headers may take.
+const REQUEST_HEAD_BYTES: u64 = 16 << 10;
+
+/// A socket whose every read must finish by `ends`: a deadline for a whole request, not for
+/// each read.
+struct Deadline {
+    stream: TcpStream,
+    ends: std::time::Instant,
+}
+
+impl std::io::Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .ends
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow"))?;
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
 /// Reads one request from `stream` and writes the handler's response.
 fn answer(stream: TcpStream, handler: &impl Fn(&Request) -> Response) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    answer_within(stream, handler, REQUEST_DEADLINE)
+}
+
+/// [`answer`], the request having `deadline` to arrive.
+fn answer_within(
+    stream: TcpStream,
+    handler: &impl Fn(&Request) -> Response,
+    deadline: Duration,
+) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(deadline))?;
+    let mut reader = BufReader::new(Deadline {
+        stream: stream.try_clone()?,
+        ends: std::time::Instant::now() + deadline,
+    });
+    let mut budget = REQUEST_HEAD_BYTES;
+    // One line of the request head, within what is left of the budget.
+    let mut next_line = |line: &mut String| -> std::io::Result<usize> {
+        let n = std::io::Read::take(&mut reader, budget).read_line(line)?;
+        budget -= n as u64;
+        if budget == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        Ok(n)
+    };
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    next_line(&mut line)?;
     // Headers are read and ignored: nothing here depends on them.
     let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
+    while next_line(&mut header)? > 2 {
         header.clear();
     }
     let mut parts = line.split_whitespace();
@@ -195,6 +244,36 @@ mod tests {
         let mut text = String::new();
         s.read_to_string(&mut text).expect("read");
         text
+    }
+
+    #[test]
+    fn a_client_trickling_its_request_is_cut_off_at_the_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).expect("connect");
+            // One byte every 100 ms: each read is quick, the request never ends.
+            for _ in 0..30 {
+                if c.write_all(b"G").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let (stream, _) = listener.accept().expect("accept");
+        let started = std::time::Instant::now();
+        let result = super::answer_within(
+            stream,
+            &|_| Response::error(404, "none"),
+            Duration::from_millis(500),
+        );
+        assert!(result.is_err(), "the request never ended");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let _ = client.join();
     }
 
     #[test]
