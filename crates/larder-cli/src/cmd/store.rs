@@ -78,10 +78,8 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
             let part = Part::from_env()?;
             if let Some(p) = part {
                 eprintln!(
-                    "RANK and WORLD_SIZE are set: preparing part {p} into {}/{}/{} (`larder merge {}` combines the parts once all are done)",
-                    args.out.trim_end_matches('/'),
-                    larder::PARTS_DIR,
-                    p.dir_name(),
+                    "RANK and WORLD_SIZE are set: preparing part {p} into {} (`larder merge {}` combines the parts once all are done)",
+                    p.location(&args.out),
                     args.out
                 );
             }
@@ -95,15 +93,7 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         part,
         ..PrepareOptions::default()
     };
-    let written = match part.filter(|p| !p.is_whole()) {
-        Some(p) => format!(
-            "{}/{}/{}",
-            args.out.trim_end_matches('/'),
-            larder::PARTS_DIR,
-            p.dir_name()
-        ),
-        None => args.out.clone(),
-    };
+    let written = part.map_or(args.out.clone(), |p| p.location(&args.out));
     let report = if larder::remote::is_url(&args.out) {
         let remote = larder::remote::RemoteOptions::from_env()?;
         larder::remote::prepare(

@@ -725,8 +725,8 @@ fn batch_entries(shared: &Catalogued, ids: &[u32], epoch: u64, seed: u64) -> Vec
 }
 
 /// Stacks one field of the items into a pooled buffer: raw entries are copied straight from the
-/// memory map (or, for a remote store, read from its cache straight into place); compressed
-/// ones are decompressed into place; quantized ones decoded to f32.
+/// memory map (of the shard, or of a remote store's cache); compressed ones are decompressed
+/// into place; quantized ones decoded to f32.
 fn stack(
     store: &Store,
     pool: &Arc<BufferPool>,
@@ -760,7 +760,9 @@ fn stack(
             });
         }
         let entry = store.entry_at(pos)?;
-        if let (Some(remote), Some(dtype)) = (store.remote(), entry.codec.plain_dtype()) {
+        if let Some(dtype) = entry.codec.plain_dtype() {
+            // Stored as the elements are: copied from the shard (or the remote cache) straight
+            // into the batch.
             let started = Instant::now();
             let dst = slot(
                 &mut out,
@@ -772,11 +774,11 @@ fn stack(
                 entry.length,
             )
             .map_err(with_item)?;
-            let hit = remote
-                .read_into(entry.shard, entry.offset, dst)
-                .map_err(with_item)?;
+            let hit = store.read_plain_into(entry, dst).map_err(with_item)?;
             metrics.record_read(entry.length, started.elapsed());
-            metrics.record_cache(hit);
+            if let Some(hit) = hit {
+                metrics.record_cache(hit);
+            }
             continue;
         }
         let (stored, entry) = store.stored_bytes_at(pos).map_err(with_item)?;

@@ -102,6 +102,20 @@ impl Part {
         Part::new(i.parse().ok()?, n.parse().ok()?).ok()
     }
 
+    /// [`dir`](Self::dir) for a store location given as text, a folder or a URL:
+    /// `out/parts/<i>-of-<N>`, or `out` itself for the whole.
+    pub fn location(&self, out: &str) -> String {
+        if self.is_whole() {
+            out.to_owned()
+        } else {
+            format!(
+                "{}/{PARTS_DIR}/{}",
+                out.trim_end_matches('/'),
+                self.dir_name()
+            )
+        }
+    }
+
     /// Where this part of a prepare into `out` writes its store: `out/parts/<i>-of-<N>`, or
     /// `out` itself for the whole (`0/1`).
     pub fn dir(&self, out: &Path) -> PathBuf {

@@ -246,10 +246,7 @@ pub fn prepare(
     encoders: &mut crate::encode::Encoders,
     remote: &RemoteOptions,
 ) -> Result<crate::PrepareReport> {
-    let target = match options.part.filter(|p| !p.is_whole()) {
-        Some(p) => format!("{}/{PARTS_DIR}/{}", url.trim_end_matches('/'), p.dir_name()),
-        None => url.to_owned(),
-    };
+    let target = options.part.map_or(url.to_owned(), |p| p.location(url));
     let storage = storage_for(&target, remote)?;
     let staging = remote.cache_folder(url).join("staging");
     prepare_into(config, storage.as_ref(), &staging, options, encoders)

@@ -8,15 +8,7 @@ use crate::{Error, Result};
 /// Returns true if and only if the catalog has the caption tables (stores written before them
 /// do not, and are read as having no text embeddings).
 pub(crate) fn caption_tables_exist(cat: &Catalog) -> Result<bool> {
-    let n: i64 = cat
-        .conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('captions', 'item_captions')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| cat.err(e))?;
-    Ok(n == 2)
+    Ok(cat.has_table("captions")? && cat.has_table("item_captions")?)
 }
 
 /// SQL condition on `entries.key`: the entry is an output of a caption (`<caption key>.<output>`).

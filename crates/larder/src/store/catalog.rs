@@ -144,6 +144,18 @@ impl Catalog {
         })
     }
 
+    /// Returns true if and only if the catalog has the table `name` (tables added to the schema
+    /// later are missing from older catalogs opened read-only).
+    pub fn has_table(&self, name: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     pub fn err(&self, e: rusqlite::Error) -> Error {
         catalog_error(&self.path, e)
     }
@@ -289,15 +301,7 @@ impl Catalog {
     /// existed have none; `larder push` adds them.
     pub fn shard_chunks(&self) -> Result<std::collections::HashMap<i64, ChunkSums>> {
         // An old catalog opened read-only may lack the table.
-        let exists: bool = self
-            .conn
-            .query_row(
-                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'shard_chunks'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
-        if !exists {
+        if !self.has_table("shard_chunks")? {
             return Ok(Default::default());
         }
         let rows = self.rows("SELECT shard, chunk_bytes, blake3 FROM shard_chunks", |r| {

@@ -514,6 +514,19 @@ impl Store {
         Ok((bytes, entry))
     }
 
+    /// Copies the stored bytes of `entry`, which its codec stores as plain elements, into `out`
+    /// (as long as the entry). For a remote store, says whether every byte came from the cache.
+    pub(crate) fn read_plain_into(&self, entry: &EntryRow, out: &mut [u8]) -> Result<Option<bool>> {
+        match &self.remote {
+            Some(remote) => remote.read_into(entry.shard, entry.offset, out).map(Some),
+            None => {
+                let map = self.shard(entry.shard)?;
+                out.copy_from_slice(map.slice(entry.offset, entry.length)?);
+                Ok(None)
+            }
+        }
+    }
+
     /// Starts prefetching `count` batches whose entries (by position) `entries` lists, when the
     /// store is remote; a local store needs none.
     pub(crate) fn prefetch(

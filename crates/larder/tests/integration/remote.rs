@@ -138,12 +138,24 @@ fn prepared(root: &Path, n: usize) -> PathBuf {
         "datasets:\n  - folder_path: imgs\n    resolution: 256\n    caption_dropout_rate: 0.1\n",
     );
     let out = root.join("store");
-    let options = PrepareOptions {
-        shard_bytes: SHARD_BYTES,
-        ..PrepareOptions::default()
-    };
+    let options = prepare_options();
     larder::prepare(&Config::load(&config).expect("config"), &out, &options).expect("prepare");
     out
+}
+
+/// [`prepared`], and one epoch of it served locally: what every remote reading must equal.
+fn served(root: &Path, n: usize) -> (PathBuf, Vec<crate::load::Digest>) {
+    let local = prepared(root, n);
+    let expected = epoch(&mut loader(Arc::new(Store::open(&local).expect("open"))));
+    (local, expected)
+}
+
+/// The prepare options of [`prepared`].
+fn prepare_options() -> PrepareOptions {
+    PrepareOptions {
+        shard_bytes: SHARD_BYTES,
+        ..PrepareOptions::default()
+    }
 }
 
 fn remote_options(cache: &Path) -> RemoteOptions {
@@ -162,8 +174,7 @@ fn loader(store: Arc<Store>) -> Loader {
 #[test]
 fn a_remote_store_serves_the_same_batches_and_a_warm_cache_reads_nothing_remote() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let local = prepared(dir.path(), 24);
-    let expected = epoch(&mut loader(Arc::new(Store::open(&local).expect("open"))));
+    let (local, expected) = served(dir.path(), 24);
 
     let memory = Arc::new(MemoryStorage::new());
     let pushed = larder::remote::push_to(&local, memory.as_ref()).expect("push");
@@ -457,16 +468,12 @@ impl Drop for S3Server {
 fn prepare_into_s3_then_read_verify_and_pull_it_back() {
     let server = S3Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let local = prepared(dir.path(), 16);
-    let expected = epoch(&mut loader(Arc::new(Store::open(&local).expect("open"))));
+    let (_, expected) = served(dir.path(), 16);
     let opts = server.options(&dir.path().join("cache"));
     let url = server.url("stores/faces");
 
     let config = Config::load(dir.path().join("c.yaml")).expect("config");
-    let prepare_options = PrepareOptions {
-        shard_bytes: SHARD_BYTES,
-        ..PrepareOptions::default()
-    };
+    let prepare_options = prepare_options();
     let report = larder::remote::prepare(
         &config,
         &url,
@@ -547,8 +554,7 @@ fn an_interrupted_push_resumes_and_sends_only_the_rest() {
 fn a_server_that_stops_mid_epoch_is_waited_for_and_the_epoch_resumes() {
     let mut server = S3Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let local = prepared(dir.path(), 24);
-    let expected = epoch(&mut loader(Arc::new(Store::open(&local).expect("open"))));
+    let (local, expected) = served(dir.path(), 24);
     let opts = RemoteOptions {
         retries: 20,
         retry_timeout: Duration::from_secs(30),
@@ -640,16 +646,14 @@ fn a_shard_altered_on_the_server_fails_its_checksum_and_the_cache_keeps_nothing_
 fn a_distributed_prepare_into_s3_merges_there_into_the_unsharded_store() {
     let server = S3Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let local = prepared(dir.path(), 12);
-    let expected = epoch(&mut loader(Arc::new(Store::open(&local).expect("open"))));
+    let (_, expected) = served(dir.path(), 12);
     let opts = server.options(&dir.path().join("cache"));
     let url = server.url("distributed");
     let config = Config::load(dir.path().join("c.yaml")).expect("config");
     for i in 0..3 {
         let options = PrepareOptions {
-            shard_bytes: SHARD_BYTES,
             part: Some(larder::Part::new(i, 3).expect("part")),
-            ..PrepareOptions::default()
+            ..prepare_options()
         };
         larder::remote::prepare(&config, &url, &options, &mut Default::default(), &opts)
             .expect("prepare a part");
