@@ -108,6 +108,9 @@ pub struct PrepareReport {
     pub bytes_written: u64,
     /// Problems found: from the scan, the plan, and images that failed to decode.
     pub findings: Vec<Finding>,
+    /// What the run could not do as the config asks (also logged as warnings): a dataset that
+    /// asks for cached latents or text embeddings when no such encoder was given.
+    pub warnings: Vec<String>,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -241,6 +244,36 @@ pub fn prepare_with(
     prepare_inner(config, out, options, encoders, None)
 }
 
+/// Says, once per kind, which datasets ask for a cache (`cache_latents(_to_disk)`,
+/// `cache_text_embeddings`) that this run cannot fill because no encoder of that kind was
+/// given: AI Toolkit computes those with its model, and a store without them serves pixels.
+fn uncached_warnings(config: &Config, encoders: &Encoders) -> Vec<String> {
+    let asking = |wants: fn(&crate::config::CacheOptions) -> bool| -> Vec<String> {
+        config
+            .datasets
+            .iter()
+            .filter(|d| wants(&d.cache))
+            .map(|d| d.source.path().display().to_string())
+            .collect()
+    };
+    let mut warnings = Vec::new();
+    let latents = asking(|c| c.latents || c.latents_to_disk);
+    if !latents.is_empty() && encoders.image.is_empty() {
+        warnings.push(format!(
+            "{} asks for cached latents (cache_latents / cache_latents_to_disk), but no image encoder was given: the store holds pixels only. Give larder.prepare your VAE as `image_encoders` (docs/encoders.md), or bring AI Toolkit's caches with `larder import-aitk`",
+            latents.join(", ")
+        ));
+    }
+    let texts = asking(|c| c.text_embeddings);
+    if !texts.is_empty() && encoders.text.is_empty() {
+        warnings.push(format!(
+            "{} asks for cached text embeddings (cache_text_embeddings), but no text encoder was given: the store holds captions only. Give larder.prepare your text encoders as `text_encoders` (docs/encoders.md), or bring AI Toolkit's caches with `larder import-aitk`",
+            texts.join(", ")
+        ));
+    }
+    warnings
+}
+
 /// [`prepare_with`], sending the file name of every shard to `written` once it is committed
 /// (for uploading while the run goes on).
 pub(crate) fn prepare_inner(
@@ -288,7 +321,13 @@ pub(crate) fn prepare_inner(
         },
     )?;
     let plan = Plan::new(config, &scan)?;
-    let mut report = PrepareReport::default();
+    let mut report = PrepareReport {
+        warnings: uncached_warnings(config, encoders),
+        ..PrepareReport::default()
+    };
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
     report.findings.extend(scan.findings.iter().cloned());
     report.findings.extend(plan.findings.iter().cloned());
 

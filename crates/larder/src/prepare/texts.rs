@@ -19,10 +19,6 @@ use crate::store::codec::Values;
 use crate::store::key::KeyBuilder;
 use crate::{Error, Result};
 
-/// The seed of the prepare-time caption variants: fixed, so a prepare is reproducible, and
-/// independent of the training seed, which picks among the variants per epoch.
-const VARIANT_SEED: u64 = 0x7661_7269_616e_7473;
-
 /// The output names that carry an attention mask.
 const MASK_NAMES: [&str; 2] = ["mask", "attention_mask"];
 
@@ -102,10 +98,14 @@ pub(super) fn plan_texts(
         })
         .collect();
     let k = options.caption_variants.max(1) as u64;
+    // The variants are drawn from the dataset's `seed` (as its random crops are), with the
+    // variant's index as the epoch: a prepare is reproducible, and a changed seed draws new
+    // variants. The training seed then picks among them per epoch.
     let variants = items
         .iter()
         .map(|item| {
             let recipe = &recipes[item.planned.dataset];
+            let seed = config.datasets[item.planned.dataset].seed;
             let count = if recipe.is_random() { k } else { 1 };
             // Repeats of one image cut alike share their variants, as they share their latents.
             let stable = u64::from_str_radix(&item.item_key[..16], 16).unwrap_or(0);
@@ -114,7 +114,7 @@ pub(super) fn plan_texts(
                     id_of(recipe.apply(
                         &item.image.caption,
                         CaptionContext {
-                            seed: VARIANT_SEED,
+                            seed,
                             epoch: v,
                             item: stable,
                         },

@@ -578,6 +578,86 @@ fn shuffled_captions_get_variants_and_dropout_serves_the_empty_caption() {
     assert!((2..=3).contains(&many), "{texts:?}");
 }
 
+/// The caption variants a store serves per item, over enough epochs to see every variant.
+fn served_variants(
+    out: &Path,
+) -> std::collections::BTreeMap<u32, std::collections::BTreeSet<String>> {
+    let mut texts: std::collections::BTreeMap<u32, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut l = loader(out, Padding::Right);
+    for _ in 0..30 {
+        for batch in l.by_ref() {
+            let batch = batch.expect("batch");
+            for (k, caption) in batch.captions.iter().enumerate() {
+                texts
+                    .entry(batch.items[k])
+                    .or_default()
+                    .insert(caption.clone());
+            }
+        }
+    }
+    texts
+}
+
+#[test]
+fn the_dataset_seed_draws_the_prepared_caption_variants() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut by_seed = Vec::new();
+    for (n, seed) in [1, 1, 2, 3].into_iter().enumerate() {
+        let root = dir.path().join(format!("run{n}"));
+        let config = dataset(
+            &root,
+            &format!("    shuffle_tokens: true\n    seed: {seed}\n"),
+        );
+        let out = root.join("store");
+        let captions = Arc::new(AtomicUsize::new(0));
+        run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare");
+        by_seed.push(served_variants(&out));
+    }
+    // The same seed prepares the same variants; other seeds draw others.
+    assert_eq!(by_seed[0], by_seed[1]);
+    assert!(
+        by_seed[0] != by_seed[2] || by_seed[0] != by_seed[3],
+        "{by_seed:?}"
+    );
+}
+
+#[test]
+fn a_cache_the_config_asks_for_without_its_encoder_is_a_warning_of_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(
+        dir.path(),
+        "    cache_latents_to_disk: true\n    cache_text_embeddings: true\n",
+    );
+    let out = dir.path().join("store");
+    let report = run(&config, &out, &options(8), &mut Encoders::default()).expect("prepare");
+    assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("cached latents"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.warnings[1].contains("cached text embeddings"),
+        "{:?}",
+        report.warnings
+    );
+    for w in &report.warnings {
+        assert!(w.contains("imgs") && w.contains("docs/encoders.md"), "{w}");
+    }
+    // Given a latent encoder, only the text embeddings are missing.
+    let images = Arc::new(AtomicUsize::new(0));
+    let report = run(
+        &config,
+        &out,
+        &options(8),
+        &mut latent_encoders("v1", &images),
+    )
+    .expect("prepare");
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(report.warnings[0].contains("cached text embeddings"));
+}
+
 #[test]
 fn clip_encoders_see_the_whole_image_clip_normalized() {
     struct Mean {
