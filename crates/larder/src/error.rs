@@ -81,6 +81,38 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// The catalog file is damaged (truncated, overwritten, not a SQLite database). larder
+    /// cannot rebuild it from the shards: they hold tensors, not the item list, the sources'
+    /// hashes or the entry keys.
+    #[error(
+        "{}: the catalog is damaged ({source}); larder cannot rebuild it from the shards. Restore it from a copy (`larder pull` of a pushed store, a backup), or move it aside and run `larder prepare <config> --out {}` again, which recomputes every entry (the old shards are deleted as strays)",
+        path.display(),
+        path.parent().unwrap_or(std::path::Path::new(".")).display()
+    )]
+    CorruptCatalog {
+        /// The catalog file.
+        path: PathBuf,
+        /// What SQLite (or larder's check of the file's size) reported.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Bytes read from a shard do not match the checksum the catalog records for them: the
+    /// shard changed on disk after it was written.
+    #[error(
+        "{}: chunk {chunk} (bytes {}..{}) does not match its checksum{}: the shard is corrupt; run `larder verify --repair`, then `larder prepare` again to rebuild it",
+        shard.display(),
+        chunk * crate::store::CHUNK_BYTES,
+        (chunk + 1) * crate::store::CHUNK_BYTES,
+        item.as_ref().map(|i| format!(" (reading {i})")).unwrap_or_default()
+    )]
+    CorruptShard {
+        /// The shard file.
+        shard: PathBuf,
+        /// The item (and field) whose read found it, when the reader knows it.
+        item: Option<String>,
+        /// The damaged chunk's index (chunks are [`CHUNK_BYTES`](crate::store::CHUNK_BYTES) long).
+        chunk: u64,
+    },
     /// An image could not be decoded or encoded.
     #[error("{}: {message}", path.display())]
     Image {

@@ -152,6 +152,9 @@ pub struct Loader {
     step: usize,
     start: u64,
     pipeline: Option<Pipeline>,
+    /// Started with the first epoch and kept until the loader is dropped (after the
+    /// pipeline, which is declared first).
+    readers: Option<Readers>,
     pool: Arc<BufferPool>,
 }
 
@@ -234,6 +237,7 @@ impl Loader {
             step: 0,
             start,
             pipeline: None,
+            readers: None,
             pool,
         })
     }
@@ -258,7 +262,8 @@ impl Loader {
     /// state goes on counting where the one it replaces left off.
     pub fn with_metrics(mut self, metrics: Arc<LoaderMetrics>) -> Loader {
         if self.pipeline.is_some() {
-            // The readers hold the shared part; restart them from the current position.
+            // The pipeline's jobs hold the shared part; dropping the pipeline (re-planning from
+            // the current position) waits for them to let go of it.
             self.replan();
         }
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
@@ -365,10 +370,23 @@ impl Loader {
                 self.replan();
                 return None;
             }
+            // A forked child has none of its parent's threads: it starts its own.
+            if self
+                .readers
+                .as_ref()
+                .is_none_or(|r| r.pid != std::process::id())
+            {
+                self.readers = Some(Readers::start(
+                    self.store.clone(),
+                    self.pool.clone(),
+                    self.options.threads,
+                ));
+            }
+            let readers = self.readers.as_ref()?;
             self.pipeline = Some(Pipeline::start(
-                self.store.clone(),
+                &self.store,
+                readers.jobs.clone(),
                 self.shared.clone(),
-                self.pool.clone(),
                 self.plan.clone(),
                 jobs,
                 self.state.epoch,
@@ -439,151 +457,117 @@ fn recipe_from_settings(v: &serde_json::Value) -> CaptionRecipe {
     }
 }
 
-/// Reader threads working through one epoch's jobs for this rank.
-#[derive(Debug)]
-struct Pipeline {
-    results: Receiver<(usize, Result<Batch>)>,
-    /// A token per batch that may be in flight; readers take one before assembling.
-    tokens: Option<Sender<()>>,
-    reorder: HashMap<usize, Result<Batch>>,
-    metrics: Arc<LoaderMetrics>,
-    next: usize,
-    jobs: usize,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    /// For a remote store: fetches the chunks of the batches ahead.
-    prefetch: Option<crate::remote::Prefetch>,
+/// One batch for the readers to assemble, sent by the pipeline of the epoch it belongs to.
+struct Job {
+    /// The batch's position among its pipeline's jobs (the reorder key).
+    position: usize,
+    /// The batch's index among the epoch's global batches.
+    global: usize,
+    epoch: u64,
+    seed: u64,
+    plan: Arc<EpochPlan>,
+    shared: Arc<Catalogued>,
+    results: Sender<(usize, Result<Batch>)>,
+    /// Set when the pipeline that sent the job is dropped: the job is skipped.
+    cancelled: Arc<AtomicBool>,
+    /// The pipeline's jobs sent and not yet finished or skipped.
+    outstanding: Arc<AtomicUsize>,
 }
 
-impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        store: Arc<Store>,
-        shared: Arc<Catalogued>,
-        pool: Arc<BufferPool>,
-        plan: Arc<EpochPlan>,
-        jobs: Vec<usize>,
-        epoch: u64,
-        seed: u64,
-        options: &LoaderOptions,
-    ) -> Pipeline {
-        let (result_tx, results) = crossbeam_channel::unbounded();
-        let (token_tx, token_rx) = crossbeam_channel::bounded::<()>(options.prefetch);
-        for _ in 0..options.prefetch {
-            // The channel has room for exactly this many tokens.
-            let _ = token_tx.send(());
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let next_job = Arc::new(AtomicUsize::new(0));
-        let jobs = Arc::new(jobs);
+/// The reader threads of a loader. They live as long as the loader: each epoch, and each
+/// re-plan after a batch-size change, sends them the new plan's jobs instead of starting
+/// threads of its own.
+#[derive(Debug)]
+struct Readers {
+    jobs: Sender<Job>,
+    threads: Vec<JoinHandle<()>>,
+    /// The process that started the threads: a forked child has none of them.
+    pid: u32,
+}
 
-        let count = jobs.len();
-        let prefetch = {
-            let (shared, plan, jobs) = (shared.clone(), plan.clone(), jobs.clone());
-            store.prefetch(count, move |n| {
-                jobs.get(n).map_or_else(Vec::new, |&global| {
-                    batch_entries(&shared, &plan.batches[global], epoch, seed)
-                })
-            })
-        };
-        let threads = (0..options.threads)
+impl Readers {
+    fn start(store: Arc<Store>, pool: Arc<BufferPool>, count: usize) -> Readers {
+        let (jobs, inbox) = crossbeam_channel::unbounded::<Job>();
+        let threads = (0..count)
             .map(|_| {
-                let (store, shared, pool, jobs, plan) = (
-                    store.clone(),
-                    shared.clone(),
-                    pool.clone(),
-                    jobs.clone(),
-                    plan.clone(),
-                );
-                let (result_tx, token_rx, stop, next_job) = (
-                    result_tx.clone(),
-                    token_rx.clone(),
-                    stop.clone(),
-                    next_job.clone(),
-                );
+                let (store, pool, inbox) = (store.clone(), pool.clone(), inbox.clone());
                 std::thread::spawn(move || {
-                    // A token bounds the batches in flight; the consumer's drop closes the
-                    // token channel, which ends every reader promptly.
-                    while token_rx.recv().is_ok() {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
+                    // The loader's drop closes the job channel, which ends every reader once it
+                    // has finished the batch in hand.
+                    while let Ok(job) = inbox.recv() {
+                        let outstanding = job.outstanding.clone();
+                        if job.cancelled.load(Ordering::Acquire) {
+                            drop(job);
+                        } else {
+                            run(&store, &pool, job);
                         }
-                        let j = next_job.fetch_add(1, Ordering::Relaxed);
-                        let Some(&global) = jobs.get(j) else { return };
-                        // A panic while assembling (a bug, never expected) becomes this
-                        // batch's error: the consumer waits for every job it hands out, so a
-                        // job without a result would hang the training loop.
-                        let started = Instant::now();
-                        let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            assemble(&store, &shared, &pool, &plan.batches[global], epoch, global as u64, seed)
-                        }))
-                        .unwrap_or_else(|_| {
-                            Err(Error::InvalidArgument {
-                                name: "batch",
-                                message: format!("assembling batch {global} of epoch {epoch} panicked; please report this"),
-                            })
-                        });
-                        shared.metrics.record_assembly(started.elapsed());
-                        if result_tx.send((j, batch)).is_err() {
-                            return;
-                        }
+                        // Only now, with the job and all it held dropped.
+                        outstanding.fetch_sub(1, Ordering::Release);
                     }
                 })
             })
             .collect();
-        Pipeline {
-            results,
-            tokens: Some(token_tx),
-            reorder: HashMap::new(),
-            metrics: shared.metrics.clone(),
-            next: 0,
-            jobs: count,
-            stop,
+        Readers {
+            jobs,
             threads,
-            prefetch,
+            pid: std::process::id(),
         }
-    }
-
-    fn next(&mut self) -> Option<Result<Batch>> {
-        if self.next >= self.jobs {
-            return None;
-        }
-        // Batches ready now, in order or not: how far ahead the readers are.
-        let ready = self.reorder.len() + self.results.len();
-        let asked = Instant::now();
-        let result = loop {
-            if let Some(r) = self.reorder.remove(&self.next) {
-                break r;
-            }
-            match self.results.recv() {
-                Ok((j, r)) => {
-                    self.reorder.insert(j, r);
-                }
-                Err(_) => {
-                    break Err(Error::InvalidArgument {
-                        name: "loader",
-                        message: "the reader threads stopped unexpectedly (a reader panicked)"
-                            .into(),
-                    });
-                }
-            }
-        };
-        self.metrics.record_delivery(asked.elapsed(), ready);
-        if let Some(p) = &self.prefetch {
-            p.consumed(self.next);
-        }
-        self.next += 1;
-        if let Some(tokens) = &self.tokens {
-            let _ = tokens.send(());
-        }
-        Some(result)
     }
 }
 
-impl Drop for Pipeline {
+/// Assembles the batch of `job` and sends it to its pipeline. Everything the job holds (the
+/// shared item table among it) is dropped before the reader counts it done.
+fn run(store: &Store, pool: &Arc<BufferPool>, job: Job) {
+    let Job {
+        position,
+        global,
+        epoch,
+        seed,
+        plan,
+        shared,
+        results,
+        ..
+    } = job;
+    // A panic while assembling (a bug, never expected) becomes this batch's error: the consumer
+    // waits for every job it hands out, so a job without a result would hang the training loop.
+    let started = Instant::now();
+    let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assemble(
+            store,
+            &shared,
+            pool,
+            &plan.batches[global],
+            epoch,
+            global as u64,
+            seed,
+        )
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::InvalidArgument {
+            name: "batch",
+            message: format!(
+                "assembling batch {global} of epoch {epoch} panicked; please report this"
+            ),
+        })
+    });
+    shared.metrics.record_assembly(started.elapsed());
+    // The pipeline is gone when the epoch was re-planned meanwhile: the batch is not needed.
+    let _ = results.send((position, batch));
+}
+
+impl Drop for Readers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.tokens = None;
+        // Closing the job channel ends the readers.
+        drop(std::mem::replace(
+            &mut self.jobs,
+            crossbeam_channel::unbounded().0,
+        ));
+        if std::process::id() != self.pid {
+            // In a forked child the threads are the parent's: there is nothing to wait for or
+            // join, and their handles are abandoned.
+            std::mem::forget(std::mem::take(&mut self.threads));
+            return;
+        }
         // Readers finish the batch in hand and stop. One waiting on object storage that has
         // gone away could take a request's whole retry budget, so after a short wait the rest
         // are left to end on their own (they own what they use).
@@ -595,6 +579,165 @@ impl Drop for Pipeline {
             if t.is_finished() {
                 let _ = t.join();
             }
+        }
+    }
+}
+
+/// One epoch's jobs for this rank (from the current position), handed to the readers at most
+/// `prefetch` ahead of the consumer and served in plan order.
+#[derive(Debug)]
+struct Pipeline {
+    results: Receiver<(usize, Result<Batch>)>,
+    /// Sends the jobs; the sender of each job's result is cloned from `result_tx`.
+    jobs: Sender<Job>,
+    result_tx: Sender<(usize, Result<Batch>)>,
+    /// Global batch indices of the jobs.
+    globals: Vec<usize>,
+    /// Jobs sent to the readers so far.
+    sent: usize,
+    reorder: HashMap<usize, Result<Batch>>,
+    shared: Arc<Catalogued>,
+    plan: Arc<EpochPlan>,
+    epoch: u64,
+    seed: u64,
+    next: usize,
+    cancelled: Arc<AtomicBool>,
+    outstanding: Arc<AtomicUsize>,
+    /// For a remote store: fetches the chunks of the batches ahead.
+    prefetch: Option<crate::remote::Prefetch>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("epoch", &self.epoch)
+            .field("global", &self.global)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        store: &Arc<Store>,
+        jobs: Sender<Job>,
+        shared: Arc<Catalogued>,
+        plan: Arc<EpochPlan>,
+        globals: Vec<usize>,
+        epoch: u64,
+        seed: u64,
+        options: &LoaderOptions,
+    ) -> Pipeline {
+        let (result_tx, results) = crossbeam_channel::unbounded();
+        let globals = Arc::new(globals);
+        let prefetch = {
+            let (shared, plan, globals) = (shared.clone(), plan.clone(), globals.clone());
+            store.prefetch(globals.len(), move |n| {
+                globals.get(n).map_or_else(Vec::new, |&global| {
+                    batch_entries(&shared, &plan.batches[global], epoch, seed)
+                })
+            })
+        };
+        let globals = Arc::unwrap_or_clone(globals);
+        let mut pipeline = Pipeline {
+            results,
+            jobs,
+            result_tx,
+            globals,
+            sent: 0,
+            reorder: HashMap::new(),
+            shared,
+            plan,
+            epoch,
+            seed,
+            next: 0,
+            cancelled: Arc::new(AtomicBool::new(false)),
+            outstanding: Arc::new(AtomicUsize::new(0)),
+            prefetch,
+        };
+        for _ in 0..options.prefetch {
+            pipeline.send_next();
+        }
+        pipeline
+    }
+
+    /// Hands the readers the next job, if any is left.
+    fn send_next(&mut self) {
+        let Some(&global) = self.globals.get(self.sent) else {
+            return;
+        };
+        let job = Job {
+            position: self.sent,
+            global,
+            epoch: self.epoch,
+            seed: self.seed,
+            plan: self.plan.clone(),
+            shared: self.shared.clone(),
+            results: self.result_tx.clone(),
+            cancelled: self.cancelled.clone(),
+            outstanding: self.outstanding.clone(),
+        };
+        self.sent += 1;
+        self.outstanding.fetch_add(1, Ordering::Release);
+        if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(job) {
+            // No readers (they stopped, which only a bug can make them do): the job's
+            // error takes its place, so the consumer is told instead of waiting forever.
+            self.outstanding.fetch_sub(1, Ordering::Release);
+            let _ = self.result_tx.send((
+                job.position,
+                Err(Error::InvalidArgument {
+                    name: "loader",
+                    message: "the reader threads stopped unexpectedly".into(),
+                }),
+            ));
+        }
+    }
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.next >= self.globals.len() {
+            return None;
+        }
+        // Batches ready now, in order or not: how far ahead the readers are.
+        let ready = self.reorder.len() + self.results.len();
+        let asked = Instant::now();
+        let result = loop {
+            if let Some(r) = self.reorder.remove(&self.next) {
+                break r;
+            }
+            // The pipeline holds a sender of results itself, so this waits for the readers
+            // rather than ending; every job sent gets exactly one result.
+            match self.results.recv() {
+                Ok((j, r)) => {
+                    self.reorder.insert(j, r);
+                }
+                Err(_) => {
+                    break Err(Error::InvalidArgument {
+                        name: "loader",
+                        message: "the reader threads stopped unexpectedly".into(),
+                    });
+                }
+            }
+        };
+        self.shared.metrics.record_delivery(asked.elapsed(), ready);
+        if let Some(p) = &self.prefetch {
+            p.consumed(self.next);
+        }
+        self.next += 1;
+        self.send_next();
+        Some(result)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // Jobs not yet started are skipped; the batches in hand are finished (their results go
+        // nowhere). Waiting for all of them keeps what they hold (the shared item table) from
+        // outliving the pipeline, with the same one-second bound as the readers' drop. At an
+        // epoch's end every job is done and this returns at once.
+        self.cancelled.store(true, Ordering::Release);
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while self.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -628,12 +771,25 @@ fn assemble(
             .iter()
             .map(|&id| columns.entries[f][id as usize])
             .collect();
-        // A field that some items lack (a missing mask) is left out of the batch rather than
-        // stacked with holes.
-        if positions.contains(&NO_ENTRY) {
+        let name = &columns.fields[f];
+        // A field no item of the batch has is not in the batch. One that only some lack is
+        // what AI Toolkit's batch does: a missing mask, control or inpaint image is zeros
+        // like the others' (`torch.zeros_like`), and anything else (an encoder's output)
+        // fails the batch, naming the item.
+        let lacking = positions.iter().filter(|&&p| p == NO_ENTRY).count();
+        if lacking == positions.len() {
             continue;
         }
-        let name = &columns.fields[f];
+        if lacking > 0 && !zero_when_missing(name) {
+            let k = positions.iter().position(|&p| p == NO_ENTRY).unwrap_or(0);
+            return Err(Error::Store {
+                path: store.root().to_path_buf(),
+                message: format!(
+                    "item {} ({}) has no {name} while other items of its batch do (as AI Toolkit, only a missing mask, control or inpaint image is filled with zeros); run `larder prepare` again so that every item gets one, or load without the field",
+                    ids[k], rows[k].path
+                ),
+            });
+        }
         let mut tensor = stack(store, pool, ids, &rows, &positions, name, &shared.metrics)?;
         if flipped.contains(&true) && tensor.dtype == "U8" && tensor.shape.len() == 4 {
             mirror_rows(&mut tensor, &flipped);
@@ -685,6 +841,15 @@ fn assemble(
         network_weight: rows.iter().map(|r| r.network_weight).collect(),
         loss_multiplier: rows.iter().map(|r| r.loss_multiplier).collect(),
     })
+}
+
+/// Returns true if and only if an item that lacks `field` gets zeros in its place in the batch
+/// (AI Toolkit's `zeros_like` for masks, controls and inpaint images) rather than failing it.
+fn zero_when_missing(field: &str) -> bool {
+    matches!(
+        field.split('.').next().unwrap_or(field),
+        "mask" | "control" | "inpaint"
+    )
 }
 
 /// Mirrors the rows of the flipped items of a [B, C, H, W] u8 tensor.
@@ -749,8 +914,21 @@ fn stack(
                 url,
                 message: in_item(message),
             },
+            Error::CorruptShard {
+                shard,
+                item: None,
+                chunk,
+            } => Error::CorruptShard {
+                shard,
+                item: Some(format!("item {} ({}) field {field}", ids[k], row.path)),
+                chunk,
+            },
             other => other,
         };
+        if pos == NO_ENTRY {
+            // Zeros, written once the first present item has given the slot its size.
+            continue;
+        }
         if pos == DANGLING {
             return Err(Error::Store {
                 path: store.root().to_path_buf(),
@@ -804,10 +982,20 @@ fn stack(
         .map_err(context)?
         .copy_from_slice(&bytes);
     }
-    out.ok_or_else(|| Error::InvalidArgument {
+    let mut out = out.ok_or_else(|| Error::InvalidArgument {
         name: "batch",
         message: "empty batch".into(),
-    })
+    })?;
+    // Pooled buffers hold old bytes: the slots of items without the field are zeroed here.
+    let item_bytes = out.data.as_slice().len() / positions.len().max(1);
+    for (k, _) in positions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p == NO_ENTRY)
+    {
+        out.data.as_mut_slice()[k * item_bytes..(k + 1) * item_bytes].fill(0);
+    }
+    Ok(out)
 }
 
 /// Item `k`'s part of the stacked tensor of `count` items, allocated from the pool by the first

@@ -118,6 +118,7 @@ impl Catalog {
         cat.conn
             .busy_timeout(std::time::Duration::from_secs(30))
             .map_err(|e| cat.err(e))?;
+        cat.check_length()?;
         if create {
             cat.conn.execute_batch(SCHEMA).map_err(|e| cat.err(e))?;
             let version: Option<String> = cat.meta("schema_version")?;
@@ -130,6 +131,70 @@ impl Catalog {
             cat.check_version(&v)?;
         }
         Ok(cat)
+    }
+
+    /// Refuses a catalog file shorter than its own header says, or not a whole number of pages:
+    /// one cut short by a full disk or a partial copy.
+    ///
+    /// SQLite notices a file shorter than its header's page count only when it next reads the
+    /// header, and a file cut inside its last page not at all: it reads the missing bytes as
+    /// zeros, which may decode as wrong rows rather than an error. Comparing the file's length
+    /// with the header is two pragmas and a `stat`, so it runs on every open; a full check of
+    /// the b-trees (`PRAGMA quick_check`) reads the whole file and is left to `larder verify`.
+    fn check_length(&self) -> Result<()> {
+        let len = match std::fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        if len == 0 {
+            // A new catalog, or an empty file SQLite treats as an empty database.
+            return Ok(());
+        }
+        // Inside a read transaction, so that no writer commits between reading the header and
+        // measuring the file: the first pragma takes SQLite's shared lock.
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let pages: i64 = tx
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let page_size: i64 = tx
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let len = std::fs::metadata(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        drop(tx);
+        let expected = (pages.max(0) as u64).saturating_mul(page_size.max(1) as u64);
+        if len < expected || len % page_size.max(1) as u64 != 0 {
+            return Err(Error::CorruptCatalog {
+                path: self.path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some(format!(
+                        "the file is {len} bytes, its header says {pages} pages of {page_size} bytes ({expected}): it was cut short"
+                    )),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs SQLite's check of every page and b-tree of the catalog (it reads the whole file:
+    /// about as long as reading the catalog once). A damaged catalog is an error.
+    pub fn quick_check(&self) -> Result<()> {
+        let lines: Vec<String> = self.rows("PRAGMA quick_check", |r| r.get(0))?;
+        if lines.len() == 1 && lines[0] == "ok" {
+            return Ok(());
+        }
+        Err(Error::CorruptCatalog {
+            path: self.path.clone(),
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!(
+                    "PRAGMA quick_check: {}",
+                    lines.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                )),
+            ),
+        })
     }
 
     fn check_version(&self, v: &str) -> Result<()> {
@@ -313,31 +378,51 @@ impl Catalog {
         })?;
         let mut out = std::collections::HashMap::new();
         for (shard, chunk_bytes, blob) in rows {
-            if chunk_bytes <= 0 || blob.len() % 32 != 0 {
-                return Err(Error::Store {
-                    path: self.path.clone(),
-                    message: format!(
-                        "shard {shard}: malformed chunk checksums; run `larder push` again"
-                    ),
-                });
-            }
-            let digests = blob
-                .chunks_exact(32)
-                .map(|c| {
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(c);
-                    d
-                })
-                .collect();
-            out.insert(
-                shard,
-                ChunkSums {
-                    chunk_bytes: chunk_bytes as u64,
-                    digests,
-                },
-            );
+            out.insert(shard, self.chunk_sums(shard, chunk_bytes, &blob)?);
         }
         Ok(out)
+    }
+
+    /// The chunk checksums of shard `shard`, if the catalog has them.
+    pub fn shard_chunks_of(&self, shard: i64) -> Result<Option<ChunkSums>> {
+        if !self.has_table("shard_chunks")? {
+            return Ok(None);
+        }
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT chunk_bytes, blake3 FROM shard_chunks WHERE shard = ?1",
+                [shard],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|(chunk_bytes, blob)| self.chunk_sums(shard, chunk_bytes, &blob))
+            .transpose()
+    }
+
+    /// Reads one `shard_chunks` row.
+    fn chunk_sums(&self, shard: i64, chunk_bytes: i64, blob: &[u8]) -> Result<ChunkSums> {
+        if chunk_bytes <= 0 || blob.len() % 32 != 0 {
+            return Err(Error::Store {
+                path: self.path.clone(),
+                message: format!(
+                    "shard {shard}: malformed chunk checksums; run `larder push` again"
+                ),
+            });
+        }
+        let digests = blob
+            .chunks_exact(32)
+            .map(|c| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(c);
+                d
+            })
+            .collect();
+        Ok(ChunkSums {
+            chunk_bytes: chunk_bytes as u64,
+            digests,
+        })
     }
 
     /// Records the chunk checksums of shard `shard`.
@@ -367,10 +452,16 @@ fn numbers<T: std::str::FromStr>(text: &str) -> Option<Vec<T>> {
     inner.split(',').map(|n| n.trim().parse().ok()).collect()
 }
 
+/// The error for `source`, which SQLite reported for the catalog at `path`: damage to the file
+/// (SQLITE_CORRUPT, SQLITE_NOTADB) is [`Error::CorruptCatalog`], which says what to do about it,
+/// wherever in a store's life the damaged page is first read.
 pub(crate) fn catalog_error(path: &Path, source: rusqlite::Error) -> Error {
-    Error::Catalog {
-        path: path.to_path_buf(),
-        source,
+    let path = path.to_path_buf();
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            Error::CorruptCatalog { path, source }
+        }
+        _ => Error::Catalog { path, source },
     }
 }
 

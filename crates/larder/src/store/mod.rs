@@ -11,6 +11,7 @@
 
 mod captions;
 pub(crate) mod catalog;
+mod checked;
 pub mod codec;
 pub(crate) mod key;
 pub(crate) mod shard;
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex};
 pub(crate) use captions::TextTable;
 use catalog::Catalog;
 pub(crate) use catalog::EntryRow;
+use checked::CheckedShard;
 use shard::MappedShard;
 
 pub use shard::{CHUNK_BYTES, SafetensorsFile, TensorRef};
@@ -262,7 +264,10 @@ pub struct Store {
     /// Entry key → position, built on first use: the loader never needs it.
     by_key: std::sync::OnceLock<HashMap<String, u32>>,
     shard_files: HashMap<i64, String>,
-    maps: Mutex<HashMap<i64, Arc<MappedShard>>>,
+    /// Local shards mapped so far, with the chunks of each that reads have checked.
+    maps: Mutex<HashMap<i64, Arc<CheckedShard>>>,
+    /// Set once the store has warned that a shard has no chunk checksums to check reads by.
+    warned_unchecked: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -314,6 +319,7 @@ impl Store {
             by_key: std::sync::OnceLock::new(),
             shard_files,
             maps: Mutex::new(HashMap::new()),
+            warned_unchecked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -413,9 +419,9 @@ impl Store {
             .collect()
     }
 
-    fn shard(&self, id: i64) -> Result<Arc<MappedShard>> {
-        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = maps.get(&id) {
+    /// Local shard `id`, mapped (and its header chunk checked) on first use.
+    fn shard(&self, id: i64) -> Result<Arc<CheckedShard>> {
+        if let Some(m) = self.maps.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
             return Ok(m.clone());
         }
         let file = self.shard_files.get(&id).ok_or_else(|| Error::Store {
@@ -431,9 +437,22 @@ impl Store {
                 message: "shard is missing; run `larder verify --repair`, then `larder prepare` again to rebuild it".into(),
             });
         }
-        let mapped = Arc::new(MappedShard::open(&path)?);
-        maps.insert(id, mapped.clone());
-        Ok(mapped)
+        // Mapped and checked without holding the map lock: other readers go on meanwhile, and
+        // two that map the same shard at once keep the first map.
+        let sums = self.catalog().shard_chunks_of(id)?;
+        if sums.is_none()
+            && !self
+                .warned_unchecked
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "{}: the catalog has no chunk checksums for shard {file} (a store written before they existed), so reads from it are not checked; run `larder verify` to check the whole store, and `larder verify --repair` to record them",
+                self.location
+            );
+        }
+        let checked = Arc::new(CheckedShard::new(MappedShard::open(&path)?, sums)?);
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(maps.entry(id).or_insert(checked).clone())
     }
 
     /// The stored bytes of entry `key` as they lie in the shard (compressed when the codec
@@ -490,15 +509,16 @@ impl Store {
     pub(crate) fn stored_bytes_at(&self, pos: u32) -> Result<(EntryBytes, &EntryRow)> {
         let entry = self.entry_at(pos)?;
         let Some(remote) = &self.remote else {
-            let map = self.shard(entry.shard)?;
+            let shard = self.shard(entry.shard)?;
             // Checked against the mapped file's size, so the view can never fault.
-            map.slice(entry.offset, entry.length)?;
+            shard.map.slice(entry.offset, entry.length)?;
+            shard.check(entry.offset, entry.length)?;
             let start = entry.offset as usize;
             let bytes = EntryBytes {
-                origin: map.path.clone(),
+                origin: shard.map.path.clone(),
                 data: EntryData::Mapped {
                     range: start..start + entry.length as usize,
-                    map,
+                    map: shard.map.clone(),
                 },
             };
             return Ok((bytes, entry));
@@ -520,8 +540,10 @@ impl Store {
         match &self.remote {
             Some(remote) => remote.read_into(entry.shard, entry.offset, out).map(Some),
             None => {
-                let map = self.shard(entry.shard)?;
-                out.copy_from_slice(map.slice(entry.offset, entry.length)?);
+                let shard = self.shard(entry.shard)?;
+                let bytes = shard.map.slice(entry.offset, entry.length)?;
+                shard.check(entry.offset, entry.length)?;
+                out.copy_from_slice(bytes);
                 Ok(None)
             }
         }
@@ -619,7 +641,18 @@ impl Store {
 
     /// Reads and decodes entry `key`.
     pub fn read_entry(&self, key: &str) -> Result<FieldData> {
-        let (stored, entry) = self.stored_bytes(key)?;
+        let (stored, entry) = self.stored_bytes(key).map_err(|e| match e {
+            Error::CorruptShard {
+                shard,
+                item: None,
+                chunk,
+            } => Error::CorruptShard {
+                shard,
+                item: Some(format!("entry {key}")),
+                chunk,
+            },
+            other => other,
+        })?;
         let codec = entry.codec;
         let elements = codec::decompress(codec, &stored, entry.raw_len as usize).map_err(|e| {
             Error::Store {

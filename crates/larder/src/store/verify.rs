@@ -222,6 +222,9 @@ impl Store {
     /// Checks every shard's checksum and header, and every catalog entry and item reference.
     pub fn verify(&self) -> Result<VerifyReport> {
         let cat = self.catalog();
+        // A damaged catalog cannot be checked against, and `--repair` cannot mend it: the error
+        // says what can.
+        cat.quick_check()?;
         let mut report = VerifyReport::default();
         let shards = cat.shards()?;
         // The catalog as it is on disk, not as this reader loaded it.

@@ -370,3 +370,191 @@ fn a_failed_step_is_served_again_in_smaller_batches() {
     );
     assert!(failed.items.iter().all(|i| served.contains(i)));
 }
+
+/// The shard file, offset and length of `field` of item `item` in the store at `dir`.
+fn entry_location(dir: &Path, item: u32, field: &str) -> (std::path::PathBuf, u64, u64) {
+    let db = rusqlite::Connection::open(dir.join("catalog.sqlite")).expect("catalog");
+    let (file, offset, length): (String, i64, i64) = db
+        .query_row(
+            "SELECT s.file, e.offset, e.length FROM item_fields f JOIN entries e ON e.id = f.entry_id
+             JOIN shards s ON s.id = e.shard WHERE f.item = ?1 AND f.field = ?2",
+            rusqlite::params![item, field],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("entry");
+    (dir.join("shards").join(file), offset as u64, length as u64)
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[at as usize] ^= 0x10;
+    std::fs::write(path, bytes).expect("write");
+}
+
+/// Serves one epoch of a freshly opened store at `dir`; returns the items of each batch that
+/// loaded and the errors of those that did not.
+fn serve(dir: &Path) -> (Vec<Vec<u32>>, Vec<larder::Error>) {
+    let store = Arc::new(Store::open(dir).expect("open"));
+    let (mut served, mut errors) = (Vec::new(), Vec::new());
+    for b in Loader::new(store, options(3, 2)).expect("loader") {
+        match b {
+            Ok(b) => served.push(b.items.clone()),
+            Err(e) => errors.push(e),
+        }
+    }
+    (served, errors)
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_tensor_fails_its_batch_naming_shard_and_item() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    drop(store(dir.path(), 30));
+    let (clean, errors) = serve(&store_dir);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (shard, offset, length) = entry_location(&store_dir, 7, "pixels");
+    flip_byte(&shard, offset + length / 2);
+    let (served, errors) = serve(&store_dir);
+    assert!(!errors.is_empty(), "the damaged item's batch fails");
+    assert!(
+        served.iter().all(|items| !items.contains(&7)),
+        "no batch with item 7 is served: {served:?}"
+    );
+    assert!(served.len() < clean.len() && !served.is_empty());
+    for e in &errors {
+        match e {
+            larder::Error::CorruptShard {
+                shard: named,
+                item: Some(item),
+                chunk: 0,
+            } => {
+                assert_eq!(named, &shard);
+                assert!(
+                    item.starts_with("item ") && item.contains("pixels"),
+                    "{item}"
+                );
+            }
+            other => panic!("expected a corrupt shard error: {other:?}"),
+        }
+        let text = e.to_string();
+        assert!(text.contains("larder verify --repair"), "{text}");
+    }
+    assert!(
+        errors.iter().any(|e| e.to_string().contains("item 7 (")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_a_shard_header_fails_the_batches_that_read_the_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    drop(store(dir.path(), 30));
+    let (shard, _, _) = entry_location(&store_dir, 4, "pixels");
+    // Inside the JSON header: 8 length bytes, then `{"__metadata__":…`.
+    flip_byte(&shard, 20);
+    let (served, errors) = serve(&store_dir);
+    assert!(!errors.is_empty());
+    assert!(served.iter().all(|items| !items.contains(&4)), "{served:?}");
+    assert!(
+        errors.iter().all(|e| matches!(
+            e,
+            larder::Error::CorruptShard { shard: named, item: Some(_), chunk: 0 } if named == &shard
+        )),
+        "{errors:?}"
+    );
+}
+
+/// A store of six 64×64 images in one bucket; `a` and `c` have masks, `b` a control image.
+fn partly_masked(root: &Path) -> Arc<Store> {
+    let imgs = root.join("imgs");
+    for (i, name) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+        let path = image(&imgs, &format!("{name}.png"), 64, 64, Some(name));
+        larder::synth::write_image(&path, 64, 64, i as u64 + 1).expect("distinct image");
+    }
+    image(&root.join("masks"), "a.png", 64, 64, None);
+    larder::synth::write_image(&root.join("masks/c.png"), 64, 64, 9).expect("mask");
+    image(&root.join("ctl"), "b.png", 64, 64, None);
+    let config = file(
+        root,
+        "c.yaml",
+        "datasets:\n  - folder_path: imgs\n    resolution: 64\n    mask_path: masks\n    control_path: ctl\n",
+    );
+    let out = root.join("store");
+    prepare(
+        &Config::load(&config).expect("config"),
+        &out,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    Arc::new(Store::open(&out).expect("open"))
+}
+
+#[test]
+fn a_mask_or_control_some_items_lack_is_zeros_for_them_as_in_ai_toolkit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = partly_masked(dir.path());
+    let items = store.items().expect("items");
+    let mut loader = Loader::new(store.clone(), options(6, 2)).expect("loader");
+    // Several epochs, so that pooled buffers holding the last epoch's bytes are reused.
+    for _ in 0..3 {
+        let batches: Vec<Batch> = loader.by_ref().map(|b| b.expect("batch")).collect();
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
+        for (field, channels) in [("mask", 1), ("control.0", 3)] {
+            let t = &b
+                .fields
+                .get(field)
+                .unwrap_or_else(|| panic!("{field} is in the batch"));
+            assert_eq!(t.shape, vec![6, channels, 64, 64], "{field}");
+            let size = channels * 64 * 64;
+            for (k, &id) in b.items.iter().enumerate() {
+                let slot = &t.data.as_slice()[k * size..(k + 1) * size];
+                let item = &items[id as usize];
+                match item.fields.contains_key(field) {
+                    true => match store.read_field(item, field).expect("read") {
+                        larder::FieldData::U8 { values, .. } => {
+                            assert_eq!(slot, &values[..], "{field} of {}", item.path)
+                        }
+                        other => panic!("{other:?}"),
+                    },
+                    false => assert!(
+                        slot.iter().all(|&v| v == 0),
+                        "{field} of {} is zeros",
+                        item.path
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_field_other_than_mask_or_control_that_one_item_lacks_fails_the_batch_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(partly_masked(dir.path()));
+    let store_dir = dir.path().join("store");
+    // An item without pixels among items with them stands for any encoder output (a latent,
+    // a CLIP embedding) that one item lacks: AI Toolkit stops on those.
+    let db = rusqlite::Connection::open(store_dir.join("catalog.sqlite")).expect("catalog");
+    let path: String = db
+        .query_row("SELECT path FROM items WHERE id = 3", [], |r| r.get(0))
+        .expect("item 3");
+    db.execute(
+        "DELETE FROM item_fields WHERE item = 3 AND field = 'pixels'",
+        [],
+    )
+    .expect("delete");
+    drop(db);
+    let store = Arc::new(Store::open(&store_dir).expect("open"));
+    let results: Vec<_> = Loader::new(store, options(6, 2)).expect("loader").collect();
+    assert_eq!(results.len(), 1);
+    let err = results[0]
+        .as_ref()
+        .expect_err("the batch fails")
+        .to_string();
+    assert!(
+        err.contains("item 3 (") && err.contains(&path) && err.contains("pixels"),
+        "{err}"
+    );
+}

@@ -330,3 +330,82 @@ fn gc_drops_what_no_item_references() {
     assert!(store.verify().expect("verify").problems.is_empty());
     assert!(store.verify().expect("verify").strays.is_empty());
 }
+
+/// Asserts that `err` is the damaged-catalog error for `catalog`, carrying SQLite's error as
+/// its source and saying what to run.
+fn assert_corrupt_catalog(err: &larder::Error, catalog: &Path) {
+    assert!(
+        matches!(err, larder::Error::CorruptCatalog { path, .. } if path == catalog),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(catalog.to_str().expect("utf-8")) && text.contains("larder prepare"),
+        "{text}"
+    );
+    let source = std::error::Error::source(err).expect("a source");
+    assert!(
+        source.downcast_ref::<rusqlite::Error>().is_some(),
+        "{source:?}"
+    );
+}
+
+#[test]
+fn a_truncated_catalog_names_the_file_and_what_to_run_and_the_advice_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path());
+    let out = dir.path().join("store");
+    run(&config, &out);
+    let catalog = out.join("catalog.sqlite");
+    let len = std::fs::metadata(&catalog).expect("catalog").len();
+    // Cut at a page boundary (what SQLite's own header check catches) and inside a page (what
+    // it would read as zeros).
+    for cut in [len / 2 / 4096 * 4096, len - 100] {
+        let whole = std::fs::read(&catalog).expect("read");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&catalog)
+            .and_then(|f| f.set_len(cut))
+            .expect("truncate");
+        // Open is what inspect, verify, verify --repair and bench start with.
+        let err = Store::open(&out).expect_err("a truncated catalog is refused");
+        assert_corrupt_catalog(&err, &catalog);
+        let err = prepare(&Config::load(&config).expect("config"), &out, &options())
+            .expect_err("prepare refuses it too");
+        assert_corrupt_catalog(&err, &catalog);
+        std::fs::write(&catalog, whole).expect("restore");
+        assert!(
+            sound(&out),
+            "restoring the copy (the first advice) mends it"
+        );
+    }
+    // The second advice: move it aside and prepare again.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&catalog)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate");
+    std::fs::rename(&catalog, out.join("catalog.damaged")).expect("move aside");
+    let again = run(&config, &out);
+    assert_eq!(again.entries_computed, again.entries, "{again:?}");
+    assert!(sound(&out));
+}
+
+#[test]
+fn a_catalog_overwritten_in_the_middle_fails_verify_with_the_advice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path());
+    let out = dir.path().join("store");
+    run(&config, &out);
+    let catalog = out.join("catalog.sqlite");
+    let mut bytes = std::fs::read(&catalog).expect("read");
+    // Every page after the first (the header) scribbled over, the length kept.
+    for b in &mut bytes[4096..] {
+        *b = 0xA5;
+    }
+    std::fs::write(&catalog, bytes).expect("scribble");
+    let err = Store::open(&out)
+        .and_then(|s| s.verify())
+        .expect_err("a damaged catalog fails verify");
+    assert_corrupt_catalog(&err, &catalog);
+}
