@@ -42,8 +42,8 @@ pub mod tune;
 
 pub use caption::{CaptionContext, CaptionRecipe};
 pub use config::{
-    BucketStrategy, CacheOptions, Config, ConfigWarning, DEFAULT_DIVISIBILITY, DatasetConfig,
-    LoaderOptions, Source, divisibility_for_arch,
+    BucketStrategy, CacheOptions, Config, ConfigWarning, DEFAULT_DIVISIBILITY,
+    DEFAULT_MAX_IMAGE_PIXELS, DatasetConfig, LoaderOptions, Source, divisibility_for_arch,
 };
 pub use error::{Error, Result};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};

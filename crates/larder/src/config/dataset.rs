@@ -3,9 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use super::extract::{At, is_unset};
+use super::keys;
 use super::yaml::Node;
 use super::{ConfigWarning, resolve_path};
 use crate::{Error, Result};
+
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: AI Toolkit's decoder warns above this many pixels and
+/// refuses twice as many, as a defence against decompression bombs. larder leaves such images
+/// out at scan time, from the header, so that `prepare` never decodes them.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 89_478_485;
 
 /// How images are assigned to buckets.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -167,6 +173,18 @@ pub struct DatasetConfig {
     pub seed: u64,
     /// larder: the bucket strategy.
     pub bucket_strategy: BucketStrategy,
+    /// larder: images with more pixels than this are left out with a finding; `None` for no
+    /// limit. Default [`DEFAULT_MAX_IMAGE_PIXELS`].
+    pub max_image_pixels: Option<u64>,
+    /// `batch_size`: this dataset's batch size, overriding the trainer's (read, not yet used).
+    pub batch_size: Option<u32>,
+    /// `prior_reg`: the dataset is a prior-preservation set (read, not yet used).
+    pub prior_reg: bool,
+    /// `diff_output_preservation`: build DOP captions, with the trigger word replaced by
+    /// `diff_output_preservation_class` (read, not yet used).
+    pub diff_output_preservation: bool,
+    /// `diff_output_preservation_class`: the class word of DOP captions (read, not yet used).
+    pub diff_output_preservation_class: Option<String>,
 }
 
 /// Reads one dataset entry. `defaults` holds larder keys from the top-level `larder:` section.
@@ -273,11 +291,79 @@ pub(crate) fn parse_dataset(
             "persistent_workers" => cfg.loader.persistent_workers = a.bool(v)?,
             "prefetch_factor" => cfg.loader.prefetch_factor = a.uint(v, 1, 1024)?,
             "gpu_prefetch_batches" => cfg.loader.gpu_prefetch_batches = a.uint(v, 0, 1024)?,
+            // AI Toolkit keys added in 2026-08: typed and kept, not acted on yet.
+            "batch_size" => {
+                cfg.batch_size = match &v.value {
+                    super::yaml::Value::Null => None,
+                    _ => Some(a.uint(v, 1, 1_000_000)?),
+                };
+                if cfg.batch_size.is_some() {
+                    warnings.push(not_acted_on(&a, key_node, "per-dataset batch sizes"));
+                }
+            }
+            "prior_reg" => {
+                cfg.prior_reg = a.bool(v)?;
+                if cfg.prior_reg {
+                    warnings.push(not_acted_on(&a, key_node, "prior-preservation datasets"));
+                }
+            }
+            "diff_output_preservation" => {
+                cfg.diff_output_preservation = a.bool(v)?;
+                if cfg.diff_output_preservation {
+                    warnings.push(not_acted_on(
+                        &a,
+                        key_node,
+                        "differential output preservation captions",
+                    ));
+                }
+            }
+            "diff_output_preservation_class" => {
+                cfg.diff_output_preservation_class = a.opt_string(v)?;
+                if cfg.diff_output_preservation_class.is_some() {
+                    warnings.push(not_acted_on(
+                        &a,
+                        key_node,
+                        "differential output preservation captions",
+                    ));
+                }
+            }
+            "cache_tensors_to_disk" => {
+                if a.bool(v)? {
+                    warnings.push(not_acted_on(
+                        &a,
+                        key_node,
+                        "caching video and audio tensors",
+                    ));
+                }
+            }
+            // Default true, so `false` is the value that would change something; the generic
+            // path below treats false as unset.
+            "trim_auto_frame_count_tail" => {
+                if !a.bool(v)? {
+                    warnings.push(ConfigWarning::new(
+                        &a,
+                        key_node.line,
+                        "not implemented by larder yet (video datasets); ignored".into(),
+                    ));
+                }
+            }
+            "cache_latents_num_workers" => {
+                if let super::yaml::Value::Null = v.value {
+                } else {
+                    a.uint(v, 0, 1024)?;
+                    warnings.push(ConfigWarning::new(
+                        &a,
+                        key_node.line,
+                        "not acted on by larder: `larder prepare` sizes its own decode threads; ignored".into(),
+                    ));
+                }
+            }
             // larder's own keys.
             "seed" => cfg.seed = a.int(v, 0, i64::MAX)? as u64,
             "bucket_strategy" => strategy_node = Some(v),
             "kohya_buckets" => kohya = Some(v),
             "bucket_list" => bucket_list = Some(v),
+            "max_image_pixels" => cfg.max_image_pixels = max_image_pixels(&a, v)?,
             // Recognised with nothing to do: larder always reads sizes from headers, fast.
             "fast_image_size" => {
                 a.bool(v)?;
@@ -300,14 +386,7 @@ pub(crate) fn parse_dataset(
                         ));
                     }
                 } else {
-                    let hint = suggestion(key)
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_default();
-                    warnings.push(ConfigWarning::new(
-                        &a,
-                        key_node.line,
-                        format!("unknown key, ignored{hint}"),
-                    ));
+                    warnings.push(keys::unknown_in(&a, key_node, keys::DATASET));
                 }
             }
         }
@@ -391,6 +470,11 @@ impl DatasetConfig {
             loader: LoaderOptions::default(),
             seed: larder.seed,
             bucket_strategy: larder.bucket_strategy.clone(),
+            max_image_pixels: larder.max_image_pixels,
+            batch_size: None,
+            prior_reg: false,
+            diff_output_preservation: false,
+            diff_output_preservation_class: None,
         }
     }
 }
@@ -400,6 +484,7 @@ impl DatasetConfig {
 pub(crate) struct LarderDefaults {
     pub seed: u64,
     pub bucket_strategy: BucketStrategy,
+    pub max_image_pixels: Option<u64>,
 }
 
 impl Default for LarderDefaults {
@@ -407,8 +492,31 @@ impl Default for LarderDefaults {
         LarderDefaults {
             seed: 0,
             bucket_strategy: BucketStrategy::AiToolkit,
+            max_image_pixels: Some(DEFAULT_MAX_IMAGE_PIXELS),
         }
     }
+}
+
+/// Reads `max_image_pixels`: a pixel count, or 0 or null for no limit.
+pub(crate) fn max_image_pixels(at: &At<'_>, node: &Node) -> Result<Option<u64>> {
+    match &node.value {
+        super::yaml::Value::Null => Ok(None),
+        _ => {
+            let n = at
+                .int(node, 0, i64::MAX)
+                .map_err(|_| at.expected(node, "a pixel count (0 or null for no limit)"))?;
+            Ok((n > 0).then_some(n as u64))
+        }
+    }
+}
+
+/// The warning for an AI Toolkit key that larder reads and checks but does not act on yet.
+fn not_acted_on(at: &At<'_>, key: &Node, what: &str) -> ConfigWarning {
+    ConfigWarning::new(
+        at,
+        key.line,
+        format!("not acted on by larder yet ({what}); ignored"),
+    )
 }
 
 fn source_of(at: &At<'_>, node: &Node, text: &str) -> Result<Source> {
@@ -630,75 +738,129 @@ fn is_default(key: &str, node: &Node) -> bool {
     ) || matches!((key, &node.value), ("fps", Float(f)) if *f == 16.0)
 }
 
-/// The known key closest to a misspelt one, if any is within two edits.
-fn suggestion(key: &str) -> Option<&'static str> {
-    KNOWN_KEYS
-        .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, k)| k)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-const KNOWN_KEYS: &[&str] = &[
-    "folder_path",
-    "dataset_path",
-    "caption_ext",
-    "caption_type",
-    "default_caption",
-    "trigger_word",
-    "random_triggers",
-    "random_triggers_max",
-    "replacements",
-    "caption_dropout_rate",
-    "token_dropout_rate",
-    "keep_tokens",
-    "shuffle_tokens",
-    "use_short_captions",
-    "resolution",
-    "bucket_tolerance",
-    "buckets",
-    "scale",
-    "random_crop",
-    "square_crop",
-    "flip_x",
-    "flip_y",
-    "num_repeats",
-    "control_path",
-    "control_transparent_color",
-    "mask_path",
-    "alpha_mask",
-    "invert_mask",
-    "mask_min_value",
-    "inpaint_path",
-    "is_reg",
-    "network_weight",
-    "loss_multiplier",
-    "cache_latents",
-    "cache_latents_to_disk",
-    "cache_text_embeddings",
-    "cache_clip_vision_to_disk",
-    "num_workers",
-    "persistent_workers",
-    "prefetch_factor",
-    "gpu_prefetch_batches",
-    "seed",
-    "bucket_strategy",
-    "kohya_buckets",
-    "bucket_list",
-];
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
+    fn parse(text: &str, file: &Path) -> (Result<DatasetConfig>, Vec<ConfigWarning>) {
+        let node = super::super::yaml::parse(text).expect("valid yaml");
+        let mut warnings = Vec::new();
+        let at = At::root(file, "datasets").index(0);
+        let r = parse_dataset(&at, &node, &LarderDefaults::default(), &mut warnings);
+        (r, warnings)
     }
-    prev[b.len()]
+
+    #[test]
+    fn every_listed_dataset_key_has_a_branch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.yaml");
+        for key in keys::DATASET.iter().filter(|k| **k != "folder_path") {
+            // A null value is an error for some keys and a no-op for others; either way the
+            // key must not fall through to "unknown key".
+            let text = format!("folder_path: {:?}\n{key}: null\n", dir.path());
+            let (_, warnings) = parse(&text, &file);
+            assert!(
+                warnings.iter().all(|w| !w.message.contains("unknown key")),
+                "{key}: {warnings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn new_ai_toolkit_keys_are_typed_stored_and_warn_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.yaml");
+        let text = format!(
+            "folder_path: {:?}\nbatch_size: 4\nprior_reg: true\ndiff_output_preservation: yes\ndiff_output_preservation_class: person\ncache_tensors_to_disk: true\ncache_latents_num_workers: 3\ntrim_auto_frame_count_tail: false\n",
+            dir.path()
+        );
+        let (cfg, warnings) = parse(&text, &file);
+        let cfg = cfg.expect("valid");
+        assert_eq!(cfg.batch_size, Some(4));
+        assert!(cfg.prior_reg && cfg.diff_output_preservation);
+        assert_eq!(
+            cfg.diff_output_preservation_class.as_deref(),
+            Some("person")
+        );
+        let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "datasets[0].batch_size",
+                "datasets[0].prior_reg",
+                "datasets[0].diff_output_preservation",
+                "datasets[0].diff_output_preservation_class",
+                "datasets[0].cache_tensors_to_disk",
+                "datasets[0].cache_latents_num_workers",
+                "datasets[0].trim_auto_frame_count_tail",
+            ]
+        );
+        assert!(
+            warnings.iter().all(|w| w.message.contains("larder")),
+            "{warnings:?}"
+        );
+
+        // Their defaults say nothing.
+        let text = format!(
+            "folder_path: {:?}\nbatch_size: null\nprior_reg: false\ndiff_output_preservation: false\ndiff_output_preservation_class: ''\ncache_tensors_to_disk: false\ntrim_auto_frame_count_tail: true\n",
+            dir.path()
+        );
+        let (cfg, warnings) = parse(&text, &file);
+        assert_eq!(cfg.expect("valid").batch_size, None);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn new_ai_toolkit_keys_reject_wrong_types_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.yaml");
+        for (line, key) in [
+            ("batch_size: many", "datasets[0].batch_size"),
+            ("batch_size: 0", "datasets[0].batch_size"),
+            ("prior_reg: 3", "datasets[0].prior_reg"),
+            (
+                "diff_output_preservation: person",
+                "datasets[0].diff_output_preservation",
+            ),
+            (
+                "diff_output_preservation_class: [a]",
+                "datasets[0].diff_output_preservation_class",
+            ),
+            (
+                "cache_tensors_to_disk: sometimes",
+                "datasets[0].cache_tensors_to_disk",
+            ),
+            (
+                "cache_latents_num_workers: -1",
+                "datasets[0].cache_latents_num_workers",
+            ),
+            (
+                "trim_auto_frame_count_tail: 2",
+                "datasets[0].trim_auto_frame_count_tail",
+            ),
+            ("max_image_pixels: lots", "datasets[0].max_image_pixels"),
+        ] {
+            let text = format!("folder_path: {:?}\n{line}\n", dir.path());
+            match parse(&text, &file).0 {
+                Err(Error::Config {
+                    key: k, line: 2, ..
+                }) => assert_eq!(k, key),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn max_image_pixels_defaults_to_pillows_limit_and_zero_lifts_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.yaml");
+        let get = |extra: &str| {
+            let text = format!("folder_path: {:?}\n{extra}", dir.path());
+            parse(&text, &file).0.expect("valid").max_image_pixels
+        };
+        assert_eq!(get(""), Some(DEFAULT_MAX_IMAGE_PIXELS));
+        assert_eq!(get("max_image_pixels: 1000\n"), Some(1000));
+        assert_eq!(get("max_image_pixels: 0\n"), None);
+        assert_eq!(get("max_image_pixels: null\n"), None);
+    }
 }

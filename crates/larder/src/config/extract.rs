@@ -24,11 +24,15 @@ impl<'a> At<'a> {
         }
     }
 
-    /// The location of `name` inside this mapping.
+    /// The location of `name` inside this mapping (a top-level key when this is the file).
     pub fn child(&self, name: &str) -> At<'a> {
         At {
             file: self.file,
-            key: format!("{}.{name}", self.key),
+            key: if self.key.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{}.{name}", self.key)
+            },
         }
     }
 

@@ -11,16 +11,19 @@
 
 mod dataset;
 mod extract;
+mod keys;
 mod model;
 mod yaml;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use dataset::{BucketStrategy, CacheOptions, DatasetConfig, LoaderOptions, Source};
+pub use dataset::{
+    BucketStrategy, CacheOptions, DEFAULT_MAX_IMAGE_PIXELS, DatasetConfig, LoaderOptions, Source,
+};
 pub use model::{DEFAULT_DIVISIBILITY, divisibility_for_arch};
 
-use dataset::{LarderDefaults, parse_bucket_strategy, parse_dataset};
+use dataset::{LarderDefaults, max_image_pixels, parse_bucket_strategy, parse_dataset};
 use extract::At;
 use yaml::Node;
 
@@ -118,49 +121,62 @@ impl Config {
         let mut dataset_lists: Vec<(At<'_>, &Node)> = Vec::new();
         let mut model: Option<(At<'_>, &Node)> = None;
         if let Some(config) = root.get("config") {
+            job_file_keys(path, entries, &mut warnings)?;
             let at = At::root(path, "config");
+            keys::warn_unknown(&at, config, keys::CONFIG, &mut warnings)?;
             let process = config.get("process").ok_or_else(|| {
                 at.error(
                     config,
-                    "an AI Toolkit job file needs `config.process`, a list of processes",
+                    format!(
+                        "an AI Toolkit job file needs `config.process`, a list of processes{}",
+                        found_keys(config, "process", keys::CONFIG)
+                    ),
                 )
             })?;
             let pat = at.child("process");
-            for (i, p) in pat.seq(process)?.iter().enumerate() {
+            let processes = pat.seq(process)?;
+            for (i, p) in processes.iter().enumerate() {
                 let a = pat.index(i);
+                keys::warn_unknown(&a, p, keys::PROCESS, &mut warnings)?;
                 if let Some(d) = p.get("datasets") {
                     dataset_lists.push((a.child("datasets"), d));
                 }
-                if model.is_none()
-                    && let Some(m) = p.get("model")
-                {
-                    model = Some((a.child("model"), m));
+                if let Some(m) = p.get("model") {
+                    let ma = a.child("model");
+                    keys::warn_unknown(&ma, m, keys::MODEL, &mut warnings)?;
+                    if model.is_none() {
+                        model = Some((ma, m));
+                    }
                 }
             }
+            if dataset_lists.is_empty() {
+                return Err(no_datasets_in_processes(&pat, process, processes));
+            }
         } else if let Some(d) = root.get("datasets") {
+            for (key, _) in entries {
+                let name = key.as_key().unwrap_or_default();
+                if !keys::PLAIN_FILE.contains(&name) {
+                    // A plain file's other keys are often YAML anchors (`common: &c ...`);
+                    // `config` is the one a typo would matter for, so it is in the hint list.
+                    let known = [keys::PLAIN_FILE, &["config"]].concat();
+                    warnings.push(keys::unknown_in(&At::root(path, name), key, &known));
+                }
+            }
             dataset_lists.push((At::root(path, "datasets"), d));
             if let Some(m) = root.get("model") {
-                model = Some((At::root(path, "model"), m));
+                let ma = At::root(path, "model");
+                keys::warn_unknown(&ma, m, keys::MODEL, &mut warnings)?;
+                model = Some((ma, m));
             }
-        }
-        if dataset_lists.is_empty() {
-            return Err(file_at.error(
+        } else {
+            let known = [keys::PLAIN_FILE, &["config"]].concat();
+            return Err(file_at.child("datasets").error(
                 &root,
-                "no datasets found: expected a top-level `datasets:` list or an AI Toolkit job file with `config.process[].datasets`",
+                format!(
+                    "no datasets found: expected a top-level `datasets:` list or an AI Toolkit job file with `config.process[].datasets`{}",
+                    found_keys(&root, "datasets", &known)
+                ),
             ));
-        }
-        for (key, _) in entries {
-            let name = key.as_key().unwrap_or_default();
-            if !matches!(
-                name,
-                "config" | "datasets" | "model" | "larder" | "job" | "meta"
-            ) {
-                warnings.push(ConfigWarning::new(
-                    &At::root(path, name),
-                    key.line,
-                    "unknown top-level key, ignored".into(),
-                ));
-            }
         }
 
         let (larder, larder_divisibility) = match root.get("larder") {
@@ -179,7 +195,8 @@ impl Config {
                 line: *line,
                 key: "model.arch".into(),
                 message: format!(
-                    "unknown architecture {name:?}: its bucket divisibility is not known; set `larder.divisibility` (16 for SD/SDXL-like VAEs, 32 for Flux, SD3, Qwen-Image)"
+                    "unknown architecture {name:?}{}: its bucket divisibility is not known; set `larder.divisibility` (16 for SD/SDXL-like VAEs, 32 for Flux, SD3, Qwen-Image)",
+                    model::arch_hint(name)
                 ),
             })?,
             (None, None) => DEFAULT_DIVISIBILITY,
@@ -209,6 +226,101 @@ impl Config {
     }
 }
 
+/// Checks the top level of a job file: its keys, and the value of `job`.
+fn job_file_keys(
+    path: &Path,
+    entries: &[(Node, Node)],
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<()> {
+    for (key, value) in entries {
+        let name = key.as_key().unwrap_or_default();
+        let at = At::root(path, name);
+        match name {
+            "job" => {
+                // AI Toolkit refuses other job types; larder only reads the datasets, so a
+                // warning is enough to point at the typo.
+                let job = at.string(value)?;
+                if !keys::JOB_TYPES.contains(&job.as_str()) {
+                    warnings.push(ConfigWarning::new(
+                        &at,
+                        value.line,
+                        format!(
+                            "AI Toolkit knows no job type {job:?}{}",
+                            keys::hint(&job, keys::JOB_TYPES)
+                        ),
+                    ));
+                }
+            }
+            "datasets" | "model" => warnings.push(ConfigWarning::new(
+                &at,
+                key.line,
+                format!(
+                    "ignored in an AI Toolkit job file: larder reads `config.process[].{name}`"
+                ),
+            )),
+            _ if !keys::JOB_FILE.contains(&name) => {
+                warnings.push(keys::unknown_in(&at, key, keys::JOB_FILE));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The error for a job file none of whose processes has a `datasets` list. It names the process
+/// most likely meant (one with a key close to `datasets`, else the first) and lists its keys.
+fn no_datasets_in_processes(pat: &At<'_>, list: &Node, processes: &[Node]) -> Error {
+    let near_miss = |p: &Node| match &p.value {
+        yaml::Value::Map(entries) => entries.iter().any(|(k, _)| {
+            keys::did_you_mean(k.as_key().unwrap_or_default(), &["datasets"]).is_some()
+        }),
+        _ => false,
+    };
+    let Some((i, p)) = processes
+        .iter()
+        .enumerate()
+        .find(|(_, p)| near_miss(p))
+        .or_else(|| processes.iter().enumerate().next())
+    else {
+        return pat.error(
+            list,
+            "is empty: a job file needs at least one process with `datasets`",
+        );
+    };
+    pat.index(i).error(
+        p,
+        format!(
+            "no `datasets` list in this process{}",
+            found_keys(p, "datasets", keys::PROCESS)
+        ),
+    )
+}
+
+/// "; keys found: `a`, `b` (did you mean `wanted` for `b`?)", describing the mapping `node` that
+/// lacks the key `wanted`. Other typos in it get their own warnings.
+fn found_keys(node: &Node, wanted: &str, known: &[&str]) -> String {
+    let yaml::Value::Map(entries) = &node.value else {
+        return String::new();
+    };
+    let names: Vec<&str> = entries.iter().filter_map(|(k, _)| k.as_key()).collect();
+    if names.is_empty() {
+        return "; the mapping is empty".into();
+    }
+    let listed = names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // A key that is not valid here and is close to `wanted` is the likely typo.
+    let typo = names
+        .iter()
+        .find(|n| !known.contains(n) && keys::did_you_mean(n, &[wanted]).is_some());
+    match typo {
+        Some(t) => format!("; keys found: {listed} (did you mean `{wanted}` for `{t}`?)"),
+        None => format!("; keys found: {listed}"),
+    }
+}
+
 fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u32>)> {
     let mut defaults = LarderDefaults::default();
     let mut divisibility = None;
@@ -218,11 +330,18 @@ fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u3
         match key {
             "seed" => defaults.seed = a.int(v, 0, i64::MAX)? as u64,
             "divisibility" => divisibility = Some(a.uint(v, 1, 1024)?),
+            "max_image_pixels" => defaults.max_image_pixels = max_image_pixels(&a, v)?,
             "bucket_strategy" | "kohya_buckets" | "bucket_list" => {}
+            // larder's own section: an unknown key here is surely a mistake, so it is an error
+            // rather than a warning.
             _ => {
                 return Err(a.error(
                     k,
-                    "expected one of seed, divisibility, bucket_strategy, kohya_buckets, bucket_list",
+                    format!(
+                        "unknown larder key{}; expected one of {}",
+                        keys::hint(key, keys::LARDER),
+                        keys::LARDER.join(", ")
+                    ),
                 ));
             }
         }

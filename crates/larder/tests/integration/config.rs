@@ -256,3 +256,133 @@ fn kohya_and_list_strategies_parse_with_defaults() {
         }
     );
 }
+
+#[test]
+fn misspelt_keys_at_every_level_warn_with_the_key_they_misspell() {
+    let dir = tmp_with_images();
+    let path = file(
+        dir.path(),
+        "typo.yaml",
+        "job: extention\nconfg_extra: 1\nconfig:\n  name: x\n  traning_folder: out\n  process:\n    - type: sd_trainer\n      modle:\n        arch: flux\n      model:\n        arhc: flux\n        name_or_path: x\n      datasets:\n        - folder_path: imgs\n          shufle_tokens: true\n",
+    );
+    let config = Config::load(&path).expect("typos are warnings");
+    let got: Vec<(&str, u64, &str)> = config
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_str(), w.line, w.message.as_str()))
+        .collect();
+    let expect = [
+        ("job", 1, "did you mean `extension`?"),
+        (
+            "config.traning_folder",
+            5,
+            "did you mean `training_folder`?",
+        ),
+        ("config.process[0].modle", 8, "did you mean `model`?"),
+        ("config.process[0].model.arhc", 11, "did you mean `arch`?"),
+        (
+            "config.process[0].datasets[0].shufle_tokens",
+            15,
+            "did you mean `shuffle_tokens`?",
+        ),
+    ];
+    for (key, line, hint) in expect {
+        assert!(
+            got.iter()
+                .any(|(k, l, m)| *k == key && *l == line && m.contains(hint)),
+            "no warning {key}:{line} {hint:?} in {got:#?}"
+        );
+    }
+    // `confg_extra` is unknown at the top level but close to nothing: a plain warning.
+    assert!(
+        got.iter()
+            .any(|(k, _, m)| *k == "confg_extra" && !m.contains("did you mean")),
+        "{got:#?}"
+    );
+    // Without `arch`, AI Toolkit falls back to SD 1.5, and so does larder; the warning is what
+    // tells the user.
+    assert_eq!(config.divisibility, 16);
+}
+
+#[test]
+fn misspelt_datasets_in_a_process_is_an_error_naming_the_process_and_its_keys() {
+    let dir = tmp_with_images();
+    let path = file(
+        dir.path(),
+        "nods.yaml",
+        "job: extension\nconfig:\n  name: x\n  process:\n    - type: sd_trainer\n      model:\n        arch: flux\n      dataset:\n        - folder_path: imgs\n",
+    );
+    match Config::load(&path).expect_err("no datasets") {
+        Error::Config {
+            key, line, message, ..
+        } => {
+            assert_eq!(key, "config.process[0]");
+            assert_eq!(line, 5);
+            assert!(
+                message.contains("`type`, `model`, `dataset`")
+                    && message.contains("did you mean `datasets`"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A plain file with a misspelt top-level list names the key it lacks, not an empty one.
+    let err = Config::load(file(
+        dir.path(),
+        "plain.yaml",
+        "dataset:\n  - folder_path: imgs\n",
+    ))
+    .expect_err("no datasets");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`datasets`: no datasets found") && msg.contains("did you mean `datasets`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_larder_keys_are_errors_with_a_hint_and_arch_typos_get_one_too() {
+    let dir = tmp_with_images();
+    let err = Config::load(file(
+        dir.path(),
+        "l.yaml",
+        "datasets:\n  - folder_path: imgs\nlarder:\n  max_image_pixel: 10\n",
+    ))
+    .expect_err("unknown larder key");
+    assert!(
+        err.to_string().contains("did you mean `max_image_pixels`"),
+        "{err}"
+    );
+    // AI Toolkit's Z-Image arch is `zimage`: `z_image` would load as SD 1.5 there.
+    let err = Config::load(file(
+        dir.path(),
+        "z.yaml",
+        "config:\n  process:\n    - model:\n        arch: z_image\n      datasets:\n        - folder_path: imgs\n",
+    ))
+    .expect_err("z_image is not an AI Toolkit arch");
+    assert!(err.to_string().contains("did you mean `zimage`"), "{err}");
+}
+
+#[test]
+fn max_image_pixels_is_read_from_the_larder_section() {
+    let dir = tmp_with_images();
+    let load = |larder: &str| {
+        Config::load(file(
+            dir.path(),
+            "m.yaml",
+            &format!("datasets:\n  - folder_path: imgs\n  - folder_path: imgs\n    max_image_pixels: 7\n{larder}"),
+        ))
+        .expect("valid")
+    };
+    let c = load("");
+    assert_eq!(
+        c.datasets[0].max_image_pixels,
+        Some(larder::DEFAULT_MAX_IMAGE_PIXELS)
+    );
+    let c = load("larder:\n  max_image_pixels: 1000\n");
+    assert_eq!(c.datasets[0].max_image_pixels, Some(1000));
+    // A dataset's own value wins over the section's.
+    assert_eq!(c.datasets[1].max_image_pixels, Some(7));
+    let c = load("larder:\n  max_image_pixels: 0\n");
+    assert_eq!(c.datasets[0].max_image_pixels, None);
+}
