@@ -1034,3 +1034,65 @@ fn slot<'t>(
     }
     Ok(&mut tensor.data.as_mut_slice()[k * item_bytes..(k + 1) * item_bytes])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store of twelve 64×64 images.
+    fn small_store(dir: &std::path::Path) -> Arc<Store> {
+        let imgs = dir.join("imgs");
+        std::fs::create_dir_all(&imgs).expect("mkdir");
+        for i in 0..12 {
+            crate::synth::write_image(&imgs.join(format!("{i}.png")), 64, 64, i).expect("image");
+        }
+        let config = dir.join("c.yaml");
+        std::fs::write(
+            &config,
+            "datasets:\n  - folder_path: imgs\n    resolution: 64\n",
+        )
+        .expect("config");
+        let out = dir.join("store");
+        crate::prepare(
+            &crate::Config::load(&config).expect("config"),
+            &out,
+            &crate::PrepareOptions::default(),
+        )
+        .expect("prepare");
+        Arc::new(Store::open(&out).expect("open"))
+    }
+
+    fn reader_ids(loader: &Loader) -> Vec<std::thread::ThreadId> {
+        loader.readers.as_ref().map_or_else(Vec::new, |r| {
+            r.threads.iter().map(|t| t.thread().id()).collect()
+        })
+    }
+
+    #[test]
+    fn reader_threads_live_across_epochs_and_batch_size_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = LoaderOptions {
+            batch_size: 2,
+            threads: 3,
+            prefetch: 2,
+            ..LoaderOptions::default()
+        };
+        let mut loader = Loader::new(small_store(dir.path()), options).expect("loader");
+        loader.next().expect("batch").expect("ok");
+        let first = reader_ids(&loader);
+        assert_eq!(first.len(), 3);
+        // The rest of epoch 0, and the start of epoch 1.
+        assert_eq!(loader.by_ref().filter(|b| b.is_ok()).count(), 5);
+        loader.next().expect("batch").expect("ok");
+        assert_eq!(reader_ids(&loader), first, "a new epoch");
+        loader.set_batch_size(3).expect("resize");
+        let b = loader.next().expect("batch").expect("ok");
+        assert_eq!(b.len(), 3);
+        assert_eq!(reader_ids(&loader), first, "a batch-size change");
+        loader.set_epoch(5);
+        loader.next().expect("batch").expect("ok");
+        assert_eq!(reader_ids(&loader), first, "set_epoch");
+        let readers = loader.readers.as_ref().expect("readers");
+        assert!(readers.threads.iter().all(|t| !t.is_finished()));
+    }
+}

@@ -178,6 +178,12 @@ impl Catalog {
         Ok(())
     }
 
+    /// Adds the tables and indexes of the current schema that an older catalog lacks (every
+    /// statement of the schema is `IF NOT EXISTS`).
+    pub fn ensure_schema(&self) -> Result<()> {
+        self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))
+    }
+
     /// Runs SQLite's check of every page and b-tree of the catalog (it reads the whole file:
     /// about as long as reading the catalog once). A damaged catalog is an error.
     pub fn quick_check(&self) -> Result<()> {

@@ -474,7 +474,8 @@ impl Store {
     }
 
     /// Verifies the store and forgets every broken shard: its catalog rows and entries go, and
-    /// so does the file. The next `larder prepare` recomputes exactly the lost entries.
+    /// so does the file. The next `larder prepare` recomputes exactly the lost entries. Sound
+    /// shards without chunk checksums (a store written before they existed) get them.
     pub fn repair(&mut self) -> Result<VerifyReport> {
         self.local_only("larder verify --repair")?;
         let report = self.verify()?;
@@ -504,6 +505,19 @@ impl Store {
             )
             .map_err(err)?;
             tx.commit().map_err(err)?;
+            // A store written before chunk checksums existed gets them for its sound shards:
+            // readers check what they read against them (and a push needs them).
+            cat.ensure_schema()?;
+            let sums = cat.shard_chunks()?;
+            for (id, file, _, _) in cat.shards()? {
+                let path = self.root.join(SHARD_DIR).join(&file);
+                if sums.contains_key(&id) || broken.contains(path.as_path()) {
+                    continue;
+                }
+                let chunks = super::shard::chunk_sums_of_file(&path)
+                    .map_err(|e| crate::Error::io(&path, e))?;
+                cat.set_shard_chunks(id, &chunks)?;
+            }
             for path in &broken {
                 match std::fs::remove_file(path) {
                     Ok(()) => {}

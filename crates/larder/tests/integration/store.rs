@@ -409,3 +409,37 @@ fn a_catalog_overwritten_in_the_middle_fails_verify_with_the_advice() {
         .expect_err("a damaged catalog fails verify");
     assert_corrupt_catalog(&err, &catalog);
 }
+
+#[test]
+fn repair_records_the_chunk_checksums_a_store_written_before_them_lacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dataset(dir.path());
+    let out = dir.path().join("store");
+    run(&config, &out);
+    let sums = |db: &rusqlite::Connection| -> Vec<(i64, i64, Vec<u8>)> {
+        let mut stmt = db
+            .prepare("SELECT shard, chunk_bytes, blake3 FROM shard_chunks ORDER BY shard")
+            .expect("query");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("sums")
+    };
+    let db = rusqlite::Connection::open(out.join("catalog.sqlite")).expect("catalog");
+    let written = sums(&db);
+    assert!(!written.is_empty());
+    // A catalog from before chunk checksums: no table at all.
+    db.execute_batch("DROP TRIGGER shard_chunks_follow_shards; DROP TABLE shard_chunks")
+        .expect("drop");
+    drop(db);
+    let store = Store::open(&out).expect("open");
+    for item in store.items().expect("items") {
+        store.read_field(&item, "pixels").expect("read unchecked");
+    }
+    drop(store);
+    let mut store = Store::open(&out).expect("open");
+    let report = store.repair().expect("repair");
+    assert!(report.problems.is_empty(), "{report:?}");
+    let db = rusqlite::Connection::open(out.join("catalog.sqlite")).expect("catalog");
+    assert_eq!(sums(&db), written);
+}
