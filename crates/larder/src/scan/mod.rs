@@ -65,6 +65,11 @@ pub enum FindingKind {
     MissingInpaint,
     /// `scale` shrinks the image to nothing; it is left out of the plan.
     TooSmall,
+    /// The header gives more pixels than `max_image_pixels` (Pillow's decompression-bomb
+    /// limit by default); the image is left out without being decoded.
+    TooLarge,
+    /// A symbolic link whose target does not exist.
+    DanglingSymlink,
 }
 
 impl FindingKind {
@@ -79,6 +84,8 @@ impl FindingKind {
                 | FindingKind::Unsupported
                 | FindingKind::MissingImage
                 | FindingKind::TooSmall
+                | FindingKind::TooLarge
+                | FindingKind::DanglingSymlink
         )
     }
 }
@@ -338,16 +345,20 @@ fn scan_one(
                     orientation: 1,
                 },
             )),
-            (Err(e), _) => Err((
-                FindingKind::MissingImage,
-                format!("listed in the metadata file but not readable: {e}"),
-            )),
+            (Err(e), _) => Err(dangling(&path).unwrap_or_else(|| {
+                (
+                    FindingKind::MissingImage,
+                    format!("listed in the metadata file but not readable: {e}"),
+                )
+            })),
             (Ok(_), None) => Err((
                 FindingKind::Unsupported,
                 "extension is not jpg, jpeg, png or webp".into(),
             )),
         },
         None => header::probe(&path).map_err(|p| match p {
+            // Opening follows links, so a link to nothing reads as a missing file; say which.
+            HeaderProblem::NotFound if let Some(found) = dangling(&path) => found,
             HeaderProblem::NotFound if c.meta.is_some() => (
                 FindingKind::MissingImage,
                 "listed in the metadata file but does not exist".into(),
@@ -370,6 +381,22 @@ fn scan_one(
             return (None, findings);
         }
     };
+    let pixels = u64::from(head.width) * u64::from(head.height);
+    if let Some(limit) = cfg.max_image_pixels
+        && pixels > limit
+    {
+        // Pillow, which AI Toolkit decodes with, warns above its limit and refuses twice it;
+        // the bytes a decoder would allocate are what matters, so larder stops at the limit.
+        finding(
+            FindingKind::TooLarge,
+            &path,
+            format!(
+                "{}x{} is {pixels} pixels, above the limit of {limit} (a decompression bomb, or a scan too large to train on); left out without decoding. Raise `max_image_pixels` in the `larder:` section (0 for no limit) to keep it",
+                head.width, head.height
+            ),
+        );
+        return (None, findings);
+    }
 
     let (caption, caption_source) = load_caption(cfg, &path, c.meta.as_ref(), &mut finding);
     let caption_short = c
@@ -430,6 +457,22 @@ fn scan_one(
         inpaint,
     };
     (Some(image), findings)
+}
+
+/// The finding for `path` when it is a symbolic link whose target does not exist.
+fn dangling(path: &Path) -> Option<(FindingKind, String)> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    if !md.file_type().is_symlink() {
+        return None;
+    }
+    let target = std::fs::read_link(path).ok()?;
+    Some((
+        FindingKind::DanglingSymlink,
+        format!(
+            "dangling symbolic link: its target {} does not exist",
+            target.display()
+        ),
+    ))
 }
 
 /// Loads an image's caption as AI Toolkit does: from the metadata file when it has one, else

@@ -14,6 +14,10 @@ const OTHER_IMAGE_EXTENSIONS: [&str; 10] = [
     "gif", "bmp", "tif", "tiff", "avif", "heic", "heif", "jxl", "jp2", "tga",
 ];
 
+/// AI Toolkit's video extensions (`video_extensions` in `toolkit/data_loader.py`): its video
+/// models train on these files; larder cannot read them yet, so each is reported.
+const VIDEO_EXTENSIONS: [&str; 8] = ["mp4", "avi", "mov", "webm", "mkv", "wmv", "m4v", "flv"];
+
 /// Folders that hold AI Toolkit's own caches and generated controls, never training images.
 const SKIPPED_DIRS: [&str; 4] = [
     "_latent_cache",
@@ -123,6 +127,12 @@ fn walk_dir<'s>(
                 FindingKind::Unsupported,
                 &path,
                 format!(".{e} images are not read; convert them to JPEG, PNG or WebP"),
+            )),
+            Some(e) if VIDEO_EXTENSIONS.contains(&e) => record(Finding::new(
+                dataset,
+                FindingKind::Unsupported,
+                &path,
+                "video is not supported yet; the file is left out".into(),
             )),
             _ => {}
         }

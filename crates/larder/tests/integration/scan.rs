@@ -477,3 +477,233 @@ mod robustness {
         }
     }
 }
+
+/// A valid PNG of `w`×`h` black pixels (1-bit grayscale), written without ever holding the
+/// pixels: the zlib stream is built by hand as one literal zero followed by 258-byte copies of
+/// it, so a 40000×40000 image takes about a megabyte and a few milliseconds.
+fn black_png(w: u32, h: u32) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        /// Appends the low `len` bits of `v`, least significant first (deflate's bit order).
+        fn put(&mut self, v: u32, len: u32) {
+            self.acc |= u64::from(v) << self.n;
+            self.n += len;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        /// Appends a Huffman code, which deflate stores most significant bit first.
+        fn code(&mut self, code: u32, len: u32) {
+            self.put(code.reverse_bits() >> (32 - len), len);
+        }
+    }
+    let raw = u64::from(h) * (1 + u64::from(w.div_ceil(8)));
+    let mut bits = Bits {
+        out: vec![0x78, 0x01],
+        acc: 0,
+        n: 0,
+    };
+    bits.put(1, 1); // last block
+    bits.put(1, 2); // fixed Huffman codes
+    let literal_zero = |b: &mut Bits| b.code(0x30, 8);
+    literal_zero(&mut bits);
+    let mut left = raw - 1;
+    while left >= 258 {
+        bits.code(0xC5, 8); // length 258 (symbol 285)
+        bits.code(0, 5); // distance 1
+        left -= 258;
+    }
+    for _ in 0..left {
+        literal_zero(&mut bits);
+    }
+    bits.code(0, 7); // end of block
+    bits.put(0, 7); // flush to a byte boundary
+    let mut zlib = bits.out;
+    // Adler-32 of zeros: a stays 1, b adds 1 per byte.
+    let adler = ((raw % 65521) << 16) as u32 | 1;
+    zlib.extend_from_slice(&adler.to_be_bytes());
+
+    let table: Vec<u32> = (0..256u32)
+        .map(|n| {
+            (0..8).fold(n, |c, _| {
+                if c & 1 == 1 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                }
+            })
+        })
+        .collect();
+    let crc = |bytes: &[u8]| {
+        !bytes.iter().fold(!0u32, |c, &b| {
+            table[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
+        })
+    };
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        png.extend_from_slice(&body);
+        png.extend_from_slice(&crc(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[1, 0, 0, 0, 0]); // 1-bit grayscale, no interlace
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &zlib);
+    chunk(b"IEND", &[]);
+    png
+}
+
+#[test]
+fn the_hand_built_png_decodes_to_black_pixels() {
+    // The writer the decompression-bomb test relies on, checked on a size a decoder can take.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("small.png");
+    std::fs::write(&path, black_png(1000, 37)).expect("write");
+    let img = image::open(&path).expect("a valid PNG").into_luma8();
+    assert_eq!(img.dimensions(), (1000, 37));
+    assert!(img.pixels().all(|p| p.0[0] == 0));
+}
+
+#[test]
+fn decompression_bombs_are_findings_from_the_header_without_decoding() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bomb = black_png(40_000, 40_000);
+    assert!(bomb.len() < 4 << 20, "{} bytes", bomb.len());
+    std::fs::write(dir.path().join("bomb.png"), &bomb).expect("write");
+    image(dir.path(), "fine.jpg", 64, 48, Some("x"));
+    file(dir.path(), "bomb.txt", "x");
+
+    let report = scan_folder(dir.path());
+    let names: Vec<&str> = report.datasets[0]
+        .images
+        .iter()
+        .filter_map(|i| i.path.file_name()?.to_str())
+        .collect();
+    assert_eq!(names, ["fine.jpg"], "the bomb is left out of the plan");
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::TooLarge)
+        .expect("a too_large finding");
+    assert!(f.path.ends_with("bomb.png"));
+    assert!(
+        f.detail.contains("40000x40000")
+            && f.detail.contains("1600000000")
+            && f.detail
+                .contains(&larder::DEFAULT_MAX_IMAGE_PIXELS.to_string())
+            && f.detail.contains("max_image_pixels"),
+        "{}",
+        f.detail
+    );
+
+    // Lifting the limit keeps it, still without decoding (the scan reads headers only).
+    let config = Config::load(file(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "datasets:\n  - folder_path: {:?}\nlarder:\n  max_image_pixels: 0\n",
+            dir.path()
+        ),
+    ))
+    .expect("config");
+    let report = scan(&config).expect("scan");
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| f.kind != FindingKind::TooLarge)
+    );
+    assert_eq!(report.datasets[0].images.len(), 2);
+}
+
+#[test]
+fn the_pixel_limit_is_inclusive_and_applies_to_metadata_sizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    image(dir.path(), "imgs/at.png", 10, 10, Some("x"));
+    image(dir.path(), "imgs/over.png", 10, 11, Some("x"));
+    image(dir.path(), "listed.png", 8, 8, Some("x"));
+    // A metadata file's size is trusted, so the limit judges the size it gives.
+    file(
+        dir.path(),
+        "meta.jsonl",
+        "{\"path\": \"listed.png\", \"caption\": \"x\", \"width\": 50, \"height\": 50}\n",
+    );
+    let config = Config::load(file(
+        dir.path(),
+        "c.yaml",
+        "datasets:\n  - folder_path: imgs\n  - dataset_path: meta.jsonl\nlarder:\n  max_image_pixels: 100\n",
+    ))
+    .expect("config");
+    let report = scan(&config).expect("scan");
+    assert_eq!(
+        kinds(&report),
+        vec![
+            (FindingKind::TooLarge, "over.png".into()),
+            (FindingKind::TooLarge, "listed.png".into())
+        ]
+    );
+    assert_eq!(report.datasets[0].images.len(), 1);
+}
+
+#[test]
+fn videos_are_findings_until_video_support_lands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    image(dir.path(), "a.jpg", 16, 16, Some("x"));
+    // AI Toolkit's whole list, in mixed case; content does not matter, the extension does.
+    for ext in ["mp4", "AVI", "mov", "webm", "mkv", "wmv", "m4v", "flv"] {
+        file(dir.path(), &format!("clip.{ext}"), "not really a video");
+    }
+    file(
+        dir.path(),
+        "notes.md",
+        "not an image either, and not reported",
+    );
+    let report = scan_folder(dir.path());
+    let videos: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::Unsupported)
+        .collect();
+    assert_eq!(videos.len(), 8, "{:#?}", report.findings);
+    assert!(
+        videos
+            .iter()
+            .all(|f| f.detail.contains("video is not supported yet"))
+    );
+    assert_eq!(report.datasets[0].images.len(), 1);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_dangling_symlink_is_named_with_its_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    image(dir.path(), "real.png", 16, 16, Some("x"));
+    std::os::unix::fs::symlink(dir.path().join("real.png"), dir.path().join("good.png"))
+        .expect("symlink");
+    std::os::unix::fs::symlink("/nowhere/gone.png", dir.path().join("link.png")).expect("symlink");
+    let report = scan_folder(dir.path());
+    let mut got = kinds(&report);
+    got.retain(|(k, _)| *k != FindingKind::MissingCaption);
+    assert_eq!(got, vec![(FindingKind::DanglingSymlink, "link.png".into())]);
+    let f = &report
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::DanglingSymlink);
+    let detail = &f.expect("finding").detail;
+    assert!(
+        detail.contains("dangling") && detail.contains("/nowhere/gone.png"),
+        "{detail}"
+    );
+    // A link to a real image is read through the link.
+    assert_eq!(report.datasets[0].images.len(), 2);
+}
