@@ -110,6 +110,7 @@ fn main() -> ExitCode {
         .with_timer(Timestamp)
         .with_writer(std::io::stderr)
         .init();
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scan(args) => cmd::scan::run(args),
@@ -137,11 +138,85 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`larder scan --json | head`): it has what it
+        // wanted, so there is nothing to report and nothing failed.
+        Err(err) if is_broken_pipe(&err) && stdout_closed() => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Returns true if and only if `err` was caused by writing to a pipe whose reader is gone.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Makes `println!` on a closed standard output end the process quietly with status 0, as a
+/// returned broken-pipe error does: `println!` panics instead of returning the error, and many
+/// commands print with it.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && stdout_closed() {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// Returns true if and only if standard output is a pipe or socket whose reading end is closed.
+///
+/// A broken-pipe error alone does not say which pipe broke: a command that feeds a child
+/// process or talks to a server can get one too, and that is a failure to report, not a
+/// reader that has had enough. The kernel says which: polling a pipe whose reader is gone
+/// reports an error (Linux) or a hang-up (BSD, macOS) at once.
+#[cfg(unix)]
+fn stdout_closed() -> bool {
+    #[repr(C)]
+    struct PollFd {
+        fd: std::ffi::c_int,
+        events: std::ffi::c_short,
+        revents: std::ffi::c_short,
+    }
+    unsafe extern "C" {
+        fn poll(
+            fds: *mut PollFd,
+            nfds: std::ffi::c_ulong,
+            timeout: std::ffi::c_int,
+        ) -> std::ffi::c_int;
+    }
+    // POLLERR and POLLHUP have these values on Linux, macOS and the BSDs; they are reported
+    // whether asked for or not, so no events are requested.
+    const POLLERR: std::ffi::c_short = 0x008;
+    const POLLHUP: std::ffi::c_short = 0x010;
+    let mut fd = PollFd {
+        fd: 1,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `fd` is a valid, exclusively borrowed pollfd array of length 1 that outlives the
+    // call, and a timeout of 0 makes poll return at once. Polling a descriptor has no effect
+    // on it; a closed descriptor 1 is reported as POLLNVAL, not as an error here.
+    let ready = unsafe { poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (POLLERR | POLLHUP) != 0
+}
+
+/// Elsewhere a broken pipe is reported like any other error.
+#[cfg(not(unix))]
+fn stdout_closed() -> bool {
+    false
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ pub struct Report {
     pub epochs: u64,
     batches: usize,
     samples: usize,
+    /// Samples served more than once in their epoch: a bucket whose last batch is short is
+    /// topped up with items of the same bucket (and ranks pad with repeated batches), so the
+    /// figures count these again.
+    repeated_samples: usize,
     seconds: f64,
     pub samples_per_s: f64,
     /// Samples/s over the epochs after the first (none with one epoch).
@@ -114,6 +118,7 @@ pub fn serve(
     let (mut samples, mut bytes) = (0usize, 0usize);
     let mut first_batch_s = None;
     let mut epoch_switch_ms = Vec::new();
+    let mut repeated_samples = 0usize;
     let serve = Instant::now();
     // Where the first epoch ended: what follows is the steady state a long run sees, without
     // one-time costs (page faults of a new map, a remote cache's first-use checksums).
@@ -124,6 +129,7 @@ pub fn serve(
         }
         let mut last = Instant::now();
         let mut first_of_epoch = true;
+        let mut seen = std::collections::HashSet::new();
         for batch in loader.by_ref() {
             let batch = batch?;
             let now = Instant::now();
@@ -135,6 +141,7 @@ pub fn serve(
             first_batch_s.get_or_insert_with(|| started.elapsed().as_secs_f64());
             latencies.push(waited);
             samples += batch.len();
+            repeated_samples += batch.items.iter().filter(|&&id| !seen.insert(id)).count();
             bytes += batch
                 .fields
                 .values()
@@ -162,6 +169,7 @@ pub fn serve(
         epochs: args.epochs,
         batches: latencies.len(),
         samples,
+        repeated_samples,
         seconds,
         samples_per_s: samples as f64 / seconds.max(1e-9),
         steady_samples_per_s,
@@ -195,19 +203,21 @@ pub fn print(report: &Report) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "open {:.3}s (catalog {:.3}s), first batch {:.3}s; batch wait p50 {:.3} ms, p99 {:.3} ms; epoch switch {} ms",
+        "open {:.3}s (catalog {:.3}s), first batch {:.3}s; batch wait p50 {:.3} ms, p99 {:.3} ms; epoch switch {}",
         report.open_s,
         report.store_open_s,
         report.first_batch_s,
         report.latency_p50_ms,
         report.latency_p99_ms,
-        report
-            .epoch_switch_ms
-            .iter()
-            .map(|v| format!("{v:.3}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        epoch_switch(&report.epoch_switch_ms)
     )?;
+    if report.repeated_samples > 0 {
+        writeln!(
+            out,
+            "repeats: {} of the {} samples were items already served in their epoch: a bucket's last batch, when short, is topped up with items of the same bucket",
+            report.repeated_samples, report.samples
+        )?;
+    }
     match (report.rss_mb, report.pss_mb) {
         (Some(r), Some(p)) => writeln!(out, "memory: RSS {r:.1} MB, PSS {p:.1} MB")?,
         _ => writeln!(
@@ -223,6 +233,19 @@ pub fn print(report: &Report) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The epoch switches' batch waits, e.g. `1.250, 0.980 ms`; a single epoch has none.
+fn epoch_switch(ms: &[f64]) -> String {
+    if ms.is_empty() {
+        return "n/a (one epoch)".to_owned();
+    }
+    let list = ms
+        .iter()
+        .map(|v| format!("{v:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{list} ms")
 }
 
 /// Resident and proportional set size, and anonymous memory, of this process, in MiB.

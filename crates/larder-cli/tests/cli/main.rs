@@ -1,7 +1,9 @@
 //! The `larder` binary, run as users run it: one test binary, one module per command group.
 
+mod bench;
 mod dashboard;
 mod diagnose;
+mod diagnose_models;
 mod distributed;
 mod doctor;
 mod encode;

@@ -142,3 +142,30 @@ fn ignored_keys_are_warned_about_on_stderr() {
         "{err}"
     );
 }
+
+/// Runs `larder args` with its standard output a real pipe whose reading end is closed
+/// before the command starts (as in `larder scan --json | head -c 0`); returns its output.
+pub fn with_stdout_closed(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .stdout(writer)
+        .output()
+        .expect("run larder")
+}
+
+#[test]
+fn scan_into_a_closed_pipe_ends_quietly_with_status_0() {
+    let config = sample_config();
+    let config = config.to_str().expect("utf-8 path");
+    for args in [vec!["scan", "--json", config], vec!["scan", config]] {
+        let out = with_stdout_closed(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("error") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
