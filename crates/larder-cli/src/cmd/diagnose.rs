@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use larder::diagnose::{
-    Advice, Estimate, EstimateOptions, MeasureOptions, Measurement, SystemMemory, Workload, advise,
-    estimate, family, human, measure,
+    Advice, Estimate, EstimateOptions, MeasureOptions, Measurement, ModelFigures, SystemMemory,
+    Workload, advise, estimate, family, human, measure, name_or_path_of, resolve,
 };
 use larder::store::CATALOG_FILE;
 use larder::store::codec::Codec;
@@ -22,8 +22,9 @@ pub struct Args {
     /// A prepared store of this config: its real sizes replace the plan's.
     #[arg(long)]
     store: Option<PathBuf>,
-    /// Model family (sd15, sd2, sdxl, sd3, flux, qwen-image, wan21-14b, wan22-14b, wan22-5b);
-    /// by default the one the config's `model.arch` names.
+    /// Model family (sd15, sd2, sdxl, ssd, vega, pixart, sd3, sd35-medium, sd35-large, flux,
+    /// lumina2, chroma, hidream, qwen-image, wan21-14b, wan22-14b, wan22-5b); by default the one
+    /// the config's `model.arch` and `model.name_or_path` name.
     #[arg(long = "model", value_name = "FAMILY")]
     model: Option<String>,
     /// Items per batch.
@@ -67,6 +68,8 @@ struct Report {
     input: PathBuf,
     store: Option<PathBuf>,
     ram: Option<u64>,
+    /// The model figures the estimate uses: a family, or an arch larder has no figures for.
+    model: Option<ModelFigures>,
     estimate: Estimate,
     advice: Vec<Advice>,
     measurement: Option<Measurement>,
@@ -118,23 +121,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ => None,
     };
 
-    let family_name = args
-        .model
-        .clone()
-        .or_else(|| config.as_ref().and_then(|c| c.arch.clone()));
-    let fam = match &family_name {
-        Some(name) => Some(family(name).with_context(|| {
-            format!(
-                "unknown model family {name:?}: expected one of {}",
-                larder::diagnose::FAMILIES
-                    .iter()
-                    .map(|f| f.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?),
-        None => None,
+    // A family typed with --model must be one larder knows (a typo is an error); an arch
+    // from the config is one the config reader accepted, so it is always diagnosed, with the
+    // model figures marked unknown when larder's table has none for it.
+    let model = match (&args.model, config.as_ref().and_then(|c| c.arch.as_deref())) {
+        (Some(name), _) => Some(ModelFigures::Known {
+            family: family(name).with_context(|| {
+                format!(
+                    "unknown model family {name:?}: expected one of {}",
+                    larder::diagnose::FAMILIES
+                        .iter()
+                        .map(|f| f.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+            assumed: None,
+        }),
+        (None, Some(arch)) => Some(resolve(arch, name_or_path_of(&args.input).as_deref())),
+        (None, None) => None,
     };
+    let fam = model.as_ref().and_then(ModelFigures::family);
     let options = EstimateOptions {
         family: fam,
         batch_size: args.batch_size.max(1),
@@ -162,7 +169,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(gb) => Some((gb * 1e9) as u64),
         None => SystemMemory::read().map(|m| m.total),
     };
-    let advice = advise(&breakdown, ram);
+    let advice: Vec<Advice> = model
+        .as_ref()
+        .and_then(ModelFigures::advice)
+        .into_iter()
+        .chain(advise(&breakdown, ram))
+        .collect();
     let comparison = measurement
         .as_ref()
         .map(|m| compare(&breakdown, m))
@@ -171,6 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         input: args.input.clone(),
         store: store_path,
         ram,
+        model,
         estimate: breakdown,
         advice,
         measurement,
@@ -228,13 +241,19 @@ fn print_report(r: &Report) -> anyhow::Result<()> {
         Some(s) => format!("store {}", s.display()),
         None => format!("plan of {}", r.input.display()),
     };
-    let fam = e
-        .family
-        .as_deref()
-        .and_then(family)
-        .map_or("no model family (pass --model)".to_owned(), |f| {
-            format!("{} ({})", f.title, f.name)
-        });
+    let fam = match &r.model {
+        Some(ModelFigures::Known {
+            family,
+            assumed: None,
+        }) => format!("{} ({})", family.title, family.name),
+        Some(ModelFigures::Known { family, .. }) => {
+            format!("{} ({}), assumed", family.title, family.name)
+        }
+        Some(ModelFigures::Unknown { arch }) => {
+            format!("arch {arch:?}, model figures unknown (pass --model to assume a family)")
+        }
+        None => "no model family (pass --model)".to_owned(),
+    };
     writeln!(out, "diagnose: {source}")?;
     writeln!(
         out,
@@ -294,15 +313,20 @@ fn print_report(r: &Report) -> anyhow::Result<()> {
         format!("DataLoader ({}w)", dl.workers),
         format!("larder ({}t)", la.threads)
     )?;
-    let rows: [(&str, String, String); 9] = [
+    let rows: [(&str, String, String); 10] = [
         (
             "per worker: Python + torch",
             human(dl.runtime_per_worker),
             "-".into(),
         ),
         (
-            "per worker: model copy",
-            human(dl.model_per_worker),
+            "per worker: dataset object",
+            human(dl.dataset_state_per_worker),
+            "-".into(),
+        ),
+        (
+            "per worker: largest image decode",
+            human(dl.decode_per_worker),
             "-".into(),
         ),
         (

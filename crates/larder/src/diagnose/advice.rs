@@ -117,24 +117,27 @@ pub fn advise(estimate: &Estimate, ram: Option<u64>) -> Vec<Advice> {
     }
 
     let dl = &estimate.dataloader;
-    if dl.workers > 0 && dl.model_per_worker > 0 {
-        let copies = u64::from(dl.workers) * dl.model_per_worker;
+    if dl.workers > 0 {
         let over_ram = ram.is_some_and(|r| dl.total > r);
         out.push(Advice {
             level: if over_ram { Level::Warn } else { Level::Info },
-            rule: "workers-copy-model",
+            rule: "worker-memory",
             advice: format!(
-                "with AI Toolkit, set num_workers: 0 or serve with larder: {} spawned DataLoader workers would each unpickle the model ({} in all); larder's {} reader threads share one mapped store and no model",
+                "{} DataLoader workers hold {} each ({} in all); the model is not among it. larder's {} reader threads share one process and one mapped store",
                 dl.workers,
-                human(copies),
+                human(dl.per_worker),
+                human(u64::from(dl.workers) * dl.per_worker),
                 estimate.larder.threads
             ),
             reason: format!(
-                "AI Toolkit's dataset holds the model (AiToolkitDataset(..., sd=...)), and a spawned worker receives the dataset pickled: {} per worker for {}{}",
-                human(dl.model_per_worker),
-                estimate.family.as_deref().unwrap_or("the model"),
+                "each worker is its own process: Python and torch ({}), its copy of the dataset object ({} file items: {}), the largest image it decodes ({}) and its prefetched batches ({}). AI Toolkit's dataset drops the model when pickled for a spawned worker (__getstate__ sets sd to None), and a forked worker shares the model's pages{}",
+                human(dl.runtime_per_worker),
+                estimate.workload.items,
+                human(dl.dataset_state_per_worker),
+                human(dl.decode_per_worker),
+                human(dl.batches_per_worker),
                 if over_ram {
-                    format!(", {} in all against {} of RAM", human(dl.total), human(ram.unwrap_or(0)))
+                    format!("; {} in all against {} of RAM", human(dl.total), human(ram.unwrap_or(0)))
                 } else {
                     String::new()
                 }
@@ -216,6 +219,7 @@ mod tests {
             item_text_bytes: 0,
             field_columns: 2,
             catalog_bytes: None,
+            largest_decode_bytes: 0,
             fields: vec![
                 field("latent", latent, 0.5),
                 field("text_embedding", text, 0.0),
@@ -229,7 +233,10 @@ mod tests {
 
     #[test]
     fn a_store_larger_than_ram_gets_the_measured_int8_zstd_saving() {
-        let options = EstimateOptions::default();
+        let options = EstimateOptions {
+            workers: 0,
+            ..EstimateOptions::default()
+        };
         let e = estimate(workload(3_200_000_000, 0, false), &options);
         let advice = advise(&e, Some(1_000_000_000));
         assert_eq!(rules(&advice), ["store-exceeds-ram"]);
@@ -249,15 +256,15 @@ mod tests {
             family: crate::diagnose::family("flux"),
             ..EstimateOptions::default()
         };
-        // 600 MB of a 1 GB machine: near RAM; workers copy the model; the in-memory cache is
-        // copied; text embeddings (5x the latents) dominate.
+        // 600 MB of a 1 GB machine: near RAM; the workers' memory is reported; the in-memory
+        // cache is copied; text embeddings (5x the latents) dominate.
         let e = estimate(workload(100_000_000, 500_000_000, true), &flux);
         let advice = advise(&e, Some(1_000_000_000));
         assert_eq!(
             rules(&advice),
             [
                 "store-near-ram",
-                "workers-copy-model",
+                "worker-memory",
                 "in-memory-cache-copies",
                 "text-embeddings-dominate"
             ]
@@ -267,5 +274,57 @@ mod tests {
         let e = estimate(workload(100_000_000, 0, true), &serial);
         assert_eq!(rules(&advise(&e, Some(64_000_000_000))), ["store-fits"]);
         assert!(advise(&e, None).is_empty());
+    }
+
+    #[test]
+    fn workers_were_said_to_unpickle_the_model() {
+        // Regression: diagnose claimed every spawned worker unpickles the model (Flux: 33.7 GB
+        // a worker). AI Toolkit's dataset drops it when pickled; a worker holds its runtime,
+        // its copy of the dataset object and its buffers.
+        let flux = EstimateOptions {
+            family: crate::diagnose::family("flux"),
+            workers: 2,
+            ..EstimateOptions::default()
+        };
+        let mut w = workload(100_000_000, 0, false);
+        w.item_text_bytes = 50_000;
+        w.largest_decode_bytes = 1_000_000;
+        let e = estimate(w, &flux);
+        let dl = &e.dataloader;
+        let state = 1000 * (crate::diagnose::FILE_ITEM_BYTES + 2 * 49) + 50_000;
+        assert_eq!(dl.dataset_state_per_worker, state);
+        assert_eq!(dl.decode_per_worker, 1_000_000);
+        // The largest batch: one 1024x1024 item at 0.5 bytes a pixel, twice (prefetch_factor).
+        let batches = 2 * 1024 * 1024 / 2;
+        assert_eq!(dl.batches_per_worker, batches);
+        assert_eq!(
+            dl.per_worker,
+            crate::diagnose::TORCH_WORKER_BYTES + state + 1_000_000 + batches
+        );
+        assert!(dl.per_worker < e.model_bytes / 10, "{dl:?}");
+        let advice = advise(&e, Some(64_000_000_000));
+        let workers = advice
+            .iter()
+            .find(|a| a.rule == "worker-memory")
+            .expect("worker advice");
+        assert_eq!(workers.level, Level::Info);
+        assert!(!workers.advice.contains("unpickle"), "{}", workers.advice);
+        assert!(
+            workers.advice.contains("the model is not among it"),
+            "{}",
+            workers.advice
+        );
+        assert!(
+            workers.reason.contains("sets sd to None"),
+            "{}",
+            workers.reason
+        );
+        // On a machine too small for the workers, it is a warning.
+        let small = advise(&e, Some(500_000_000));
+        assert!(
+            small
+                .iter()
+                .any(|a| a.rule == "worker-memory" && a.level == Level::Warn)
+        );
     }
 }

@@ -6,13 +6,18 @@
 //! prepared store (what it holds, byte for byte). [`estimate`] turns a workload into the
 //! breakdown; every figure is a product of counts and sizes that docs/diagnose.md spells out.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 
 use super::families::Family;
-use crate::plan::{Bucket, Flip, Plan};
+use crate::plan::{Bucket, Plan};
 use crate::scan::ScanReport;
 use crate::store::catalog::EntryRow;
 use crate::store::codec::Codec;
+use crate::store::key::{entry_key, item_key};
+use crate::store::shard::hash_file;
 use crate::store::{ItemRow, Store};
 use crate::{Config, Result};
 
@@ -37,6 +42,17 @@ const MEASURED_LATENT_VALUES: u64 = 16 * 128 * 128;
 /// interpreter that has imported torch (CPU build). Measured here with torch 2.15: 290 MB of
 /// anonymous memory per worker (docs/benchmarks.md, `larder bench-load`).
 pub const TORCH_WORKER_BYTES: u64 = 290_000_000;
+
+/// Memory of one AI Toolkit `FileItemDTO` in a worker, without its path and caption: the
+/// object and the `__dict__` of the 101 attributes its `__init__` and those of its 12 mixins
+/// set (toolkit/data_transfer_object/data_loader.py, toolkit/dataloader_mixins.py), with its
+/// eight geometry ints and two empty lists. Measured with CPython 3.11 and tracemalloc over
+/// 10,000 unpickled copies of such an object: 3,760 bytes each.
+pub const FILE_ITEM_BYTES: u64 = 3_760;
+
+/// CPython's header of a compact ASCII `str` (`sys.getsizeof("")`); the path and the caption
+/// of a file item each carry one on top of their bytes.
+const PY_STR_BYTES: u64 = 49;
 
 /// glibc's bookkeeping per heap allocation, counted for each string of the item table.
 const MALLOC_OVERHEAD: u64 = 16;
@@ -102,6 +118,12 @@ pub struct Workload {
     pub field_columns: u64,
     /// Bytes of the store's catalog file, when there is a store.
     pub catalog_bytes: Option<u64>,
+    /// The largest single image decode of a DataLoader worker: the source image as RGB (3
+    /// bytes a pixel) and its bucket as a float32 tensor (12 bytes a pixel); 0 when every
+    /// dataset caches latents, so workers read latents rather than decode images. From a
+    /// store, whose catalog keeps buckets, the source is counted at its bucket's size (a
+    /// lower bound).
+    pub largest_decode_bytes: u64,
     /// The fields.
     pub fields: Vec<FieldEstimate>,
 }
@@ -155,20 +177,33 @@ impl Workload {
     /// The workload a config would produce: latents (for datasets that cache them, when the
     /// family is known) or pixels, masks, controls and inpaint images as larder prepares them,
     /// and text embeddings for datasets with `cache_text_embeddings`.
+    ///
+    /// Entries are counted as prepare stores them: once per content-addressed key
+    /// (`store::key::item_key` of the source file's BLAKE3 hash, the placement and the flip),
+    /// so repeats, a second resolution that lands on the same crop, and identical images
+    /// under other names or in other datasets all share one entry. Only files whose size
+    /// another source file shares are read to hash them; a file of a unique size cannot
+    /// have another's content.
     pub fn from_plan(
         config: &Config,
         scan: &ScanReport,
         plan: &Plan,
         options: &EstimateOptions,
     ) -> Workload {
+        let ids = content_ids(scan, plan);
+        let id = |p: &Path| -> String {
+            ids.get(p)
+                .cloned()
+                .unwrap_or_else(|| p.to_string_lossy().into_owned())
+        };
         let mut acc: BTreeMap<&'static str, Acc> = BTreeMap::new();
-        // An entry is an image at one placement and flip; repeats share it, as in the store.
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<String> = HashSet::new();
         let mut captions: HashSet<&str> = HashSet::new();
         let mut text_captions: HashSet<&str> = HashSet::new();
         let mut buckets: BTreeMap<Bucket, u64> = BTreeMap::new();
         let mut item_text_bytes = 0u64;
         let mut max_fields = 1u64;
+        let mut largest_decode = 0u64;
         for item in &plan.items {
             let cfg = &config.datasets[item.dataset];
             let img = &scan.datasets[item.dataset].images[item.image];
@@ -187,27 +222,20 @@ impl Workload {
                 }
             }
             let p = item.placement;
-            let flip = match item.flip {
-                Flip::None => 0,
-                Flip::X => 1,
-                Flip::Y => 2,
-                Flip::XY => 3,
-            };
-            let key = (
-                item.dataset,
-                item.image,
-                item.resolution,
-                flip,
-                p.scale_to_width,
-                p.scale_to_height,
-                p.crop_x,
-                p.crop_y,
-                p.bucket,
-            );
+            let content = id(&img.path);
+            let ikey = item_key(&content, &p, item.flip);
             let (w, h) = (p.bucket.width, p.bucket.height);
             let area = u64::from(w) * u64::from(h);
-            // The item's fields: (name, stored bytes, decoded bytes, held in memory).
-            let mut fields: Vec<(&'static str, f64, u64, bool)> = Vec::new();
+            // Without cached latents, an AI Toolkit worker opens the source image, converts it
+            // to RGB (3 bytes a pixel at its own size) and turns the resized crop into a
+            // float32 tensor (12 bytes a pixel of the bucket).
+            if !(cfg.cache.latents || cfg.cache.latents_to_disk) {
+                let source = u64::from(img.width) * u64::from(img.height);
+                largest_decode = largest_decode.max(3 * source + 12 * area);
+            }
+            // The item's fields: (name, the field as prepare names it, the source it is made
+            // from, stored bytes, decoded bytes, held in memory).
+            let mut fields: Vec<(&'static str, String, String, f64, u64, bool)> = Vec::new();
             match options
                 .family
                 .filter(|_| cfg.cache.latents || cfg.cache.latents_to_disk)
@@ -217,21 +245,54 @@ impl Workload {
                     let bytes = values * options.latent_codec.repr.element_size() as u64;
                     let stored = values as f64 * latent_bytes_per_value(options.latent_codec);
                     let in_memory = cfg.cache.latents && !cfg.cache.latents_to_disk;
-                    fields.push(("latent", stored, bytes, in_memory));
+                    fields.push((
+                        "latent",
+                        "latent".into(),
+                        content.clone(),
+                        stored,
+                        bytes,
+                        in_memory,
+                    ));
                 }
-                None => fields.push(("pixels", (3 * area) as f64, 3 * area, false)),
+                None => fields.push((
+                    "pixels",
+                    "pixels".into(),
+                    content.clone(),
+                    (3 * area) as f64,
+                    3 * area,
+                    false,
+                )),
             }
-            if cfg.alpha_mask || img.mask.is_some() {
-                fields.push(("mask", area as f64, area, false));
+            // alpha_mask takes priority over a mask file, as in prepare.
+            let mask = if cfg.alpha_mask {
+                Some(content.clone())
+            } else {
+                img.mask.as_deref().map(&id)
+            };
+            if let Some(source) = mask {
+                fields.push(("mask", "mask".into(), source, area as f64, area, false));
             }
-            for _ in img.controls.iter().flatten() {
-                fields.push(("control", (3 * area) as f64, 3 * area, false));
+            // Controls are numbered fields in the store (control.0, control.1, ...).
+            for (n, control) in img.controls.iter().enumerate() {
+                if let Some(control) = control {
+                    let (field, source) = (format!("control.{n}"), id(control));
+                    fields.push(("control", field, source, (3 * area) as f64, 3 * area, false));
+                }
             }
-            if img.inpaint.is_some() {
-                fields.push(("inpaint", (4 * area) as f64, 4 * area, false));
+            if let Some(inpaint) = &img.inpaint {
+                let source = id(inpaint);
+                fields.push((
+                    "inpaint",
+                    "inpaint".into(),
+                    source,
+                    (4 * area) as f64,
+                    4 * area,
+                    false,
+                ));
             }
-            let fresh = seen.insert(key);
-            for &(name, stored, decoded, in_memory) in &fields {
+            for (name, field, source, stored, decoded, in_memory) in &fields {
+                // prepare's entry key: the item key, the field and the field's own source.
+                let fresh = seen.insert(entry_key(&ikey, field, source, "", "", ""));
                 let a = acc.entry(name).or_default();
                 a.items += 1;
                 if fresh {
@@ -242,8 +303,7 @@ impl Workload {
                     a.in_memory |= in_memory;
                 }
             }
-            let fields = fields.len() as u64;
-            max_fields = max_fields.max(fields);
+            max_fields = max_fields.max(fields.len() as u64);
         }
         let mut fields: Vec<FieldEstimate> = acc
             .into_iter()
@@ -272,6 +332,7 @@ impl Workload {
             item_text_bytes,
             field_columns: max_fields,
             catalog_bytes: None,
+            largest_decode_bytes: largest_decode,
             fields,
         }
     }
@@ -287,12 +348,17 @@ impl Workload {
         let mut captions = HashSet::new();
         let mut item_text_bytes = 0u64;
         let mut field_columns = 0u64;
+        let mut largest_decode = 0u64;
         for item in &items {
             let bucket = Bucket {
                 width: item.bucket_w,
                 height: item.bucket_h,
             };
             *buckets.entry(bucket).or_default() += 1;
+            if item.fields.contains_key("pixels") {
+                let area = u64::from(item.bucket_w) * u64::from(item.bucket_h);
+                largest_decode = largest_decode.max(15 * area);
+            }
             captions.insert(item.caption.as_str());
             item_text_bytes += (item.path.len() + item.caption.len()) as u64;
             field_columns = field_columns.max(item.fields.len() as u64);
@@ -333,6 +399,7 @@ impl Workload {
             item_text_bytes,
             field_columns,
             catalog_bytes,
+            largest_decode_bytes: largest_decode,
             fields,
         })
     }
@@ -371,6 +438,36 @@ impl Workload {
     }
 }
 
+/// The identity each source file of the plan is keyed by: its BLAKE3 content hash (the one
+/// prepare keys entries by) where another source file has the same size, else its path. A
+/// file of a unique size cannot share its content, so only files of a shared size are read;
+/// one that cannot be read keeps its path, and is counted as its own entry.
+fn content_ids(scan: &ScanReport, plan: &Plan) -> HashMap<PathBuf, String> {
+    let mut sources: HashSet<&Path> = HashSet::new();
+    for item in &plan.items {
+        let img = &scan.datasets[item.dataset].images[item.image];
+        sources.insert(&img.path);
+        sources.extend(img.mask.as_deref());
+        sources.extend(img.controls.iter().flatten().map(PathBuf::as_path));
+        sources.extend(img.inpaint.as_deref());
+    }
+    let mut by_size: HashMap<u64, Vec<&Path>> = HashMap::new();
+    for path in sources {
+        if let Ok(meta) = std::fs::metadata(path) {
+            by_size.entry(meta.len()).or_default().push(path);
+        }
+    }
+    let shared: Vec<&Path> = by_size
+        .into_values()
+        .filter(|paths| paths.len() > 1)
+        .flatten()
+        .collect();
+    shared
+        .par_iter()
+        .filter_map(|p| hash_file(p).ok().map(|(_, hash)| (p.to_path_buf(), hash)))
+        .collect()
+}
+
 /// Text embeddings of `captions` for `family`. Tokens of a variable-length encoder are
 /// estimated as one per four bytes of caption (BPE tokenizers average about four characters
 /// of English per token).
@@ -394,15 +491,26 @@ fn text_field(family: &Family, captions: &HashSet<&str>, codec: Codec) -> FieldE
 }
 
 /// What a PyTorch DataLoader with worker processes holds, the way AI Toolkit uses it.
+///
+/// A worker does not hold the model: AI Toolkit's dataset drops it when it is pickled for a
+/// spawned worker (`AiToolkitDataset.__getstate__` sets `sd` to `None`; the model is only
+/// needed for caching, which runs in the main process first), and a forked worker shares the
+/// parent's pages until they are written. What each worker does hold is its own interpreter,
+/// its own copy of the dataset object, and the buffers of the images it decodes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DataLoaderEstimate {
     /// Worker processes.
     pub workers: u32,
     /// Python and torch in each worker ([`TORCH_WORKER_BYTES`]).
     pub runtime_per_worker: u64,
-    /// The model each worker unpickles: AI Toolkit's dataset holds a reference to the model
-    /// (`AiToolkitDataset(..., sd=...)`), and a spawned worker receives the dataset pickled.
-    pub model_per_worker: u64,
+    /// The dataset object each worker holds: one `FileItemDTO` per item of the file list
+    /// (repeats, flips and resolutions each have their own, as AI Toolkit builds the list),
+    /// [`FILE_ITEM_BYTES`] each with its path and caption strings. A spawned worker unpickles
+    /// its own copy; a forked one writes the objects' reference counts as it reads them, which
+    /// copies the pages they lie on (pytorch issue 13246).
+    pub dataset_state_per_worker: u64,
+    /// The largest image decode of a worker ([`Workload::largest_decode_bytes`]).
+    pub decode_per_worker: u64,
     /// In-memory caches (`cache_latents` without `cache_latents_to_disk`), copied into every
     /// worker: reference counting touches every cached object (pytorch issue 13246).
     pub caches_per_worker: u64,
@@ -473,15 +581,19 @@ pub fn estimate(workload: Workload, options: &EstimateOptions) -> Estimate {
         .sum();
     let workers = options.workers;
     let per_worker_batches = u64::from(options.prefetch_factor) * batch;
+    let dataset_state =
+        workload.items * (FILE_ITEM_BYTES + 2 * PY_STR_BYTES) + workload.item_text_bytes;
+    let decode = workload.largest_decode_bytes;
     let per_worker = if workers == 0 {
         0
     } else {
-        TORCH_WORKER_BYTES + model_bytes + in_memory + per_worker_batches
+        TORCH_WORKER_BYTES + dataset_state + decode + in_memory + per_worker_batches
     };
     let dataloader = DataLoaderEstimate {
         workers,
         runtime_per_worker: TORCH_WORKER_BYTES,
-        model_per_worker: model_bytes,
+        dataset_state_per_worker: dataset_state,
+        decode_per_worker: decode,
         caches_per_worker: in_memory,
         batches_per_worker: per_worker_batches,
         per_worker,
@@ -524,5 +636,74 @@ pub fn estimate(workload: Workload, options: &EstimateOptions) -> Estimate {
         largest_batch_bytes: batch,
         dataloader,
         larder,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PrepareOptions, scan};
+
+    #[test]
+    fn store_estimate_counted_identical_images_twice() {
+        // Regression: diagnose keyed entries by path, so the same picture under two names (or
+        // in two datasets) counted twice, while prepare stores it once by its content key.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let imgs = tmp.path().join("imgs");
+        std::fs::create_dir_all(&imgs).expect("mkdir");
+        crate::synth::write_image(&imgs.join("a.png"), 64, 64, 1).expect("a");
+        std::fs::copy(imgs.join("a.png"), imgs.join("a_copy.png")).expect("copy");
+        crate::synth::write_image(&imgs.join("c.png"), 64, 64, 2).expect("c");
+        // Two datasets over the same folder: 6 items, 2 distinct pictures.
+        let yaml = format!(
+            "datasets:\n  - folder_path: {0}\n    resolution: 64\n  - folder_path: {0}\n    resolution: 64\n",
+            imgs.display()
+        );
+        let config = Config::from_yaml(&yaml, &tmp.path().join("c.yaml")).expect("config");
+        let scanned = scan(&config).expect("scan");
+        let plan = Plan::new(&config, &scanned).expect("plan");
+        let options = EstimateOptions::default();
+        let w = Workload::from_plan(&config, &scanned, &plan, &options);
+        assert_eq!(w.items, 6);
+        let pixels = &w.fields[0];
+        assert_eq!(pixels.name, "pixels");
+        assert_eq!(pixels.entries, 2);
+        assert_eq!(pixels.stored_bytes, 2 * 3 * 64 * 64);
+        // The batch still reads one 64x64 RGB image per item.
+        assert_eq!(pixels.bytes_per_pixel, 3.0);
+        // prepare agrees: two pixel entries, the same bytes.
+        let root = tmp.path().join("store");
+        crate::prepare(&config, &root, &PrepareOptions::default()).expect("prepare");
+        let inspection = Store::open(&root)
+            .expect("open")
+            .inspect()
+            .expect("inspect");
+        let stored = &inspection.fields["pixels"];
+        assert_eq!(stored.entries, pixels.entries);
+        assert_eq!(stored.raw_bytes, pixels.decoded_bytes);
+        // Without the copy, the sizes differ and nothing is read to hash: still 2 entries.
+        std::fs::remove_file(imgs.join("a_copy.png")).expect("rm");
+        let scanned = scan(&config).expect("scan");
+        let plan = Plan::new(&config, &scanned).expect("plan");
+        let w = Workload::from_plan(&config, &scanned, &plan, &options);
+        assert_eq!((w.items, w.fields[0].entries), (4, 2));
+    }
+
+    #[test]
+    fn only_files_of_a_shared_size_are_hashed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let imgs = tmp.path().join("imgs");
+        std::fs::create_dir_all(&imgs).expect("mkdir");
+        crate::synth::write_image(&imgs.join("a.png"), 64, 64, 1).expect("a");
+        std::fs::copy(imgs.join("a.png"), imgs.join("b.png")).expect("copy");
+        crate::synth::write_image(&imgs.join("big.png"), 96, 96, 3).expect("big");
+        let config = Config::for_folder(&imgs);
+        let scanned = scan(&config).expect("scan");
+        let plan = Plan::new(&config, &scanned).expect("plan");
+        let ids = content_ids(&scanned, &plan);
+        let (_, hash) = hash_file(&imgs.join("a.png")).expect("hash");
+        assert_eq!(ids.get(&imgs.join("a.png")), Some(&hash));
+        assert_eq!(ids.get(&imgs.join("b.png")), Some(&hash));
+        assert_eq!(ids.get(&imgs.join("big.png")), None);
     }
 }

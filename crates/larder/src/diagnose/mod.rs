@@ -23,10 +23,12 @@ mod measure;
 
 pub use advice::{Advice, Level, advise, human};
 pub use estimate::{
-    DataLoaderEstimate, Estimate, EstimateOptions, FieldEstimate, LarderEstimate,
+    DataLoaderEstimate, Estimate, EstimateOptions, FILE_ITEM_BYTES, FieldEstimate, LarderEstimate,
     MEASURED_LATENT_BYTES, Origin, TORCH_WORKER_BYTES, Workload, estimate, latent_bytes_per_value,
 };
-pub use families::{Component, FAMILIES, Family, TextEncoder, family};
+pub use families::{
+    Component, FAMILIES, Family, ModelFigures, TextEncoder, family, name_or_path_of, resolve,
+};
 pub use measure::{
     MeasureOptions, Measurement, ProcessMemory, Residency, SystemMemory, file_residency, measure,
     store_residency,

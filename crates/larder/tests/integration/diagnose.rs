@@ -79,9 +79,12 @@ fn plan_estimate_matches_hand_computed_sizes() {
     // Flux's weights: 11.901 + 0.084 + 0.123 + 4.762 billion parameters, 2 bytes each.
     let model = 2 * (11_901 + 84 + 123 + 4_762) * 1_000_000;
     assert_eq!(e.model_bytes, model);
-    // Each worker: torch, the unpickled model, its copy of the in-memory latents, and
-    // prefetch_factor (2) batches; the main process holds the latents once more.
-    let per_worker = 290_000_000 + model + 6 * 2048 + 2 * batch;
+    // Each worker: torch, its copy of the dataset object (12 file items), its copy of the
+    // in-memory latents, and prefetch_factor (2) batches, but not the model (AI Toolkit's
+    // dataset drops it when pickled); the main process holds the latents once more.
+    let state = 12 * (larder::diagnose::FILE_ITEM_BYTES + 2 * 49) + e.workload.item_text_bytes;
+    assert_eq!(e.dataloader.dataset_state_per_worker, state);
+    let per_worker = 290_000_000 + state + 6 * 2048 + 2 * batch;
     assert_eq!(e.dataloader.per_worker, per_worker);
     assert_eq!(e.dataloader.total, 2 * per_worker + 6 * 2048);
     // larder: the whole store mapped once, prefetch (4) + 1 batch buffers.
