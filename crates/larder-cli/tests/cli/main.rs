@@ -4,7 +4,6 @@ mod bench;
 mod dashboard;
 mod diagnose;
 mod diagnose_models;
-mod diagnose_models;
 mod distributed;
 mod doctor;
 mod encode;
