@@ -135,11 +135,13 @@ impl Metrics {
         Ok(self.get()?.local_addr().map(|a| a.to_string()))
     }
 
-    /// Writes the buffered records and stops the HTTP endpoint; later calls raise.
+    /// Appends the end record, writes the buffered records and stops the HTTP endpoint; later
+    /// calls raise.
     fn close(&mut self, py: Python<'_>) -> PyResult<()> {
         self.live()?;
         match self.inner.take() {
-            Some(mut inner) => py.detach(move || inner.flush()).map_err(to_py),
+            // The end record tells `larder dashboard` that the run is over.
+            Some(inner) => py.detach(move || inner.close()).map_err(to_py),
             None => Ok(()),
         }
     }

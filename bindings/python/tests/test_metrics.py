@@ -112,7 +112,10 @@ def test_close_writes_the_file_and_stops_the_endpoint(tmp_path):
     with larder.Metrics(path, listen="127.0.0.1:0", print_every=None) as metrics:
         metrics.step(loss=0.5)
         address = metrics.address
-    assert json.loads(path.read_text())["loss"] == 0.5
+    step, end = [json.loads(line) for line in path.read_text().splitlines()]
+    assert step["loss"] == 0.5 and "event" not in step
+    # The last record says the run ended, for larder dashboard.
+    assert end["event"] == "end" and end["step"] == 1
     with pytest.raises(OSError):
         urllib.request.urlopen(address + "/metrics", timeout=5)
     with pytest.raises(larder.LarderError, match="closed"):

@@ -3,11 +3,11 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use larder::metrics::{DASHBOARD_HTML, History, HttpServer, Request, Response, records_response};
@@ -46,6 +46,8 @@ struct Tail {
     /// A last line not yet ended by a newline (the writer is mid-line).
     partial: Vec<u8>,
     history: History,
+    /// When the file was last written, as of the last refresh.
+    modified: Option<SystemTime>,
 }
 
 impl Tail {
@@ -55,7 +57,20 @@ impl Tail {
             offset: 0,
             partial: Vec::new(),
             history: History::new(KEPT),
+            modified: None,
         }
+    }
+
+    /// Seconds since the file was last written: the page says "no update for ..." once a
+    /// run stops writing without an end record (killed, crashed, hung).
+    fn age_s(&self) -> Option<f64> {
+        let modified = self.modified?;
+        Some(
+            SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        )
     }
 
     /// Reads what was appended since the last call; a file that shrank (a new run) is read
@@ -69,10 +84,12 @@ impl Tail {
                 return Err(e).with_context(|| format!("cannot read {}", self.path.display()));
             }
         };
-        let len = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let len = meta.len();
         if len < self.offset {
             *self = Tail::new(std::mem::take(&mut self.path));
         }
+        self.modified = meta.modified().ok();
         file.seek(SeekFrom::Start(self.offset))?;
         let mut fresh = Vec::new();
         file.read_to_end(&mut fresh)?;
@@ -134,7 +151,7 @@ impl Source {
             Source::File(tail) => {
                 let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
                 match tail.refresh() {
-                    Ok(()) => records_response(&tail.history, req),
+                    Ok(()) => with_age(records_response(&tail.history, req), tail.age_s()),
                     Err(e) => Response::error(500, format!("{e:#}")),
                 }
             }
@@ -147,6 +164,16 @@ impl Source {
             }
         }
     }
+}
+
+/// Adds `"age_s": seconds since the source was last written` to a records answer (a JSON
+/// object), when that is known.
+fn with_age(mut response: Response, age_s: Option<f64>) -> Response {
+    if let (200, Some(age), Some(b'{')) = (response.status, age_s, response.body.first()) {
+        let field = format!("{{\"age_s\":{age:.3},");
+        response.body.splice(..1, field.into_bytes());
+    }
+    response
 }
 
 /// GETs `target` from `authority` and returns the body of a 200 response.
@@ -174,16 +201,28 @@ fn get(authority: &str, target: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
+/// Binds the page's address, saying which flag to change when the port is taken.
+fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port)).map_err(|e| {
+        let what = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "port {port} is in use (address already in use); choose another with --port (0 picks a free one)"
+            )
+        } else {
+            format!("cannot serve the dashboard on {host}:{port}")
+        };
+        anyhow::Error::new(e).context(what)
+    })
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let source = Source::parse(&args.source)?;
-    let server = HttpServer::start(
-        &format!("{}:{}", args.host, args.port),
-        move |req| match req.path.as_str() {
-            "/" | "/index.html" => Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
-            "/api/records" => source.records(req),
-            _ => Response::error(404, "not found: the dashboard is at /"),
-        },
-    )?;
+    let listener = bind(&args.host, args.port)?;
+    let server = HttpServer::serve(listener, move |req| match req.path.as_str() {
+        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
+        "/api/records" => source.records(req),
+        _ => Response::error(404, "not found: the dashboard is at /"),
+    })?;
     // The first line says where the page is (tests read the port from it when it is 0).
     println!(
         "dashboard: http://{}/ (source: {})",

@@ -190,6 +190,10 @@ fn the_dashboard_plots_a_metrics_file_in_chromium_and_follows_it() {
 
     let dom = chromium(&url, &profile, &["--dump-dom"]);
     assert_plotted(&dom, 40);
+    assert!(
+        dom.contains("live · 40 records"),
+        "a run being written is live"
+    );
     let shot = output_dir().join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     chromium(
@@ -219,6 +223,104 @@ fn the_dashboard_plots_a_metrics_file_in_chromium_and_follows_it() {
         &url,
         &profile,
         &[&format!("--screenshot={}", shot.display())],
+    );
+}
+
+/// The text of the page's status (`<span id="state">status <b>...</b>`).
+fn status(dom: &str) -> String {
+    let at = dom.find("id=\"state\"").expect("the status element");
+    let from = at + dom[at..].find("<b>").expect("<b>") + 3;
+    dom[from..from + dom[from..].find("</b>").expect("</b>")].to_owned()
+}
+
+#[test]
+fn the_dashboard_says_ended_for_a_run_that_closed_its_metrics() {
+    use larder::metrics::{Metrics, MetricsOptions, StepInput};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let metrics = tmp.path().join("metrics.jsonl");
+    let mut training = Metrics::new(MetricsOptions {
+        jsonl: Some(metrics.clone()),
+        print_every: None,
+        ..MetricsOptions::default()
+    })
+    .expect("metrics");
+    for k in 1..=7 {
+        training
+            .step(StepInput {
+                loss: Some(1.0 / f64::from(k)),
+                batch_size: Some(2),
+                ..StepInput::default()
+            })
+            .expect("step");
+    }
+    training.close().expect("close");
+    let (_server, url) = dashboard(&metrics);
+    let dom = chromium(&url, &tmp.path().join("profile"), &["--dump-dom"]);
+    assert_eq!(status(&dom), "ended · 7 records");
+    assert_eq!(
+        number(&dom, "id=\"plot-loss\"", "data-points"),
+        7.0,
+        "the end record is not a step: nothing more is plotted"
+    );
+    assert_eq!(number(&dom, "<body", "data-records"), 7.0);
+}
+
+#[test]
+fn the_dashboard_says_no_update_for_a_file_no_longer_written() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let metrics = tmp.path().join("metrics.jsonl");
+    append(&metrics, &lines(1..=12));
+    // The run was killed five minutes ago: no end record, and the file untouched since.
+    std::fs::File::options()
+        .append(true)
+        .open(&metrics)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(300)))
+        .expect("age the metrics file");
+    let (_server, url) = dashboard(&metrics);
+    let profile = tmp.path().join("profile");
+    let dom = chromium(&url, &profile, &["--dump-dom"]);
+    assert_plotted(&dom, 12);
+    assert_eq!(status(&dom), "no update for 5 min · 12 records");
+    // The threshold is the page's `stale` parameter (60 s by default).
+    let dom = chromium(&format!("{url}?stale=600"), &profile, &["--dump-dom"]);
+    assert_eq!(status(&dom), "live · 12 records");
+}
+
+#[test]
+fn a_busy_port_is_named_with_the_flag_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().expect("address").port().to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let metrics = tmp.path().join("metrics.jsonl");
+    append(&metrics, &lines(1..=2));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["dashboard", s(&metrics), "--port", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start larder dashboard");
+    // A dashboard that did start would serve for ever: it gets a few seconds to fail.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("larder dashboard started on a port that is in use");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "port {port} is in use (address already in use); choose another with --port"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("invalid argument"),
+        "a busy port is not a bad argument: {stderr}"
     );
 }
 
@@ -344,4 +446,33 @@ fn the_page_takes_new_records_while_it_is_open() {
         polls.iter().any(|q| q == "since=5") && polls.last().is_some_and(|q| q == "since=8"),
         "each poll asks only for what is new: {polls:?}"
     );
+}
+
+#[test]
+fn a_closed_stdout_ends_a_command_that_prints_with_println_quietly() {
+    // `larder dashboard` prints its address with println!, which panics on a closed pipe
+    // instead of returning the error.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let metrics = tmp.path().join("metrics.jsonl");
+    append(&metrics, &lines(1..=2));
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["dashboard", s(&metrics), "--port", "0"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start larder dashboard");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("larder dashboard went on with its output closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

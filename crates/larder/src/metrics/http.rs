@@ -76,17 +76,35 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `addr` (port 0 picks a free port) and answers GET requests with `handler` on a
     /// thread of its own.
+    ///
+    /// A port another process holds is reported as such, since that is by far the most common
+    /// reason a bind fails; [`serve`](Self::serve) takes a listener bound by the caller, for a
+    /// caller that reports bind errors in its own words (the CLI names its `--port` flag).
     pub fn start(
         addr: &str,
         handler: impl Fn(&Request) -> Response + Send + 'static,
     ) -> Result<HttpServer> {
         let listener = TcpListener::bind(addr).map_err(|e| Error::InvalidArgument {
             name: "listen",
-            message: format!("cannot listen on {addr}: {e}"),
+            message: if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "cannot listen on {addr}: the port is in use ({e}); choose another port, or 0 for a free one"
+                )
+            } else {
+                format!("cannot listen on {addr}: {e}")
+            },
         })?;
+        HttpServer::serve(listener, handler)
+    }
+
+    /// Answers GET requests arriving at `listener` with `handler`, on a thread of its own.
+    pub fn serve(
+        listener: TcpListener,
+        handler: impl Fn(&Request) -> Response + Send + 'static,
+    ) -> Result<HttpServer> {
         let addr = listener.local_addr().map_err(|e| Error::InvalidArgument {
             name: "listen",
-            message: format!("cannot read the address bound for {addr}: {e}"),
+            message: format!("cannot read the address the listener is bound to: {e}"),
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -274,6 +292,19 @@ mod tests {
             started.elapsed()
         );
         let _ = client.join();
+    }
+
+    #[test]
+    fn a_port_in_use_is_reported_as_such() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr").to_string();
+        let err = HttpServer::start(&addr, |_| Response::error(404, "none"))
+            .expect_err("the port is taken");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("cannot listen on {addr}: the port is in use")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use history::{History, records_response};
 pub use http::{HttpServer, Request, Response};
 pub use loader::{LoaderMetrics, LoaderSnapshot};
 pub use memory::MemoryUsage;
-pub use record::{GpuMemory, Record, SCHEMA_VERSION};
+pub use record::{Event, GpuMemory, Record, SCHEMA_VERSION};
 pub use recorder::{Metrics, MetricsOptions, StepInput};
 
 /// The live dashboard: one self-contained page (no network beyond its own origin) that polls

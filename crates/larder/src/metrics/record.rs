@@ -19,6 +19,16 @@ pub struct GpuMemory {
     pub total_bytes: Option<u64>,
 }
 
+/// What a record marks other than a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// The run closed its metrics (or the process let them go): no record follows. Its
+    /// `step` and `samples` are the run's totals, its `samples_per_s` the whole run's average.
+    End,
+}
+
 /// One record of the JSON-lines metrics file; `larder dashboard` plots these.
 ///
 /// Optional fields are left out of the line when unknown (no loss given, no loader attached,
@@ -85,4 +95,8 @@ pub struct Record {
     /// GPU memory, when the training loop reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuMemory>,
+    /// Set on a record that marks an event rather than a step (the last record of a run is
+    /// [`Event::End`]); absent on step records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
 }

@@ -13,7 +13,7 @@ use super::http::{HttpServer, Response};
 use super::loader::{LoaderMetrics, LoaderSnapshot};
 use super::memory::MemoryUsage;
 use super::prometheus::{self, Exporter};
-use super::record::{GpuMemory, Record, SCHEMA_VERSION};
+use super::record::{Event, GpuMemory, Record, SCHEMA_VERSION};
 use super::terminal;
 use crate::{Error, Result};
 
@@ -149,6 +149,8 @@ pub struct Metrics {
     printed: (Instant, Record),
     shared: Arc<Shared>,
     server: Option<HttpServer>,
+    /// The end record was written: [`close`](Metrics::close) ran.
+    ended: bool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -195,6 +197,7 @@ impl Metrics {
             printed: (now, Record::default()),
             shared,
             server,
+            ended: false,
         })
     }
 
@@ -226,21 +229,8 @@ impl Metrics {
     pub fn step(&mut self, input: StepInput) -> Result<&Record> {
         let now = Instant::now();
         let record = self.record(now, input);
-        let line = serde_json::to_string(&record).map_err(|e| Error::InvalidArgument {
-            name: "metrics",
-            message: format!("a record cannot be written as JSON: {e}"),
-        })?;
-        if let Some(file) = &mut self.jsonl {
-            file.append(&line, now)?;
-        }
+        self.send(&record, now)?;
         self.shared.exporter.update(&self.last, &record);
-        if self.server.is_some() {
-            self.shared
-                .history
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(line);
-        }
         self.last = record;
         if let Some(every) = self.options.print_every
             && now.duration_since(self.printed.0) >= every
@@ -248,6 +238,55 @@ impl Metrics {
             self.print_dashboard(now);
         }
         Ok(&self.last)
+    }
+
+    /// Writes `record` to the JSON-lines file and the endpoint's history.
+    fn send(&mut self, record: &Record, now: Instant) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| Error::InvalidArgument {
+            name: "metrics",
+            message: format!("a record cannot be written as JSON: {e}"),
+        })?;
+        if let Some(file) = &mut self.jsonl {
+            file.append(&line, now)?;
+        }
+        if self.server.is_some() {
+            self.shared
+                .history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+        }
+        Ok(())
+    }
+
+    /// Ends the run: appends the end record ([`Event::End`]), which tells `larder dashboard`
+    /// that no step follows, writes the buffered lines and stops the endpoint. Dropping the
+    /// metrics does the same, without reporting an error.
+    pub fn close(mut self) -> Result<()> {
+        self.end()
+    }
+
+    /// Sends the end record once and flushes the file.
+    fn end(&mut self) -> Result<()> {
+        if !self.ended {
+            self.ended = true;
+            let now = Instant::now();
+            let elapsed_s = now.duration_since(self.started).as_secs_f64();
+            let record = Record {
+                v: SCHEMA_VERSION,
+                time: unix_time(),
+                step: self.last.step,
+                total_steps: self.options.total_steps,
+                elapsed_s,
+                samples: self.last.samples,
+                step_s: now.duration_since(self.last_step).as_secs_f64(),
+                samples_per_s: self.last.samples as f64 / elapsed_s.max(1e-9),
+                event: Some(Event::End),
+                ..Record::default()
+            };
+            self.send(&record, now)?;
+        }
+        self.flush()
     }
 
     /// The terminal dashboard for the last record, over the interval since it was last printed.
@@ -307,13 +346,9 @@ impl Metrics {
         if let Some(l) = loader {
             self.last_loader = l;
         }
-        let time = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
         Record {
             v: SCHEMA_VERSION,
-            time,
+            time: unix_time(),
             step: self.last.step + 1,
             total_steps: self.options.total_steps,
             elapsed_s: now.duration_since(self.started).as_secs_f64(),
@@ -334,13 +369,24 @@ impl Metrics {
             rss_bytes: self.memory.rss_bytes,
             pss_bytes: self.memory.pss_bytes,
             gpu: input.gpu,
+            event: None,
         }
     }
 }
 
+/// Seconds since the Unix epoch, now.
+fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 impl Drop for Metrics {
     fn drop(&mut self) {
-        let _ = self.flush();
+        // A training loop that ends without calling close still tells the dashboard so; a
+        // write that fails here has no one to report to.
+        let _ = self.end();
     }
 }
 
@@ -427,11 +473,64 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("a record per line"))
             .collect();
-        assert_eq!(records.len(), 3);
+        assert_eq!(records.len(), 4, "three steps and the end: {text}");
         assert_eq!(records[2].loss, Some(2.0));
+        assert!(records[..3].iter().all(|r| r.event.is_none()));
         assert!(
             !text.contains("null"),
             "unknown fields are left out: {text}"
+        );
+    }
+
+    #[test]
+    fn closing_or_dropping_the_metrics_appends_one_end_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metrics.jsonl");
+        let read = || -> Vec<Record> {
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a record per line"))
+                .collect()
+        };
+        let mut m = quiet(MetricsOptions {
+            jsonl: Some(path.clone()),
+            total_steps: Some(10),
+            ..MetricsOptions::default()
+        });
+        for _ in 0..2 {
+            m.step(StepInput {
+                batch_size: Some(3),
+                ..StepInput::default()
+            })
+            .expect("step");
+        }
+        m.close().expect("close");
+        let records = read();
+        assert_eq!(records.len(), 3);
+        let end = &records[2];
+        assert_eq!(end.event, Some(Event::End));
+        assert_eq!((end.step, end.samples, end.total_steps), (2, 6, Some(10)));
+        assert_eq!(end.loss, None, "the end is not a step: nothing to plot");
+        let line = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            line.lines()
+                .last()
+                .is_some_and(|l| l.contains(r#""event":"end""#)),
+            "{line}"
+        );
+
+        // A second run appends to the same file and is ended by drop alone.
+        let mut m = quiet(MetricsOptions {
+            jsonl: Some(path.clone()),
+            ..MetricsOptions::default()
+        });
+        m.step(StepInput::default()).expect("step");
+        drop(m);
+        let events: Vec<_> = read().iter().map(|r| r.event).collect();
+        assert_eq!(
+            events,
+            [None, None, Some(Event::End), None, Some(Event::End)]
         );
     }
 
