@@ -188,18 +188,29 @@ impl Loader {
         Ok(self.live()?.state().to_json())
     }
 
-    /// Continues from a state saved by `state_json`, on this loader's ranks.
+    /// Continues from a state saved by `state_json`, on this loader's ranks. A state that
+    /// cannot be used raises and leaves the loader where it was.
     fn load_state_json(&mut self, py: Python<'_>, text: &str) -> PyResult<()> {
         self.live()?;
         let state = LoaderState::from_json(text).map_err(to_py)?;
         let (store, options) = (self.store.clone(), self.options.clone());
-        let metrics = self.metrics.clone();
-        self.inner = None;
+        let world = options.world_size;
+        // The new loader is built before the old one is let go: building starts no thread and
+        // fills no buffer (that waits for the first batch), and a failure must leave the
+        // training loop a working loader, not a closed one.
         let inner = py
             .detach(move || larder::load::Loader::with_state(store, options, state))
-            .map_err(to_py)?
-            .with_metrics(metrics);
-        self.inner = Some(inner);
+            .map_err(to_py)?;
+        // A position past the end of its epoch was saved for another store (or other options):
+        // serving from it would silently skip to the next epoch.
+        let (consumed, batches) = (inner.state().consumed, (inner.len() * world) as u64);
+        if consumed > batches {
+            return Err(ArgumentError::new_err(format!(
+                "this loader state is {consumed} batches into epoch {}, which has {batches} batches on this store with these options: it was saved for another store, batch size or world size; the loader is unchanged",
+                inner.epoch()
+            )));
+        }
+        self.inner = Some(inner.with_metrics(self.metrics.clone()));
         Ok(())
     }
 
@@ -257,9 +268,11 @@ fn array_of<'py>(py: Python<'py>, tensor: Tensor) -> PyResult<Bound<'py, PyAny>>
         "U8" | "BOOL" => view::<u8>(&buffer, &shape),
         "I8" => view::<i8>(&buffer, &shape),
         "F32" => view::<f32>(&buffer, &shape),
+        // float16 is NumPy's own: the uint16 view is re-viewed as float16, without a copy.
+        "F16" => view::<u16>(&buffer, &shape)?.call_method1("view", ("float16",)),
         // NumPy has no bfloat16: the bits are served as uint16 (`dtypes` says BF16), and
         // `larder.torch.as_tensors` views them as torch.bfloat16 without a copy.
-        "F16" | "BF16" => view::<u16>(&buffer, &shape),
+        "BF16" => view::<u16>(&buffer, &shape),
         other => Err(ArgumentError::new_err(format!(
             "cannot serve dtype {other} to NumPy"
         ))),

@@ -85,6 +85,36 @@ def test_state_dict_resumes_exactly(store_path):
     assert head + _epoch(resumed) == full
 
 
+def test_a_failed_load_state_dict_raises_and_leaves_the_loader_usable(store_path, tmp_path):
+    # Issue #17: a state that could not be loaded left the loader closed for good.
+    full = _epoch(larder.DataLoader(store_path, batch_size=2, seed=5))
+    loader = larder.DataLoader(store_path, batch_size=2, seed=5)
+    it = iter(loader)
+    head = [next(it) for _ in range(2)]
+    head = [(b["items"].tolist(), b["captions"], b["pixels"].tobytes()) for b in head]
+    saved = loader.state_dict()
+
+    # A malformed dict, and states saved further into an epoch than this store's epoch goes.
+    with pytest.raises(larder.ArgumentError, match="not a larder loader state"):
+        loader.load_state_dict({"epoch": 0})
+    small = larder.DataLoader(_small_store(tmp_path), batch_size=2, seed=5)
+    with pytest.raises(larder.ArgumentError, match="another store"):
+        small.load_state_dict(dict(saved, consumed=11))
+    assert len(_epoch(small)) == 3, "the small store's loader serves its own epoch as before"
+    with pytest.raises(larder.ArgumentError, match="another store"):
+        loader.load_state_dict(dict(saved, consumed=99))
+    # The loader goes on from where it was.
+    assert loader.state_dict() == saved
+    assert head + _epoch(loader) == full
+
+
+def _small_store(tmp_path):
+    out = tmp_path / "small"
+    if not out.exists():
+        larder.prepare(make_dataset(str(tmp_path / "data"), n=6), out)
+    return out
+
+
 def test_set_batch_size_and_set_epoch(store_path):
     loader = larder.DataLoader(store_path, batch_size=1, seed=1, drop_last=False)
     it = iter(loader)

@@ -84,6 +84,8 @@ def test_latents_are_the_callables_output_and_reruns_call_it_only_for_changes(tm
     loader = larder.DataLoader(out, batch_size=2, shuffle=False)
     for batch in loader:
         assert batch["dtypes"]["latent"] == "BF16"
+        # NumPy has no bfloat16: the bits arrive as uint16 (docs/python.md).
+        assert batch["latent"].dtype == np.uint16
         pixels = batch["pixels"].astype(np.float32) / 127.5 - 1.0
         expected = project(pixels, vae.weights)
         got = bf16_to_f32(batch["latent"])
@@ -242,3 +244,21 @@ def test_the_gil_is_free_between_encoder_calls(tmp_path):
         stop.set()
         t.join()
     assert len(ticks) > 3
+
+
+def test_f16_fields_reach_numpy_as_float16_not_uint16(tmp_path):
+    # Issue #17: float16 latents came out as their uint16 bits.
+    config = make_dataset(str(tmp_path), n=3)
+    out = tmp_path / "store"
+    vae = PatchVAE()
+    encoder = larder.Encoder(vae, "patch-vae seed0 f32", scaling_factor=0.5, shift_factor=0.1)
+    larder.prepare(config, out, image_encoders={"latent": encoder}, latent_codec="f16")
+    batches = list(larder.DataLoader(out, batch_size=1, shuffle=False))
+    assert len(batches) == 3
+    for batch in batches:
+        latent = batch["latent"]
+        assert batch["dtypes"]["latent"] == "F16"
+        assert latent.dtype == np.float16
+        assert not latent.flags.owndata, "a view of larder's buffer, not a copy"
+        pixels = batch["pixels"].astype(np.float32) / 127.5 - 1.0
+        np.testing.assert_allclose(latent.astype(np.float32), project(pixels, vae.weights), rtol=1 / 1024, atol=1e-3)

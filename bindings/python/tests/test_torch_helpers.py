@@ -9,6 +9,7 @@ import sys
 import types
 
 import numpy as np
+import pytest
 
 import larder.torch as lt
 
@@ -41,3 +42,31 @@ def test_as_tensors_shares_memory_and_views_bfloat16(monkeypatch):
     assert out["pixels"].array is pixels and out["pixels"].dtype == "from_numpy"
     assert out["latent"].array is latent and out["latent"].dtype == "bfloat16"
     assert out["captions"] == ["a", "b"]
+
+
+def test_iterating_inside_a_torch_dataloader_worker_raises(monkeypatch, store_path):
+    # A torch.utils.data.DataLoader worker iterates the whole loader it is given: with N
+    # workers every batch would be served N times. torch's own get_worker_info says whether
+    # this process is such a worker; PyTorch is not installed here (several GB with its CUDA
+    # packages), so a stand-in for torch.utils.data answers as torch does.
+    import larder
+
+    loader = larder.DataLoader(store_path, batch_size=4)
+    worker = types.SimpleNamespace(id=1, num_workers=2)
+    data = types.SimpleNamespace(get_worker_info=lambda: None)
+    monkeypatch.setitem(sys.modules, "torch.utils.data", data)
+    assert len(next(iter(loader))["items"]) == 4, "the training process itself iterates freely"
+    data.get_worker_info = lambda: worker
+    with pytest.raises(larder.LarderError, match=r"worker 1 of 2 of a torch.utils.data.DataLoader.*num_workers=0"):
+        next(iter(loader))
+
+
+def test_the_worker_check_imports_nothing(store_path):
+    import subprocess
+
+    code = (
+        "import sys, larder\n"
+        f"batch = next(iter(larder.DataLoader({str(store_path)!r}, batch_size=2)))\n"
+        "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules), sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

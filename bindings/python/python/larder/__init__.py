@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -411,7 +412,13 @@ class DataLoader:
         )
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        """Yields the current epoch's batches; the next iteration serves the next epoch."""
+        """Yields the current epoch's batches; the next iteration serves the next epoch.
+
+        Raises:
+            LarderError: when iterated inside a worker process of a
+                ``torch.utils.data.DataLoader`` (docs/python.md says why and what to do).
+        """
+        _refuse_torch_worker()
         while True:
             batch = self._loader.next_batch()
             if batch is None:
@@ -452,6 +459,29 @@ class DataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Starts ``epoch`` from its beginning (as ``DistributedSampler.set_epoch``)."""
         self._loader.set_epoch(epoch)
+
+
+def _refuse_torch_worker() -> None:
+    """Raises if this process is a worker of a ``torch.utils.data.DataLoader``.
+
+    Each such worker iterates the whole loader it was given: with N workers every batch is
+    served N times and an epoch silently becomes N epochs. Only ``torch.utils.data`` as already
+    imported is asked (every worker has imported it), so a process without torch pays nothing.
+    """
+    data = sys.modules.get("torch.utils.data")
+    get_worker_info = getattr(data, "get_worker_info", None)
+    info = get_worker_info() if get_worker_info is not None else None
+    if info is None:
+        return
+    raise LarderError(
+        f"larder.DataLoader is being iterated inside worker {info.id} of "
+        f"{info.num_workers} of a torch.utils.data.DataLoader: each worker would serve the "
+        "whole epoch, so every batch would be seen once per worker. Iterate the larder "
+        "DataLoader directly in the training process (format=\"torch\" gives tensors; its "
+        "reader threads, num_threads=, do the work that DataLoader workers would); where a "
+        "framework insists on a torch DataLoader, wrap it in an IterableDataset and give "
+        "num_workers=0, batch_size=None."
+    )
 
 
 _NOTICES: set = set()
