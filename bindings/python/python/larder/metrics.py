@@ -107,7 +107,8 @@ class Metrics:
         self._native.flush()
 
     def close(self) -> None:
-        """Writes the buffered records and stops the endpoint (also on leaving a ``with``
+        """Appends the end record (``"event": "end"``, which tells ``larder dashboard`` the run
+        ended), writes the buffered records and stops the endpoint (also on leaving a ``with``
         block); later calls raise :class:`larder.LarderError`."""
         self._native.close()
 
