@@ -41,7 +41,8 @@ pub struct Args {
     /// What to train.
     #[arg(long, value_enum)]
     goal: Option<Goal>,
-    /// Model family (sd15, sd2, sdxl, sd3, flux, qwen-image, wan21-14b, wan22-14b, wan22-5b).
+    /// Model family (sd15, sd2, sdxl, ssd, vega, pixart, sd3, sd35-medium, sd35-large, flux,
+    /// lumina2, chroma, hidream, qwen-image, wan21-14b, wan22-14b, wan22-5b).
     #[arg(long = "model", value_name = "FAMILY")]
     model: Option<String>,
     /// Where to write the job file.
@@ -265,7 +266,7 @@ fn job_yaml(g: &Gathered, dataset: &Path) -> String {
     let res = rules::resolutions(a, &g.facts);
     let largest = res.value.iter().copied().max().unwrap_or(recipe.native);
     let batch = rules::batch_size(a, quantize.value, largest);
-    let workers = rules::num_workers(a);
+    let workers = rules::num_workers(a, &g.facts, res.value.len(), batch.value, largest);
     let steps = rules::steps(a, &g.facts, batch.value);
     let lr = rules::learning_rate(a);
     let text_encoders: u64 = f
@@ -345,7 +346,7 @@ fn job_yaml(g: &Gathered, dataset: &Path) -> String {
     why(
         w,
         "          ",
-        "latents are encoded once and kept on disk (larder's store keys them by content); in memory, every DataLoader worker would copy them",
+        "latents are encoded once and kept on disk (larder's store keys them by content); in memory, every DataLoader worker would hold them in its copy of the dataset",
     );
     let _ = writeln!(w, "          cache_latents_to_disk: true");
     why(w, "          ", &cache_text.why);
@@ -424,4 +425,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  note: {w}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_with_9_of_22_images_at_1024_px_trains_up_to_1024() {
+        // The scan of a real folder: 13 images of 400 px and 9 of 1024 px. The median is
+        // 400 px, but 41% of the images are larger than 512 and 768 px.
+        let tmp = tempfile::tempdir().expect("tmp");
+        for i in 0..22u32 {
+            let side = if i < 13 { 400 } else { 1024 };
+            let path = tmp.path().join(format!("i{i:02}.jpg"));
+            larder::synth::write_image(&path, side, side, u64::from(i)).expect("image");
+        }
+        let facts = facts_of(tmp.path()).expect("facts");
+        assert_eq!(facts.images, 22);
+        let answers = Answers {
+            vram: 24_000_000_000,
+            ram: 64_000_000_000,
+            lora: true,
+            family: family_named("flux").expect("flux"),
+        };
+        let res = rules::resolutions(&answers, &facts);
+        assert_eq!(res.value, [512, 768, 1024]);
+        assert!(
+            res.why
+                .contains("9 of 22 images (41%) are larger than 512 px"),
+            "{}",
+            res.why
+        );
+    }
 }

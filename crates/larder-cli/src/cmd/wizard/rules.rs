@@ -3,7 +3,7 @@
 //! The memory rules are rules of thumb for a first run, stated with their figures; the
 //! batch-size tuner (`larder.BatchSizeTuner`) finds the real largest batch during training.
 
-use larder::diagnose::{Family, human};
+use larder::diagnose::{FILE_ITEM_BYTES, Family, TORCH_WORKER_BYTES, human};
 
 /// What the wizard asks.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,8 +76,16 @@ pub fn recipe(family: &Family) -> Recipe {
         "sd15" => ("stable-diffusion-v1-5/stable-diffusion-v1-5", 512, 1.0),
         "sd2" => ("stabilityai/stable-diffusion-2-1", 768, 1.5),
         "sdxl" => ("stabilityai/stable-diffusion-xl-base-1.0", 1024, 2.5),
+        "ssd" => ("segmind/SSD-1B", 1024, 2.0),
+        "vega" => ("segmind/Segmind-Vega", 1024, 1.5),
+        "pixart" => ("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", 1024, 1.5),
         "sd3" => ("stabilityai/stable-diffusion-3-medium-diffusers", 1024, 3.0),
+        "sd35-medium" => ("stabilityai/stable-diffusion-3.5-medium", 1024, 3.0),
+        "sd35-large" => ("stabilityai/stable-diffusion-3.5-large", 1024, 4.0),
         "flux" => ("black-forest-labs/FLUX.1-dev", 1024, 4.0),
+        "lumina2" => ("Alpha-VLLM/Lumina-Image-2.0", 1024, 2.5),
+        "chroma" => ("lodestones/Chroma1-HD", 1024, 3.5),
+        "hidream" => ("HiDream-ai/HiDream-I1-Full", 1024, 5.0),
         "qwen-image" => ("Qwen/Qwen-Image", 1328, 6.0),
         "wan21-14b" => ("Wan-AI/Wan2.1-T2V-14B-Diffusers", 832, 5.0),
         "wan22-14b" => ("Wan-AI/Wan2.2-T2V-A14B-Diffusers", 832, 5.0),
@@ -134,46 +142,68 @@ pub fn quantize(a: &Answers) -> Choice<bool> {
     }
 }
 
+/// A larger training resolution is kept when at least this share of the images is larger than
+/// the resolution below it: those images get a sharper sample there, while the rest only
+/// repeat their own-size sample.
+const MEANINGFUL_SHARE: f64 = 0.25;
+
 /// The training resolutions: AI Toolkit's 512/768/1024 ladder up to the model's native
-/// resolution, without those above the dataset's median image size (AI Toolkit never upscales,
-/// so they would repeat the smaller buckets at the cost of more items).
+/// resolution, each larger step kept while at least a quarter of the images are larger than
+/// the step below it. AI Toolkit never upscales: an image smaller than a resolution trains at
+/// its own size there. So a step adds a new, sharper sample only for the images larger than
+/// the step below; for the others it repeats the sample they already have.
 pub fn resolutions(a: &Answers, facts: &DatasetFacts) -> Choice<Vec<u32>> {
     let native = recipe(a.family).native;
-    let median = facts.median_side();
     let mut ladder: Vec<u32> = [512u32, 768, 1024]
         .into_iter()
         .filter(|r| *r <= native)
         .collect();
-    if native > 1024 {
+    if native > 1024 || ladder.is_empty() {
         ladder.push(native);
     }
-    let fitting: Vec<u32> = ladder
-        .iter()
-        .copied()
-        .filter(|r| f64::from(*r) <= median)
-        .collect();
-    if fitting.is_empty() {
-        let smallest = ladder.first().copied().unwrap_or(native.min(512));
-        return choice(
-            vec![smallest],
-            format!(
-                "the images' median size is {median:.0} px (side of the equal-area square), below every training resolution: train at {smallest}, the smallest"
-            ),
-        );
+    let n = facts.sides.len();
+    let larger = |r: u32| facts.sides.iter().filter(|s| **s > f64::from(r)).count();
+    let share = |count: usize| 100.0 * count as f64 / n.max(1) as f64;
+    let mut kept = vec![ladder[0]];
+    let mut dropped = None;
+    for step in ladder.windows(2) {
+        let (below, r) = (step[0], step[1]);
+        let count = larger(below);
+        if count > 0 && count as f64 >= MEANINGFUL_SHARE * n as f64 {
+            kept.push(r);
+        } else {
+            dropped = Some((r, below, count));
+            break;
+        }
     }
-    let why = if fitting.len() < ladder.len() {
-        let kept = fitting
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "training at {kept} px: the images' median size is {median:.0} px, and AI Toolkit never upscales, so the larger sizes up to the model's native {native} px would only repeat smaller buckets"
-        )
-    } else {
-        format!("multi-resolution training up to the model's native {native} px")
+    let list = kept
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first = kept[0];
+    let why = match (kept.len(), dropped) {
+        (1, None) => format!("training at {first} px, the model's native size"),
+        (1, Some((r, below, count))) => format!(
+            "training at {first} px: only {count} of {n} images ({:.0}%) are larger than {below} px, fewer than a quarter; AI Toolkit never upscales, so at {r} px the others would only repeat their own-size sample",
+            share(count)
+        ),
+        (_, dropped) => {
+            let count = larger(first);
+            let mut why = format!(
+                "training at {list} px: {count} of {n} images ({:.0}%) are larger than {first} px, and each larger resolution gives such images a sharper sample; AI Toolkit never upscales, so an image smaller than a resolution trains at its own size there, repeating its sample",
+                share(count)
+            );
+            if let Some((r, below, count)) = dropped {
+                why.push_str(&format!(
+                    "; {r} px is left out: only {count} of {n} images ({:.0}%) are larger than {below} px",
+                    share(count)
+                ));
+            }
+            why
+        }
     };
-    choice(fitting, why)
+    choice(kept, why)
 }
 
 /// The batch size: what the GPU holds after the denoiser's weights (8-bit when quantized,
@@ -219,29 +249,51 @@ pub fn batch_size(a: &Answers, quantized: bool, largest_resolution: u32) -> Choi
     choice(value, why)
 }
 
-/// DataLoader workers: AI Toolkit's default of 2 unless RAM cannot hold the model copies
-/// spawned workers would make; larder's loader reads `num_workers` as reader threads, which
-/// share one mapped store and copy nothing.
-pub fn num_workers(a: &Answers) -> Choice<u32> {
-    let model = a.family.model_bytes();
-    // The main process's copy and one per worker.
-    if 3 * model > a.ram {
+/// DataLoader workers: AI Toolkit's default of 2, unless the two would take more than a tenth
+/// of RAM. A worker does not copy the model (AI Toolkit's dataset drops it when pickled for a
+/// worker: `__getstate__` sets `sd` to `None`); it holds Python and torch, its own copy of the
+/// dataset object (one file item per image and resolution) and `prefetch_factor` (2) batches
+/// of the cached latents and text embeddings the wizard turns on. larder's loader reads
+/// `num_workers` as reader threads in one process.
+pub fn num_workers(
+    a: &Answers,
+    facts: &DatasetFacts,
+    resolutions: usize,
+    batch: u32,
+    largest_resolution: u32,
+) -> Choice<u32> {
+    let f = a.family;
+    let items = (facts.images * resolutions.max(1)) as u64;
+    // The file items, with the headers of their path and caption strings.
+    let state = items * (FILE_ITEM_BYTES + 2 * 49);
+    // bf16 latents of the largest resolution and a caption's embeddings (at the encoders'
+    // longest sequence), per sample.
+    let sample =
+        2 * (f.latent_elements(largest_resolution, largest_resolution) + f.text_elements(u32::MAX));
+    let batches = 2 * u64::from(batch) * sample;
+    let per_worker = TORCH_WORKER_BYTES + state + batches;
+    let detail = format!(
+        "a DataLoader worker takes about {}: Python and torch ({}), its copy of the dataset's {items} file items ({}) and 2 prefetched batches of cached latents and text embeddings ({}); it does not copy the model, which AI Toolkit's dataset drops when pickled",
+        human(per_worker),
+        human(TORCH_WORKER_BYTES),
+        human(state),
+        human(batches)
+    );
+    if 2 * per_worker * 10 > a.ram {
         choice(
             0,
             format!(
-                "{} of RAM cannot hold the 3 copies of the {} model ({} each) that a main process and 2 spawned DataLoader workers would make; served by larder, its reader threads copy nothing",
-                human(a.ram),
-                a.family.title,
-                human(model)
+                "{detail}: two would take more than a tenth of {} of RAM, so the data loads in the main process; served by larder, reader threads share one process",
+                human(a.ram)
             ),
         )
     } else {
         choice(
             2,
             format!(
-                "{} of RAM holds the model ({}) in the main process and 2 workers",
-                human(a.ram),
-                human(model)
+                "{detail}: AI Toolkit's default of 2 takes {} of {} of RAM",
+                human(2 * per_worker),
+                human(a.ram)
             ),
         )
     }
@@ -385,19 +437,29 @@ mod tests {
     }
 
     #[test]
-    fn resolutions_stop_at_the_native_size_and_the_images_median() {
+    fn resolutions_follow_the_share_of_larger_images() {
         let flux = answers("flux", 24.0, 64.0, true);
         assert_eq!(
             resolutions(&flux, &facts(&[2000.0, 1500.0, 1200.0])).value,
             [512, 768, 1024]
         );
+        // All three are larger than 512 and two of three larger than 768: at 1024 the 800
+        // and 900 px images train at their own, larger, size.
         assert_eq!(
             resolutions(&flux, &facts(&[800.0, 900.0, 700.0])).value,
+            [512, 768, 1024]
+        );
+        assert_eq!(
+            resolutions(&flux, &facts(&[700.0, 700.0, 700.0, 900.0, 650.0])).value,
             [512, 768]
         );
-        assert_eq!(resolutions(&flux, &facts(&[300.0])).value, [512]);
+        let small = resolutions(&flux, &facts(&[300.0]));
+        assert_eq!(small.value, [512]);
+        assert!(small.why.contains("only 0 of 1 images"), "{}", small.why);
         let sd15 = answers("sd15", 24.0, 64.0, true);
-        assert_eq!(resolutions(&sd15, &facts(&[2000.0])).value, [512]);
+        let native = resolutions(&sd15, &facts(&[2000.0]));
+        assert_eq!(native.value, [512]);
+        assert!(native.why.contains("native size"), "{}", native.why);
         let qwen = answers("qwen-image", 80.0, 256.0, true);
         assert_eq!(
             resolutions(&qwen, &facts(&[2000.0])).value,
@@ -406,12 +468,60 @@ mod tests {
     }
 
     #[test]
-    fn workers_drop_to_zero_when_ram_cannot_hold_model_copies() {
-        // Flux: 33.74 GB of weights; 3 copies = 101 GB.
-        assert_eq!(num_workers(&answers("flux", 24.0, 64.0, true)).value, 0);
-        assert_eq!(num_workers(&answers("flux", 24.0, 128.0, true)).value, 2);
-        // SD 1.5: 2.1 GB; 3 copies fit in 16 GB.
-        assert_eq!(num_workers(&answers("sd15", 8.0, 16.0, true)).value, 2);
+    fn wizard_chose_512_when_9_of_22_images_were_larger() {
+        // Regression: 13 small images and 9 of 1024 px gave [512], "larger sizes only repeat
+        // smaller buckets" (the median was below 768). 41% of the images are larger than 512
+        // and 768 px: both larger resolutions give them a sharper sample.
+        let mut sides = vec![400.0; 13];
+        sides.extend([1024.0; 9]);
+        let r = resolutions(&answers("flux", 24.0, 64.0, true), &facts(&sides));
+        assert_eq!(r.value, [512, 768, 1024]);
+        assert!(
+            r.why.starts_with(
+                "training at 512, 768, 1024 px: 9 of 22 images (41%) are larger than 512 px"
+            ),
+            "{}",
+            r.why
+        );
+        assert!(!r.why.contains("only repeat smaller buckets"), "{}", r.why);
+        // 5 of 22 (23%) is below a quarter: 512 only, and the reason says how many.
+        let mut sides = vec![400.0; 17];
+        sides.extend([1024.0; 5]);
+        let r = resolutions(&answers("flux", 24.0, 64.0, true), &facts(&sides));
+        assert_eq!(r.value, [512]);
+        assert!(r.why.contains("only 5 of 22 images (23%)"), "{}", r.why);
+    }
+
+    #[test]
+    fn workers_were_set_from_model_copies() {
+        // Regression: 64 GB of RAM with Flux gave num_workers 0 because "3 copies of the
+        // model" did not fit; workers do not copy the model.
+        let f = facts(&[1000.0; 20]);
+        let w = num_workers(&answers("flux", 24.0, 64.0, true), &f, 3, 2, 1024);
+        assert_eq!(w.value, 2);
+        assert!(w.why.contains("does not copy the model"), "{}", w.why);
+        assert!(!w.why.contains("copies of"), "{}", w.why);
+        // The figure: torch, 60 file items, and 2 batches of 2 Flux samples at 1024 px (a
+        // 16x128x128 latent and 512x4096 + 768 text values, 2 bytes each).
+        let sample = 2 * (16 * 128 * 128 + 512 * 4096 + 768);
+        let per_worker = TORCH_WORKER_BYTES + 60 * (FILE_ITEM_BYTES + 98) + 2 * 2 * sample;
+        assert!(
+            w.why
+                .contains(&format!("takes about {}", human(per_worker))),
+            "{} / {}",
+            w.why,
+            human(per_worker)
+        );
+        // A machine where two workers take more than a tenth of RAM loads in the main
+        // process.
+        assert_eq!(
+            num_workers(&answers("sd15", 8.0, 4.0, true), &f, 1, 1, 512).value,
+            0
+        );
+        assert_eq!(
+            num_workers(&answers("sd15", 8.0, 16.0, true), &f, 1, 1, 512).value,
+            2
+        );
     }
 
     #[test]
