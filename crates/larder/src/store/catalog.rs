@@ -164,7 +164,7 @@ impl Catalog {
             .len();
         drop(tx);
         let expected = (pages.max(0) as u64).saturating_mul(page_size.max(1) as u64);
-        if len < expected || len % page_size.max(1) as u64 != 0 {
+        if len < expected || !len.is_multiple_of(page_size.max(1) as u64) {
             return Err(Error::CorruptCatalog {
                 path: self.path.clone(),
                 source: rusqlite::Error::SqliteFailure(
@@ -409,7 +409,7 @@ impl Catalog {
 
     /// Reads one `shard_chunks` row.
     fn chunk_sums(&self, shard: i64, chunk_bytes: i64, blob: &[u8]) -> Result<ChunkSums> {
-        if chunk_bytes <= 0 || blob.len() % 32 != 0 {
+        if chunk_bytes <= 0 || !blob.len().is_multiple_of(32) {
             return Err(Error::Store {
                 path: self.path.clone(),
                 message: format!(
