@@ -46,23 +46,6 @@ enum Command {
     Dashboard(cmd::dashboard::Args),
     /// Serve a store for a few epochs: samples/s, MB/s, batch latency, memory.
     Bench(cmd::bench::Args),
-    /// Serve a store locally, then from object storage with a cold and a warm cache, side by side.
-    BenchRemote(cmd::remote::BenchArgs),
-    /// Benchmark the scan against AI Toolkit's way of reading image sizes (needs Python + Pillow).
-    BenchScan(cmd::bench_scan::Args),
-    /// Benchmark prepare against AI Toolkit's pixel path, and print codec sizes and errors.
-    BenchPrepare(cmd::bench_prepare::Args),
-    /// Benchmark latent caching against AI Toolkit's loop; codec and text-cache sizes.
-    BenchEncode(cmd::bench_encode::Args),
-    /// Benchmark the loader against a PyTorch DataLoader over one file per item (needs torch).
-    BenchLoad(cmd::bench_load::Args),
-    /// Time loading a safetensors checkpoint by each path (plain, O_DIRECT, pinned, cuFile),
-    /// cold and warm, against the safetensors package.
-    LoadBench(cmd::load_bench::Args),
-    /// Measure what recording a training step's metrics costs.
-    BenchMetrics(cmd::bench_metrics::Args),
-    /// Benchmark `larder diagnose`'s memory estimate against measured RSS and PSS.
-    BenchDiagnose(cmd::bench_diagnose::Args),
 }
 
 /// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
@@ -122,19 +105,11 @@ fn main() -> ExitCode {
         Command::Gc(args) => cmd::store::gc(args),
         Command::Push(args) => cmd::remote::push(args),
         Command::Pull(args) => cmd::remote::pull(args),
-        Command::BenchRemote(args) => cmd::remote::bench(args),
         Command::Bench(args) => cmd::bench::run(args),
-        Command::BenchScan(args) => cmd::bench_scan::run(args),
-        Command::BenchPrepare(args) => cmd::bench_prepare::run(args),
-        Command::BenchLoad(args) => cmd::bench_load::run(args),
         Command::Dashboard(args) => cmd::dashboard::run(args),
-        Command::BenchMetrics(args) => cmd::bench_metrics::run(args),
         Command::Diagnose(args) => cmd::diagnose::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
-        Command::BenchDiagnose(args) => cmd::bench_diagnose::run(args),
         Command::Wizard(args) => cmd::wizard::run(args),
-        Command::BenchEncode(args) => cmd::bench_encode::run(args),
-        Command::LoadBench(args) => cmd::load_bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,6 @@ mod diagnose_models;
 mod distributed;
 mod doctor;
 mod encode;
-mod load_bench;
 mod remote;
 mod scan;
 mod store;
