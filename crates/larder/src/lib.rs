@@ -28,6 +28,7 @@ pub mod fastload;
 mod image;
 pub mod load;
 pub mod metrics;
+mod os;
 mod plan;
 mod prepare;
 mod progress;

@@ -1,4 +1,6 @@
-//! Byte sizes as people write them: "256MiB", "64K", "1.5G", "20GB", "4096".
+//! Byte sizes as people write them: "256MiB", "64K", "1.5G", "20GB", "4096", read by
+//! [`parse_size`] and written by [`human`] (which every report of sizes uses, so that they all
+//! print a size the same way).
 
 use crate::{Error, Result};
 
@@ -41,9 +43,28 @@ pub fn parse_size(text: &str) -> Result<u64> {
     }
 }
 
+/// `bytes` in the largest unit that keeps it above 1 (decimal: kB, MB, GB).
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match b {
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        _ => format!("{bytes} B"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{human, parse_size};
+
+    #[test]
+    fn human_sizes_are_decimal_with_one_digit() {
+        assert_eq!(human(999), "999 B");
+        assert_eq!(human(1_500), "1.5 kB");
+        assert_eq!(human(66_052_096), "66.1 MB");
+        assert_eq!(human(33_700_000_000), "33.7 GB");
+    }
 
     #[test]
     fn units_are_binary_or_decimal_as_written() {

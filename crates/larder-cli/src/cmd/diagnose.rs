@@ -215,11 +215,7 @@ fn compare(e: &Estimate, m: &Measurement) -> Vec<Comparison> {
             e.larder.private,
             grown(m.after.anonymous, m.before.anonymous),
         ),
-        row(
-            "mapped store (file-backed RSS)",
-            mapped,
-            grown(m.after.file_backed(), m.before.file_backed()),
-        ),
+        row("mapped store (file-backed RSS)", mapped, m.mapped_store),
         row(
             "RSS added by the loader",
             e.larder.private + mapped,

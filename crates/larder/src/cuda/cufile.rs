@@ -262,7 +262,7 @@ unsafe impl Sync for CuFile {}
 impl CuFile {
     pub(crate) fn open(path: &Path) -> Result<CuFile> {
         let api = opened().map_err(|message| Error::Cuda { message })?;
-        let file = crate::fastload::read::open(path, true)?;
+        let file = crate::os::open(path, true).map_err(|e| Error::io(path, e))?;
         let mut descr = CuFileDescr {
             kind: HANDLE_TYPE_OPAQUE_FD,
             handle: FdOrHandle {

@@ -3,6 +3,7 @@
 
 use super::estimate::{Estimate, latent_bytes_per_value};
 use super::families::family;
+use crate::size::human;
 use crate::store::codec::Codec;
 
 /// How much a piece of advice matters.
@@ -26,17 +27,6 @@ pub struct Advice {
     pub advice: String,
     /// Why: the figures the rule saw.
     pub reason: String,
-}
-
-/// `bytes` in the largest unit that keeps it above 1 (decimal: kB, MB, GB).
-pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    match b {
-        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
-        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
-        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
-        _ => format!("{bytes} B"),
-    }
 }
 
 /// The saving of storing latents in `to` rather than `from`, from measured sizes, in percent.
@@ -219,6 +209,7 @@ mod tests {
             item_text_bytes: 0,
             field_columns: 2,
             catalog_bytes: None,
+            shard_bytes: None,
             largest_decode_bytes: 0,
             fields: vec![
                 field("latent", latent, 0.5),

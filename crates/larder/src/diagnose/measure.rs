@@ -1,6 +1,7 @@
 //! Measuring what the loader really holds: the process's RSS and PSS from
-//! `/proc/self/smaps_rollup`, and how much of the store's shards the page cache holds
-//! (`mincore` over a mapping that touches no page).
+//! `/proc/self/smaps_rollup`, the resident pages of its maps of the store's shards from
+//! `/proc/self/smaps`, and how much of the shards the page cache holds (`mincore` over a
+//! mapping that touches no page).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,107 +9,13 @@ use std::time::Instant;
 
 use crate::load::plan::{BucketTail, OrderOptions, RankTail};
 use crate::load::{Loader, LoaderOptions};
+use crate::os::{ProcessMemory, Residency, dir_residency, mapped_rss};
 use crate::store::{SHARD_DIR, Store};
 use crate::{Error, Result};
 
-/// The memory of this process, in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ProcessMemory {
-    /// Resident set size: private memory plus every resident page of mapped files.
-    pub rss: u64,
-    /// Proportional set size: shared pages divided among the processes that map them.
-    pub pss: u64,
-    /// Anonymous (private, not file-backed) resident memory.
-    pub anonymous: u64,
-}
-
-impl ProcessMemory {
-    /// Reads this process's memory from `/proc/self/smaps_rollup`; `None` where the file does
-    /// not exist (not Linux, or a kernel older than 4.14).
-    pub fn read() -> Option<ProcessMemory> {
-        ProcessMemory::parse(&std::fs::read_to_string("/proc/self/smaps_rollup").ok()?)
-    }
-
-    /// Reads the `Rss:`, `Pss:` and `Anonymous:` lines (in kB) of smaps_rollup text.
-    fn parse(text: &str) -> Option<ProcessMemory> {
-        let field = |name| kb_field(text, name);
-        Some(ProcessMemory {
-            rss: field("Rss:")?,
-            pss: field("Pss:")?,
-            anonymous: field("Anonymous:")?,
-        })
-    }
-
-    /// Resident pages of mapped files: RSS less anonymous memory.
-    pub fn file_backed(&self) -> u64 {
-        self.rss.saturating_sub(self.anonymous)
-    }
-}
-
-/// The value of a `Name:   123 kB` line of a /proc file, in bytes.
-fn kb_field(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-}
-
-/// How much of a set of files the page cache holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Residency {
-    /// Files looked at.
-    pub files: u64,
-    /// Their size.
-    pub bytes: u64,
-    /// Bytes of them in the page cache (whole pages; the last page of a file counts whole).
-    pub resident: u64,
-}
-
-/// Bytes of `path` in the page cache, and its size.
-pub fn file_residency(path: &Path) -> Result<(u64, u64)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len == 0 {
-        return Ok((0, 0));
-    }
-    // SAFETY: the mapping is read-only and never read through: mincore only asks the kernel
-    // which of its pages are resident, so a concurrent change to the file cannot be observed
-    // as torn memory here.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
-    let pages = map.len().div_ceil(page);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `map` is a live mapping of `map.len()` bytes starting at a page boundary, and
-    // `vec` has one byte for each of its pages, as mincore requires.
-    let rc = unsafe {
-        libc::mincore(
-            map.as_ptr() as *mut libc::c_void,
-            map.len(),
-            vec.as_mut_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    let resident = vec.iter().filter(|b| **b & 1 == 1).count() as u64 * page as u64;
-    Ok((resident.min(len.next_multiple_of(page as u64)), len))
-}
-
 /// Page-cache residency of every shard of the store in `root`.
 pub fn store_residency(root: &Path) -> Result<Residency> {
-    let dir = root.join(SHARD_DIR);
-    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut out = Residency::default();
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-        let (resident, bytes) = file_residency(&path)?;
-        out.files += 1;
-        out.bytes += bytes;
-        out.resident += resident;
-    }
-    Ok(out)
+    dir_residency(&root.join(SHARD_DIR))
 }
 
 /// Settings of [`measure`].
@@ -135,6 +42,10 @@ pub struct Measurement {
     pub batches: u64,
     /// Items served.
     pub items: u64,
+    /// Resident bytes of this process's maps of the store's shards, after serving: the part
+    /// of the file-backed growth that is the store. The rest is the program's own code and
+    /// libraries, paged in as serving runs code not run before (over 10 MB in a debug build).
+    pub mapped_store: u64,
     /// The shards in the page cache before serving.
     pub page_cache_before: Residency,
     /// The shards in the page cache after serving.
@@ -192,6 +103,10 @@ pub fn measure(root: &Path, options: &MeasureOptions) -> Result<Measurement> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let after = ProcessMemory::read().ok_or_else(no_proc)?;
+    // The kernel names mapped files by their canonical path; `root` may be relative or a link.
+    let shards = root.join(SHARD_DIR);
+    let shards = shards.canonicalize().map_err(|e| Error::io(&shards, e))?;
+    let mapped_store = mapped_rss(&shards).ok_or_else(no_proc)?;
     let page_cache_after = store_residency(root)?;
     drop(held);
     drop(loader);
@@ -200,47 +115,9 @@ pub fn measure(root: &Path, options: &MeasureOptions) -> Result<Measurement> {
         after,
         batches,
         items,
+        mapped_store,
         page_cache_before,
         page_cache_after,
         seconds,
     })
-}
-
-/// The machine's memory, from `/proc/meminfo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct SystemMemory {
-    /// Physical memory (`MemTotal`).
-    pub total: u64,
-    /// Memory available to new work without swapping (`MemAvailable`): free memory plus the
-    /// page cache the kernel can drop.
-    pub available: u64,
-}
-
-impl SystemMemory {
-    /// Reads `/proc/meminfo`; `None` where it is not readable.
-    pub fn read() -> Option<SystemMemory> {
-        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let field = |name| kb_field(&text, name);
-        Some(SystemMemory {
-            total: field("MemTotal:")?,
-            available: field("MemAvailable:")?,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ProcessMemory;
-
-    #[test]
-    fn parses_smaps_rollup() {
-        let text = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:              204800 kB\nPss:              102400 kB\nPss_Anon:          1000 kB\nAnonymous:         51200 kB\n";
-        let m = ProcessMemory::parse(text).expect("all three lines");
-        assert_eq!(
-            (m.rss, m.pss, m.anonymous),
-            (200 << 20, 100 << 20, 50 << 20)
-        );
-        assert_eq!(m.file_backed(), 150 << 20);
-        assert_eq!(ProcessMemory::parse("Rss: 4 kB\n"), None);
-    }
 }

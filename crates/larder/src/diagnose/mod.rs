@@ -21,7 +21,7 @@ mod estimate;
 mod families;
 mod measure;
 
-pub use advice::{Advice, Level, advise, human};
+pub use advice::{Advice, Level, advise};
 pub use estimate::{
     DataLoaderEstimate, Estimate, EstimateOptions, FILE_ITEM_BYTES, FieldEstimate, LarderEstimate,
     MEASURED_LATENT_BYTES, Origin, TORCH_WORKER_BYTES, Workload, estimate, latent_bytes_per_value,
@@ -29,7 +29,10 @@ pub use estimate::{
 pub use families::{
     Component, FAMILIES, Family, ModelFigures, TextEncoder, family, name_or_path_of, resolve,
 };
-pub use measure::{
-    MeasureOptions, Measurement, ProcessMemory, Residency, SystemMemory, file_residency, measure,
-    store_residency,
-};
+pub use measure::{MeasureOptions, Measurement, measure, store_residency};
+
+// The OS probes and the byte formatting live in their own layers (`crate::os`, `crate::size`),
+// which diagnose, doctor, metrics and fastload all use; they are re-exported here, where they
+// were public before those layers existed.
+pub use crate::os::{ProcessMemory, Residency, SystemMemory, file_residency};
+pub use crate::size::human;

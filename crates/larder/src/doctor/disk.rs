@@ -2,12 +2,12 @@
 //! sequentially, and whether the page cache keeps what was read.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{Check, Status};
-use crate::diagnose::{file_residency, human, store_residency};
+use crate::os::{dir_residency, file_residency, open};
+use crate::size::human;
 use crate::store::SHARD_DIR;
 
 /// Bytes read for the speed test at most.
@@ -39,12 +39,7 @@ pub fn read_speed(path: &Path, limit: u64) -> std::io::Result<(u64, f64, ReadMod
 }
 
 fn read_with(path: &Path, limit: u64, direct: bool) -> std::io::Result<(u64, f64)> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    if direct {
-        options.custom_flags(libc::O_DIRECT);
-    }
-    let mut file = options.open(path)?;
+    let mut file = open(path, direct)?;
     let mut storage = vec![0u8; CHUNK + DIRECT_ALIGN];
     let skip = storage.as_ptr().align_offset(DIRECT_ALIGN);
     let buf = &mut storage[skip..skip + CHUNK];
@@ -94,7 +89,7 @@ pub fn store_checks(store: &Path) -> Vec<Check> {
         }
     };
     let mut out = Vec::new();
-    let cached = store_residency(store);
+    let cached = dir_residency(&store.join(SHARD_DIR));
     out.push(match &cached {
         Ok(r) => Check::new(
             "store in page cache",

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use super::{Check, Status};
-use crate::diagnose::{SystemMemory, human};
+use crate::os::{SystemMemory, fs_space, open_files, shm_space};
+use crate::size::human;
 
 /// /dev/shm below this breaks PyTorch DataLoader workers, which hand every batch to the main
 /// process through shared memory: Docker's default is 64 MB, and a worker that cannot grow its
@@ -17,32 +18,6 @@ const NOFILE_WARN: u64 = 4096;
 /// Free space below this fraction of the file system (or this many bytes) warns.
 const DISK_FREE_FRACTION: f64 = 0.10;
 const DISK_FREE_BYTES: u64 = 10_000_000_000;
-
-/// File-system size and free space of the file system holding `path`, from statvfs.
-pub(crate) fn fs_space(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let unit = st.f_frsize as u64;
-    Ok((st.f_blocks as u64 * unit, st.f_bavail as u64 * unit))
-}
-
-/// The soft and hard limits on open files of this process.
-fn nofile() -> std::io::Result<(u64, u64)> {
-    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
-}
 
 /// The RAM row.
 fn ram() -> Check {
@@ -132,12 +107,11 @@ pub(crate) fn disk_check(path: &Path, total: u64, free: u64) -> Check {
 /// RAM, /dev/shm, open files, and free disk where `store` lives (or the current directory).
 pub fn system_checks(store: Option<&Path>) -> Vec<Check> {
     let mut out = vec![ram()];
-    let shm = Path::new("/dev/shm");
-    out.push(match fs_space(shm) {
-        Ok((total, free)) if shm.is_dir() => shm_check(Some(total), free),
-        _ => shm_check(None, 0),
+    out.push(match shm_space() {
+        Some((total, free)) => shm_check(Some(total), free),
+        None => shm_check(None, 0),
     });
-    out.push(match nofile() {
+    out.push(match open_files() {
         Ok((soft, hard)) => nofile_check(soft, hard),
         Err(e) => Check::new("open files", Status::Info, format!("getrlimit failed: {e}")),
     });
@@ -198,12 +172,5 @@ mod tests {
             disk_check(p, 100_000_000_000, 40_000_000_000).status,
             Status::Ok
         );
-    }
-
-    #[test]
-    fn statvfs_sees_the_current_file_system() {
-        let (total, free) = fs_space(Path::new(".")).expect("statvfs");
-        assert!(total > 0 && free <= total);
-        assert!(fs_space(Path::new("/no/such/dir")).is_err());
     }
 }

@@ -239,20 +239,22 @@ pub(crate) fn read_host(
     let chunk = round_up(chunk.max(ALIGN));
     let use_direct = direct.unwrap_or_else(|| {
         shard.file_len >= AUTO_DIRECT_MIN_BYTES
-            && crate::diagnose::file_residency(&shard.path)
+            && crate::os::file_residency(&shard.path)
                 .is_ok_and(|(cached, len)| cached.saturating_mul(2) < len)
     });
     if use_direct {
-        let attempt = read::open(&shard.path, true).and_then(|f| {
-            read::read_parallel(
-                &f,
-                &shard.path,
-                buffer.whole_mut(),
-                shard.file_len,
-                chunk,
-                threads,
-            )
-        });
+        let attempt = crate::os::open(&shard.path, true)
+            .map_err(|e| Error::io(&shard.path, e))
+            .and_then(|f| {
+                read::read_parallel(
+                    &f,
+                    &shard.path,
+                    buffer.whole_mut(),
+                    shard.file_len,
+                    chunk,
+                    threads,
+                )
+            });
         match attempt {
             Ok(()) => return Ok((buffer, true)),
             // A file system without O_DIRECT (tmpfs, some FUSE and network ones) refuses it

@@ -185,7 +185,7 @@ fn by_pinned_ring(
     }
     let (filled_tx, filled_rx) = crossbeam_channel::unbounded::<Result<(usize, u64, usize)>>();
     let start = shard.header.data_start;
-    let file = read::open(&shard.path, false)?;
+    let file = crate::os::open(&shard.path, false).map_err(|e| Error::io(&shard.path, e))?;
     let (slots, stream) = (&slots, &stream);
     std::thread::scope(|s| {
         for _ in 0..options.threads.clamp(1, chunks.len().max(1)) {

@@ -39,7 +39,7 @@ mod evict;
 mod generate;
 mod header;
 mod index;
-pub(crate) mod read;
+mod read;
 
 pub use buffer::HostBuffer;
 pub use checkpoint::{Checkpoint, HostTensors, OwnedTensor, TensorView};

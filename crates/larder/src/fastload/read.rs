@@ -7,21 +7,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::{Error, Result};
-
-/// Opens `path` for reading, with `O_DIRECT` when `direct` (the page cache is bypassed: reads go
-/// from the device to the buffer by DMA).
-pub(crate) fn open(path: &Path, direct: bool) -> Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    if direct {
-        options.custom_flags(libc::O_DIRECT);
-    }
-    options.open(path).map_err(|e| Error::io(path, e))
-}
 
 /// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
 pub(crate) fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {

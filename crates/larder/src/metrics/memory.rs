@@ -23,7 +23,7 @@ impl MemoryUsage {
     /// [`ProcessMemory`](crate::diagnose::ProcessMemory) reads it. Reading it takes from tens
     /// of microseconds to milliseconds in a large process, so callers sample it, not poll it.
     pub fn of_this_process() -> MemoryUsage {
-        crate::diagnose::ProcessMemory::read()
+        crate::os::ProcessMemory::read()
             .map(|m| MemoryUsage {
                 rss_bytes: Some(m.rss),
                 pss_bytes: Some(m.pss),

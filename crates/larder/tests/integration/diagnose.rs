@@ -87,8 +87,10 @@ fn plan_estimate_matches_hand_computed_sizes() {
     let per_worker = 290_000_000 + state + 6 * 2048 + 2 * batch;
     assert_eq!(e.dataloader.per_worker, per_worker);
     assert_eq!(e.dataloader.total, 2 * per_worker + 6 * 2048);
-    // larder: the whole store mapped once, prefetch (4) + 1 batch buffers.
-    assert_eq!(e.larder.mapped_store, e.store_bytes);
+    // larder: the whole store mapped once, with the shard header's JSON of each of the 8
+    // entries (112 bytes each: checked reads map the header chunk too), and prefetch (4) + 1
+    // batch buffers.
+    assert_eq!(e.larder.mapped_store, e.store_bytes + 8 * 112);
     assert_eq!(e.larder.batch_buffers, 5 * batch);
 }
 
@@ -131,6 +133,15 @@ fn store_workload_reads_the_stored_sizes() {
     assert_eq!(pixels.stored_bytes, 6 * 3 * 64 * 64);
     assert_eq!(pixels.bytes_per_pixel, 3.0);
     assert!(w.catalog_bytes.is_some_and(|b| b > 0));
+    // The shard files, headers included: what a whole epoch leaves mapped.
+    let on_disk: u64 = std::fs::read_dir(root.join("shards"))
+        .expect("shards")
+        .map(|e| e.expect("entry").metadata().expect("meta").len())
+        .sum();
+    assert_eq!(w.shard_bytes, Some(on_disk));
+    assert!(on_disk > pixels.stored_bytes);
+    let e = estimate(w, &EstimateOptions::default());
+    assert_eq!(e.larder.mapped_store, on_disk);
 }
 
 /// Resident bytes of the files in `dir` as util-linux's `fincore` reports them.
@@ -209,5 +220,38 @@ fn measuring_an_epoch_sees_the_mapped_store_in_rss() {
     assert_eq!(
         m.page_cache_after.resident,
         fincore_bytes(&root.join("shards"))
+    );
+}
+
+#[test]
+fn the_estimate_of_the_mapped_store_is_what_an_epoch_leaves_resident() {
+    // Regression: diagnose compared its mapped-store estimate with the growth of all
+    // file-backed RSS, which includes the program's own code paged in while serving (11 MB of
+    // a debug build, 15% of the sample store), and counted the entries' bytes only, while
+    // checked reads hash whole 1 MiB chunks, shard headers included. The estimate is now the
+    // shard files, and the measurement the resident pages of the shard maps alone.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = prepared(tmp.path());
+    let e = estimate(
+        Workload::from_store(&Store::open(&root).expect("open")).expect("workload"),
+        &EstimateOptions::default(),
+    );
+    let m = measure(
+        &root,
+        &MeasureOptions {
+            batch_size: 2,
+            threads: 2,
+            prefetch: 2,
+            batches: None,
+        },
+    )
+    .expect("measure");
+    assert_eq!(m.items, 12);
+    // Every page of every shard, the last one whole: the estimate within one page per shard.
+    let files = m.page_cache_after.files;
+    assert!(m.mapped_store >= e.larder.mapped_store, "{m:?} {e:?}");
+    assert!(
+        m.mapped_store <= e.larder.mapped_store + files * 4096,
+        "{m:?} {e:?}"
     );
 }
