@@ -2,12 +2,17 @@
 //!
 //! For each image the scan needs its size as the trainer will see it (after EXIF orientation,
 //! as AI Toolkit's `exif_transpose` applies it) and whether the file is whole. Both come from a
-//! few small reads: `imagesize` parses the size, a short walk over the container's segments or
-//! chunks finds the EXIF orientation, and the last bytes tell whether the file was cut short.
-//! A 24-megapixel JPEG costs a handful of kilobytes of I/O instead of a full decode.
+//! few small reads: `imagesize` parses the size, `kamadak-exif` finds and parses the EXIF block
+//! in the container, and the last bytes tell whether the file was cut short. A 24-megapixel
+//! JPEG costs a handful of kilobytes of I/O instead of a full decode.
+//!
+//! Both parsers read through a [`Window`]: the first page of the file, already in memory, then
+//! positioned reads up to a limit chosen per format. The limit matters for the EXIF search:
+//! `kamadak-exif` walks a container by reading it, not by seeking, and for a JPEG without EXIF
+//! it would read on through the compressed data to the end of the file.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// The image formats larder reads.
@@ -49,6 +54,19 @@ pub(crate) enum HeaderProblem {
 /// EXIF block; larger headers are followed into the file.
 const HEAD_BYTES: usize = 4096;
 
+/// How far into a PNG whose first page holds no image data the EXIF search reads. Its `eXIf`
+/// chunk must come before the image data, after ancillary chunks (ICC profile, text) that
+/// rarely reach this size.
+const PNG_EXIF_SEARCH: u64 = 256 << 10;
+
+/// How far into a WebP that flags EXIF the search reads. The container puts the `EXIF` chunk
+/// after the pixel data, so the walk reads through the image to reach it; only WebPs whose
+/// header flags EXIF pay this, and larger ones are read as upright.
+const WEBP_EXIF_SEARCH: u64 = 16 << 20;
+
+/// Bytes fetched per positioned read beyond the first page.
+const CHUNK: usize = 16 << 10;
+
 /// Reads the header facts of the image at `path`, and its length in bytes.
 ///
 /// This is the scan's hot path, so it keeps system calls few: one open, one fstat, one read of
@@ -56,17 +74,60 @@ const HEAD_BYTES: usize = 4096;
 /// the last bytes when the file is larger, one close.
 pub(crate) fn probe(path: &Path) -> Result<(u64, Header), HeaderProblem> {
     let unreadable = |e: std::io::Error| HeaderProblem::Unreadable(e.to_string());
-    let mut file = File::open(path).map_err(|e| match e.kind() {
+    let file = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => HeaderProblem::NotFound,
         _ => unreadable(e),
     })?;
     let len = file.metadata().map_err(unreadable)?.len();
+    probe_source(&file, len).map(|h| (len, h))
+}
+
+/// Something the probe reads from at given offsets: an open file, or bytes in memory (the
+/// fuzz target's input).
+pub(crate) trait ReadAt {
+    /// Fills `buf` from `offset`; an error when fewer bytes are there.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for File {
+    #[cfg(unix)]
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        // A positioned read does not move the file offset: one system call, not two.
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+
+    #[cfg(not(unix))]
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let mut file = self;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(buf)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..)?.get(..buf.len()))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Reads the header facts of the `len` bytes of `src`.
+pub(crate) fn probe_source<S: ReadAt + ?Sized>(
+    src: &S,
+    len: u64,
+) -> Result<Header, HeaderProblem> {
+    let unreadable = |e: std::io::Error| HeaderProblem::Unreadable(e.to_string());
     if len == 0 {
         return Err(HeaderProblem::Empty);
     }
     let mut head = [0u8; HEAD_BYTES];
-    let head_len = HEAD_BYTES.min(len as usize);
-    file.read_exact(&mut head[..head_len]).map_err(unreadable)?;
+    let head_len = HEAD_BYTES.min(usize::try_from(len).unwrap_or(usize::MAX));
+    src.read_exact_at(&mut head[..head_len], 0)
+        .map_err(unreadable)?;
     let head = &head[..head_len];
     let format = match imagesize::image_type(head) {
         Ok(imagesize::ImageType::Jpeg) => ImageFormat::Jpeg,
@@ -84,16 +145,10 @@ pub(crate) fn probe(path: &Path) -> Result<(u64, Header), HeaderProblem> {
         }
         Err(e) => return Err(HeaderProblem::Corrupt(e.to_string())),
     };
-    let whole_head = head_len as u64 == len;
-    // The size is in the head for all but JPEGs with large metadata before their frame header.
-    let size = match imagesize::blob_size(head) {
-        Err(imagesize::ImageError::IoError(_)) if !whole_head => {
-            file.seek(SeekFrom::Start(0)).map_err(unreadable)?;
-            imagesize::reader_size(BufReader::new(&mut file))
-        }
-        other => other,
-    }
-    .map_err(|e| match e {
+    // The size is in the head for all but JPEGs with large metadata before their frame header;
+    // the window follows those into the file.
+    let mut sized = Window::new(src, head, len);
+    let size = imagesize::reader_size(&mut sized).map_err(|e| match e {
         imagesize::ImageError::IoError(_) => HeaderProblem::Truncated,
         other => HeaderProblem::Corrupt(other.to_string()),
     })?;
@@ -106,23 +161,32 @@ pub(crate) fn probe(path: &Path) -> Result<(u64, Header), HeaderProblem> {
             )));
         }
     };
-    let orientation = match find_exif(format, &mut std::io::Cursor::new(head)) {
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !whole_head => {
-            find_exif(format, &mut BufReader::new(&mut file))
+    let exif_end = match format {
+        // A JPEG's EXIF segment comes first after the start of image, before the frame header
+        // that `imagesize` has just read: the search ends there, short of the pixel data.
+        ImageFormat::Jpeg => Some(sized.pos),
+        // The `eXIf` chunk precedes the image data; when the first page shows where that
+        // starts, the search ends there.
+        ImageFormat::Png => Some(
+            find(head, b"IDAT")
+                .map_or(PNG_EXIF_SEARCH, |at| at as u64)
+                .min(len),
+        ),
+        // Only an extended (VP8X) WebP whose header sets the EXIF flag carries EXIF.
+        ImageFormat::Webp => {
+            const EXIF_FLAG: u8 = 0x08;
+            let flagged = head.get(12..16) == Some(b"VP8X".as_slice())
+                && head.get(20).is_some_and(|f| f & EXIF_FLAG != 0);
+            flagged.then_some(WEBP_EXIF_SEARCH.min(len))
         }
-        other => other,
-    }
-    // A damaged EXIF block is common in the wild and harmless to training: treat it as absent.
-    .ok()
-    .flatten()
-    .map_or(1, orientation_from_tiff);
-    let complete = if whole_head {
+    };
+    let orientation = exif_end.map_or(1, |end| orientation(&mut Window::new(src, head, end)));
+    let complete = if head_len as u64 == len {
         is_complete(format, head, head, len)
     } else {
-        // The file is longer than the head, so it has 64 bytes of tail; a positioned read
-        // fetches them without moving the file offset (one system call, not two).
+        // The file is longer than the head, so it has 64 bytes of tail.
         let mut tail = [0u8; 64];
-        read_exact_at(&file, &mut tail, len - 64).map_err(unreadable)?;
+        src.read_exact_at(&mut tail, len - 64).map_err(unreadable)?;
         is_complete(format, head, &tail, len)
     };
     if !complete {
@@ -133,36 +197,118 @@ pub(crate) fn probe(path: &Path) -> Result<(u64, Header), HeaderProblem> {
     } else {
         (width, height)
     };
-    Ok((
-        len,
-        Header {
-            format,
-            width,
-            height,
-            orientation,
-        },
-    ))
+    Ok(Header {
+        format,
+        width,
+        height,
+        orientation,
+    })
 }
 
-#[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+/// The offset of the first occurrence of `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
-#[cfg(not(unix))]
-fn read_exact_at(mut file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buf)
+/// The EXIF orientation (1..=8) found in the container `window` holds; 1 (upright) when there
+/// is no EXIF block in the window, or it is damaged, or the tag is absent or out of range.
+/// A damaged EXIF block is common in the wild and harmless to training: it counts as absent.
+fn orientation<R: BufRead + Seek>(window: &mut R) -> u8 {
+    let Ok(exif) = exif::Reader::new().read_from_container(window) else {
+        return 1;
+    };
+    exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
+        .and_then(|f| f.value.get_uint(0))
+        .and_then(|v| u8::try_from(v).ok())
+        .filter(|v| (1..=8).contains(v))
+        .unwrap_or(1)
 }
 
-fn find_exif<R: BufRead + Seek>(
-    format: ImageFormat,
-    r: &mut R,
-) -> std::io::Result<Option<Vec<u8>>> {
-    match format {
-        ImageFormat::Jpeg => jpeg_exif(r),
-        ImageFormat::Png => png_exif(r),
-        ImageFormat::Webp => webp_exif(r),
+/// The first `end` bytes of an image as a buffered, seekable stream: the head already in
+/// memory, then positioned reads of the source. Reading past `end` finds the end of the
+/// stream, which is how the parsers' reads are bounded.
+struct Window<'a, S: ?Sized> {
+    src: &'a S,
+    head: &'a [u8],
+    end: u64,
+    /// The position of the next byte handed out.
+    pos: u64,
+    /// Bytes read from `src` beyond the head, starting at offset `buf_at`.
+    buf: Vec<u8>,
+    buf_at: u64,
+}
+
+impl<'a, S: ReadAt + ?Sized> Window<'a, S> {
+    /// `end` must not exceed the length of `src`.
+    fn new(src: &'a S, head: &'a [u8], end: u64) -> Self {
+        Window {
+            src,
+            head,
+            end,
+            pos: 0,
+            buf: Vec::new(),
+            buf_at: 0,
+        }
+    }
+}
+
+impl<S: ReadAt + ?Sized> BufRead for Window<'_, S> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.pos >= self.end {
+            return Ok(&[]);
+        }
+        let head_len = self.head.len() as u64;
+        if self.pos < head_len {
+            // Both are at most the head's length, so they fit in usize.
+            let stop = head_len.min(self.end) as usize;
+            return Ok(&self.head[self.pos as usize..stop]);
+        }
+        let buffered = self.pos >= self.buf_at && self.pos - self.buf_at < self.buf.len() as u64;
+        if !buffered {
+            let n = (self.end - self.pos).min(CHUNK as u64) as usize;
+            self.buf.resize(n, 0);
+            self.src.read_exact_at(&mut self.buf, self.pos)?;
+            self.buf_at = self.pos;
+        }
+        // Less than `buf.len()`, checked above or set just now.
+        let at = (self.pos - self.buf_at) as usize;
+        Ok(&self.buf[at..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n as u64;
+    }
+}
+
+impl<S: ReadAt + ?Sized> Read for Window<'_, S> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<S: ReadAt + ?Sized> Seek for Window<'_, S> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.end.checked_add_signed(d),
+        }
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
+        self.pos = pos;
+        Ok(pos)
+    }
+
+    fn stream_position(&mut self) -> std::io::Result<u64> {
+        Ok(self.pos)
     }
 }
 
@@ -188,114 +334,115 @@ fn is_complete(format: ImageFormat, head: &[u8], tail: &[u8], len: u64) -> bool 
     }
 }
 
-fn read_u16_be<R: Read>(r: &mut R) -> std::io::Result<u16> {
-    let mut b = [0u8; 2];
-    r.read_exact(&mut b)?;
-    Ok(u16::from_be_bytes(b))
-}
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
 
-/// The upper bound on an EXIF block we are willing to read (JPEG caps APP1 at 64 KiB anyway).
-const MAX_EXIF: u64 = 1 << 20;
+    use super::*;
 
-fn read_block<R: Read>(r: &mut R, len: u64) -> std::io::Result<Option<Vec<u8>>> {
-    if len > MAX_EXIF {
-        return Ok(None);
+    /// Bytes in memory that count how many of them the probe reads.
+    struct Counted {
+        bytes: Vec<u8>,
+        read: Cell<u64>,
     }
-    let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf)?;
-    Ok(Some(buf))
-}
 
-/// Finds the TIFF payload of a JPEG's `Exif` APP1 segment, walking segment headers only.
-fn jpeg_exif<R: BufRead + Seek>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
-    r.seek(SeekFrom::Start(2))?;
-    loop {
-        let mut marker = [0u8; 2];
-        r.read_exact(&mut marker)?;
-        if marker[0] != 0xFF {
-            return Ok(None);
-        }
-        match marker[1] {
-            // Fill bytes before a marker.
-            0xFF => {
-                r.seek(SeekFrom::Current(-1))?;
-                continue;
-            }
-            // Start of scan or end of image: EXIF always comes before these.
-            0xDA | 0xD9 => return Ok(None),
-            // Markers without a length field.
-            0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        let len = u64::from(read_u16_be(r)?);
-        if len < 2 {
-            return Ok(None);
-        }
-        if marker[1] == 0xE1 && len >= 8 {
-            let mut sig = [0u8; 6];
-            r.read_exact(&mut sig)?;
-            if &sig == b"Exif\0\0" {
-                return read_block(r, len - 8);
-            }
-            r.seek(SeekFrom::Current(len as i64 - 8))?;
-        } else {
-            r.seek(SeekFrom::Current(len as i64 - 2))?;
+    impl Counted {
+        fn probe(bytes: Vec<u8>) -> (Result<Header, HeaderProblem>, u64) {
+            let src = Counted {
+                bytes,
+                read: Cell::new(0),
+            };
+            let got = probe_source(&src, src.bytes.len() as u64);
+            (got, src.read.get())
         }
     }
-}
 
-/// Finds a PNG `eXIf` chunk before the image data.
-fn png_exif<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
-    r.seek(SeekFrom::Start(8))?;
-    loop {
-        let mut head = [0u8; 8];
-        r.read_exact(&mut head)?;
-        let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
-        match &head[4..8] {
-            b"eXIf" => return read_block(r, len),
-            b"IDAT" | b"IEND" => return Ok(None),
-            _ => {
-                r.seek(SeekFrom::Current(len as i64 + 4))?;
-            }
+    impl ReadAt for Counted {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.read.set(self.read.get() + buf.len() as u64);
+            self.bytes.as_slice().read_exact_at(buf, offset)
         }
     }
-}
 
-/// Finds a WebP `EXIF` chunk; only extended (VP8X) files whose header flags EXIF carry one.
-fn webp_exif<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
-    let mut vp8x = [0u8; 9];
-    r.seek(SeekFrom::Start(12))?;
-    r.read_exact(&mut vp8x)?;
-    const EXIF_FLAG: u8 = 0x08;
-    if &vp8x[0..4] != b"VP8X" || vp8x[8] & EXIF_FLAG == 0 {
-        return Ok(None);
+    /// A JPEG many pages long.
+    fn big_jpeg() -> Vec<u8> {
+        let jpeg = crate::synth::encode(&crate::synth::render(1024, 1024, 7), ImageFormat::Jpeg)
+            .expect("encode");
+        assert!(jpeg.len() > 16 << 10, "{} bytes", jpeg.len());
+        jpeg
     }
-    r.seek(SeekFrom::Start(12))?;
-    loop {
-        let mut head = [0u8; 8];
-        r.read_exact(&mut head)?;
-        let len = u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]]));
-        if &head[0..4] == b"EXIF" {
-            let block = read_block(r, len)?;
-            // Some writers keep the JPEG-style "Exif\0\0" prefix inside the chunk.
-            return Ok(block.map(|b| match b.strip_prefix(b"Exif\0\0") {
-                Some(rest) => rest.to_vec(),
-                None => b,
-            }));
+
+    #[test]
+    fn a_jpeg_without_exif_costs_its_first_page_and_last_bytes() {
+        // kamadak-exif alone would read on through the compressed data to the end of image.
+        let (got, read) = Counted::probe(big_jpeg());
+        let head = got.expect("a whole JPEG");
+        assert_eq!((head.width, head.height, head.orientation), (1024, 1024, 1));
+        assert_eq!(read, HEAD_BYTES as u64 + 64);
+    }
+
+    #[test]
+    fn a_jpeg_with_exif_in_its_first_page_costs_no_more() {
+        let (got, read) = Counted::probe(crate::synth::with_jpeg_orientation(&big_jpeg(), 6));
+        assert_eq!(got.expect("a whole JPEG").orientation, 6);
+        assert_eq!(read, HEAD_BYTES as u64 + 64);
+    }
+
+    #[test]
+    fn exif_behind_large_segments_is_read_up_to_the_frame_header_only() {
+        let rotated = crate::synth::with_jpeg_orientation(&big_jpeg(), 8);
+        // 40 KiB of other APP segments (an ICC profile, say) before the EXIF block.
+        let mut bytes = rotated[..2].to_vec();
+        for _ in 0..4 {
+            bytes.extend_from_slice(&[0xFF, 0xE2]);
+            bytes.extend_from_slice(&10_002u16.to_be_bytes());
+            bytes.extend_from_slice(&[0u8; 10_000]);
         }
-        // Chunks are padded to an even length.
-        r.seek(SeekFrom::Current((len + (len & 1)) as i64))?;
+        bytes.extend_from_slice(&rotated[2..]);
+        let len = bytes.len() as u64;
+        let (got, read) = Counted::probe(bytes);
+        assert_eq!(got.expect("a whole JPEG").orientation, 8);
+        // The size walk and the EXIF walk each cover the 40 KiB; neither reads the pixels.
+        assert!(read < 3 * (48 << 10), "{read} of {len} bytes read");
     }
-}
 
-/// The orientation tag of a TIFF-structured EXIF block; 1 (upright) when absent or invalid.
-fn orientation_from_tiff(tiff: Vec<u8>) -> u8 {
-    let Ok(exif) = exif::Reader::new().read_raw(tiff) else {
-        return 1;
-    };
-    exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
-        .and_then(|f| f.value.get_uint(0))
-        .and_then(|v| u8::try_from(v).ok())
-        .filter(|v| (1..=8).contains(v))
-        .unwrap_or(1)
+    #[test]
+    fn a_png_or_plain_webp_costs_its_first_page_and_last_bytes() {
+        let img = crate::synth::render(512, 512, 3);
+        for format in [ImageFormat::Png, ImageFormat::Webp] {
+            let bytes = crate::synth::encode(&img, format).expect("encode");
+            assert!(bytes.len() > HEAD_BYTES + 64, "{format:?}");
+            let (got, read) = Counted::probe(bytes);
+            assert_eq!(got.expect("a whole image").format, format);
+            assert_eq!(read, HEAD_BYTES as u64 + 64, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn the_window_ends_where_it_is_told_and_seeks_within_it() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut w = Window::new(bytes.as_slice(), &bytes[..HEAD_BYTES], 50_000);
+        let mut all = Vec::new();
+        w.read_to_end(&mut all).expect("read");
+        assert_eq!(all, bytes[..50_000]);
+        assert_eq!(w.seek(SeekFrom::Start(49_990)).expect("seek"), 49_990);
+        let mut rest = Vec::new();
+        w.read_to_end(&mut rest).expect("read");
+        assert_eq!(rest, bytes[49_990..50_000]);
+        assert!(w.seek(SeekFrom::Current(-60_000)).is_err());
+        // A window shorter than the head ends inside it.
+        let mut short = Window::new(bytes.as_slice(), &bytes[..HEAD_BYTES], 10);
+        let mut ten = Vec::new();
+        short.read_to_end(&mut ten).expect("read");
+        assert_eq!(ten, bytes[..10]);
+    }
+
+    #[test]
+    fn a_file_that_shrinks_under_the_window_is_an_error_not_a_panic() {
+        let bytes = vec![0u8; 8192];
+        // `end` beyond the source: reading there fails cleanly.
+        let mut w = Window::new(bytes.as_slice(), &bytes[..HEAD_BYTES], 20_000);
+        let mut all = Vec::new();
+        assert!(w.read_to_end(&mut all).is_err());
+    }
 }

@@ -200,6 +200,21 @@ pub fn scan_with(config: &Config, options: &ScanOptions) -> Result<ScanReport> {
     Ok(report)
 }
 
+/// Reads the header of an image held in memory exactly as the scan reads a file: its format,
+/// its size as displayed (after EXIF orientation) and its EXIF orientation; `None` where the
+/// scan would report a finding instead.
+///
+/// Not part of the API: it exists so that the fuzz target (`fuzz/fuzz_targets/image_header.rs`,
+/// a crate of its own) can feed arbitrary bytes to the real probe, which otherwise only takes
+/// a path. It is the probe's own code, reading from a slice instead of a file, so a crash found
+/// through it is a crash of the scan.
+#[doc(hidden)]
+pub fn probe_image_bytes(bytes: &[u8]) -> Option<(ImageFormat, u32, u32, u8)> {
+    header::probe_source(bytes, bytes.len() as u64)
+        .ok()
+        .map(|h| (h.format, h.width, h.height, h.orientation))
+}
+
 /// One image to look at: its path and what a metadata file said of it.
 struct Candidate {
     path: PathBuf,
@@ -381,28 +396,20 @@ fn scan_one(
             return (None, findings);
         }
     };
-    let pixels = u64::from(head.width) * u64::from(head.height);
     if let Some(limit) = cfg.max_image_pixels
-        && pixels > limit
+        && u64::from(head.width) * u64::from(head.height) > limit
     {
-        // Pillow, which AI Toolkit decodes with, warns above its limit and refuses twice it;
-        // the bytes a decoder would allocate are what matters, so larder stops at the limit.
         finding(
             FindingKind::TooLarge,
             &path,
             format!(
-                "{}x{} is {pixels} pixels, above the limit of {limit} (a decompression bomb, or a scan too large to train on); left out without decoding. Raise `max_image_pixels` in the `larder:` section (0 for no limit) to keep it",
-                head.width, head.height
+                "{}; left out without decoding. {RAISE_LIMIT}",
+                over_limit(head.width, head.height, limit)
             ),
         );
         return (None, findings);
     }
 
-    let (caption, caption_source) = load_caption(cfg, &path, c.meta.as_ref(), &mut finding);
-    let caption_short = c
-        .meta
-        .and_then(|m| m.caption_short)
-        .map(|s| apply_replacements(cfg, s.trim()));
     let stem = stem(&path);
     let mask = pairing.masks.as_ref().and_then(|m| {
         let hit = m.get(stem).cloned();
@@ -415,7 +422,7 @@ fn scan_one(
         }
         hit
     });
-    let controls = pairing
+    let controls: Vec<Option<PathBuf>> = pairing
         .controls
         .iter()
         .zip(&cfg.control_paths)
@@ -442,6 +449,45 @@ fn scan_one(
         }
         hit
     });
+    // `prepare` decodes the paired files with the image, so a decompression bomb among them is
+    // as dangerous as one in the dataset folder. Their headers are read here (a page each) and
+    // an item with an oversized partner is left out whole: AI Toolkit's Pillow refuses such a
+    // file, and an item without its mask or control would train on something else.
+    if let Some(limit) = cfg.max_image_pixels {
+        let paired = mask
+            .iter()
+            .map(|p| ("mask", p))
+            .chain(controls.iter().flatten().map(|p| ("control image", p)))
+            .chain(inpaint.iter().map(|p| ("inpaint image", p)));
+        let mut oversized = false;
+        for (what, paired_path) in paired {
+            // Other problems with a paired file are `prepare`'s to report, as before.
+            let Ok((_, h)) = header::probe(paired_path) else {
+                continue;
+            };
+            if u64::from(h.width) * u64::from(h.height) > limit {
+                oversized = true;
+                finding(
+                    FindingKind::TooLarge,
+                    paired_path,
+                    format!(
+                        "{}: this {what} of {} is not decoded, and the image is left out with it. {RAISE_LIMIT}",
+                        over_limit(h.width, h.height, limit),
+                        path.display()
+                    ),
+                );
+            }
+        }
+        if oversized {
+            return (None, findings);
+        }
+    }
+
+    let (caption, caption_source) = load_caption(cfg, &path, c.meta.as_ref(), &mut finding);
+    let caption_short = c
+        .meta
+        .and_then(|m| m.caption_short)
+        .map(|s| apply_replacements(cfg, s.trim()));
     let image = ScannedImage {
         path,
         bytes,
@@ -457,6 +503,21 @@ fn scan_one(
         inpaint,
     };
     (Some(image), findings)
+}
+
+/// How a too-large finding tells the user to keep the file.
+const RAISE_LIMIT: &str =
+    "Raise `max_image_pixels` in the `larder:` section (0 for no limit) to keep it";
+
+/// The first words of a too-large finding.
+///
+/// Pillow, which AI Toolkit decodes with, warns above its limit and refuses twice it; the bytes
+/// a decoder would allocate are what matters, so larder stops at the limit.
+fn over_limit(width: u32, height: u32, limit: u64) -> String {
+    let pixels = u64::from(width) * u64::from(height);
+    format!(
+        "{width}x{height} is {pixels} pixels, above the limit of {limit} (a decompression bomb, or a scan too large to train on)"
+    )
 }
 
 /// The finding for `path` when it is a symbolic link whose target does not exist.

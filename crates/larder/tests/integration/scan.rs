@@ -656,6 +656,81 @@ fn the_pixel_limit_is_inclusive_and_applies_to_metadata_sizes() {
 }
 
 #[test]
+fn oversized_masks_controls_and_inpaint_images_leave_their_item_out() {
+    // Regression: only dataset images were size-checked, so a decompression bomb given as a
+    // control image was decoded by `prepare`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    for stem in ["ok", "big_mask", "big_control", "big_inpaint"] {
+        image(&root.join("imgs"), &format!("{stem}.jpg"), 16, 16, Some("x"));
+        image(&root.join("masks"), &format!("{stem}.png"), 10, 10, None);
+        image(&root.join("ctl"), &format!("{stem}.png"), 10, 10, None);
+        image(&root.join("inp"), &format!("{stem}.png"), 10, 10, None);
+    }
+    let job = |limit: u64| {
+        file(
+            root,
+            "c.yaml",
+            &format!(
+                "datasets:\n  - folder_path: imgs\n    mask_path: masks\n    control_path: [ctl]\n    inpaint_path: inp\n    max_image_pixels: {limit}\n"
+            ),
+        )
+    };
+    // The images (16x16) are at the limit of 256 pixels and their partners (10x10) below it.
+    let report = scan(&Config::load(job(256)).expect("config")).expect("scan");
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert_eq!(report.datasets[0].images.len(), 4);
+
+    // Three partners above the limit, one of each kind: 20x20 is 400 pixels.
+    image(&root.join("masks"), "big_mask.png", 20, 20, None);
+    image(&root.join("ctl"), "big_control.png", 20, 20, None);
+    image(&root.join("inp"), "big_inpaint.png", 20, 20, None);
+    let report = scan(&Config::load(job(256)).expect("config")).expect("scan");
+    let names: Vec<&str> = report.datasets[0]
+        .images
+        .iter()
+        .filter_map(|i| i.path.file_name()?.to_str())
+        .collect();
+    assert_eq!(names, ["ok.jpg"]);
+    let mut got: Vec<(FindingKind, String)> = report
+        .findings
+        .iter()
+        .map(|f| {
+            let rel = f.path.strip_prefix(root).expect("under root");
+            (f.kind, rel.to_string_lossy().into_owned())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (FindingKind::TooLarge, "ctl/big_control.png".into()),
+            (FindingKind::TooLarge, "inp/big_inpaint.png".into()),
+            (FindingKind::TooLarge, "masks/big_mask.png".into()),
+        ]
+    );
+    let control = report
+        .findings
+        .iter()
+        .find(|f| f.path.ends_with("big_control.png"))
+        .expect("control finding");
+    assert!(
+        control.detail.contains("20x20 is 400 pixels")
+            && control.detail.contains("control image of")
+            && control.detail.contains("big_control.jpg")
+            && control.detail.contains("max_image_pixels"),
+        "{}",
+        control.detail
+    );
+    assert!(FindingKind::TooLarge.excludes_image());
+
+    // No limit: every item is kept, partners and all.
+    let report = scan(&Config::load(job(0)).expect("config")).expect("scan");
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert_eq!(report.datasets[0].images.len(), 4);
+}
+
+#[test]
 fn videos_are_findings_until_video_support_lands() {
     let dir = tempfile::tempdir().expect("tempdir");
     image(dir.path(), "a.jpg", 16, 16, Some("x"));
