@@ -6,6 +6,7 @@ mod distributed;
 mod encode;
 mod fastload;
 mod interop;
+mod layers;
 mod load;
 mod metrics;
 mod plan;
