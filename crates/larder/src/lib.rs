@@ -44,7 +44,7 @@ pub mod tune;
 pub use caption::{CaptionContext, CaptionRecipe};
 pub use config::{
     BucketStrategy, CacheOptions, Config, ConfigWarning, DEFAULT_DIVISIBILITY,
-    DEFAULT_MAX_IMAGE_PIXELS, DatasetConfig, LoaderOptions, Source, divisibility_for_arch,
+    DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, Source, divisibility_for_arch,
 };
 pub use error::{Error, Result};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
@@ -58,5 +58,7 @@ pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
     ScannedImage, scan, scan_with,
 };
+#[doc(hidden)]
+pub use scan::probe_image_bytes;
 pub use size::parse_size;
 pub use store::{FieldData, Store, StoredItem};

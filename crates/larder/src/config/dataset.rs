@@ -74,27 +74,49 @@ pub struct CacheOptions {
     pub clip_vision_to_disk: bool,
 }
 
-/// Loader settings AI Toolkit passes to its PyTorch DataLoader; larder maps them onto its
-/// reader threads.
+/// The keys AI Toolkit passes to its PyTorch `DataLoader`, as written in the dataset entry.
+///
+/// larder's loader does not read them: it is configured where it is built (`num_threads` and
+/// `prefetch` of `larder.DataLoader`, [`crate::load::LoaderOptions`] in Rust), so each of these
+/// keys warns once when set. They are kept because `larder diagnose` models AI Toolkit's own
+/// DataLoader from them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LoaderOptions {
-    /// `num_workers` (AI Toolkit default 2): larder uses this many reader threads.
+pub struct DataloaderKeys {
+    /// `num_workers` (AI Toolkit default 2): AI Toolkit's worker processes.
     pub num_workers: u32,
-    /// `persistent_workers`: larder's threads always persist; accepted for compatibility.
+    /// `persistent_workers` (default false): whether AI Toolkit keeps its workers between epochs.
     pub persistent_workers: bool,
-    /// `prefetch_factor` (default 2): batches prepared ahead per worker.
+    /// `prefetch_factor` (default 2): batches each AI Toolkit worker prepares ahead.
     pub prefetch_factor: u32,
-    /// `gpu_prefetch_batches` (default 0): batches copied to the GPU ahead of use.
+    /// `gpu_prefetch_batches` (default 0): batches AI Toolkit copies to the GPU ahead of use.
     pub gpu_prefetch_batches: u32,
 }
 
-impl Default for LoaderOptions {
+impl Default for DataloaderKeys {
     fn default() -> Self {
-        LoaderOptions {
+        DataloaderKeys {
             num_workers: 2,
             persistent_workers: false,
             prefetch_factor: 2,
             gpu_prefetch_batches: 0,
+        }
+    }
+}
+
+/// What larder does in place of each of AI Toolkit's DataLoader keys, for its warning.
+fn dataloader_key_instead(key: &str) -> &'static str {
+    match key {
+        "num_workers" => {
+            "larder's loader runs reader threads in the training process instead of worker processes: set them with `num_threads` of `larder.DataLoader` (Rust: `LoaderOptions::threads`)"
+        }
+        "persistent_workers" => {
+            "larder's reader threads always live as long as the loader, across epochs"
+        }
+        "prefetch_factor" => {
+            "larder's loader assembles batches ahead with `prefetch` of `larder.DataLoader` (default 4; Rust: `LoaderOptions::prefetch`)"
+        }
+        _ => {
+            "copy batches to the GPU ahead of use with `larder.torch.CudaPrefetcher(loader, depth=N)`"
         }
     }
 }
@@ -167,8 +189,8 @@ pub struct DatasetConfig {
     pub loss_multiplier: f64,
     /// Caching switches.
     pub cache: CacheOptions,
-    /// Loader settings.
-    pub loader: LoaderOptions,
+    /// AI Toolkit's DataLoader keys, as written; larder's loader does not read them.
+    pub loader: DataloaderKeys,
     /// larder: the seed of every random choice for this dataset (crops, captions, order).
     pub seed: u64,
     /// larder: the bucket strategy.
@@ -287,10 +309,28 @@ pub(crate) fn parse_dataset(
             "cache_latents_to_disk" => cfg.cache.latents_to_disk = a.bool(v)?,
             "cache_text_embeddings" => cfg.cache.text_embeddings = a.bool(v)?,
             "cache_clip_vision_to_disk" => cfg.cache.clip_vision_to_disk = a.bool(v)?,
-            "num_workers" => cfg.loader.num_workers = a.uint(v, 0, 1024)?,
-            "persistent_workers" => cfg.loader.persistent_workers = a.bool(v)?,
-            "prefetch_factor" => cfg.loader.prefetch_factor = a.uint(v, 1, 1024)?,
-            "gpu_prefetch_batches" => cfg.loader.gpu_prefetch_batches = a.uint(v, 0, 1024)?,
+            "num_workers" | "persistent_workers" | "prefetch_factor" | "gpu_prefetch_batches" => {
+                // Null is unset; 0 and false are values (`num_workers: 0` is AI Toolkit's
+                // load-in-the-main-process setting, which `larder diagnose` models).
+                if let super::yaml::Value::Null = v.value {
+                    continue;
+                }
+                match key {
+                    "num_workers" => cfg.loader.num_workers = a.uint(v, 0, 1024)?,
+                    "persistent_workers" => cfg.loader.persistent_workers = a.bool(v)?,
+                    "prefetch_factor" => cfg.loader.prefetch_factor = a.uint(v, 1, 1024)?,
+                    _ => cfg.loader.gpu_prefetch_batches = a.uint(v, 0, 1024)?,
+                }
+                // Once per config, not once per dataset: job files repeat these keys in every
+                // dataset entry, and the answer is the same for each.
+                let message = format!(
+                    "not read by larder's loader; {}; ignored",
+                    dataloader_key_instead(key)
+                );
+                if !warnings.iter().any(|w| w.message == message) {
+                    warnings.push(ConfigWarning::new(&a, key_node.line, message));
+                }
+            }
             // AI Toolkit keys added in 2026-08: typed and kept, not acted on yet.
             "batch_size" => {
                 cfg.batch_size = match &v.value {
@@ -467,7 +507,7 @@ impl DatasetConfig {
             network_weight: 1.0,
             loss_multiplier: 1.0,
             cache: CacheOptions::default(),
-            loader: LoaderOptions::default(),
+            loader: DataloaderKeys::default(),
             seed: larder.seed,
             bucket_strategy: larder.bucket_strategy.clone(),
             max_image_pixels: larder.max_image_pixels,

@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use dataset::{
-    BucketStrategy, CacheOptions, DEFAULT_MAX_IMAGE_PIXELS, DatasetConfig, LoaderOptions, Source,
+    BucketStrategy, CacheOptions, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, Source,
 };
 pub use model::{DEFAULT_DIVISIBILITY, divisibility_for_arch};
 

@@ -419,6 +419,50 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_accepted_with_their_orientation() {
+        // The seeds of `fuzz/fuzz_targets/image_header.rs`: minimal files of each container,
+        // which must reach the accepting path for the fuzzer to start from it.
+        let seeds: [(&[u8], ImageFormat, (u32, u32), u8); 4] = [
+            (
+                include_bytes!("../../../../fuzz/corpus/image_header/exif6.jpg"),
+                ImageFormat::Jpeg,
+                (16, 32),
+                6,
+            ),
+            (
+                include_bytes!("../../../../fuzz/corpus/image_header/plain.jpg"),
+                ImageFormat::Jpeg,
+                (32, 16),
+                1,
+            ),
+            (
+                include_bytes!("../../../../fuzz/corpus/image_header/exif6.png"),
+                ImageFormat::Png,
+                (8, 16),
+                8,
+            ),
+            (
+                include_bytes!("../../../../fuzz/corpus/image_header/exif5.webp"),
+                ImageFormat::Webp,
+                (8, 16),
+                5,
+            ),
+        ];
+        for (bytes, format, (width, height), orientation) in seeds {
+            let got = probe_source(bytes, bytes.len() as u64);
+            assert_eq!(
+                got,
+                Ok(Header {
+                    format,
+                    width,
+                    height,
+                    orientation
+                })
+            );
+        }
+    }
+
+    #[test]
     fn the_window_ends_where_it_is_told_and_seeks_within_it() {
         let bytes: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         let mut w = Window::new(bytes.as_slice(), &bytes[..HEAD_BYTES], 50_000);

@@ -386,3 +386,57 @@ fn max_image_pixels_is_read_from_the_larder_section() {
     let c = load("larder:\n  max_image_pixels: 0\n");
     assert_eq!(c.datasets[0].max_image_pixels, None);
 }
+
+#[test]
+fn dataloader_keys_warn_once_per_config_with_what_larder_does_instead() {
+    // Regression: these keys were parsed and silently ignored while the docs said the loader
+    // used them.
+    let dir = tmp_with_images();
+    let entry = "  - folder_path: imgs\n    num_workers: 4\n    persistent_workers: true\n    prefetch_factor: 3\n    gpu_prefetch_batches: 2\n";
+    let path = file(
+        dir.path(),
+        "w.yaml",
+        &format!("datasets:\n{entry}{entry}  - folder_path: imgs\n    num_workers: 0\n    prefetch_factor: null\n"),
+    );
+    let config = Config::load(&path).expect("valid");
+    let got: Vec<(&str, u64)> = config
+        .warnings
+        .iter()
+        .map(|w| (w.key.as_str(), w.line))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("datasets[0].num_workers", 3),
+            ("datasets[0].persistent_workers", 4),
+            ("datasets[0].prefetch_factor", 5),
+            ("datasets[0].gpu_prefetch_batches", 6),
+        ],
+        "{:#?}",
+        config.warnings
+    );
+    let says = |i: usize, what: &str| {
+        let m = &config.warnings[i].message;
+        assert!(m.contains("not read by larder's loader") && m.contains(what), "{m}");
+    };
+    says(0, "`num_threads` of `larder.DataLoader`");
+    says(1, "as long as the loader");
+    says(2, "`prefetch` of `larder.DataLoader`");
+    says(3, "`larder.torch.CudaPrefetcher(loader, depth=N)`");
+    // The values are kept as written, for `larder diagnose`'s model of AI Toolkit's workers.
+    let loader = &config.datasets[1].loader;
+    assert_eq!(
+        (
+            loader.num_workers,
+            loader.persistent_workers,
+            loader.prefetch_factor,
+            loader.gpu_prefetch_batches
+        ),
+        (4, true, 3, 2)
+    );
+    assert_eq!(config.datasets[2].loader.num_workers, 0);
+    assert_eq!(
+        config.datasets[2].loader.prefetch_factor,
+        larder::DataloaderKeys::default().prefetch_factor
+    );
+}
