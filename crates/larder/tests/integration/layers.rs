@@ -304,7 +304,7 @@ fn root_reexports(lib: &str, modules: &BTreeSet<String>) -> BTreeMap<String, Str
         // Every name that the statement makes public: the last word of each leaf (`x as y`
         // exports `y`).
         for word in path
-            .split(|c: char| c == ',' || c == '{' || c == '}')
+            .split([',', '{', '}'])
             .filter_map(|leaf| leaf.split(|c: char| !is_ident(c)).rfind(|w| !w.is_empty()))
         {
             map.insert(word.to_owned(), module.to_owned());
