@@ -116,10 +116,7 @@ impl ReadAt for [u8] {
 }
 
 /// Reads the header facts of the `len` bytes of `src`.
-pub(crate) fn probe_source<S: ReadAt + ?Sized>(
-    src: &S,
-    len: u64,
-) -> Result<Header, HeaderProblem> {
+pub(crate) fn probe_source<S: ReadAt + ?Sized>(src: &S, len: u64) -> Result<Header, HeaderProblem> {
     let unreadable = |e: std::io::Error| HeaderProblem::Unreadable(e.to_string());
     if len == 0 {
         return Err(HeaderProblem::Empty);
@@ -422,43 +419,32 @@ mod tests {
     fn the_fuzz_seeds_are_accepted_with_their_orientation() {
         // The seeds of `fuzz/fuzz_targets/image_header.rs`: minimal files of each container,
         // which must reach the accepting path for the fuzzer to start from it.
-        let seeds: [(&[u8], ImageFormat, (u32, u32), u8); 4] = [
+        let header = |format, width, height, orientation| Header {
+            format,
+            width,
+            height,
+            orientation,
+        };
+        let seeds: [(&[u8], Header); 4] = [
             (
                 include_bytes!("../../../../fuzz/corpus/image_header/exif6.jpg"),
-                ImageFormat::Jpeg,
-                (16, 32),
-                6,
+                header(ImageFormat::Jpeg, 16, 32, 6),
             ),
             (
                 include_bytes!("../../../../fuzz/corpus/image_header/plain.jpg"),
-                ImageFormat::Jpeg,
-                (32, 16),
-                1,
+                header(ImageFormat::Jpeg, 32, 16, 1),
             ),
             (
                 include_bytes!("../../../../fuzz/corpus/image_header/exif6.png"),
-                ImageFormat::Png,
-                (8, 16),
-                8,
+                header(ImageFormat::Png, 8, 16, 8),
             ),
             (
                 include_bytes!("../../../../fuzz/corpus/image_header/exif5.webp"),
-                ImageFormat::Webp,
-                (8, 16),
-                5,
+                header(ImageFormat::Webp, 8, 16, 5),
             ),
         ];
-        for (bytes, format, (width, height), orientation) in seeds {
-            let got = probe_source(bytes, bytes.len() as u64);
-            assert_eq!(
-                got,
-                Ok(Header {
-                    format,
-                    width,
-                    height,
-                    orientation
-                })
-            );
+        for (bytes, expected) in seeds {
+            assert_eq!(probe_source(bytes, bytes.len() as u64), Ok(expected));
         }
     }
 

@@ -396,7 +396,9 @@ fn dataloader_keys_warn_once_per_config_with_what_larder_does_instead() {
     let path = file(
         dir.path(),
         "w.yaml",
-        &format!("datasets:\n{entry}{entry}  - folder_path: imgs\n    num_workers: 0\n    prefetch_factor: null\n"),
+        &format!(
+            "datasets:\n{entry}{entry}  - folder_path: imgs\n    num_workers: 0\n    prefetch_factor: null\n"
+        ),
     );
     let config = Config::load(&path).expect("valid");
     let got: Vec<(&str, u64)> = config
@@ -417,7 +419,10 @@ fn dataloader_keys_warn_once_per_config_with_what_larder_does_instead() {
     );
     let says = |i: usize, what: &str| {
         let m = &config.warnings[i].message;
-        assert!(m.contains("not read by larder's loader") && m.contains(what), "{m}");
+        assert!(
+            m.contains("not read by larder's loader") && m.contains(what),
+            "{m}"
+        );
     };
     says(0, "`num_threads` of `larder.DataLoader`");
     says(1, "as long as the loader");

@@ -662,7 +662,13 @@ fn oversized_masks_controls_and_inpaint_images_leave_their_item_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     for stem in ["ok", "big_mask", "big_control", "big_inpaint"] {
-        image(&root.join("imgs"), &format!("{stem}.jpg"), 16, 16, Some("x"));
+        image(
+            &root.join("imgs"),
+            &format!("{stem}.jpg"),
+            16,
+            16,
+            Some("x"),
+        );
         image(&root.join("masks"), &format!("{stem}.png"), 10, 10, None);
         image(&root.join("ctl"), &format!("{stem}.png"), 10, 10, None);
         image(&root.join("inp"), &format!("{stem}.png"), 10, 10, None);
