@@ -3,7 +3,7 @@
 use larder::tune::{BatchSizeTuner, Outcome, Reason, TunerOptions};
 use pyo3::prelude::*;
 
-use crate::errors::to_py;
+use crate::errors::{to_py, tuner_exhausted};
 
 /// Decides batch sizes from step outcomes (see `larder.BatchSizeTuner`).
 #[derive(Debug)]
@@ -76,9 +76,12 @@ impl Tuner {
     }
 
     /// Records a step that ran out of memory. Returns (batch size, retry, reason or None);
-    /// raises ArgumentError after too many in a row.
+    /// raises TunerExhaustedError after too many in a row, or at the smallest size.
     fn record_oom(&mut self) -> PyResult<(u32, bool, Option<&'static str>)> {
-        let d = self.inner.record(Outcome::OutOfMemory).map_err(to_py)?;
+        let d = self
+            .inner
+            .record(Outcome::OutOfMemory)
+            .map_err(tuner_exhausted)?;
         Ok((d.batch_size, d.retry, d.changed.map(reason_name)))
     }
 
@@ -106,7 +109,9 @@ impl Tuner {
         if let Some(e) = callback_error {
             return Err(e);
         }
-        result.map_err(to_py)
+        // With the step function's own errors handled above, the only error left is that
+        // even the smallest size ran out of memory.
+        result.map_err(tuner_exhausted)
     }
 
     /// Every change so far: (step, from, to, reason).

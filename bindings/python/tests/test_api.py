@@ -221,6 +221,10 @@ def test_stubs_match_the_module():
             methods = {m.name for m in node.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("__")}
             actual = {n for n in dir(getattr(native, node.name)) if not n.startswith("_")}
             assert methods <= actual, (node.name, methods - actual)
+            # The exception classes' bases, in order, as the stubs declare them.
+            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            if bases:
+                assert [b.__name__ for b in getattr(native, node.name).__bases__] == bases, node.name
 
 
 def test_engine_warnings_reach_python_logging(tmp_path, caplog):

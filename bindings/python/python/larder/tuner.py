@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Tuple, Type
 
 from ._larder import Tuner as _Tuner
+from ._larder import TunerExhaustedError
 
 
 def _default_oom_errors() -> Tuple[Type[BaseException], ...]:
@@ -21,7 +22,8 @@ class BatchSizeTuner:
 
     Warm-up grows the size linearly from ``initial`` to ``target``; an out-of-memory error
     shrinks it by ``backoff`` and the failed step's items are served again in smaller batches;
-    ``max_consecutive_ooms`` failures in a row raise; after ``grow_after`` good steps with peak
+    ``max_consecutive_ooms`` failures in a row (or one at ``min``) raise
+    :class:`larder.TunerExhaustedError`; after ``grow_after`` good steps with peak
     memory under ``safety_margin`` of capacity, the size grows by ``grow`` (never back to a size
     that failed). Every change goes to the loader, so the next batch really has the new size,
     and into its state, so a resumed run repeats it.
@@ -100,14 +102,18 @@ class BatchSizeTuner:
             again, in smaller batches).
 
         Raises:
-            ArgumentError: out of memory ``max_consecutive_ooms`` times in a row.
+            TunerExhaustedError: out of memory ``max_consecutive_ooms`` times in a row, or at
+                ``min``; the last out-of-memory error is its ``__cause__``.
         """
         _reset_peak()
         try:
             result = fn(batch)
-        except self._oom:
+        except self._oom as oom:
             _clear_cache()
-            size, _, _ = self._tuner.record_oom()
+            try:
+                size, _, _ = self._tuner.record_oom()
+            except TunerExhaustedError as exhausted:
+                raise exhausted from oom
             retry = getattr(self._loader, "retry_step_with", None)  # a CudaPrefetcher's
             (retry or self._loader._loader.retry_step_with)(size)
             return None
@@ -127,17 +133,26 @@ class BatchSizeTuner:
 
         Returns:
             int: the size found.
+
+        Raises:
+            TunerExhaustedError: even ``min`` runs out of memory; the out-of-memory error at
+                ``min`` is its ``__cause__``.
         """
+        last_oom: List[BaseException] = []
 
         def fits(size: int) -> bool:
             try:
                 step_fn(size)
                 return True
-            except self._oom:
+            except self._oom as oom:
                 _clear_cache()
+                last_oom[:] = [oom]
                 return False
 
-        size = self._tuner.probe(fits)
+        try:
+            size = self._tuner.probe(fits)
+        except TunerExhaustedError as exhausted:
+            raise exhausted from (last_oom[0] if last_oom else None)
         self._loader.set_batch_size(size)
         return size
 
