@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import larder
 from conftest import make_dataset
@@ -125,31 +126,15 @@ def test_an_exception_names_the_item_keeps_the_work_done_and_a_rerun_finishes(tm
     assert larder.Store.open(out).verify()["problems"] == []
 
 
-def test_uint8_pixels_and_torch_style_results(tmp_path):
+def test_uint8_pixels_and_bfloat16_torch_tensor_results(tmp_path):
     config = make_dataset(str(tmp_path), n=3)
     seen = []
 
-    class FakeTensor:
-        """What larder sees of a torch tensor: detach().float().cpu().numpy()."""
-
-        def __init__(self, array):
-            self.array = array
-
-        def detach(self):
-            return self
-
-        def float(self):
-            return FakeTensor(self.array.astype(np.float32))
-
-        def cpu(self):
-            return self
-
-        def numpy(self):
-            return self.array
-
     def encode(pixels):
         seen.append(pixels.dtype)
-        return FakeTensor(pixels[:, :, ::8, ::8].astype(np.float16))
+        # A VAE returns a torch tensor, in bfloat16 often (larder reads it through
+        # detach().float().cpu().numpy()).
+        return torch.from_numpy(pixels[:, :, ::8, ::8].astype(np.float32)).to(torch.bfloat16)
 
     report = larder.prepare(config, tmp_path / "s", image_encoders={"latent": larder.Encoder(encode, "subsample", pixels="uint8")}, latent_codec="f32", store_pixels=False)
     assert report["items"] == 3 and seen == [np.uint8]  # one bucket (64x64), one call

@@ -1,8 +1,8 @@
 """larder.load_file / larder.safe_open against the safetensors package, on every dtype.
 
-The test environment has NumPy but not torch (several GB); the DLPack capsules that torch
-consumes are checked here through ``numpy.from_dlpack``, and ``scripts/gpu_fastload.py`` runs
-the torch side (CPU and GPU) where torch is installed.
+Both sides run here: NumPy arrays (the DLPack capsules checked through ``numpy.from_dlpack``)
+and torch tensors on the CPU against ``safetensors.torch``; ``scripts/gpu_fastload.py`` runs
+the GPU side.
 """
 
 import json
@@ -10,6 +10,8 @@ import threading
 
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 from safetensors import TensorSpec, safe_open, serialize_file
 from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save_file
@@ -87,6 +89,28 @@ def test_load_file_equals_safetensors_on_every_numpy_dtype(files):
         assert got[name].dtype == expected.dtype, name
         assert got[name].shape == expected.shape, name
         assert same(got[name], expected), name
+
+
+def test_torch_is_the_default_and_equals_safetensors_torch_on_every_dtype(files):
+    for name in ("plain", "exotic"):
+        got = larder.load_file(files[name])  # torch is importable: torch tensors by default
+        want = safetensors.torch.load_file(files[name])
+        assert sorted(got) == sorted(want)
+        for key, expected in want.items():
+            assert isinstance(got[key], torch.Tensor) and got[key].device.type == "cpu", key
+            assert got[key].dtype == expected.dtype and got[key].shape == expected.shape, key
+            # Bitwise: the random float bits include NaNs.
+            assert torch.equal(got[key].reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8)), key
+    assert larder.load_file(files["exotic"])["bf16"].dtype == torch.bfloat16
+
+
+def test_torch_dtype_casts_floating_tensors_only(files):
+    got = larder.load_file(files["plain"], dtype=torch.float16)
+    assert got["float32.5"].dtype == torch.float16 and got["int64.5"].dtype == torch.int64
+    want = safetensors.torch.load_file(files["plain"])["float32.5"].to(torch.float16)
+    assert torch.equal(got["float32.5"].view(torch.int16), want.view(torch.int16))
+    with pytest.raises(larder.ArgumentError, match="unknown torch dtype"):
+        larder.load_file(files["plain"], dtype="float17")
 
 
 def test_bf16_and_fp8_arrive_as_their_bits_with_a_dtype_note(files):

@@ -1,9 +1,12 @@
-"""larder.torch.CudaPrefetcher, checked against a stand-in for torch.cuda that records streams,
-events and copies.
+"""larder.torch.CudaPrefetcher: its CUDA side-stream path against a stand-in for torch.cuda, its
+CPU path against real PyTorch.
 
-The test suite does not install PyTorch; this checks the prefetcher's semantics — what is
-copied, on which stream, what the consumer waits for, how far ahead it fetches, when host
-memory is let go, errors and exhaustion — and scripts/gpu_check.py runs it on a real GPU.
+The stand-in (``fake_torch``) is the one fake torch the test suite allows, and only for the path
+that needs a GPU: CI has none, and real ``torch.cuda.Stream``/``Event`` cannot even be made
+without one. It records streams, events and copies, so the prefetcher's semantics — what is
+copied, on which stream, what the consumer waits for, how far ahead it fetches, when host memory
+is let go, errors and exhaustion — are checked here, and scripts/gpu_check.py runs the same
+path on a real GPU. Everything without CUDA runs on real torch.
 """
 
 import gc
@@ -13,9 +16,13 @@ import weakref
 
 import numpy as np
 import pytest
+import torch
 
 import larder
 import larder.torch as lt
+
+# The real class, taken before any test swaps the stand-in into sys.modules["torch"].
+OutOfMemoryError = torch.cuda.OutOfMemoryError
 
 
 class Tensor:
@@ -106,6 +113,8 @@ class FakeCuda:
 
 @pytest.fixture
 def fake_torch(monkeypatch):
+    """Puts the stand-in for torch (with CUDA) in sys.modules["torch"] for one test."""
+
     def install(available=True):
         Event.made = []
         FakeCuda.consumer = Stream("consumer")
@@ -232,17 +241,19 @@ def test_host_batches_are_released_only_once_their_copies_are_done(fake_torch):
     assert made[0]() is None, "released once its copy finished"
 
 
-def test_without_cuda_batches_pass_through_with_one_notice(fake_torch):
-    fake_torch(available=False)
-    source = Source(3)
-    prefetcher = lt.CudaPrefetcher(source, depth=2)
+def test_without_cuda_batches_pass_through_with_one_notice(monkeypatch, store_path):
+    # Real torch on a machine without CUDA.
+    assert not torch.cuda.is_available()
+    monkeypatch.setattr(larder, "_NOTICES", set())
+    loader = larder.DataLoader(store_path, batch_size=4, seed=0, format="torch")
+    prefetcher = lt.CudaPrefetcher(loader, depth=2)
     with pytest.warns(UserWarning, match="CUDA is not available") as caught:
         first = list(prefetcher)
-    source.pos = 0
     second = list(prefetcher)
     assert len([w for w in caught if "CudaPrefetcher" in str(w.message)]) == 1
-    assert [b["k"] for b in first] == [0, 1, 2] and [b["k"] for b in second] == [0, 1, 2]
-    assert all(b["x"].device == "cpu" for b in first), "unchanged: no copy"
+    assert len(first) == len(second) == 6
+    assert all(isinstance(b["pixels"], torch.Tensor) and b["pixels"].device.type == "cpu" for b in first), "unchanged: no copy"
+    assert sorted(i for b in first for i in b["items"].tolist()) == list(range(24))
 
 
 def test_without_torch_batches_pass_through(monkeypatch):
@@ -262,11 +273,11 @@ def test_the_tuner_through_the_prefetcher_serves_each_item_once_at_the_new_size(
     fake_torch()
     loader = larder.DataLoader(store_path, batch_size=1, seed=0, drop_last=True)
     batches = lt.CudaPrefetcher(loader, depth=2)
-    tuner = larder.BatchSizeTuner(batches, initial=8, max=8, oom_errors=(MemoryError,), memory=lambda: None)
+    tuner = larder.BatchSizeTuner(batches, initial=8, max=8, oom_errors=(OutOfMemoryError,), memory=lambda: None)
 
     def step(batch):
-        if len(batch["items"].array) > 5:
-            raise MemoryError("simulated CUDA out of memory")
+        if len(batch["items"].array) > 5:  # the stand-in GPU holds 5 items
+            raise OutOfMemoryError("CUDA out of memory")
         return "trained"
 
     served, sizes = [], []

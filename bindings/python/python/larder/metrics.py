@@ -77,10 +77,16 @@ class Metrics:
 
         Args:
             loss: The step's loss: a number, or a one-element tensor (read with ``float()``,
-                which waits for the GPU to finish the step).
+                which waits for the GPU to finish the step; the loss straight from the
+                forward pass, still attached to the autograd graph, is fine).
             lr: The step's learning rate.
             batch_size: Items in the step's batch.
         """
+        # A loss that requires grad is detached first: torch warns when one is converted to a
+        # number directly.
+        detach = getattr(loss, "detach", None)
+        if detach is not None:
+            loss = detach()
         self._native.step(
             None if loss is None else float(loss),
             None if lr is None else float(lr),
