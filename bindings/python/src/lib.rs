@@ -39,7 +39,7 @@ pub(crate) fn location_of(obj: &Bound<'_, PyAny>) -> PyResult<String> {
 /// Opens the store at `location` (a folder or a URL), with the remote settings of the
 /// environment (`LARDER_CACHE_DIR`, `LARDER_CACHE_LIMIT`, …).
 pub(crate) fn open_store(location: &str) -> larder::Result<larder::Store> {
-    let remote = larder::remote::RemoteOptions::from_env()?;
+    let remote = larder::storage::RemoteOptions::from_env()?;
     larder::Store::open_location(location, &remote)
 }
 

@@ -92,9 +92,9 @@ pub fn prepare_json(
     let out = crate::location_of(out)?;
     let result = py.detach(|| {
         fresh_pool()?.install(|| {
-            if larder::remote::is_url(&out) {
-                let remote = larder::remote::RemoteOptions::from_env()?;
-                larder::remote::prepare(&config, &out, &options, &mut encoders, &remote)
+            if larder::storage::is_url(&out) {
+                let remote = larder::storage::RemoteOptions::from_env()?;
+                larder::transfer::prepare(&config, &out, &options, &mut encoders, &remote)
             } else {
                 larder::prepare_with(&config, out.as_ref(), &options, &mut encoders)
             }
@@ -175,9 +175,9 @@ pub fn merge_json(py: Python<'_>, out: &Bound<'_, PyAny>, parts: Vec<PathBuf>) -
     let out = crate::location_of(out)?;
     let report = py
         .detach(|| {
-            if larder::remote::is_url(&out) {
-                let remote = larder::remote::RemoteOptions::from_env()?;
-                larder::remote::merge(&out, &remote)
+            if larder::storage::is_url(&out) {
+                let remote = larder::storage::RemoteOptions::from_env()?;
+                larder::transfer::merge(&out, &remote)
             } else {
                 larder::merge_parts(out.as_ref(), &parts)
             }
@@ -258,8 +258,8 @@ impl Store {
 pub fn push_json(py: Python<'_>, store: PathBuf, url: String) -> PyResult<String> {
     let report = py
         .detach(|| {
-            let remote = larder::remote::RemoteOptions::from_env()?;
-            larder::remote::push(&store, &url, &remote)
+            let remote = larder::storage::RemoteOptions::from_env()?;
+            larder::transfer::push(&store, &url, &remote)
         })
         .map_err(to_py)?;
     json(&report)
@@ -273,8 +273,8 @@ pub fn push_json(py: Python<'_>, store: PathBuf, url: String) -> PyResult<String
 pub fn pull_json(py: Python<'_>, url: String, dir: PathBuf) -> PyResult<String> {
     let report = py
         .detach(|| {
-            let remote = larder::remote::RemoteOptions::from_env()?;
-            larder::remote::pull(&url, &dir, &remote)
+            let remote = larder::storage::RemoteOptions::from_env()?;
+            larder::transfer::pull(&url, &dir, &remote)
         })
         .map_err(to_py)?;
     json(&report)

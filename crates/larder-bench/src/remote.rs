@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
-use larder::remote::RemoteOptions;
+use larder::storage::RemoteOptions;
 
 /// Arguments of `larder-bench remote`.
 #[derive(Debug, clap::Args)]
@@ -72,7 +72,7 @@ struct Comparison {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let base = RemoteOptions::from_env()?;
     if !args.no_push {
-        larder::remote::push(&args.store, &args.url, &base)
+        larder::transfer::push(&args.store, &args.url, &base)
             .with_context(|| format!("pushing {} to {}", args.store.display(), args.url))?;
     }
     let local = args.store.to_string_lossy().into_owned();

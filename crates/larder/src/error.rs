@@ -101,8 +101,8 @@ pub enum Error {
     #[error(
         "{}: chunk {chunk} (bytes {}..{}) does not match its checksum{}: the shard is corrupt; run `larder verify --repair`, then `larder prepare` again to rebuild it",
         shard.display(),
-        chunk * crate::store::CHUNK_BYTES,
-        (chunk + 1) * crate::store::CHUNK_BYTES,
+        bytes.start,
+        bytes.end,
         item.as_ref().map(|i| format!(" (reading {i})")).unwrap_or_default()
     )]
     CorruptShard {
@@ -110,8 +110,10 @@ pub enum Error {
         shard: PathBuf,
         /// The item (and field) whose read found it, when the reader knows it.
         item: Option<String>,
-        /// The damaged chunk's index (chunks are [`CHUNK_BYTES`](crate::store::CHUNK_BYTES) long).
+        /// The damaged chunk's index.
         chunk: u64,
+        /// Where the damaged chunk lies in the shard file.
+        bytes: std::ops::Range<u64>,
     },
     /// An image could not be decoded or encoded.
     #[error("{}: {message}", path.display())]
@@ -164,6 +166,25 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// Names what was being read in a [`Error::CorruptShard`] that does not name it yet (the
+    /// shard reader knows the bytes, its caller the item); any other error is returned as is.
+    pub(crate) fn in_item(self, item: String) -> Self {
+        match self {
+            Error::CorruptShard {
+                shard,
+                item: None,
+                chunk,
+                bytes,
+            } => Error::CorruptShard {
+                shard,
+                item: Some(item),
+                chunk,
+                bytes,
+            },
+            other => other,
         }
     }
 }

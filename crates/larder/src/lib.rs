@@ -32,13 +32,14 @@ mod os;
 mod plan;
 mod prepare;
 mod progress;
-pub mod remote;
 mod report;
 mod rng;
 mod scan;
 mod size;
+pub mod storage;
 pub mod store;
 pub mod synth;
+pub mod transfer;
 pub mod tune;
 
 pub use caption::{CaptionContext, CaptionRecipe};
@@ -54,11 +55,11 @@ pub use prepare::{
 };
 pub use prepare::{MergeReport, PARTS_DIR, Part, merge_parts};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
+#[doc(hidden)]
+pub use scan::probe_image_bytes;
 pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
     ScannedImage, scan, scan_with,
 };
-#[doc(hidden)]
-pub use scan::probe_image_bytes;
 pub use size::parse_size;
 pub use store::{FieldData, Store, StoredItem};

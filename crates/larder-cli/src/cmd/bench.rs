@@ -78,7 +78,7 @@ pub struct Report {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let remote = larder::remote::RemoteOptions::from_env()?;
+    let remote = larder::storage::RemoteOptions::from_env()?;
     let report = serve(&args.store, &args.serve, &remote)?;
     if args.json {
         super::print_json(&report)?;
@@ -92,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn serve(
     location: &str,
     args: &ServeArgs,
-    remote: &larder::remote::RemoteOptions,
+    remote: &larder::storage::RemoteOptions,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let store = Arc::new(Store::open_location(location, remote)?);

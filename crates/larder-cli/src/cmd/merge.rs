@@ -20,14 +20,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let report = if larder::remote::is_url(&args.store) {
+    let report = if larder::storage::is_url(&args.store) {
         anyhow::ensure!(
             args.parts.is_empty(),
             "parts of a store in object storage are found under {}/parts/; name no part folders",
             args.store
         );
-        let remote = larder::remote::RemoteOptions::from_env()?;
-        larder::remote::merge(&args.store, &remote)
+        let remote = larder::storage::RemoteOptions::from_env()?;
+        larder::transfer::merge(&args.store, &remote)
     } else {
         larder::merge_parts(args.store.as_ref(), &args.parts)
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use larder::remote::RemoteOptions;
+use larder::storage::RemoteOptions;
 
 /// Arguments of `larder push`.
 #[derive(Debug, clap::Args)]
@@ -33,7 +33,7 @@ pub struct PullArgs {
 
 pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let remote = RemoteOptions::from_env()?;
-    let report = larder::remote::push(&args.store, &args.url, &remote)
+    let report = larder::transfer::push(&args.store, &args.url, &remote)
         .with_context(|| format!("pushing {} to {}", args.store.display(), args.url))?;
     if args.json {
         super::print_json(&report)?;
@@ -53,7 +53,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
 
 pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     let remote = RemoteOptions::from_env()?;
-    let report = larder::remote::pull(&args.url, &args.dir, &remote)
+    let report = larder::transfer::pull(&args.url, &args.dir, &remote)
         .with_context(|| format!("pulling {} into {}", args.url, args.dir.display()))?;
     if args.json {
         super::print_json(&report)?;

@@ -55,7 +55,7 @@ pub struct VerifyArgs {
 
 /// Opens the store at `location`, a folder or a URL.
 fn open(location: &str) -> anyhow::Result<Store> {
-    let remote = larder::remote::RemoteOptions::from_env()?;
+    let remote = larder::storage::RemoteOptions::from_env()?;
     Store::open_location(location, &remote).with_context(|| format!("opening {location}"))
 }
 
@@ -94,9 +94,9 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         ..PrepareOptions::default()
     };
     let written = part.map_or(args.out.clone(), |p| p.location(&args.out));
-    let report = if larder::remote::is_url(&args.out) {
-        let remote = larder::remote::RemoteOptions::from_env()?;
-        larder::remote::prepare(
+    let report = if larder::storage::is_url(&args.out) {
+        let remote = larder::storage::RemoteOptions::from_env()?;
+        larder::transfer::prepare(
             &config,
             &args.out,
             &options,

@@ -604,7 +604,7 @@ struct Pipeline {
     cancelled: Arc<AtomicBool>,
     outstanding: Arc<AtomicUsize>,
     /// For a remote store: fetches the chunks of the batches ahead.
-    prefetch: Option<crate::remote::Prefetch>,
+    prefetch: Option<crate::storage::Prefetch>,
 }
 
 impl std::fmt::Debug for Job {
@@ -914,15 +914,9 @@ fn stack(
                 url,
                 message: in_item(message),
             },
-            Error::CorruptShard {
-                shard,
-                item: None,
-                chunk,
-            } => Error::CorruptShard {
-                shard,
-                item: Some(format!("item {} ({}) field {field}", ids[k], row.path)),
-                chunk,
-            },
+            e @ Error::CorruptShard { item: None, .. } => {
+                e.in_item(format!("item {} ({}) field {field}", ids[k], row.path))
+            }
             other => other,
         };
         if pos == NO_ENTRY {

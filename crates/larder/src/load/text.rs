@@ -186,18 +186,9 @@ fn pad_stack(
 ) -> Result<(Tensor, Option<Vec<usize>>)> {
     let mut parts = Vec::with_capacity(positions.len());
     for &pos in positions {
-        let (stored, entry) = store.stored_bytes_at(pos).map_err(|e| match e {
-            Error::CorruptShard {
-                shard,
-                item: None,
-                chunk,
-            } => Error::CorruptShard {
-                shard,
-                item: Some(format!("text embedding {name}")),
-                chunk,
-            },
-            other => other,
-        })?;
+        let (stored, entry) = store
+            .stored_bytes_at(pos)
+            .map_err(|e| e.in_item(format!("text embedding {name}")))?;
         let context = |e: Error| Error::Store {
             path: stored.origin().to_path_buf(),
             message: format!("{name}: {e}"),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::Codec;
+use crate::storage::ChunkSums;
 use crate::{Error, Result};
 
 /// Version of the catalog schema; a store with another version is refused with advice.
@@ -356,15 +357,6 @@ impl Catalog {
         }
         Ok(rows)
     }
-}
-
-/// The chunk checksums of one shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ChunkSums {
-    /// Bytes per chunk (the last chunk may be shorter).
-    pub chunk_bytes: u64,
-    /// One BLAKE3 digest per chunk.
-    pub digests: Vec<[u8; 32]>,
 }
 
 impl Catalog {

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::catalog::ChunkSums;
 use super::shard::MappedShard;
+use crate::storage::ChunkSums;
 use crate::{Error, Result};
 
 /// A mapped local shard and what is known of its chunks.
@@ -86,6 +86,7 @@ impl CheckedShard {
                     shard: self.map.path.clone(),
                     item: None,
                     chunk,
+                    bytes: start as u64..end as u64,
                 });
             }
             if let Some(w) = self.checked.get(word) {
@@ -107,7 +108,7 @@ mod tests {
         bytes[..8].copy_from_slice(&100u64.to_le_bytes());
         let path = dir.join("s.safetensors");
         std::fs::write(&path, &bytes).expect("write");
-        let sums = super::super::shard::chunk_sums_of_file(&path).expect("sums");
+        let sums = crate::storage::chunk_sums_of_file(&path).expect("sums");
         (path, sums)
     }
 
@@ -120,7 +121,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_fails_the_reads_of_its_chunk_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mb = super::super::CHUNK_BYTES as usize;
+        let mb = crate::storage::CHUNK_BYTES as usize;
         let (path, sums) = shard(dir.path(), 3 * mb + 10);
         flip(&path, 2 * mb + 5);
         let checked =

@@ -14,6 +14,7 @@ pub(crate) mod catalog;
 mod checked;
 pub mod codec;
 pub(crate) mod key;
+pub(crate) mod remote;
 pub(crate) mod shard;
 mod verify;
 
@@ -27,9 +28,11 @@ pub(crate) use catalog::EntryRow;
 use checked::CheckedShard;
 use shard::MappedShard;
 
-pub use shard::{CHUNK_BYTES, SafetensorsFile, TensorRef};
+pub use crate::storage::CHUNK_BYTES;
+pub use shard::{SafetensorsFile, TensorRef};
 pub use verify::{FieldStats, GcReport, Inspection, Problem, VerifyReport};
 
+use crate::storage::try_lock;
 use crate::{Error, Result};
 
 /// File name of the catalog inside a store.
@@ -256,7 +259,7 @@ pub struct Store {
     /// The path or URL the store was opened from.
     location: String,
     /// The shard reader of a store in object storage; `None` for a local store.
-    remote: Option<Arc<crate::remote::RemoteShards>>,
+    remote: Option<Arc<crate::storage::RemoteShards>>,
     catalog: Mutex<Catalog>,
     /// Every entry, read on first use: inspect, verify and gc never need them, and at a
     /// million entries they are most of what opening a store costs.
@@ -279,9 +282,9 @@ impl Store {
 
     /// Opens the store at `location`: a URL (`s3://`, `gs://`, `az://`, `http(s)://`; see
     /// [`remote`](crate::remote)) or a local folder.
-    pub fn open_location(location: &str, options: &crate::remote::RemoteOptions) -> Result<Store> {
-        if crate::remote::is_url(location) {
-            Store::open_storage(crate::remote::storage_for(location, options)?, options)
+    pub fn open_location(location: &str, options: &crate::storage::RemoteOptions) -> Result<Store> {
+        if crate::storage::is_url(location) {
+            Store::open_storage(crate::storage::storage_for(location, options)?, options)
         } else {
             Store::open(location)
         }
@@ -290,11 +293,11 @@ impl Store {
     /// Opens the store held by `storage`, reading its shards in ranges through a local cache
     /// as for a store in object storage, whatever the backend.
     pub fn open_storage(
-        storage: Arc<dyn crate::remote::Storage>,
-        options: &crate::remote::RemoteOptions,
+        storage: Arc<dyn crate::storage::Storage>,
+        options: &crate::storage::RemoteOptions,
     ) -> Result<Store> {
         let location = storage.url("").trim_end_matches('/').to_owned();
-        let (catalog, shards) = crate::remote::open_store(storage, options)?;
+        let (catalog, shards) = remote::open_store(storage, options)?;
         let root = catalog.parent().unwrap_or(Path::new(".")).to_path_buf();
         Store::open_catalog(root, location, Some(shards))
     }
@@ -302,7 +305,7 @@ impl Store {
     fn open_catalog(
         root: PathBuf,
         location: String,
-        remote: Option<Arc<crate::remote::RemoteShards>>,
+        remote: Option<Arc<crate::storage::RemoteShards>>,
     ) -> Result<Store> {
         let catalog = Catalog::open(&root.join(CATALOG_FILE), false)?;
         let shard_files = catalog
@@ -340,7 +343,7 @@ impl Store {
     }
 
     /// The remote shard reader, for stores in object storage.
-    pub(crate) fn remote(&self) -> Option<&Arc<crate::remote::RemoteShards>> {
+    pub(crate) fn remote(&self) -> Option<&Arc<crate::storage::RemoteShards>> {
         self.remote.as_ref()
     }
 
@@ -555,17 +558,17 @@ impl Store {
         self: &Arc<Self>,
         count: usize,
         entries: impl Fn(usize) -> Vec<u32> + Send + 'static,
-    ) -> Option<crate::remote::Prefetch> {
+    ) -> Option<crate::storage::Prefetch> {
         let remote = self.remote.clone()?;
         let store = self.clone();
-        let ranges: crate::remote::BatchEntries = Box::new(move |n| {
+        let ranges: crate::storage::BatchEntries = Box::new(move |n| {
             entries(n)
                 .into_iter()
                 .filter_map(|pos| store.entry_at(pos).ok())
                 .map(|e| (e.shard, e.offset, e.length))
                 .collect()
         });
-        Some(crate::remote::Prefetch::start(remote, count, ranges))
+        Some(crate::storage::Prefetch::start(remote, count, ranges))
     }
 
     /// The item table in columns, for the loader: compact at millions of items, where a map of
@@ -641,18 +644,9 @@ impl Store {
 
     /// Reads and decodes entry `key`.
     pub fn read_entry(&self, key: &str) -> Result<FieldData> {
-        let (stored, entry) = self.stored_bytes(key).map_err(|e| match e {
-            Error::CorruptShard {
-                shard,
-                item: None,
-                chunk,
-            } => Error::CorruptShard {
-                shard,
-                item: Some(format!("entry {key}")),
-                chunk,
-            },
-            other => other,
-        })?;
+        let (stored, entry) = self
+            .stored_bytes(key)
+            .map_err(|e| e.in_item(format!("entry {key}")))?;
         let codec = entry.codec;
         let elements = codec::decompress(codec, &stored, entry.raw_len as usize).map_err(|e| {
             Error::Store {
@@ -697,22 +691,6 @@ pub(crate) fn lock_store(dir: &Path) -> Result<std::fs::File> {
         path: dir.to_path_buf(),
         message: "another larder process (prepare, merge, push or pull) is writing this store; wait for it to finish".into(),
     })
-}
-
-/// Takes an exclusive lock on the file `path` (created if need be), held until the returned
-/// file is dropped; `None` when another process holds it.
-pub(crate) fn try_lock(path: &Path) -> Result<Option<std::fs::File>> {
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(Some(lock)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
-    }
 }
 
 /// Removes what an interrupted writer left: temporary files, and shard files that no catalog

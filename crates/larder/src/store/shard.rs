@@ -15,15 +15,11 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::catalog::ChunkSums;
+use crate::storage::{ChunkHasher, ChunkSums};
 use crate::{Error, Result};
 
 /// Alignment of the data section within a shard file.
 pub const ALIGN: usize = 64;
-
-/// Size of the pieces of a shard that carry their own checksum in the catalog: the unit in
-/// which a remote store's shards are fetched, verified and cached.
-pub const CHUNK_BYTES: u64 = 1 << 20;
 
 /// The `__metadata__` value that marks a larder shard.
 pub const FORMAT: &str = "larder-shard/1";
@@ -233,54 +229,6 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// Hashes a stream in [`CHUNK_BYTES`] pieces.
-#[derive(Default)]
-pub(crate) struct ChunkHasher {
-    current: blake3::Hasher,
-    in_current: u64,
-    digests: Vec<[u8; 32]>,
-}
-
-impl ChunkHasher {
-    pub fn update(&mut self, mut buf: &[u8]) {
-        while !buf.is_empty() {
-            let take = ((CHUNK_BYTES - self.in_current) as usize).min(buf.len());
-            self.current.update(&buf[..take]);
-            self.in_current += take as u64;
-            buf = &buf[take..];
-            if self.in_current == CHUNK_BYTES {
-                self.digests.push(*self.current.finalize().as_bytes());
-                self.current.reset();
-                self.in_current = 0;
-            }
-        }
-    }
-
-    pub fn finish(mut self) -> ChunkSums {
-        if self.in_current > 0 {
-            self.digests.push(*self.current.finalize().as_bytes());
-        }
-        ChunkSums {
-            chunk_bytes: CHUNK_BYTES,
-            digests: self.digests,
-        }
-    }
-}
-
-/// The chunk checksums of the file at `path`, read in one pass.
-pub(crate) fn chunk_sums_of_file(path: &Path) -> std::io::Result<ChunkSums> {
-    let mut file = File::open(path)?;
-    let mut hasher = ChunkHasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf)?;
-        if n == 0 {
-            return Ok(hasher.finish());
-        }
-        hasher.update(&buf[..n]);
     }
 }
 

@@ -278,18 +278,14 @@ impl Store {
                 continue;
             }
             // A remote store is read in checksummed chunks: a shard without them cannot be read.
-            if self.is_remote()
-                && !chunk_sums
-                    .get(id)
-                    .is_some_and(|s| crate::remote::covers(s, *bytes))
-            {
+            if self.is_remote() && !chunk_sums.get(id).is_some_and(|s| s.covers(*bytes)) {
                 report.problems.push(problem(
                     "the catalog has no chunk checksums for this shard, so it cannot be read by range: `larder pull` the store and `larder push` it again (push adds them)".into(),
                     None,
                 ));
             }
             if let Some(sums) = chunk_sums.get(id) {
-                let mut hasher = super::shard::ChunkHasher::default();
+                let mut hasher = crate::storage::ChunkHasher::default();
                 hasher.update(content);
                 if &hasher.finish() != sums {
                     report.problems.push(problem(
@@ -430,7 +426,7 @@ impl Store {
     fn shard_origin(&self, file: &str) -> PathBuf {
         match self.remote() {
             None => self.root.join(SHARD_DIR).join(file),
-            Some(remote) => PathBuf::from(remote.storage.url(&crate::remote::shard_key(file))),
+            Some(remote) => PathBuf::from(remote.storage.url(&super::remote::shard_key(file))),
         }
     }
 
@@ -445,12 +441,12 @@ impl Store {
                 Ok(Some(WholeShard::Mapped(MappedShard::open(&path)?)))
             }
             Some(remote) => {
-                let key = crate::remote::shard_key(file);
+                let key = super::remote::shard_key(file);
                 let Some(size) = remote.storage.size(&key)? else {
                     return Ok(None);
                 };
                 let mut bytes = Vec::with_capacity(size as usize);
-                crate::remote::read_in_pieces(remote.storage.as_ref(), &key, size, |piece| {
+                crate::storage::read_in_pieces(remote.storage.as_ref(), &key, size, |piece| {
                     bytes.extend_from_slice(piece);
                     Ok(())
                 })?;
@@ -514,7 +510,7 @@ impl Store {
                 if sums.contains_key(&id) || broken.contains(path.as_path()) {
                     continue;
                 }
-                let chunks = super::shard::chunk_sums_of_file(&path)
+                let chunks = crate::storage::chunk_sums_of_file(&path)
                     .map_err(|e| crate::Error::io(&path, e))?;
                 cat.set_shard_chunks(id, &chunks)?;
             }

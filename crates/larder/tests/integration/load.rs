@@ -427,7 +427,11 @@ fn a_flipped_byte_in_a_stored_tensor_fails_its_batch_naming_shard_and_item() {
                 shard: named,
                 item: Some(item),
                 chunk: 0,
+                bytes,
             } => {
+                // The first chunk: from the shard's start to its end or the chunk's.
+                assert_eq!(bytes.start, 0);
+                assert!(bytes.end > 0 && bytes.end <= larder::store::CHUNK_BYTES);
                 assert_eq!(named, &shard);
                 assert!(
                     item.starts_with("item ") && item.contains("pixels"),
@@ -459,7 +463,7 @@ fn a_flipped_byte_in_a_shard_header_fails_the_batches_that_read_the_shard() {
     assert!(
         errors.iter().all(|e| matches!(
             e,
-            larder::Error::CorruptShard { shard: named, item: Some(_), chunk: 0 } if named == &shard
+            larder::Error::CorruptShard { shard: named, item: Some(_), chunk: 0, .. } if named == &shard
         )),
         "{errors:?}"
     );

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use larder::load::Loader;
-use larder::remote::{LocalStorage, MemoryStorage, RemoteOptions, Storage};
+use larder::storage::{LocalStorage, MemoryStorage, RemoteOptions, Storage};
 use larder::{Config, Error, PrepareOptions, Store};
 
 use crate::load::{epoch, options};
@@ -22,7 +22,7 @@ fn conformance(storage: &dyn Storage, scratch: &Path) {
     // Missing objects.
     assert_eq!(storage.size("a/missing").expect("size"), None);
     let err = storage.get("a/missing").expect_err("missing");
-    assert!(larder::remote::is_not_found(&err), "{err}");
+    assert!(larder::storage::is_not_found(&err), "{err}");
     assert!(
         storage.delete("a/missing").is_ok(),
         "deleting nothing is fine"
@@ -177,7 +177,7 @@ fn a_remote_store_serves_the_same_batches_and_a_warm_cache_reads_nothing_remote(
     let (local, expected) = served(dir.path(), 24);
 
     let memory = Arc::new(MemoryStorage::new());
-    let pushed = larder::remote::push_to(&local, memory.as_ref()).expect("push");
+    let pushed = larder::transfer::push_to(&local, memory.as_ref()).expect("push");
     assert!(pushed.shards_uploaded >= 2, "{pushed:?}");
     let opts = remote_options(&dir.path().join("cache"));
 
@@ -215,7 +215,7 @@ fn a_cache_limit_smaller_than_one_chunk_still_serves_every_epoch() {
     let local = prepared(dir.path(), 12);
     let mut reference = loader(Arc::new(Store::open(&local).expect("open")));
     let memory = Arc::new(MemoryStorage::new());
-    larder::remote::push_to(&local, memory.as_ref()).expect("push");
+    larder::transfer::push_to(&local, memory.as_ref()).expect("push");
     let cache = dir.path().join("cache");
     let opts = RemoteOptions {
         cache_limit: 100 << 10,
@@ -246,7 +246,7 @@ fn an_altered_shard_fails_its_checksum_and_is_never_cached() {
     let dir = tempfile::tempdir().expect("tempdir");
     let local = prepared(dir.path(), 8);
     let memory = Arc::new(MemoryStorage::new());
-    larder::remote::push_to(&local, memory.as_ref()).expect("push");
+    larder::transfer::push_to(&local, memory.as_ref()).expect("push");
     // Flip one byte near the end of every shard on the "server": its first chunks stay good.
     let shards = memory.list("shards/").expect("list");
     for (key, size) in &shards {
@@ -287,7 +287,7 @@ fn repairs_of_a_remote_store_are_refused_with_the_way_to_do_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let local = prepared(dir.path(), 4);
     let memory = Arc::new(MemoryStorage::new());
-    larder::remote::push_to(&local, memory.as_ref()).expect("push");
+    larder::transfer::push_to(&local, memory.as_ref()).expect("push");
     let mut store =
         Store::open_storage(memory, &remote_options(&dir.path().join("c"))).expect("open");
     let err = store.gc().expect_err("gc refused");
@@ -454,7 +454,7 @@ impl S3Server {
     }
 
     pub fn storage(&self, prefix: &str, options: &RemoteOptions) -> Arc<dyn Storage> {
-        larder::remote::storage_for(&self.url(prefix), options).expect("storage")
+        larder::storage::storage_for(&self.url(prefix), options).expect("storage")
     }
 }
 
@@ -474,7 +474,7 @@ fn prepare_into_s3_then_read_verify_and_pull_it_back() {
 
     let config = Config::load(dir.path().join("c.yaml")).expect("config");
     let prepare_options = prepare_options();
-    let report = larder::remote::prepare(
+    let report = larder::transfer::prepare(
         &config,
         &url,
         &prepare_options,
@@ -499,7 +499,7 @@ fn prepare_into_s3_then_read_verify_and_pull_it_back() {
     );
 
     // A second prepare finds everything done and uploads nothing new.
-    let again = larder::remote::prepare(
+    let again = larder::transfer::prepare(
         &config,
         &url,
         &prepare_options,
@@ -510,12 +510,12 @@ fn prepare_into_s3_then_read_verify_and_pull_it_back() {
     assert_eq!((again.entries_computed, again.shards_written), (0, 0));
 
     let pulled = dir.path().join("pulled");
-    let report = larder::remote::pull(&url, &pulled, &opts).expect("pull");
+    let report = larder::transfer::pull(&url, &pulled, &opts).expect("pull");
     assert!(report.shards_downloaded > 0);
     let copy = Arc::new(Store::open(&pulled).expect("open pulled"));
     assert!(copy.verify().expect("verify").problems.is_empty());
     assert_eq!(epoch(&mut loader(copy)), expected);
-    let again = larder::remote::pull(&url, &pulled, &opts).expect("pull again");
+    let again = larder::transfer::pull(&url, &pulled, &opts).expect("pull again");
     assert_eq!(again.shards_downloaded, 0, "{again:?}");
 }
 
@@ -543,7 +543,7 @@ fn an_interrupted_push_resumes_and_sends_only_the_rest() {
         )
         .expect("one shard");
     assert!(Store::open_location(&url, &opts).is_err(), "no catalog yet");
-    let report = larder::remote::push(&local, &url, &opts).expect("push");
+    let report = larder::transfer::push(&local, &url, &opts).expect("push");
     assert_eq!(report.shards_present, 1, "{report:?}");
     assert!(report.shards_uploaded >= 1, "{report:?}");
     let store = Store::open_location(&url, &opts).expect("open");
@@ -563,7 +563,7 @@ fn a_server_that_stops_mid_epoch_is_waited_for_and_the_epoch_resumes() {
         ..server.options(&dir.path().join("cache"))
     };
     let url = server.url("outage");
-    larder::remote::push(&local, &url, &opts).expect("push");
+    larder::transfer::push(&local, &url, &opts).expect("push");
     let store = Arc::new(Store::open_location(&url, &opts).expect("open"));
     let mut l = loader(store);
     let mut got = Vec::new();
@@ -595,7 +595,7 @@ fn a_server_that_stays_down_gives_a_clear_error_naming_the_url_in_bounded_time()
         ..server.options(&dir.path().join("cache"))
     };
     let url = server.url("down");
-    larder::remote::push(&local, &url, &opts).expect("push");
+    larder::transfer::push(&local, &url, &opts).expect("push");
     let store = Arc::new(Store::open_location(&url, &opts).expect("open"));
     server.stop();
     let started = Instant::now();
@@ -619,7 +619,7 @@ fn a_shard_altered_on_the_server_fails_its_checksum_and_the_cache_keeps_nothing_
     let cache = dir.path().join("cache");
     let opts = server.options(&cache);
     let url = server.url("altered");
-    larder::remote::push(&local, &url, &opts).expect("push");
+    larder::transfer::push(&local, &url, &opts).expect("push");
     for entry in std::fs::read_dir(local.join("shards")).expect("shards") {
         let name = entry.expect("entry").file_name();
         let path = server.object_path("altered", &format!("shards/{}", name.to_string_lossy()));
@@ -655,7 +655,7 @@ fn a_distributed_prepare_into_s3_merges_there_into_the_unsharded_store() {
             part: Some(larder::Part::new(i, 3).expect("part")),
             ..prepare_options()
         };
-        larder::remote::prepare(&config, &url, &options, &mut Default::default(), &opts)
+        larder::transfer::prepare(&config, &url, &options, &mut Default::default(), &opts)
             .expect("prepare a part");
         assert!(
             server
@@ -667,7 +667,7 @@ fn a_distributed_prepare_into_s3_merges_there_into_the_unsharded_store() {
         Store::open_location(&url, &opts).is_err(),
         "no store before the merge"
     );
-    let report = larder::remote::merge(&url, &opts).expect("merge");
+    let report = larder::transfer::merge(&url, &opts).expect("merge");
     assert_eq!((report.parts, report.items), (3, 12), "{report:?}");
     assert!(
         !server

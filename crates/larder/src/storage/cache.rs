@@ -180,7 +180,7 @@ impl ChunkCache {
         }
         let shards_dir = dir.join("shards");
         std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
-        let Some(lock) = crate::store::try_lock(&dir.join(".lock"))? else {
+        let Some(lock) = super::try_lock(&dir.join(".lock"))? else {
             return Ok(None);
         };
         let state = scan(&shards_dir)?;
@@ -467,7 +467,7 @@ fn scan(shards_dir: &Path) -> Result<State> {
     }
     files.sort();
     let mut state = State::default();
-    let chunk = crate::store::CHUNK_BYTES;
+    let chunk = super::CHUNK_BYTES;
     for (_, path, name) in files {
         // A file that cannot be read back is removed: its blocks would otherwise count
         // against nothing.
@@ -527,7 +527,7 @@ fn data_regions(file: &File, size: u64) -> Vec<(u64, u64)> {
 mod tests {
     use super::{ChunkCache, ChunkKey, ChunkPlace};
 
-    const SHARD: u64 = 4 * crate::store::CHUNK_BYTES;
+    const SHARD: u64 = 4 * crate::storage::CHUNK_BYTES;
 
     fn key(index: u32) -> ChunkKey {
         ChunkKey {
@@ -538,7 +538,7 @@ mod tests {
 
     fn place(index: u32, len: u64) -> ChunkPlace {
         ChunkPlace {
-            offset: u64::from(index) * crate::store::CHUNK_BYTES,
+            offset: u64::from(index) * crate::storage::CHUNK_BYTES,
             len,
             shard_bytes: SHARD,
         }
@@ -614,7 +614,7 @@ mod tests {
     #[test]
     fn chunks_survive_a_reopen_and_a_corrupt_one_is_dropped_not_served() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let chunk = crate::store::CHUNK_BYTES;
+        let chunk = crate::storage::CHUNK_BYTES;
         let good: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
         {
             let cache = opened(dir.path(), 1 << 30);

@@ -1,4 +1,6 @@
-//! Moving whole stores: `larder push` (local → object storage) and `larder pull` (back).
+//! Moving whole stores: `larder push` (local → object storage) and `larder pull` (back),
+//! preparing straight into a URL, and merging the parts of a distributed prepare there — the
+//! layer above [`prepare`](crate::prepare()) and the [`storage`](crate::storage) backends.
 //!
 //! Both copy shards first and the catalog last, and both skip what is already there: shard
 //! files are named by their content hash, so a shard of the right size under its name is the
@@ -8,10 +10,10 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{CATALOG_KEY, RemoteOptions, Storage, shard_key, storage_for};
 use crate::prepare::PARTS_DIR;
+use crate::storage::{RemoteOptions, Storage, chunk_sums_of_file, storage_for};
 use crate::store::catalog::Catalog;
-use crate::store::shard::chunk_sums_of_file;
+use crate::store::remote::{CATALOG_KEY, shard_key};
 use crate::store::{CATALOG_FILE, SHARD_DIR, TMP_DIR};
 use crate::{Error, Result};
 
@@ -131,7 +133,7 @@ fn download_store(storage: &dyn Storage, dir: &Path) -> Result<PullReport> {
         let mut hasher = blake3::Hasher::new();
         // Exactly the catalog's size is read (a shorter object is an error there), so the
         // local copy is right if and only if its hash is.
-        super::storage::read_in_pieces(storage, &key, *size, |piece| {
+        crate::storage::read_in_pieces(storage, &key, *size, |piece| {
             hasher.update(piece);
             std::io::Write::write_all(&mut out, piece).map_err(|e| Error::io(&tmp, e))
         })?;

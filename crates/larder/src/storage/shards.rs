@@ -9,9 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::ChunkSums;
 use super::Storage;
 use super::cache::{ChunkCache, ChunkKey, ChunkPlace};
-use crate::store::catalog::ChunkSums;
 use crate::{Error, Result};
 
 /// Most chunks fetched by one request: a run longer than this is split, so that one slow
@@ -105,7 +105,7 @@ impl RemoteShards {
 
     pub fn shard(&self, id: i64) -> Result<&RemoteShard> {
         self.shards.get(&id).ok_or_else(|| Error::Remote {
-            url: self.storage.url(super::CATALOG_KEY),
+            url: self.storage.url(""),
             message: format!(
                 "an entry refers to shard {id}, which the catalog does not list (or lists without chunk checksums); push the store again"
             ),
@@ -116,7 +116,7 @@ impl RemoteShards {
     pub fn url_of(&self, id: i64) -> String {
         match self.shards.get(&id) {
             Some(s) => self.storage.url(&s.key),
-            None => self.storage.url(super::CATALOG_KEY),
+            None => self.storage.url(""),
         }
     }
 
@@ -289,9 +289,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::{RemoteShard, RemoteShards};
-    use crate::remote::{ChunkCache, MemoryStorage, RemoteOptions, Storage};
-    use crate::store::CHUNK_BYTES;
-    use crate::store::catalog::ChunkSums;
+    use crate::storage::CHUNK_BYTES;
+    use crate::storage::ChunkSums;
+    use crate::storage::{ChunkCache, MemoryStorage, RemoteOptions, Storage};
 
     /// A shard of exactly two chunks in memory, and its reader.
     fn two_chunks(dir: &std::path::Path) -> (RemoteShards, Vec<u8>) {

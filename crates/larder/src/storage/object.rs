@@ -172,7 +172,7 @@ impl ObjectStorage {
     /// The error for a failed request on `key`.
     fn error(&self, key: &str, e: object_store::Error) -> Error {
         if matches!(e, object_store::Error::NotFound { .. }) {
-            return super::storage::not_found(self.url(key));
+            return super::backend::not_found(self.url(key));
         }
         Error::Remote {
             url: self.url(key),
