@@ -1,8 +1,9 @@
 //! Text encoders in prepare: one entry per distinct caption, with the variants training needs.
 //!
-//! AI Toolkit turns caption dropout, token shuffling and token dropout off when it caches text
-//! embeddings, because a cache of one embedding per item cannot change per step. larder keeps
-//! them by precomputing what the loader may pick: for every item, `caption_variants`
+//! With cached text embeddings AI Toolkit serves a cached blank embedding at the caption-dropout
+//! rate, but turns token dropout off and shuffles tokens once, when the cache is written,
+//! because a cache of one embedding per item cannot change per step. larder keeps all three by
+//! precomputing what the loader may pick: for every item, `caption_variants`
 //! transformed captions when its dataset's caption transforms are random (one otherwise), plus
 //! the empty caption once per encoder for caption dropout. Each distinct string is encoded and
 //! stored once, however many items use it.
