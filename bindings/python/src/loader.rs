@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use larder::load::plan::{BucketTail, OrderOptions, RankTail};
+use larder::load::order::{BucketTail, OrderOptions, RankTail};
 use larder::load::{Batch, LoaderOptions, LoaderState, PooledBuffer, Tensor};
 use larder::metrics::LoaderMetrics;
 use numpy::ndarray::{ArrayViewD, IxDyn};

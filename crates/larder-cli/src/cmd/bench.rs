@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use larder::Store;
-use larder::load::plan::{BucketTail, OrderOptions, RankTail};
+use larder::load::order::{BucketTail, OrderOptions, RankTail};
 use larder::load::{Loader, LoaderOptions};
 
 /// Arguments of `larder bench`.

@@ -13,7 +13,13 @@ use crate::config::DatasetConfig;
 use crate::rng::{Purpose, Stream};
 
 /// The caption settings of one dataset.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// `prepare` records each dataset's recipe in the catalog as this struct's JSON (the
+/// `caption_recipe` column of `datasets`, see docs/store-format.md), and the loader reads it
+/// back, so the two agree on the transforms by construction. Unknown keys are refused: a recipe
+/// from a newer larder may hold a transform this one would silently skip.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaptionRecipe {
     /// Probability of an empty caption.
     pub caption_dropout_rate: f64,
@@ -57,6 +63,56 @@ impl CaptionRecipe {
             random_triggers: dataset.random_triggers.clone(),
             random_triggers_max: dataset.random_triggers_max as usize,
         }
+    }
+
+    /// The recipe of a dataset whose settings a store recorded before recipes were (the
+    /// `config` JSON of `datasets`: a [`DatasetConfig`] as serialized), read the way
+    /// [`from_dataset`](Self::from_dataset) reads the config. Every key must be there with its
+    /// type: a store whose settings lack one was not made by a larder this one can follow, and
+    /// guessing a default would change the captions silently. The error names the key.
+    pub(crate) fn from_recorded_config(
+        config: &serde_json::Value,
+    ) -> std::result::Result<Self, String> {
+        let key = |k: &str| config.get(k).ok_or_else(|| format!("no {k:?}"));
+        let rate = |k: &str| {
+            key(k)?
+                .as_f64()
+                .ok_or_else(|| format!("{k:?} is not a number"))
+        };
+        let count = |k: &str| {
+            key(k)?
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| format!("{k:?} is not a count"))
+        };
+        let flag = |k: &str| {
+            key(k)?
+                .as_bool()
+                .ok_or_else(|| format!("{k:?} is not true or false"))
+        };
+        let trigger_word = match key("trigger_word")? {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            _ => return Err("\"trigger_word\" is not a string".into()),
+        };
+        let random_triggers = key("random_triggers")?
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|t| t.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| "\"random_triggers\" is not a list of strings".to_owned())?;
+        Ok(CaptionRecipe {
+            caption_dropout_rate: rate("caption_dropout_rate")?,
+            token_dropout_rate: rate("token_dropout_rate")?,
+            keep_tokens: count("keep_tokens")?,
+            shuffle_tokens: flag("shuffle_tokens")?,
+            trigger_word,
+            is_reg: flag("is_reg")?,
+            random_triggers,
+            random_triggers_max: count("random_triggers_max")?,
+        })
     }
 
     /// Returns true if and only if the recipe draws random numbers, i.e. the caption can
@@ -195,6 +251,83 @@ mod tests {
             epoch,
             item,
         }
+    }
+
+    #[test]
+    fn a_recipe_reads_back_from_its_json() {
+        let r = CaptionRecipe {
+            caption_dropout_rate: 0.05,
+            token_dropout_rate: 0.1,
+            keep_tokens: 2,
+            shuffle_tokens: true,
+            trigger_word: Some("sks".into()),
+            is_reg: true,
+            random_triggers: vec!["x".into(), "y".into()],
+            random_triggers_max: 2,
+        };
+        let json = serde_json::to_string(&r).expect("json");
+        assert_eq!(
+            serde_json::from_str::<CaptionRecipe>(&json).expect("read"),
+            r
+        );
+    }
+
+    #[test]
+    fn a_recipe_with_an_unknown_transform_is_refused() {
+        let mut v = serde_json::to_value(recipe()).expect("json");
+        v["reverse_tokens"] = true.into();
+        let err = serde_json::from_value::<CaptionRecipe>(v).expect_err("refused");
+        assert!(err.to_string().contains("reverse_tokens"), "{err}");
+    }
+
+    /// A dataset with every caption setting away from its default.
+    fn configured() -> DatasetConfig {
+        let mut d = DatasetConfig::new(crate::config::Source::Folder("imgs".into()));
+        d.caption_dropout_rate = 0.05;
+        d.token_dropout_rate = 0.3;
+        d.keep_tokens = 1;
+        d.shuffle_tokens = true;
+        d.trigger_word = Some("sks".into());
+        d.is_reg = true;
+        d.random_triggers = vec!["x".into(), "y".into(), "z".into()];
+        d.random_triggers_max = 3;
+        d
+    }
+
+    #[test]
+    fn recorded_settings_give_the_recipe_the_config_gives() {
+        for d in [
+            configured(),
+            DatasetConfig::new(crate::config::Source::Folder("imgs".into())),
+        ] {
+            // What stores made before recipes were recorded hold: the dataset as serialized.
+            let recorded = serde_json::to_value(&d).expect("json");
+            assert_eq!(
+                CaptionRecipe::from_recorded_config(&recorded),
+                Ok(CaptionRecipe::from_dataset(&d))
+            );
+        }
+    }
+
+    #[test]
+    fn recorded_settings_without_a_caption_key_are_refused_naming_it() {
+        let mut recorded = serde_json::to_value(configured()).expect("json");
+        for (key, value) in [
+            ("random_triggers_max", serde_json::Value::Null),
+            ("shuffle_tokens", "yes".into()),
+            ("trigger_word", 3.into()),
+        ] {
+            let mut bad = recorded.clone();
+            bad[key] = value;
+            let err = CaptionRecipe::from_recorded_config(&bad).expect_err("refused");
+            assert!(err.contains(key), "{err}");
+        }
+        recorded
+            .as_object_mut()
+            .expect("object")
+            .remove("caption_dropout_rate");
+        let err = CaptionRecipe::from_recorded_config(&recorded).expect_err("refused");
+        assert!(err.contains("caption_dropout_rate"), "{err}");
     }
 
     #[test]

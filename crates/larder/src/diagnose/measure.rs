@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::load::plan::{BucketTail, OrderOptions, RankTail};
+use crate::load::order::{BucketTail, OrderOptions, RankTail};
 use crate::load::{Loader, LoaderOptions};
 use crate::os::{ProcessMemory, Residency, dir_residency, mapped_rss};
 use crate::store::{SHARD_DIR, Store};

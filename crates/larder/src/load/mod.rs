@@ -1,13 +1,17 @@
-//! Serving a store to a training loop: a deterministic order ([`plan`]), reader threads that
+//! Serving a store to a training loop: a deterministic order ([`order`]), reader threads that
 //! assemble batches ([`Loader`]), and a position small enough to checkpoint ([`LoaderState`]).
 
+mod assemble;
 mod batch;
 mod loader;
-pub mod plan;
+mod options;
+pub mod order;
+mod readers;
 mod state;
 mod text;
 
 pub use batch::{Batch, BufferPool, PooledBuffer, Tensor};
-pub use loader::{Loader, LoaderOptions};
+pub use loader::Loader;
+pub use options::LoaderOptions;
 pub use state::LoaderState;
 pub use text::Padding;

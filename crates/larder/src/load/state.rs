@@ -1,6 +1,6 @@
 //! The loader's position, small enough to save with every checkpoint.
 
-use super::plan::{OrderOptions, SizeChange};
+use super::order::{OrderOptions, SizeChange};
 
 /// Where a loader is: with the store, this determines every batch still to come.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

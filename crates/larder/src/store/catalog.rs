@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::Codec;
+use crate::caption::CaptionRecipe;
 use crate::storage::ChunkSums;
 use crate::{Error, Result};
 
@@ -35,8 +36,11 @@ CREATE TABLE IF NOT EXISTS entries (
     offset INTEGER NOT NULL, length INTEGER NOT NULL, dtype TEXT NOT NULL, shape TEXT NOT NULL,
     codec TEXT NOT NULL, raw_len INTEGER NOT NULL, scale TEXT NOT NULL, bias TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_by_shard ON entries(shard);
+-- caption_recipe is the CaptionRecipe the loader applies, as JSON; NULL in stores prepared
+-- before it was recorded (the loader then reads the recipe from config). Catalogs made before
+-- the column existed get it from `add_columns` when a prepare opens them.
 CREATE TABLE IF NOT EXISTS datasets (
-    id INTEGER PRIMARY KEY, source TEXT NOT NULL, config TEXT NOT NULL);
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, config TEXT NOT NULL, caption_recipe TEXT);
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY, dataset INTEGER NOT NULL, path TEXT NOT NULL, bytes INTEGER NOT NULL,
     content_hash TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
@@ -127,6 +131,7 @@ impl Catalog {
                 None => cat.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
                 Some(v) => cat.check_version(&v)?,
             }
+            cat.add_columns()?;
         } else {
             let v = cat.meta("schema_version")?.unwrap_or_default();
             cat.check_version(&v)?;
@@ -179,10 +184,35 @@ impl Catalog {
         Ok(())
     }
 
-    /// Adds the tables and indexes of the current schema that an older catalog lacks (every
-    /// statement of the schema is `IF NOT EXISTS`).
+    /// Adds the tables, indexes and columns of the current schema that an older catalog lacks
+    /// (every statement of the schema is `IF NOT EXISTS`; columns are added one by one).
     pub fn ensure_schema(&self) -> Result<()> {
-        self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))
+        self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+        self.add_columns()
+    }
+
+    /// Adds the columns added to existing tables since schema version 2, which `CREATE TABLE IF
+    /// NOT EXISTS` leaves out of an older catalog. Each is nullable, so older rows stay valid
+    /// and a catalog opened read-only without them still reads (see [`Self::has_column`]).
+    fn add_columns(&self) -> Result<()> {
+        if !self.has_column("datasets", "caption_recipe")? {
+            self.conn
+                .execute("ALTER TABLE datasets ADD COLUMN caption_recipe TEXT", [])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Returns true if and only if table `table` has the column `column` (columns added to the
+    /// schema later are missing from older catalogs opened read-only).
+    pub fn has_column(&self, table: &str, column: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// Runs SQLite's check of every page and b-tree of the catalog (it reads the whole file:
@@ -432,6 +462,79 @@ impl Catalog {
             )
             .map(drop)
             .map_err(|e| self.err(e))
+    }
+}
+
+impl Catalog {
+    /// Records each dataset's caption recipe, by dataset index, in the rows of `datasets`
+    /// (written first, with their config): what the loader applies to the stored captions.
+    pub fn set_caption_recipes(&self, recipes: &[CaptionRecipe]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("UPDATE datasets SET caption_recipe = ?2 WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        for (id, recipe) in recipes.iter().enumerate() {
+            let json = serde_json::to_string(recipe).map_err(|e| Error::Store {
+                path: self.path.clone(),
+                message: format!("dataset {id}: the caption recipe cannot be written: {e}"),
+            })?;
+            let updated = stmt
+                .execute(params![id as i64, json])
+                .map_err(|e| self.err(e))?;
+            if updated != 1 {
+                return Err(Error::Store {
+                    path: self.path.clone(),
+                    message: format!(
+                        "dataset {id}: no row to record its caption recipe in (the datasets are written first)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Each dataset's caption recipe, by dataset index.
+    ///
+    /// A store prepared before recipes were recorded has only each dataset's settings (the
+    /// `config` JSON); its recipe is read from them, here and nowhere else. A recipe this larder
+    /// cannot read (a newer larder's, or damaged) is an error that says to prepare again, which
+    /// rewrites the catalog and recomputes nothing whose key is unchanged.
+    pub fn caption_recipes(&self) -> Result<Vec<CaptionRecipe>> {
+        let recorded = if self.has_column("datasets", "caption_recipe")? {
+            "caption_recipe"
+        } else {
+            "NULL"
+        };
+        let rows: Vec<(i64, String, Option<String>)> = self.rows(
+            &format!("SELECT id, config, {recorded} FROM datasets ORDER BY id"),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        rows.into_iter()
+            .enumerate()
+            .map(|(index, (id, config, recipe))| {
+                let unreadable = |what: &str, e: String| Error::Store {
+                    path: self.path.clone(),
+                    message: format!(
+                        "dataset {id}: unreadable {what} ({e}); run `larder prepare` again with this larder to record it"
+                    ),
+                };
+                // The loader indexes recipes by the items' dataset number.
+                if id != index as i64 {
+                    return Err(unreadable(
+                        "dataset list",
+                        format!("dataset {index} is missing"),
+                    ));
+                }
+                match recipe {
+                    Some(json) => serde_json::from_str(&json)
+                        .map_err(|e| unreadable("caption recipe", e.to_string())),
+                    None => serde_json::from_str(&config)
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| CaptionRecipe::from_recorded_config(&v))
+                        .map_err(|e| unreadable("caption settings", e)),
+                }
+            })
+            .collect()
     }
 }
 

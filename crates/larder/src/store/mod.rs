@@ -405,21 +405,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Each dataset's settings as the prepare that made the store recorded them (JSON objects
-    /// with the keys of [`DatasetConfig`](crate::DatasetConfig)), by dataset index.
-    pub fn dataset_settings(&self) -> Result<Vec<serde_json::Value>> {
-        let cat = self.catalog();
-        let rows = cat.rows("SELECT id, config FROM datasets ORDER BY id", |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })?;
-        rows.into_iter()
-            .map(|(id, text)| {
-                serde_json::from_str(&text).map_err(|e| Error::Store {
-                    path: cat.path.clone(),
-                    message: format!("dataset {id}: unreadable settings: {e}"),
-                })
-            })
-            .collect()
+    /// Each dataset's caption recipe, by dataset index, as the prepare that made the store
+    /// recorded it (read from the dataset's settings for a store made before recipes were).
+    pub fn caption_recipes(&self) -> Result<Vec<crate::CaptionRecipe>> {
+        self.catalog().caption_recipes()
     }
 
     /// Local shard `id`, mapped (and its header chunk checked) on first use.

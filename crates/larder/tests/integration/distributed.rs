@@ -273,6 +273,17 @@ fn parts_with_encoders_merge_into_the_store_an_unsharded_prepare_writes() {
         (b.items, &b.buckets, &b.encoders)
     );
     assert_eq!(a.config_digest, b.config_digest);
+    // The merged store records the parts' caption recipes, as an unsharded prepare does.
+    let recorded = rusqlite::Connection::open(out.join("catalog.sqlite"))
+        .and_then(|db| {
+            db.query_row(
+                "SELECT count(*) FROM datasets WHERE caption_recipe IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .expect("catalog");
+    assert_eq!(recorded, 2);
     let batches = served(&out);
     assert!(
         batches

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use larder::load::plan::{BucketTail, OrderOptions, RankTail};
+use larder::load::order::{BucketTail, OrderOptions, RankTail};
 use larder::load::{Batch, Loader, LoaderOptions, LoaderState};
 use larder::{Config, PrepareOptions, Store, prepare};
 
@@ -559,6 +559,97 @@ fn a_field_other_than_mask_or_control_that_one_item_lacks_fails_the_batch_naming
         .to_string();
     assert!(
         err.contains("item 3 (") && err.contains(&path) && err.contains("pixels"),
+        "{err}"
+    );
+}
+
+/// Runs `sql` on the catalog of the store in `store_dir`.
+fn edit_catalog(store_dir: &Path, sql: &str) {
+    let db = rusqlite::Connection::open(store_dir.join("catalog.sqlite")).expect("catalog");
+    db.execute_batch(sql).expect(sql);
+}
+
+#[test]
+fn prepare_records_each_datasets_caption_recipe_and_the_loader_reads_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path(), 6);
+    let config = Config::load(&dir.path().join("c.yaml")).expect("config");
+    let expected = larder::CaptionRecipe::from_dataset(&config.datasets[0]);
+    assert!(expected.shuffle_tokens && expected.caption_dropout_rate == 0.2);
+    let db = rusqlite::Connection::open(dir.path().join("store/catalog.sqlite")).expect("catalog");
+    let recorded: String = db
+        .query_row(
+            "SELECT caption_recipe FROM datasets WHERE id = 0",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a recipe is recorded");
+    let recorded: larder::CaptionRecipe = serde_json::from_str(&recorded).expect("recipe JSON");
+    assert_eq!(recorded, expected);
+    assert_eq!(store.caption_recipes().expect("recipes"), vec![expected]);
+}
+
+#[test]
+fn a_store_prepared_before_recipes_were_recorded_serves_the_same_captions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recorded = epoch(&mut Loader::new(store(dir.path(), 12), options(4, 2)).expect("loader"));
+    let store_dir = dir.path().join("store");
+    let reopened = |dir: &Path| {
+        let store = Arc::new(Store::open(dir).expect("open"));
+        epoch(&mut Loader::new(store, options(4, 2)).expect("loader"))
+    };
+    // A recipe column left empty, then no column at all: the settings are all there is.
+    edit_catalog(&store_dir, "UPDATE datasets SET caption_recipe = NULL");
+    assert_eq!(reopened(&store_dir), recorded);
+    edit_catalog(
+        &store_dir,
+        "ALTER TABLE datasets DROP COLUMN caption_recipe",
+    );
+    assert_eq!(reopened(&store_dir), recorded);
+    // Preparing again records the recipe, and recomputes nothing.
+    let config = Config::load(&dir.path().join("c.yaml")).expect("config");
+    let report = prepare(&config, &store_dir, &PrepareOptions::default()).expect("prepare");
+    assert_eq!(report.entries_computed, 0, "{report:?}");
+    let db = rusqlite::Connection::open(store_dir.join("catalog.sqlite")).expect("catalog");
+    let recipe: Option<String> = db
+        .query_row(
+            "SELECT caption_recipe FROM datasets WHERE id = 0",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the column is back");
+    assert!(recipe.is_some());
+    assert_eq!(reopened(&store_dir), recorded);
+}
+
+#[test]
+fn an_unreadable_caption_recipe_is_refused_with_advice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(store(dir.path(), 3));
+    let store_dir = dir.path().join("store");
+    let refusal = |sql: &str| {
+        edit_catalog(&store_dir, sql);
+        let store = Arc::new(Store::open(&store_dir).expect("open"));
+        Loader::new(store, options(2, 1))
+            .expect_err("refused")
+            .to_string()
+    };
+    // A newer larder's recipe, with a transform this one does not know.
+    let err = refusal(
+        r#"UPDATE datasets SET caption_recipe = json_set(caption_recipe, '$.reverse_tokens', 1)"#,
+    );
+    assert!(
+        err.contains("dataset 0")
+            && err.contains("reverse_tokens")
+            && err.contains("larder prepare"),
+        "{err}"
+    );
+    // An old store whose settings lack a caption key: no silent default.
+    let err = refusal(
+        r#"UPDATE datasets SET caption_recipe = NULL, config = json_remove(config, '$.keep_tokens')"#,
+    );
+    assert!(
+        err.contains("keep_tokens") && err.contains("larder prepare"),
         "{err}"
     );
 }
