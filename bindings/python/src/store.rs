@@ -92,12 +92,10 @@ pub fn prepare_json(
     let out = crate::location_of(out)?;
     let result = py.detach(|| {
         fresh_pool()?.install(|| {
-            if larder::storage::is_url(&out) {
-                let remote = larder::storage::RemoteOptions::from_env()?;
-                larder::transfer::prepare(&config, &out, &options, &mut encoders, &remote)
-            } else {
-                larder::prepare_with(&config, out.as_ref(), &options, &mut encoders)
-            }
+            larder::Prepare::new(&config)
+                .options(options)
+                .encoders(&mut encoders)
+                .run(out.as_str())
         })
     });
     // Dropping the encoders releases their Python references; the GIL is held here.
@@ -174,14 +172,7 @@ pub fn import_aitk_json(
 pub fn merge_json(py: Python<'_>, out: &Bound<'_, PyAny>, parts: Vec<PathBuf>) -> PyResult<String> {
     let out = crate::location_of(out)?;
     let report = py
-        .detach(|| {
-            if larder::storage::is_url(&out) {
-                let remote = larder::storage::RemoteOptions::from_env()?;
-                larder::transfer::merge(&out, &remote)
-            } else {
-                larder::merge_parts(out.as_ref(), &parts)
-            }
-        })
+        .detach(|| larder::merge(out.as_str(), &parts, None))
         .map_err(to_py)?;
     json(&report)
 }

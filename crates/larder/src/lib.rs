@@ -50,8 +50,8 @@ pub use config::{
 pub use error::{Error, Result};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
 pub use prepare::{
-    AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, PrepareOptions,
-    PrepareReport, config_digest, import_aitk, prepare, prepare_with,
+    AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, Prepare, PrepareOptions,
+    PrepareReport, config_digest, import_aitk,
 };
 pub use prepare::{MergeReport, PARTS_DIR, Part, merge_parts};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
@@ -62,4 +62,6 @@ pub use scan::{
     ScannedImage, scan, scan_with,
 };
 pub use size::parse_size;
+pub use storage::Location;
 pub use store::{FieldData, Store, StoredItem};
+pub use transfer::{merge, prepare};

@@ -1,17 +1,20 @@
 //! Moving whole stores: `larder push` (local → object storage) and `larder pull` (back),
-//! preparing straight into a URL, and merging the parts of a distributed prepare there — the
-//! layer above [`prepare`](crate::prepare()) and the [`storage`](crate::storage) backends.
+//! preparing into a folder or straight into a URL ([`prepare`], [`Prepare::run`]), and merging
+//! the parts of a distributed prepare in either ([`merge`]) — the layer above the prepare
+//! stage and the [`storage`](crate::storage) backends, and the one place that decides, by the
+//! [`Location`], whether a store is local or remote.
 //!
 //! Both copy shards first and the catalog last, and both skip what is already there: shard
 //! files are named by their content hash, so a shard of the right size under its name is the
 //! right shard (a pull checks its hash anyway). An interrupted transfer run again sends only
 //! the rest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::prepare::PARTS_DIR;
-use crate::storage::{RemoteOptions, Storage, chunk_sums_of_file, storage_for};
+use crate::config::Config;
+use crate::prepare::{PARTS_DIR, Prepare, PrepareOptions, PrepareReport};
+use crate::storage::{Location, RemoteOptions, Storage, chunk_sums_of_file, storage_for};
 use crate::store::catalog::Catalog;
 use crate::store::remote::{CATALOG_KEY, shard_key};
 use crate::store::{CATALOG_FILE, SHARD_DIR, TMP_DIR};
@@ -234,66 +237,111 @@ fn for_each_shard<T: Sync>(
     })
 }
 
-/// Prepares `config` into the store at `url`: the store is built in a local staging folder
-/// (inside the cache folder, so a rerun resumes it), each shard is uploaded as soon as it is
-/// committed, and the catalog is uploaded last, once every shard is there. With
-/// `options.part`, the part goes to `url/parts/<i>-of-<N>/`, for [`merge`].
+/// Prepares `config` (scanned and planned now) into `out`, a store folder or URL, with no
+/// encoders: the short form of [`Prepare`]`::new(config).options(..).run(out)`.
 ///
-/// An interrupted run, run again, redoes nothing that is finished: the staging folder resumes
-/// as a local prepare does, and shards already uploaded are skipped.
+/// ```no_run
+/// use larder::{Config, PrepareOptions};
+///
+/// let config = Config::load("examples/sample/config.yaml")?;
+/// larder::prepare(&config, "stores/sample", &PrepareOptions::default())?;
+/// # Ok::<(), larder::Error>(())
+/// ```
 pub fn prepare(
-    config: &crate::Config,
-    url: &str,
-    options: &crate::PrepareOptions,
-    encoders: &mut crate::encode::Encoders,
-    remote: &RemoteOptions,
-) -> Result<crate::PrepareReport> {
-    let target = options.part.map_or(url.to_owned(), |p| p.location(url));
-    let storage = storage_for(&target, remote)?;
-    let staging = remote.cache_folder(url).join("staging");
-    prepare_into(config, storage.as_ref(), &staging, options, encoders)
+    config: &Config,
+    out: impl Into<Location>,
+    options: &PrepareOptions,
+) -> Result<PrepareReport> {
+    Prepare::new(config).options(options.clone()).run(out)
 }
 
-/// [`prepare`] into any storage, staging in `staging` (a part in its `parts/<i>-of-<N>`).
-pub fn prepare_into(
-    config: &crate::Config,
-    storage: &dyn Storage,
-    staging: &Path,
-    options: &crate::PrepareOptions,
-    encoders: &mut crate::encode::Encoders,
-) -> Result<crate::PrepareReport> {
-    let local = options
-        .part
-        .map_or(staging.to_path_buf(), |p| p.dir(staging));
-    let (tx, rx) = crossbeam_channel::unbounded::<String>();
-    std::thread::scope(|s| {
-        let uploader = s.spawn(|| {
-            for file in rx {
-                let key = shard_key(&file);
-                let path = local.join(SHARD_DIR).join(&file);
-                // Uploads as shards complete; one that fails here is tried again below.
-                if let Err(e) = storage.put_file(&key, &path) {
-                    tracing::warn!("uploading {file} failed, will retry at the end: {e}");
+impl Prepare<'_> {
+    /// Runs the prepare into `out`: a store folder, or a URL of object storage (see
+    /// [`Location`]). With [`PrepareOptions::part`], the part goes to `out/parts/<i>-of-<N>`,
+    /// for [`merge`].
+    ///
+    /// Into a URL, the store is built in a local staging folder (inside the cache folder, so
+    /// a rerun resumes it), each shard is uploaded as soon as it is committed, and the catalog
+    /// is uploaded last, once every shard is there. An interrupted run, run again, redoes
+    /// nothing that is finished: the staging folder resumes as a local prepare does, and
+    /// shards already uploaded are skipped.
+    pub fn run(self, out: impl Into<Location>) -> Result<PrepareReport> {
+        let url = match out.into() {
+            Location::Local(dir) => return self.run_in(&dir, None),
+            Location::Url(url) => url,
+        };
+        let remote = match &self.remote {
+            Some(remote) => remote.clone(),
+            None => RemoteOptions::from_env()?,
+        };
+        let target = self.options.part.map_or(url.clone(), |p| p.location(&url));
+        let storage = storage_for(&target, &remote)?;
+        let staging = remote.cache_folder(&url).join("staging");
+        self.run_staged(storage.as_ref(), &staging)
+    }
+
+    /// [`Prepare::run`] into any storage, staging in `staging` (a part in its
+    /// `parts/<i>-of-<N>`).
+    fn run_staged(self, storage: &dyn Storage, staging: &Path) -> Result<PrepareReport> {
+        let local = self
+            .options
+            .part
+            .map_or(staging.to_path_buf(), |p| p.dir(staging));
+        let (tx, rx) = crossbeam_channel::unbounded::<String>();
+        std::thread::scope(|s| {
+            let uploader = s.spawn(|| {
+                for file in rx {
+                    let key = shard_key(&file);
+                    let path = local.join(SHARD_DIR).join(&file);
+                    // Uploads as shards complete; one that fails here is tried again below.
+                    if let Err(e) = storage.put_file(&key, &path) {
+                        tracing::warn!("uploading {file} failed, will retry at the end: {e}");
+                    }
                 }
-            }
-        });
-        let prepared = crate::prepare::prepare_inner(config, staging, options, encoders, Some(&tx));
-        drop(tx);
-        let _ = uploader.join();
-        let report = prepared?;
-        let _lock = crate::store::lock_store(&local)?;
-        upload_store(&local, storage)?;
-        Ok(report)
-    })
+            });
+            let prepared = self.run_in(staging, Some(&tx));
+            drop(tx);
+            let _ = uploader.join();
+            let report = prepared?;
+            let _lock = crate::store::lock_store(&local)?;
+            upload_store(&local, storage)?;
+            Ok(report)
+        })
+    }
 }
 
-/// Merges the parts of a distributed prepare into `url` (see docs/distributed.md): the parts'
-/// catalogs are downloaded and merged as `larder merge` merges local parts, their shards are
-/// copied into `shards/` inside the storage (nothing is downloaded), the merged catalog is
-/// uploaded, and `parts/` is removed.
-pub fn merge(url: &str, remote: &RemoteOptions) -> Result<crate::MergeReport> {
-    let storage = storage_for(url, remote)?;
-    let work = remote.cache_folder(url).join("merge");
+/// Merges the parts of a distributed prepare in `store`, a folder or URL (see
+/// docs/distributed.md).
+///
+/// In a folder: the parts named in `parts`, or with none named, the folders
+/// `store/parts/<i>-of-<N>` ([`merge_parts`](crate::merge_parts)). At a URL: the parts'
+/// catalogs are downloaded and merged as local parts are, their shards are copied into
+/// `shards/` inside the storage (nothing is downloaded), the merged catalog is uploaded, and
+/// `parts/` is removed; part folders cannot be named there. `remote` says how to reach object
+/// storage; `None` reads [`RemoteOptions::from_env`] (for a URL only).
+pub fn merge(
+    store: impl Into<Location>,
+    parts: &[PathBuf],
+    remote: Option<&RemoteOptions>,
+) -> Result<crate::MergeReport> {
+    let url = match store.into() {
+        Location::Local(dir) => return crate::merge_parts(&dir, parts),
+        Location::Url(url) => url,
+    };
+    if !parts.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "parts",
+            message: format!(
+                "parts of a store in object storage are found under {url}/parts/; name no part folders"
+            ),
+        });
+    }
+    let remote = match remote {
+        Some(remote) => remote.clone(),
+        None => RemoteOptions::from_env()?,
+    };
+    let storage = storage_for(&url, &remote)?;
+    let work = remote.cache_folder(&url).join("merge");
     merge_in(storage.as_ref(), &work)
 }
 

@@ -14,9 +14,9 @@ use larder::{AitkImportOptions, Config, ImportCounts, PrepareOptions};
 pub struct Args {
     /// An AI Toolkit job file, a YAML file with a `datasets:` list, or a folder of images.
     config: PathBuf,
-    /// The store folder to create or update.
+    /// The store folder to create or update (a local folder: push it to object storage after).
     #[arg(long)]
-    out: PathBuf,
+    out: String,
     /// AI Toolkit's model architecture (latent_space_version), e.g. flux, sdxl; read from the
     /// latent caches when not given.
     #[arg(long)]
@@ -75,8 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         text: ("text".into(), identity(args.text_identity, None, None)),
         clip: ("clip".into(), identity(args.clip_identity, None, None)),
     };
-    let report = larder::import_aitk(&config, &args.out, &options)
-        .with_context(|| format!("importing into {}", args.out.display()))?;
+    let report = larder::import_aitk(&config, args.out.as_str(), &options)
+        .with_context(|| format!("importing into {}", args.out))?;
     if args.json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     writeln!(
         out,
         "{}: {} items; architecture {}",
-        args.out.display(),
+        args.out,
         report.prepare.items,
         report
             .arch

@@ -20,18 +20,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let report = if larder::storage::is_url(&args.store) {
-        anyhow::ensure!(
-            args.parts.is_empty(),
-            "parts of a store in object storage are found under {}/parts/; name no part folders",
-            args.store
-        );
-        let remote = larder::storage::RemoteOptions::from_env()?;
-        larder::transfer::merge(&args.store, &remote)
-    } else {
-        larder::merge_parts(args.store.as_ref(), &args.parts)
-    }
-    .with_context(|| format!("merging into {}", args.store))?;
+    // A URL is merged in the object storage the environment names (docs/remote.md).
+    let report = larder::merge(args.store.as_str(), &args.parts, None)
+        .with_context(|| format!("merging into {}", args.store))?;
     if args.json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);

@@ -94,19 +94,11 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         ..PrepareOptions::default()
     };
     let written = part.map_or(args.out.clone(), |p| p.location(&args.out));
-    let report = if larder::storage::is_url(&args.out) {
-        let remote = larder::storage::RemoteOptions::from_env()?;
-        larder::transfer::prepare(
-            &config,
-            &args.out,
-            &options,
-            &mut Default::default(),
-            &remote,
-        )
-    } else {
-        larder::prepare(&config, args.out.as_ref(), &options)
-    }
-    .with_context(|| format!("preparing {written}"))?;
+    // A URL is prepared through the object storage the environment names (docs/remote.md).
+    let report = larder::Prepare::new(&config)
+        .options(options)
+        .run(args.out.as_str())
+        .with_context(|| format!("preparing {written}"))?;
     if args.json {
         super::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);

@@ -20,6 +20,7 @@
 mod backend;
 mod cache;
 mod chunks;
+mod location;
 mod lock;
 mod object;
 mod options;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 
 pub(crate) use backend::read_in_pieces;
 pub use backend::{LocalStorage, MemoryStorage, Storage, is_not_found};
+pub use location::Location;
 pub use object::ObjectStorage;
 pub use options::RemoteOptions;
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use larder::encode::Encoders;
 use larder::load::{Loader, LoaderOptions};
-use larder::{Config, Part, PrepareOptions, PrepareReport, Store, merge_parts, prepare_with};
+use larder::{Config, Part, Prepare, PrepareOptions, PrepareReport, Store, merge_parts};
 
 use crate::encode::{latent_encoders, text_encoders};
 use crate::{file, image};
@@ -64,13 +64,11 @@ fn part(i: u32, n: u32) -> Option<Part> {
 }
 
 fn run(config: &Path, out: &Path, part: Option<Part>, encoders: &mut Encoders) -> PrepareReport {
-    prepare_with(
-        &Config::load(config).expect("config"),
-        out,
-        &options(part),
-        encoders,
-    )
-    .expect("prepare")
+    Prepare::new(&Config::load(config).expect("config"))
+        .options(options(part))
+        .encoders(encoders)
+        .run(out)
+        .expect("prepare")
 }
 
 /// Every item as the catalog records it, in id order: source, geometry, flip, repeat,

@@ -10,7 +10,7 @@ use larder::encode::{
     TextEncoder,
 };
 use larder::load::{Loader, LoaderOptions, Padding};
-use larder::{Config, Error, FieldData, PrepareOptions, PrepareReport, Store, prepare_with};
+use larder::{Config, Error, FieldData, Prepare, PrepareOptions, PrepareReport, Store};
 
 use crate::{file, image};
 
@@ -220,12 +220,10 @@ fn run(
     options: &PrepareOptions,
     encoders: &mut Encoders,
 ) -> larder::Result<PrepareReport> {
-    prepare_with(
-        &Config::load(config).expect("config"),
-        out,
-        options,
-        encoders,
-    )
+    Prepare::new(&Config::load(config).expect("config"))
+        .options(options.clone())
+        .encoders(encoders)
+        .run(out)
 }
 
 pub(crate) fn latent_encoders(id: &str, images: &Arc<AtomicUsize>) -> Encoders {

@@ -474,14 +474,11 @@ fn prepare_into_s3_then_read_verify_and_pull_it_back() {
 
     let config = Config::load(dir.path().join("c.yaml")).expect("config");
     let prepare_options = prepare_options();
-    let report = larder::transfer::prepare(
-        &config,
-        &url,
-        &prepare_options,
-        &mut Default::default(),
-        &opts,
-    )
-    .expect("prepare into s3");
+    let report = larder::Prepare::new(&config)
+        .options(prepare_options.clone())
+        .remote(opts.clone())
+        .run(&url)
+        .expect("prepare into s3");
     assert_eq!(report.items, 16);
     assert!(
         server
@@ -499,14 +496,11 @@ fn prepare_into_s3_then_read_verify_and_pull_it_back() {
     );
 
     // A second prepare finds everything done and uploads nothing new.
-    let again = larder::transfer::prepare(
-        &config,
-        &url,
-        &prepare_options,
-        &mut Default::default(),
-        &opts,
-    )
-    .expect("again");
+    let again = larder::Prepare::new(&config)
+        .options(prepare_options.clone())
+        .remote(opts.clone())
+        .run(&url)
+        .expect("again");
     assert_eq!((again.entries_computed, again.shards_written), (0, 0));
 
     let pulled = dir.path().join("pulled");
@@ -655,7 +649,10 @@ fn a_distributed_prepare_into_s3_merges_there_into_the_unsharded_store() {
             part: Some(larder::Part::new(i, 3).expect("part")),
             ..prepare_options()
         };
-        larder::transfer::prepare(&config, &url, &options, &mut Default::default(), &opts)
+        larder::Prepare::new(&config)
+            .options(options.clone())
+            .remote(opts.clone())
+            .run(&url)
             .expect("prepare a part");
         assert!(
             server
@@ -667,7 +664,7 @@ fn a_distributed_prepare_into_s3_merges_there_into_the_unsharded_store() {
         Store::open_location(&url, &opts).is_err(),
         "no store before the merge"
     );
-    let report = larder::transfer::merge(&url, &opts).expect("merge");
+    let report = larder::merge(&url, &[], Some(&opts)).expect("merge");
     assert_eq!((report.parts, report.items), (3, 12), "{report:?}");
     assert!(
         !server

@@ -24,7 +24,7 @@ use format::{check_clip, check_latent, read_prompt_embeds, read_tensor, text_has
 
 use super::texts::{self, TextOutputs};
 use super::{
-    PrepareOptions, PrepareReport, Produced, encoded, image_encoder_key, open_for_writing, prepare,
+    Prepare, PrepareOptions, PrepareReport, Produced, encoded, image_encoder_key, open_for_writing,
     stored_entry, with_writer,
 };
 use crate::Result;
@@ -32,6 +32,7 @@ use crate::caption::{CaptionContext, CaptionRecipe};
 use crate::config::Config;
 use crate::encode::{EncoderIdentity, PixelFormat};
 use crate::plan::Flip;
+use crate::storage::Location;
 use crate::store::catalog::Catalog;
 use crate::store::codec::Values;
 
@@ -133,12 +134,28 @@ struct Item {
     item_key: String,
 }
 
-/// Prepares `config` into `out` and imports AI Toolkit's caches found next to its images.
+/// Prepares `config` into the store folder `out` and imports AI Toolkit's caches found next
+/// to its images.
+///
+/// The import writes into a local folder only (it reads and rewrites the catalog after the
+/// prepare); for object storage, import into a folder and `larder push` it.
 pub fn import_aitk(
     config: &Config,
-    out: &Path,
+    out: impl Into<Location>,
     options: &AitkImportOptions,
 ) -> Result<AitkImportReport> {
+    let out = match out.into() {
+        Location::Local(dir) => dir,
+        Location::Url(url) => {
+            return Err(crate::Error::InvalidArgument {
+                name: "out",
+                message: format!(
+                    "AI Toolkit's caches are imported into a local store folder, not {url}: import into a folder, then `larder push` it"
+                ),
+            });
+        }
+    };
+    let out = out.as_path();
     // The import reads every item's caches into one store; parts of a distributed prepare
     // are merged first, then imported into.
     if options.prepare.part.is_some_and(|p| !p.is_whole()) {
@@ -148,7 +165,9 @@ pub fn import_aitk(
         });
     }
     let mut report = AitkImportReport {
-        prepare: prepare(config, out, &options.prepare)?,
+        prepare: Prepare::new(config)
+            .options(options.prepare.clone())
+            .run_in(out, None)?,
         ..AitkImportReport::default()
     };
     let (_lock, catalog) = open_for_writing(out)?;

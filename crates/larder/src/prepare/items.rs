@@ -1,0 +1,302 @@
+//! What a prepare works on: each planned item with its scanned image, its dataset's settings
+//! and its fields' sources (built in one place, [`planned_items`], from the scan and the plan),
+//! then with content hashes and entry keys ([`item_plans`]).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::encoded;
+use super::sources::hash_sources;
+use super::{PrepareOptions, PrepareReport};
+use crate::config::{Config, DatasetConfig};
+use crate::encode::Encoders;
+use crate::image::{Convert, PIPELINE};
+use crate::plan::{Flip, Plan, PlannedItem};
+use crate::scan::{Finding, FindingKind, ScanReport, ScannedImage};
+use crate::store::catalog::Catalog;
+use crate::store::key::{entry_key, item_key};
+use crate::{Error, Result};
+
+/// One field of an item: where its pixels come from and how they are converted.
+#[derive(Debug, Clone)]
+pub(super) struct FieldSource {
+    pub(super) field: String,
+    pub(super) source: PathBuf,
+    pub(super) convert: Convert,
+    /// Mask mapping: (invert, min_value).
+    pub(super) mask: Option<(bool, f64)>,
+}
+
+/// A field to store, with its entry key.
+#[derive(Debug, Clone)]
+pub(super) struct FieldJob {
+    pub(super) what: FieldSource,
+    pub(super) key: String,
+}
+
+/// A planned item with everything prepare reads for it.
+#[derive(Debug)]
+pub(super) struct Planned<'a> {
+    pub(super) planned: PlannedItem,
+    /// Index of the item in the whole plan (the merged store's order, for a part).
+    pub(super) plan_index: usize,
+    pub(super) image: &'a ScannedImage,
+    pub(super) dataset: &'a DatasetConfig,
+    /// The fields the dataset asks for, with their sources.
+    pub(super) sources: Vec<FieldSource>,
+}
+
+/// An item as it will be recorded, with its fields.
+#[derive(Debug)]
+pub(super) struct ItemPlan<'a> {
+    pub(super) planned: PlannedItem,
+    /// Index of the item in the whole plan (the merged store's order, for a part).
+    pub(super) plan_index: usize,
+    pub(super) image: &'a ScannedImage,
+    pub(super) dataset: &'a DatasetConfig,
+    pub(super) content_hash: String,
+    pub(super) item_key: String,
+    pub(super) fields: Vec<FieldJob>,
+    /// Fields filled by image and CLIP encoders: (field, entry key).
+    pub(super) encoded: Vec<(String, String)>,
+}
+
+/// The items of `plan` at the indices `selected`, each with its scanned image and dataset.
+///
+/// This is the one place prepare looks items up in the config and the scan; a plan that does
+/// not come from this config and scan (an item naming a dataset or image they lack) is an
+/// error rather than a panic, since a caller may build or filter a plan by hand.
+pub(super) fn planned_items<'a>(
+    config: &'a Config,
+    scan: &'a ScanReport,
+    plan: &Plan,
+    selected: &[usize],
+) -> Result<Vec<Planned<'a>>> {
+    let mismatch = |message: String| Error::InvalidArgument {
+        name: "plan",
+        message,
+    };
+    if scan.datasets.len() != config.datasets.len() {
+        return Err(mismatch(format!(
+            "the scan has {} datasets but the config {}: scan and plan this config",
+            scan.datasets.len(),
+            config.datasets.len()
+        )));
+    }
+    selected
+        .iter()
+        .map(|&plan_index| {
+            let planned = plan.items[plan_index];
+            let (dataset, image) = config
+                .datasets
+                .get(planned.dataset)
+                .zip(
+                    scan.datasets
+                        .get(planned.dataset)
+                        .and_then(|d| d.images.get(planned.image)),
+                )
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "item {plan_index} names image {} of dataset {}, which the scan does not have: plan the scan of this config",
+                        planned.image, planned.dataset
+                    ))
+                })?;
+            Ok(Planned {
+                planned,
+                plan_index,
+                image,
+                dataset,
+                sources: field_sources(dataset, image),
+            })
+        })
+        .collect()
+}
+
+/// The fields a dataset asks for, with their sources, for one image.
+fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
+    let field = |field: String, source: &PathBuf, convert, mask| FieldSource {
+        field,
+        source: source.clone(),
+        convert,
+        mask,
+    };
+    let mut out = vec![field("pixels".into(), &img.path, Convert::Rgb, None)];
+    let mask_map = Some((cfg.invert_mask, cfg.mask_min_value));
+    // alpha_mask takes priority over mask_path, as in AI Toolkit.
+    if cfg.alpha_mask {
+        out.push(field("mask".into(), &img.path, Convert::Alpha, mask_map));
+    } else if let Some(m) = &img.mask {
+        out.push(field("mask".into(), m, Convert::Luma, mask_map));
+    }
+    for (n, c) in img.controls.iter().enumerate() {
+        if let Some(c) = c {
+            out.push(field(
+                format!("control.{n}"),
+                c,
+                Convert::RgbOver(cfg.control_transparent_color),
+                None,
+            ));
+        }
+    }
+    if let Some(p) = &img.inpaint {
+        out.push(field("inpaint".into(), p, Convert::Rgba, None));
+    }
+    out
+}
+
+fn convert_params(convert: Convert, mask: Option<(bool, f64)>) -> String {
+    let base = match convert {
+        Convert::Rgb => "rgb".to_owned(),
+        Convert::RgbOver(c) => format!("rgb-over:{},{},{}", c[0], c[1], c[2]),
+        Convert::Rgba => "rgba".to_owned(),
+        Convert::Luma => "luma601".to_owned(),
+        Convert::Alpha => "alpha".to_owned(),
+    };
+    match mask {
+        Some((invert, min)) => format!("{base};invert={invert};min={min}"),
+        None => base,
+    }
+}
+
+/// Content hashes of the source files the items need; a file that cannot be read becomes an
+/// `Unreadable` finding (under the first dataset that needs it) in `report`.
+pub(super) fn source_hashes(
+    catalog: &Catalog,
+    items: &[Planned<'_>],
+    report: &mut PrepareReport,
+) -> Result<HashMap<PathBuf, String>> {
+    let mut dataset_of: HashMap<&Path, usize> = HashMap::new();
+    for item in items {
+        for f in &item.sources {
+            dataset_of
+                .entry(f.source.as_path())
+                .or_insert(item.planned.dataset);
+        }
+    }
+    let mut all_sources: Vec<PathBuf> = dataset_of.keys().map(|p| p.to_path_buf()).collect();
+    all_sources.sort();
+    let hashes = hash_sources(catalog, &all_sources)?;
+    report.sources_hashed = hashes.hashed;
+    for (p, e) in &hashes.failures {
+        report.findings.push(Finding::new(
+            dataset_of.get(p.as_path()).copied().unwrap_or(0),
+            FindingKind::Unreadable,
+            p,
+            format!("cannot read while hashing: {e}"),
+        ));
+    }
+    Ok(hashes.hashes)
+}
+
+/// The items with their keys: an item any of whose sources could not be hashed is left out
+/// (its finding is recorded already).
+pub(super) fn item_plans<'a>(
+    items: Vec<Planned<'a>>,
+    hashes: &HashMap<PathBuf, String>,
+    encoders: &Encoders,
+    options: &PrepareOptions,
+) -> Vec<ItemPlan<'a>> {
+    let codec_name = options.image_codec.name();
+    items
+        .into_iter()
+        .filter(|item| item.sources.iter().all(|f| hashes.contains_key(&f.source)))
+        .filter_map(|item| {
+            let content_hash = hashes.get(&item.image.path)?.clone();
+            let planned = item.planned;
+            let ikey = item_key(&content_hash, &planned.placement, planned.flip);
+            let encoded = encoded_fields(encoders, options, &ikey, &content_hash, planned.flip);
+            let fields = item
+                .sources
+                .into_iter()
+                .filter(|what| options.store_pixels || what.field != "pixels")
+                .map(|what| {
+                    let params = convert_params(what.convert, what.mask);
+                    let src_hash = hashes
+                        .get(&what.source)
+                        .map(String::as_str)
+                        .unwrap_or_default();
+                    let key =
+                        entry_key(&ikey, &what.field, src_hash, &params, &codec_name, PIPELINE);
+                    FieldJob { what, key }
+                })
+                .collect();
+            Some(ItemPlan {
+                planned,
+                plan_index: item.plan_index,
+                image: item.image,
+                dataset: item.dataset,
+                content_hash,
+                item_key: ikey,
+                fields,
+                encoded,
+            })
+        })
+        .collect()
+}
+
+/// The entries to compute for the image fields: referenced, not in `stored`, each once (`seen`
+/// collects every key referenced); grouped by bucket so that a batch reads from few shards.
+pub(super) fn field_todo<'p, 'a>(
+    items: &'p [ItemPlan<'a>],
+    stored: &HashSet<String>,
+    seen: &mut HashSet<&'p str>,
+) -> Vec<(&'p ItemPlan<'a>, &'p FieldJob)> {
+    let mut todo = Vec::new();
+    for item in items {
+        for f in &item.fields {
+            if seen.insert(&f.key) && !stored.contains(&f.key) {
+                todo.push((item, f));
+            }
+        }
+    }
+    todo.sort_by_key(|(item, f)| {
+        (
+            item.planned.placement.bucket,
+            item.image.path.as_path(),
+            f.what.field.as_str(),
+        )
+    });
+    todo
+}
+
+/// The key of an image encoder's entry for an item: the item (content and geometry), the
+/// field, the encoder's identity and input format, and the codec.
+pub(super) fn image_encoder_key(
+    item_key: &str,
+    content_hash: &str,
+    field: &str,
+    identity: &crate::encode::EncoderIdentity,
+    format: crate::encode::PixelFormat,
+    codec: &str,
+) -> String {
+    let params = format!("{};input={}", identity.key_text(), format.name());
+    entry_key(item_key, field, content_hash, &params, codec, PIPELINE)
+}
+
+/// The entry keys of an item's encoder fields: image encoders in order, then CLIP encoders.
+fn encoded_fields(
+    encoders: &Encoders,
+    options: &PrepareOptions,
+    item_key: &str,
+    content_hash: &str,
+    flip: Flip,
+) -> Vec<(String, String)> {
+    let codec = options.latent_codec.name();
+    let image = encoders.image.iter().map(|(name, e)| {
+        let key = image_encoder_key(
+            item_key,
+            content_hash,
+            name,
+            &e.identity(),
+            e.pixel_format(),
+            &codec,
+        );
+        (name.clone(), key)
+    });
+    let clip = encoders.clip.iter().map(|(name, e)| {
+        let identity = e.identity().key_text();
+        let key = encoded::clip_key(content_hash, flip, &options.clip, name, &identity, &codec);
+        (name.clone(), key)
+    });
+    image.chain(clip).collect()
+}
