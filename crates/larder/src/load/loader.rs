@@ -54,6 +54,21 @@ impl Loader {
         options.order = state.order;
         let columns = store.item_columns()?;
         let recipes = store.caption_recipes()?;
+        // Batches look recipes up by the item's dataset: one the catalog does not list would
+        // fail every batch holding the item, so the store is refused here, once.
+        if let Some((id, row)) = (columns.items.iter().enumerate())
+            .find(|(_, row)| row.dataset as usize >= recipes.len())
+        {
+            return Err(Error::Store {
+                path: store.root().to_path_buf(),
+                message: format!(
+                    "item {id} ({}) belongs to dataset {}, which the catalog does not list ({} datasets); run `larder prepare` again",
+                    row.path,
+                    row.dataset,
+                    recipes.len()
+                ),
+            });
+        }
         let mut texts = store.text_tables(columns.items.len())?;
         // A text encoder's name selects all its outputs and its mask.
         if let Some(wanted) = &options.fields {

@@ -644,6 +644,17 @@ fn an_unreadable_caption_recipe_is_refused_with_advice() {
             && err.contains("larder prepare"),
         "{err}"
     );
+    edit_catalog(
+        &store_dir,
+        "UPDATE datasets SET caption_recipe = json_remove(caption_recipe, '$.reverse_tokens')",
+    );
+    // An item of a dataset the catalog does not list.
+    let err = refusal("UPDATE items SET dataset = 4 WHERE id = 1");
+    assert!(
+        err.contains("item 1") && err.contains("dataset 4") && err.contains("larder prepare"),
+        "{err}"
+    );
+    edit_catalog(&store_dir, "UPDATE items SET dataset = 0");
     // An old store whose settings lack a caption key: no silent default.
     let err = refusal(
         r#"UPDATE datasets SET caption_recipe = NULL, config = json_remove(config, '$.keep_tokens')"#,
