@@ -348,9 +348,9 @@ fn execute(
         options,
         sink,
     };
-    let (_lock, catalog) = open_for_writing(target.out)?;
-
+    // A plan that does not fit the scan is refused before anything is written.
     let planned = items::planned_items(config, scan, plan, &selected)?;
+    let (_lock, catalog) = open_for_writing(target.out)?;
     let hashes = items::source_hashes(&catalog, &planned, &mut report)?;
     let items = items::item_plans(planned, &hashes, encoders, options);
 

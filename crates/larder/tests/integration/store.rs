@@ -443,3 +443,88 @@ fn repair_records_the_chunk_checksums_a_store_written_before_them_lacks() {
     let db = rusqlite::Connection::open(out.join("catalog.sqlite")).expect("catalog");
     assert_eq!(sums(&db), written);
 }
+
+#[test]
+fn a_given_plan_is_prepared_as_filtered_without_scanning_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(dataset(dir.path())).expect("config");
+    let scanned = larder::scan(&config).expect("scan");
+    let mut plan = larder::Plan::new(&config, &scanned).expect("plan");
+    assert_eq!(plan.items.len(), 4);
+    // The caller drops an item, and an image arrives after the scan: the run prepares the
+    // plan it was given, neither the dropped item nor the newcomer.
+    let dropped = &scanned.datasets[0].images[plan.items[3].image].path;
+    let dropped = dropped
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    plan.items.remove(3);
+    image(&dir.path().join("imgs"), "e.jpg", 64, 64, Some("an eel"));
+    let out = dir.path().join("store");
+    let report = larder::Prepare::new(&config)
+        .plan(&scanned, &plan)
+        .options(options())
+        .run(&out)
+        .expect("prepare");
+    assert_eq!(report.items, 3);
+    let items = Store::open(&out).expect("open").items().expect("items");
+    let names: Vec<_> = items
+        .iter()
+        .map(|i| {
+            let name = Path::new(&i.path).file_name().expect("name");
+            name.to_string_lossy().into_owned()
+        })
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert!(!names.contains(&dropped), "{names:?}");
+    assert!(!names.iter().any(|n| n == "e.jpg"), "{names:?}");
+    // The same config prepared from scratch scans again and sees the newcomer.
+    let again = prepare(&config, &out, &options()).expect("prepare again");
+    assert_eq!(again.items, 5);
+}
+
+#[test]
+fn a_plan_naming_an_image_the_scan_lacks_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(dataset(dir.path())).expect("config");
+    let scanned = larder::scan(&config).expect("scan");
+    let mut plan = larder::Plan::new(&config, &scanned).expect("plan");
+    plan.items[1].image = 99;
+    let out = dir.path().join("store");
+    let err = larder::Prepare::new(&config)
+        .plan(&scanned, &plan)
+        .run(&out)
+        .expect_err("a plan of another scan");
+    assert!(
+        matches!(&err, larder::Error::InvalidArgument { name: "plan", message } if message.contains("item 1")),
+        "{err}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing is written for a plan that does not fit"
+    );
+}
+
+#[test]
+fn a_url_decides_remote_for_import_and_merge_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::load(dataset(dir.path())).expect("config");
+    let err = larder::import_aitk(&config, "s3://bucket/faces", &Default::default())
+        .expect_err("import into a URL");
+    assert!(
+        matches!(&err, larder::Error::InvalidArgument { name: "out", .. }),
+        "{err}"
+    );
+    let err = larder::merge("s3://bucket/faces", &[dir.path().join("part")], None)
+        .expect_err("part folders with a URL");
+    assert!(
+        matches!(&err, larder::Error::InvalidArgument { name: "parts", .. }),
+        "{err}"
+    );
+    // A path stays a folder even when it reads like a URL.
+    assert_eq!(
+        larder::Location::from(Path::new("s3://bucket")),
+        larder::Location::Local("s3://bucket".into())
+    );
+}
