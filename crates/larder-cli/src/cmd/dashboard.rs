@@ -3,17 +3,24 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use larder::metrics::{DASHBOARD_HTML, History, HttpServer, Request, Response, records_response};
+use larder::metrics::{History, serve_dashboard};
 
 /// Records of a metrics file kept for the page (about 400 bytes each).
 const KEPT: usize = 200_000;
+/// Time the training process has to accept a connection: on a LAN, more means it is gone.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a poll of the training process may take in all.
+const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a poll's answer may take: the whole history a training process keeps (20,000
+/// records by default, about 400 bytes each) with room to spare.
+const POLL_BYTES: u64 = 64 << 20;
 
 /// Arguments of `larder dashboard`.
 #[derive(Debug, clap::Args)]
@@ -35,7 +42,11 @@ enum Source {
     /// A JSON-lines file, read further at every poll.
     File(Mutex<Tail>),
     /// A training process's endpoint; polls are passed on to it.
-    Endpoint { authority: String, prefix: String },
+    Endpoint {
+        /// `http://host:port/prefix`, without a trailing slash.
+        base: String,
+        agent: ureq::Agent,
+    },
 }
 
 /// A metrics file read up to `offset`, its complete lines in `history`.
@@ -117,13 +128,21 @@ impl Source {
                 bail!("cannot resolve {authority:?} in {source}: expected http://host:port");
             }
             let prefix = prefix.trim_end_matches('/');
+            let agent = ureq::Agent::config_builder()
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .timeout_global(Some(POLL_TIMEOUT))
+                // A refusal's status and message are passed on to the page, not turned into
+                // an error without them.
+                .http_status_as_error(false)
+                .build()
+                .new_agent();
             return Ok(Source::Endpoint {
-                authority: authority.to_owned(),
-                prefix: if prefix.is_empty() {
-                    String::new()
+                base: if prefix.is_empty() {
+                    format!("http://{authority}")
                 } else {
-                    format!("/{prefix}")
+                    format!("http://{authority}/{prefix}")
                 },
+                agent,
             });
         }
         if source.contains("://") {
@@ -145,22 +164,20 @@ impl Source {
         Ok(Source::File(Mutex::new(Tail::new(path))))
     }
 
-    /// The answer to the page's `/api/records?since=N`.
-    fn records(&self, req: &Request) -> Response {
+    /// The answer to the page's `/api/records?since=N`, or what went wrong (the page shows
+    /// it).
+    fn records(&self, since: u64) -> Result<String, String> {
         match self {
             Source::File(tail) => {
                 let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
                 match tail.refresh() {
-                    Ok(()) => with_age(records_response(&tail.history, req), tail.age_s()),
-                    Err(e) => Response::error(500, format!("{e:#}")),
+                    Ok(()) => Ok(with_age(tail.history.since_json(since), tail.age_s())),
+                    Err(e) => Err(format!("{e:#}")),
                 }
             }
-            Source::Endpoint { authority, prefix } => {
-                let target = format!("{prefix}/api/records?{}", req.query);
-                match get(authority, &target) {
-                    Ok(body) => Response::ok("application/json", body),
-                    Err(e) => Response::error(502, format!("http://{authority}{target}: {e:#}")),
-                }
+            Source::Endpoint { base, agent } => {
+                let url = format!("{base}/api/records?since={since}");
+                get(agent, &url).map_err(|e| format!("{url}: {e:#}"))
             }
         }
     }
@@ -168,37 +185,30 @@ impl Source {
 
 /// Adds `"age_s": seconds since the source was last written` to a records answer (a JSON
 /// object), when that is known.
-fn with_age(mut response: Response, age_s: Option<f64>) -> Response {
-    if let (200, Some(age), Some(b'{')) = (response.status, age_s, response.body.first()) {
-        let field = format!("{{\"age_s\":{age:.3},");
-        response.body.splice(..1, field.into_bytes());
+fn with_age(mut body: String, age_s: Option<f64>) -> String {
+    if let (Some(age), true) = (age_s, body.starts_with('{')) {
+        body.replace_range(..1, &format!("{{\"age_s\":{age:.3},"));
     }
-    response
+    body
 }
 
-/// GETs `target` from `authority` and returns the body of a 200 response.
-fn get(authority: &str, target: &str) -> anyhow::Result<String> {
-    let addr = authority
-        .to_socket_addrs()?
-        .next()
-        .with_context(|| format!("{authority} has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+/// GETs `url` and returns the body of a 200 response.
+fn get(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
+    let mut response = agent
+        .get(url)
+        .call()
         .context("the training process does not answer")?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("not an HTTP response")?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(POLL_BYTES)
+        .read_to_string()
+        .context("the training process's answer could not be read")?;
+    if status != 200 {
         bail!("{status}: {}", body.trim());
     }
-    Ok(body.to_owned())
+    Ok(body)
 }
 
 /// Binds the page's address, saying which flag to change when the port is taken.
@@ -218,11 +228,7 @@ fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let source = Source::parse(&args.source)?;
     let listener = bind(&args.host, args.port)?;
-    let server = HttpServer::serve(listener, move |req| match req.path.as_str() {
-        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", DASHBOARD_HTML),
-        "/api/records" => source.records(req),
-        _ => Response::error(404, "not found: the dashboard is at /"),
-    })?;
+    let server = serve_dashboard(listener, move |since| source.records(since))?;
     // The first line says where the page is (tests read the port from it when it is 0).
     println!(
         "dashboard: http://{}/ (source: {})",

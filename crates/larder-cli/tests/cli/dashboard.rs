@@ -396,7 +396,7 @@ fn the_dashboard_follows_a_training_process_through_its_endpoint() {
 
 #[test]
 fn the_page_takes_new_records_while_it_is_open() {
-    use larder::metrics::{History, HttpServer, records_response};
+    use larder::metrics::{History, serve_dashboard};
     use std::sync::{Arc, Mutex};
 
     // A stand-in for a training process: three more steps are recorded at its third poll,
@@ -419,15 +419,16 @@ fn the_page_takes_new_records_while_it_is_open() {
     }
     let server = {
         let upstream = upstream.clone();
-        HttpServer::start("127.0.0.1:0", move |req| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        serve_dashboard(listener, move |since| {
             let mut u = upstream.lock().expect("lock");
-            u.polls.push(req.query.clone());
+            u.polls.push(format!("since={since}"));
             if u.polls.len() == 3 {
                 for k in 6..=8 {
                     u.history.push(line(k).trim_end().to_owned());
                 }
             }
-            records_response(&u.history, req)
+            Ok(u.history.since_json(since))
         })
         .expect("upstream")
     };

@@ -2,8 +2,6 @@
 
 use std::collections::VecDeque;
 
-use super::http::{Request, Response};
-
 /// The most recent records, each a JSON object on one line, numbered from the first record the
 /// run ever produced; older ones fall out once `capacity` are kept.
 ///
@@ -60,14 +58,6 @@ impl History {
         }
         out.push_str("]}");
         out
-    }
-}
-
-/// The answer to `/api/records?since=N` from `history` (the dashboard's data endpoint).
-pub fn records_response(history: &History, req: &Request) -> Response {
-    match req.param("since").map_or(Ok(0), str::parse::<u64>) {
-        Ok(since) => Response::ok("application/json", history.since_json(since)),
-        Err(_) => Response::error(400, "since must be a record number, e.g. since=0"),
     }
 }
 

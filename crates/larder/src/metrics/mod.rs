@@ -15,13 +15,9 @@ mod record;
 mod recorder;
 mod terminal;
 
-pub use history::{History, records_response};
-pub use http::{HttpServer, Request, Response};
+pub use history::History;
+pub use http::{DashboardServer, serve_dashboard};
 pub use loader::{LoaderMetrics, LoaderSnapshot};
 pub use memory::MemoryUsage;
 pub use record::{Event, GpuMemory, Record, SCHEMA_VERSION};
 pub use recorder::{Metrics, MetricsOptions, StepInput};
-
-/// The live dashboard: one self-contained page (no network beyond its own origin) that polls
-/// `api/records?since=N` and plots loss, throughput, memory and loader wait.
-pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");

@@ -8,8 +8,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::history::{History, records_response};
-use super::http::{HttpServer, Response};
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::history::History;
+use super::http::{self, Server, Since};
 use super::loader::{LoaderMetrics, LoaderSnapshot};
 use super::memory::MemoryUsage;
 use super::prometheus::{self, Exporter};
@@ -148,7 +155,7 @@ pub struct Metrics {
     printer: Option<Box<dyn Write + Send + Sync>>,
     printed: (Instant, Record),
     shared: Arc<Shared>,
-    server: Option<HttpServer>,
+    server: Option<Server>,
     /// The end record was written: [`close`](Metrics::close) ran.
     ended: bool,
 }
@@ -172,10 +179,7 @@ impl Metrics {
             exporter: Exporter::new(),
         });
         let server = match &options.listen {
-            Some(addr) => {
-                let shared = shared.clone();
-                Some(HttpServer::start(addr, move |req| serve(&shared, req))?)
-            }
+            Some(addr) => Some(Server::start(addr, routes(shared.clone()))?),
             None => None,
         };
         let now = Instant::now();
@@ -216,7 +220,7 @@ impl Metrics {
 
     /// The address of the HTTP endpoint, when listening.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.server.as_ref().map(HttpServer::local_addr)
+        self.server.as_ref().map(Server::local_addr)
     }
 
     /// The last record.
@@ -390,19 +394,46 @@ impl Drop for Metrics {
     }
 }
 
-/// The training process's HTTP endpoints.
-fn serve(shared: &Shared, req: &super::http::Request) -> Response {
-    match req.path.as_str() {
-        "/metrics" => Response::ok(prometheus::CONTENT_TYPE, shared.exporter.encode()),
-        "/api/records" => records_response(
-            &shared
+/// The training process's HTTP endpoints: Prometheus, the dashboard's records and its page.
+fn routes(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(prometheus_text))
+        .route("/api/records", get(records))
+        .route("/", get(http::page))
+        .route("/index.html", get(http::page))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /, /metrics or /api/records?since=0",
+            )
+        })
+        .with_state(shared)
+}
+
+/// `/metrics`: the Prometheus text format.
+async fn prometheus_text(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
+        shared.exporter.encode(),
+    )
+        .into_response()
+}
+
+/// `/api/records?since=N`: the records kept, from record `N` on. The lock is held for the
+/// copy only; the training thread takes it once a step.
+async fn records(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<Since>, QueryRejection>,
+) -> Response {
+    match Since::parse(query) {
+        Ok(since) => http::json(
+            shared
                 .history
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-            req,
+                .unwrap_or_else(PoisonError::into_inner)
+                .since_json(since),
         ),
-        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", super::DASHBOARD_HTML),
-        _ => Response::error(404, "not found: try /, /metrics or /api/records?since=0"),
+        Err(bad) => bad,
     }
 }
 
@@ -531,6 +562,58 @@ mod tests {
         assert_eq!(
             events,
             [None, None, Some(Event::End), None, Some(Event::End)]
+        );
+    }
+
+    #[test]
+    fn the_endpoint_serves_prometheus_the_records_and_the_page_until_closed() {
+        use std::io::{Read, Write};
+        let get = |addr: std::net::SocketAddr, target: &str| -> String {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+            let mut text = String::new();
+            s.read_to_string(&mut text).expect("read");
+            text
+        };
+        let mut m = quiet(MetricsOptions {
+            listen: Some("127.0.0.1:0".into()),
+            ..MetricsOptions::default()
+        });
+        for _ in 0..3 {
+            m.step(StepInput {
+                loss: Some(0.5),
+                batch_size: Some(2),
+                ..StepInput::default()
+            })
+            .expect("step");
+        }
+        let addr = m.local_addr().expect("listening");
+        let scrape = get(addr, "/metrics");
+        assert!(
+            scrape.starts_with("HTTP/1.1 200")
+                && scrape.to_ascii_lowercase().contains(
+                    &format!("content-type: {}", prometheus::CONTENT_TYPE).to_ascii_lowercase()
+                )
+                && scrape.contains("larder_steps_total 3"),
+            "{scrape}"
+        );
+        let records = get(addr, "/api/records?since=1");
+        let body = records
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let answer: serde_json::Value = serde_json::from_str(body).expect(&records);
+        assert_eq!(
+            (answer["first"].as_u64(), answer["next"].as_u64()),
+            (Some(1), Some(3))
+        );
+        assert_eq!(answer["records"][1]["step"], 3);
+        assert!(get(addr, "/").contains("plot-loss"));
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        m.close().expect("close");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "the endpoint stops when the metrics close"
         );
     }
 
