@@ -273,6 +273,33 @@ mod tests {
     }
 
     #[test]
+    fn recorded_rates_read_back_bit_for_bit() {
+        // serde_json's default float parser may be one ulp off for ~10% of such numbers; a
+        // recipe read back must draw exactly what prepare drew with the config's value.
+        let mut rng = Stream::new(Purpose::Caption, &[1]);
+        for _ in 0..10_000 {
+            let r = CaptionRecipe {
+                caption_dropout_rate: rng.unit(),
+                token_dropout_rate: rng.unit(),
+                ..recipe()
+            };
+            let json = serde_json::to_string(&r).expect("json");
+            let back: CaptionRecipe = serde_json::from_str(&json).expect("read");
+            assert_eq!(
+                (
+                    back.caption_dropout_rate.to_bits(),
+                    back.token_dropout_rate.to_bits()
+                ),
+                (
+                    r.caption_dropout_rate.to_bits(),
+                    r.token_dropout_rate.to_bits()
+                ),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
     fn a_recipe_with_an_unknown_transform_is_refused() {
         let mut v = serde_json::to_value(recipe()).expect("json");
         v["reverse_tokens"] = true.into();
