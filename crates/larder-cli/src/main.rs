@@ -48,41 +48,6 @@ enum Command {
     Bench(cmd::bench::Args),
 }
 
-/// Log timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
-struct Timestamp;
-
-impl tracing_subscriber::fmt::time::FormatTime for Timestamp {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let (secs, millis) = (since.as_secs(), since.subsec_millis());
-        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-        let t = secs % 86_400;
-        write!(
-            w,
-            "[{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03}]",
-            t / 3600,
-            t / 60 % 60,
-            t % 60
-        )
-    }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 fn main() -> ExitCode {
     // LARDER_LOG chooses what is logged (e.g. `info`, `larder=debug`); warnings by default.
     tracing_subscriber::fmt()
@@ -90,7 +55,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_timer(Timestamp)
+        // Timestamps as `[YYYY-MM-DD HH:MM:SS.mmm]`, in UTC.
+        .with_timer(tracing_subscriber::fmt::time::ChronoUtc::new(
+            "[%Y-%m-%d %H:%M:%S%.3f]".to_owned(),
+        ))
         .with_writer(std::io::stderr)
         .init();
     quiet_on_closed_stdout();
@@ -192,17 +160,4 @@ fn stdout_closed() -> bool {
 #[cfg(not(unix))]
 fn stdout_closed() -> bool {
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::civil_from_days;
-
-    #[test]
-    fn days_become_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-    }
 }

@@ -288,12 +288,12 @@ impl MappedShard {
 }
 
 /// Any safetensors file — a larder shard, or one written by Python — opened through a memory
-/// map, with its header validated by the `safetensors` crate before any tensor is touched.
+/// map, with its header validated (by fastload's parser, the crate's one validator of
+/// safetensors headers) before any tensor is touched.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     map: MappedShard,
-    data_start: usize,
-    metadata: safetensors::tensor::Metadata,
+    header: crate::fastload::Header,
 }
 
 /// One tensor of a [`SafetensorsFile`], viewing the file's bytes without a copy.
@@ -312,44 +312,36 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref();
         let map = MappedShard::open(path)?;
-        let (header_len, metadata) =
-            safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| Error::Store {
-                path: path.to_path_buf(),
-                message: format!("not a valid safetensors file: {e}"),
-            })?;
-        Ok(SafetensorsFile {
-            map,
-            data_start: 8 + header_len,
-            metadata,
-        })
+        let bytes = map.bytes();
+        let header = crate::fastload::Header::from_prefix(path, bytes, bytes.len() as u64)?;
+        Ok(SafetensorsFile { map, header })
     }
 
     /// Tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.metadata.tensors().into_keys().collect();
+        let mut names: Vec<String> = self.header.names().map(str::to_owned).collect();
         names.sort();
         names
     }
 
     /// The `__metadata__` map of the header.
     pub fn metadata(&self) -> std::collections::HashMap<String, String> {
-        self.metadata.metadata().clone().unwrap_or_default()
+        self.header.metadata.clone().into_iter().collect()
     }
 
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>> {
         let info = self
-            .metadata
-            .info(name)
+            .header
+            .get(name)
             .ok_or_else(|| Error::InvalidArgument {
                 name: "name",
                 message: format!("{}: no tensor {name:?}", self.map.path.display()),
             })?;
-        let (begin, end) = info.data_offsets;
-        // read_metadata checked that the offsets lie within the file.
+        // The header's validation checked that the range lies within the file.
         let data = self
             .map
-            .slice((self.data_start + begin) as u64, (end - begin) as u64)?;
+            .slice(self.header.data_start + info.range.start, info.nbytes())?;
         Ok(TensorRef {
             dtype: dtype_name(info.dtype),
             shape: &info.shape,

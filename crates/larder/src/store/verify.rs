@@ -294,9 +294,9 @@ impl Store {
                     ));
                 }
             }
-            let parsed = safetensors::SafeTensors::read_metadata(content);
-            let (header_len, meta) = match parsed {
-                Ok(m) => m,
+            // The one header validator of the crate (fastload's, with its hardened checks).
+            let header = match crate::fastload::Header::from_prefix(&path, content, actual_bytes) {
+                Ok(h) => h,
                 Err(e) => {
                     report
                         .problems
@@ -304,27 +304,24 @@ impl Store {
                     continue;
                 }
             };
-            let data_start = 8 + header_len as u64;
-            let tensors = meta.tensors();
             for e in by_shard.get(id).into_iter().flatten() {
                 report.entries += 1;
-                let Some(info) = tensors.get(&e.tensor) else {
+                let Some(info) = header.get(&e.tensor) else {
                     report.problems.push(problem(
                         format!("tensor {} is not in the shard", e.tensor),
                         Some(e.key.clone()),
                     ));
                     continue;
                 };
-                let (begin, end) = info.data_offsets;
-                if data_start + begin as u64 != e.offset || (end - begin) as u64 != e.length {
+                let (begin, end) = (
+                    header.data_start + info.range.start,
+                    header.data_start + info.range.end,
+                );
+                if begin != e.offset || end - begin != e.length {
                     report.problems.push(problem(
                         format!(
                             "tensor {} lies at {}..{} in the shard, the catalog says {}+{}",
-                            e.tensor,
-                            data_start + begin as u64,
-                            data_start + end as u64,
-                            e.offset,
-                            e.length
+                            e.tensor, begin, end, e.offset, e.length
                         ),
                         Some(e.key.clone()),
                     ));
