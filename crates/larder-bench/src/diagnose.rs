@@ -127,7 +127,7 @@ fn make_store(args: &Args, store: &Path) -> anyhow::Result<()> {
         .try_for_each(|i| -> anyhow::Result<()> {
             let (w, h) = SHAPES[i % SHAPES.len()];
             let path = images.join(format!("item_{i:06}.jpg"));
-            larder::synth::write_image(&path, w, h, i as u64)?;
+            larder_synth::write_image(&path, w, h, i as u64)?;
             std::fs::write(
                 path.with_extension("txt"),
                 format!("a photo of item {}", i % 97),

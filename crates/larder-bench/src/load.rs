@@ -221,7 +221,7 @@ fn make_store(args: &Args, store: &Path) -> anyhow::Result<()> {
     (0..args.items)
         .into_par_iter()
         .try_for_each(|i| -> anyhow::Result<()> {
-            larder::synth::write_image(&images.join(format!("item_{i:06}.jpg")), r, r, i as u64)?;
+            larder_synth::write_image(&images.join(format!("item_{i:06}.jpg")), r, r, i as u64)?;
             Ok(())
         })?;
     let mut config = Config::for_folder(&images);

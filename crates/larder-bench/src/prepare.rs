@@ -211,12 +211,12 @@ pub fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
             let aspect = [1.0, 1.5, 0.667, 1.333, 0.75, 1.777][i % 6];
             let w = (mp * 1e6 * aspect).sqrt() as u32;
             let h = (mp * 1e6 / aspect).sqrt() as u32;
-            let jpeg = larder::synth::encode(
-                &larder::synth::render(w, h, i as u64),
-                larder::ImageFormat::Jpeg,
+            let jpeg = larder_synth::encode(
+                &larder_synth::render(w, h, i as u64),
+                larder_synth::Format::Jpeg,
             )?;
             let bytes = if i % 10 == 7 {
-                larder::synth::with_jpeg_orientation(&jpeg, 6)
+                larder_synth::with_jpeg_orientation(&jpeg, 6)
             } else {
                 jpeg
             };

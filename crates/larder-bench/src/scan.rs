@@ -165,13 +165,13 @@ fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
             let path = dir.join(format!("img_{i:06}.{ext}"));
             if ext == "jpg" && i % 10 == 3 {
                 // Every tenth JPEG carries an EXIF rotation, as phone photos do.
-                let jpeg = larder::synth::encode(
-                    &larder::synth::render(w, h, seed),
-                    larder::ImageFormat::Jpeg,
+                let jpeg = larder_synth::encode(
+                    &larder_synth::render(w, h, seed),
+                    larder_synth::Format::Jpeg,
                 )?;
-                std::fs::write(&path, larder::synth::with_jpeg_orientation(&jpeg, 6))?;
+                std::fs::write(&path, larder_synth::with_jpeg_orientation(&jpeg, 6))?;
             } else {
-                larder::synth::write_image(&path, w, h, seed)?;
+                larder_synth::write_image(&path, w, h, seed)?;
             }
             std::fs::write(
                 path.with_extension("txt"),

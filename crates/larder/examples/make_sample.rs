@@ -7,8 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use larder::ImageFormat;
-use larder::synth::{encode, render, with_jpeg_orientation, write_image};
+use larder_synth::{Format, encode, render, with_jpeg_orientation, write_image};
 
 /// (file name under images/, width, height, caption or None for "no caption file").
 const IMAGES: &[(&str, u32, u32, Option<&str>)] = &[
@@ -116,13 +115,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mask.save(root.join("masks").join(format!("{stem}.png")))?;
             fs::write(
                 root.join("controls").join(format!("{stem}.jpg")),
-                encode(&render(w / 4, h / 4, 2000 + i as u64), ImageFormat::Jpeg)?,
+                encode(&render(w / 4, h / 4, 2000 + i as u64), Format::Jpeg)?,
             )?;
         }
     }
 
     // A phone photo: stored 640x480 landscape with EXIF orientation 6, displayed 480x640.
-    let phone = with_jpeg_orientation(&encode(&render(640, 480, 99), ImageFormat::Jpeg)?, 6);
+    let phone = with_jpeg_orientation(&encode(&render(640, 480, 99), Format::Jpeg)?, 6);
     fs::write(images.join("phone_rotated.jpg"), phone)?;
     fs::write(
         images.join("phone_rotated.txt"),
@@ -130,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // A JPEG cut off halfway, as an interrupted copy leaves it.
-    let whole = encode(&render(640, 480, 7), ImageFormat::Jpeg)?;
+    let whole = encode(&render(640, 480, 7), Format::Jpeg)?;
     fs::write(images.join("broken_cut.jpg"), &whole[..whole.len() / 2])?;
     fs::write(
         images.join("broken_cut.txt"),

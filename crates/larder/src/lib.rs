@@ -38,7 +38,6 @@ mod scan;
 mod size;
 pub mod storage;
 pub mod store;
-pub mod synth;
 pub mod transfer;
 pub mod tune;
 

@@ -12,7 +12,7 @@ fn store(root: &Path) -> PathBuf {
     for i in 0..7u64 {
         // At resolution 64 these fall in buckets 80x48 and 48x80.
         let (w, h) = if i < 5 { (128, 64) } else { (64, 128) };
-        larder::synth::write_image(&imgs.join(format!("img{i}.png")), w, h, i).expect("image");
+        larder_synth::write_image(&imgs.join(format!("img{i}.png")), w, h, i).expect("image");
     }
     let config = root.join("c.yaml");
     std::fs::write(

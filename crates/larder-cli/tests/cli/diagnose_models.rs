@@ -11,7 +11,7 @@ fn job(root: &Path, model: &str) -> PathBuf {
     std::fs::create_dir_all(&imgs).expect("mkdir");
     for i in 0..3u32 {
         let path = imgs.join(format!("i{i}.png"));
-        larder::synth::write_image(&path, 96, 64, u64::from(i)).expect("image");
+        larder_synth::write_image(&path, 96, 64, u64::from(i)).expect("image");
         std::fs::write(path.with_extension("txt"), format!("picture {i}")).expect("caption");
     }
     let path = root.join("job.yaml");

@@ -17,7 +17,7 @@ fn dataset(root: &Path) -> PathBuf {
     std::fs::create_dir_all(&imgs).expect("mkdir");
     for i in 0..9 {
         let (w, h) = [(96, 64), (64, 96), (80, 80)][i % 3];
-        larder::synth::write_image(&imgs.join(format!("img{i}.png")), w, h, i as u64)
+        larder_synth::write_image(&imgs.join(format!("img{i}.png")), w, h, i as u64)
             .expect("image");
         std::fs::write(
             imgs.join(format!("img{i}.txt")),

@@ -16,7 +16,7 @@ fn dataset(root: &Path, n: usize) -> PathBuf {
     for i in 0..n {
         let (w, h) = [(96, 64), (64, 96), (80, 80), (120, 60)][i % 4];
         let ext = ["jpg", "png", "webp"][i % 3];
-        larder::synth::write_image(&imgs.join(format!("img{i:03}.{ext}")), w, h, i as u64)
+        larder_synth::write_image(&imgs.join(format!("img{i:03}.{ext}")), w, h, i as u64)
             .expect("image");
         std::fs::write(imgs.join(format!("img{i:03}.txt")), format!("caption {i}"))
             .expect("caption");

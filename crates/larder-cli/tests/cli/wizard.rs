@@ -15,7 +15,7 @@ fn dataset(root: &Path) -> PathBuf {
     for i in 0..6u32 {
         let (w, h) = if i % 2 == 0 { (800, 600) } else { (600, 800) };
         let path = dir.join(format!("p{i}.jpg"));
-        larder::synth::write_image(&path, w, h, u64::from(i)).expect("image");
+        larder_synth::write_image(&path, w, h, u64::from(i)).expect("image");
         std::fs::write(path.with_extension("txt"), format!("photo {i}")).expect("caption");
     }
     dir

@@ -668,9 +668,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let imgs = tmp.path().join("imgs");
         std::fs::create_dir_all(&imgs).expect("mkdir");
-        crate::synth::write_image(&imgs.join("a.png"), 64, 64, 1).expect("a");
+        larder_synth::write_image(&imgs.join("a.png"), 64, 64, 1).expect("a");
         std::fs::copy(imgs.join("a.png"), imgs.join("a_copy.png")).expect("copy");
-        crate::synth::write_image(&imgs.join("c.png"), 64, 64, 2).expect("c");
+        larder_synth::write_image(&imgs.join("c.png"), 64, 64, 2).expect("c");
         // Two datasets over the same folder: 6 items, 2 distinct pictures.
         let yaml = format!(
             "datasets:\n  - folder_path: {0}\n    resolution: 64\n  - folder_path: {0}\n    resolution: 64\n",
@@ -711,9 +711,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let imgs = tmp.path().join("imgs");
         std::fs::create_dir_all(&imgs).expect("mkdir");
-        crate::synth::write_image(&imgs.join("a.png"), 64, 64, 1).expect("a");
+        larder_synth::write_image(&imgs.join("a.png"), 64, 64, 1).expect("a");
         std::fs::copy(imgs.join("a.png"), imgs.join("b.png")).expect("copy");
-        crate::synth::write_image(&imgs.join("big.png"), 96, 96, 3).expect("big");
+        larder_synth::write_image(&imgs.join("big.png"), 96, 96, 3).expect("big");
         let config = Config::for_folder(&imgs);
         let scanned = scan(&config).expect("scan");
         let plan = Plan::new(&config, &scanned).expect("plan");

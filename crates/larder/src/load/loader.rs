@@ -322,7 +322,7 @@ mod tests {
         let imgs = dir.join("imgs");
         std::fs::create_dir_all(&imgs).expect("mkdir");
         for i in 0..12 {
-            crate::synth::write_image(&imgs.join(format!("{i}.png")), 64, 64, i).expect("image");
+            larder_synth::write_image(&imgs.join(format!("{i}.png")), 64, 64, i).expect("image");
         }
         let config = dir.join("c.yaml");
         std::fs::write(

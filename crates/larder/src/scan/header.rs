@@ -363,8 +363,11 @@ mod tests {
 
     /// A JPEG many pages long.
     fn big_jpeg() -> Vec<u8> {
-        let jpeg = crate::synth::encode(&crate::synth::render(1024, 1024, 7), ImageFormat::Jpeg)
-            .expect("encode");
+        let jpeg = larder_synth::encode(
+            &larder_synth::render(1024, 1024, 7),
+            larder_synth::Format::Jpeg,
+        )
+        .expect("encode");
         assert!(jpeg.len() > 16 << 10, "{} bytes", jpeg.len());
         jpeg
     }
@@ -380,14 +383,14 @@ mod tests {
 
     #[test]
     fn a_jpeg_with_exif_in_its_first_page_costs_no_more() {
-        let (got, read) = Counted::probe(crate::synth::with_jpeg_orientation(&big_jpeg(), 6));
+        let (got, read) = Counted::probe(larder_synth::with_jpeg_orientation(&big_jpeg(), 6));
         assert_eq!(got.expect("a whole JPEG").orientation, 6);
         assert_eq!(read, HEAD_BYTES as u64 + 64);
     }
 
     #[test]
     fn exif_behind_large_segments_is_read_up_to_the_frame_header_only() {
-        let rotated = crate::synth::with_jpeg_orientation(&big_jpeg(), 8);
+        let rotated = larder_synth::with_jpeg_orientation(&big_jpeg(), 8);
         // 40 KiB of other APP segments (an ICC profile, say) before the EXIF block.
         let mut bytes = rotated[..2].to_vec();
         for _ in 0..4 {
@@ -405,9 +408,12 @@ mod tests {
 
     #[test]
     fn a_png_or_plain_webp_costs_its_first_page_and_last_bytes() {
-        let img = crate::synth::render(512, 512, 3);
-        for format in [ImageFormat::Png, ImageFormat::Webp] {
-            let bytes = crate::synth::encode(&img, format).expect("encode");
+        let img = larder_synth::render(512, 512, 3);
+        for (format, written) in [
+            (ImageFormat::Png, larder_synth::Format::Png),
+            (ImageFormat::Webp, larder_synth::Format::Webp),
+        ] {
+            let bytes = larder_synth::encode(&img, written).expect("encode");
             assert!(bytes.len() > HEAD_BYTES + 64, "{format:?}");
             let (got, read) = Counted::probe(bytes);
             assert_eq!(got.expect("a whole image").format, format);

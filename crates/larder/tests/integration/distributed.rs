@@ -28,7 +28,7 @@ fn dataset(root: &Path, resolution: &str) -> PathBuf {
     for (i, caption) in captions.iter().enumerate() {
         let (w, h) = [(96, 64), (64, 96), (80, 80), (120, 60)][i % 4];
         let path = image(&root.join("a"), &format!("img{i}.png"), w, h, Some(caption));
-        larder::synth::write_image(&path, w, h, 20 + i as u64).expect("distinct image");
+        larder_synth::write_image(&path, w, h, 20 + i as u64).expect("distinct image");
     }
     image(&root.join("masks"), "img0.png", 96, 64, None);
     for i in 0..3 {

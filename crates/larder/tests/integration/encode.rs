@@ -203,7 +203,7 @@ fn dataset(root: &Path, extra: &str) -> PathBuf {
     for (i, caption) in captions.iter().enumerate() {
         let (w, h) = [(64, 64), (96, 64)][i % 2];
         let path = image(&imgs, &format!("img{i}.png"), w, h, Some(caption));
-        larder::synth::write_image(&path, w, h, 10 + i as u64).expect("distinct image");
+        larder_synth::write_image(&path, w, h, 10 + i as u64).expect("distinct image");
     }
     file(
         root,
@@ -312,7 +312,7 @@ fn rerun_encodes_only_changed_items_and_a_new_identity_recomputes_all() {
     assert_eq!(report.entries_computed, 0);
 
     // Edit one image: only it is encoded again.
-    larder::synth::write_image(&dir.path().join("imgs/img2.png"), 64, 64, 99).expect("edit");
+    larder_synth::write_image(&dir.path().join("imgs/img2.png"), 64, 64, 99).expect("edit");
     let edited = Arc::new(AtomicUsize::new(0));
     run(
         &config,

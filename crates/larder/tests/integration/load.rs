@@ -23,7 +23,7 @@ pub fn store(root: &Path, n: usize) -> Arc<Store> {
             h,
             Some(&format!("tag{i}, red, blue, green")),
         );
-        larder::synth::write_image(&path, w, h, i as u64).expect("distinct image");
+        larder_synth::write_image(&path, w, h, i as u64).expect("distinct image");
     }
     let config = file(
         root,
@@ -474,10 +474,10 @@ fn partly_masked(root: &Path) -> Arc<Store> {
     let imgs = root.join("imgs");
     for (i, name) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
         let path = image(&imgs, &format!("{name}.png"), 64, 64, Some(name));
-        larder::synth::write_image(&path, 64, 64, i as u64 + 1).expect("distinct image");
+        larder_synth::write_image(&path, 64, 64, i as u64 + 1).expect("distinct image");
     }
     image(&root.join("masks"), "a.png", 64, 64, None);
-    larder::synth::write_image(&root.join("masks/c.png"), 64, 64, 9).expect("mask");
+    larder_synth::write_image(&root.join("masks/c.png"), 64, 64, 9).expect("mask");
     image(&root.join("ctl"), "b.png", 64, 64, None);
     let config = file(
         root,

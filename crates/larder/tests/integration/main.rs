@@ -22,7 +22,7 @@ pub fn image(dir: &Path, name: &str, w: u32, h: u32, caption: Option<&str>) -> P
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).expect("create folder");
     }
-    larder::synth::write_image(&path, w, h, 1).expect("write image");
+    larder_synth::write_image(&path, w, h, 1).expect("write image");
     if let Some(text) = caption {
         std::fs::write(path.with_extension("txt"), text).expect("write caption");
     }

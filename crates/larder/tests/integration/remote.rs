@@ -130,7 +130,7 @@ fn prepared(root: &Path, n: usize) -> PathBuf {
             h,
             Some(&format!("tag{i}")),
         );
-        larder::synth::write_image(&path, w, h, i as u64).expect("distinct image");
+        larder_synth::write_image(&path, w, h, i as u64).expect("distinct image");
     }
     let config = file(
         root,

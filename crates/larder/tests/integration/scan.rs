@@ -66,12 +66,12 @@ fn reads_sizes_of_every_format_recursively_in_path_order() {
 #[test]
 fn exif_rotation_swaps_width_and_height_like_exif_transpose() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let jpeg = larder::synth::encode(&larder::synth::render(64, 48, 3), ImageFormat::Jpeg)
+    let jpeg = larder_synth::encode(&larder_synth::render(64, 48, 3), larder_synth::Format::Jpeg)
         .expect("encode");
     for (name, orientation) in [("r6.jpg", 6), ("r8.jpg", 8), ("r3.jpg", 3), ("r1.jpg", 1)] {
         std::fs::write(
             dir.path().join(name),
-            larder::synth::with_jpeg_orientation(&jpeg, orientation),
+            larder_synth::with_jpeg_orientation(&jpeg, orientation),
         )
         .expect("write");
     }
@@ -107,10 +107,10 @@ fn crc32(bytes: &[u8]) -> u32 {
 #[test]
 fn png_exif_chunk_orientation_is_applied() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let png =
-        larder::synth::encode(&larder::synth::render(40, 10, 3), ImageFormat::Png).expect("encode");
+    let png = larder_synth::encode(&larder_synth::render(40, 10, 3), larder_synth::Format::Png)
+        .expect("encode");
     // The TIFF block from a JPEG's APP1 segment: skip SOI, marker, length and "Exif\0\0".
-    let jpeg = larder::synth::with_jpeg_orientation(&[0xFF, 0xD8], 6);
+    let jpeg = larder_synth::with_jpeg_orientation(&[0xFF, 0xD8], 6);
     let tiff = &jpeg[12..];
     let mut chunk = Vec::new();
     chunk.extend_from_slice(&(tiff.len() as u32).to_be_bytes());
@@ -129,11 +129,11 @@ fn png_exif_chunk_orientation_is_applied() {
 #[test]
 fn webp_exif_chunk_orientation_is_applied() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let simple = larder::synth::encode(&larder::synth::render(40, 10, 3), ImageFormat::Webp)
+    let simple = larder_synth::encode(&larder_synth::render(40, 10, 3), larder_synth::Format::Webp)
         .expect("encode");
     // An extended (VP8X) WebP: the VP8X chunk with the EXIF flag and the canvas size, the
     // image chunk of the simple file, then an EXIF chunk holding the TIFF block.
-    let jpeg = larder::synth::with_jpeg_orientation(&[0xFF, 0xD8], 8);
+    let jpeg = larder_synth::with_jpeg_orientation(&[0xFF, 0xD8], 8);
     let tiff = &jpeg[12..];
     let mut body = b"WEBP".to_vec();
     body.extend_from_slice(b"VP8X");
@@ -169,9 +169,9 @@ fn webp_exif_chunk_orientation_is_applied() {
 fn exif_after_the_first_page_is_still_found() {
     // A JPEG whose EXIF block sits behind 20 KiB of other metadata (an ICC profile, say).
     let dir = tempfile::tempdir().expect("tempdir");
-    let jpeg = larder::synth::encode(&larder::synth::render(64, 32, 3), ImageFormat::Jpeg)
+    let jpeg = larder_synth::encode(&larder_synth::render(64, 32, 3), larder_synth::Format::Jpeg)
         .expect("encode");
-    let rotated = larder::synth::with_jpeg_orientation(&jpeg, 6);
+    let rotated = larder_synth::with_jpeg_orientation(&jpeg, 6);
     let mut out = rotated[..2].to_vec();
     for _ in 0..2 {
         out.extend_from_slice(&[0xFF, 0xE2]);

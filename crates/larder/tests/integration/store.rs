@@ -148,7 +148,7 @@ fn keys_recompute_exactly_what_changed() {
 
     // One image edited: its pixels only.
     image(&dir.path().join("imgs"), "c.webp", 80, 80, None);
-    larder::synth::write_image(&dir.path().join("imgs/c.webp"), 80, 80, 99).expect("edit");
+    larder_synth::write_image(&dir.path().join("imgs/c.webp"), 80, 80, 99).expect("edit");
     let edited = run(&config, &out);
     assert_eq!((edited.entries_computed, edited.sources_hashed), (1, 1));
 

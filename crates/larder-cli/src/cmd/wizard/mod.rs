@@ -439,7 +439,7 @@ mod tests {
         for i in 0..22u32 {
             let side = if i < 13 { 400 } else { 1024 };
             let path = tmp.path().join(format!("i{i:02}.jpg"));
-            larder::synth::write_image(&path, side, side, u64::from(i)).expect("image");
+            larder_synth::write_image(&path, side, side, u64::from(i)).expect("image");
         }
         let facts = facts_of(tmp.path()).expect("facts");
         assert_eq!(facts.images, 22);

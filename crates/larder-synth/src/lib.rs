@@ -1,6 +1,7 @@
-//! Synthetic images for tests, examples and benchmarks.
+//! Synthetic images for larder's tests, examples and benchmarks.
 //!
-//! larder's tests and benchmarks make their own data rather than download it. The images are
+//! larder's tests and benchmarks make their own data rather than download it. This crate is
+//! theirs, not part of larder's API (it is not published). The images are
 //! smooth gradients with a little blocky seeded texture, so that they are neither flat colour
 //! nor incompressible noise, and every byte is a function of the arguments.
 
@@ -10,7 +11,29 @@ use image::{ImageEncoder, RgbImage};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{Error, ImageFormat, Result};
+/// The formats the images are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JPEG at quality 90.
+    Jpeg,
+    /// PNG.
+    Png,
+    /// Lossless WebP.
+    Webp,
+}
+
+impl Format {
+    /// The format a file extension names (jpg, jpeg, png, webp; any case).
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "jpg" | "jpeg" => Some(Format::Jpeg),
+            "png" => Some(Format::Png),
+            "webp" => Some(Format::Webp),
+            _ => None,
+        }
+    }
+}
 
 /// Renders a `width`×`height` RGB image determined by `seed`.
 pub fn render(width: u32, height: u32, seed: u64) -> RgbImage {
@@ -32,26 +55,26 @@ pub fn render(width: u32, height: u32, seed: u64) -> RgbImage {
 }
 
 /// Encodes `img` in `format` (JPEG at quality 90, lossless WebP).
-pub fn encode(img: &RgbImage, format: ImageFormat) -> Result<Vec<u8>> {
+pub fn encode(img: &RgbImage, format: Format) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let (w, h) = img.dimensions();
-    let res =
-        match format {
-            ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-                .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8),
-            ImageFormat::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(
-                img.as_raw(),
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-            ),
-            ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
-                .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8),
-        };
-    res.map_err(|e| Error::Image {
-        path: "<memory>".into(),
-        message: e.to_string(),
-    })?;
+    let res = match format {
+        Format::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8),
+        Format::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(
+            img.as_raw(),
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        ),
+        Format::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(
+            img.as_raw(),
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        ),
+    };
+    res.map_err(std::io::Error::other)?;
     Ok(out)
 }
 
@@ -85,14 +108,16 @@ fn orientation_tiff(orientation: u16) -> Vec<u8> {
 }
 
 /// Writes a rendered image to `path`, choosing the format from the extension.
-pub fn write_image(path: &Path, width: u32, height: u32, seed: u64) -> Result<()> {
-    let format = ImageFormat::from_path(path).ok_or_else(|| Error::InvalidArgument {
-        name: "path",
-        message: format!(
-            "{}: extension is not jpg, jpeg, png or webp",
-            path.display()
-        ),
+pub fn write_image(path: &Path, width: u32, height: u32, seed: u64) -> std::io::Result<()> {
+    let format = Format::from_path(path).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}: extension is not jpg, jpeg, png or webp",
+                path.display()
+            ),
+        )
     })?;
     let bytes = encode(&render(width, height, seed), format)?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    std::fs::write(path, bytes)
 }
