@@ -573,7 +573,7 @@ fn edit_catalog(store_dir: &Path, sql: &str) {
 fn prepare_records_each_datasets_caption_recipe_and_the_loader_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(dir.path(), 6);
-    let config = Config::load(&dir.path().join("c.yaml")).expect("config");
+    let config = Config::load(dir.path().join("c.yaml")).expect("config");
     let expected = larder::CaptionRecipe::from_dataset(&config.datasets[0]);
     assert!(expected.shuffle_tokens && expected.caption_dropout_rate == 0.2);
     let db = rusqlite::Connection::open(dir.path().join("store/catalog.sqlite")).expect("catalog");
@@ -607,7 +607,7 @@ fn a_store_prepared_before_recipes_were_recorded_serves_the_same_captions() {
     );
     assert_eq!(reopened(&store_dir), recorded);
     // Preparing again records the recipe, and recomputes nothing.
-    let config = Config::load(&dir.path().join("c.yaml")).expect("config");
+    let config = Config::load(dir.path().join("c.yaml")).expect("config");
     let report = prepare(&config, &store_dir, &PrepareOptions::default()).expect("prepare");
     assert_eq!(report.entries_computed, 0, "{report:?}");
     let db = rusqlite::Connection::open(store_dir.join("catalog.sqlite")).expect("catalog");
