@@ -179,18 +179,12 @@ pub fn to_py(err: larder::Error) -> PyErr {
         larder::Error::Safetensors { .. } => DecodeError::new_err(message),
         larder::Error::InvalidArgument { .. } => ArgumentError::new_err(message),
         larder::Error::Encoder { .. } => EncoderError::new_err(message),
-        larder::Error::Remote { .. } => RemoteError::new_err(message),
+        larder::Error::Remote { .. } | larder::Error::NotFound { .. } => {
+            RemoteError::new_err(message)
+        }
+        larder::Error::OutOfMemory { .. } => TUNER_EXHAUSTED_ERROR.err(message),
         larder::Error::Io { path, source } => io_error(message, &path, &source),
         _ => LarderError::new_err(message),
-    }
-}
-
-/// The tuner's "out of memory and cannot go smaller" as `TunerExhaustedError`. The engine
-/// reports it as an invalid batch size; only the binding knows the call that can end so.
-pub fn tuner_exhausted(err: larder::Error) -> PyErr {
-    match err {
-        larder::Error::InvalidArgument { .. } => TUNER_EXHAUSTED_ERROR.err(err.to_string()),
-        other => to_py(other),
     }
 }
 

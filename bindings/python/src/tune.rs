@@ -3,7 +3,7 @@
 use larder::tune::{BatchSizeTuner, Outcome, Reason, TunerOptions};
 use pyo3::prelude::*;
 
-use crate::errors::{to_py, tuner_exhausted};
+use crate::errors::to_py;
 
 /// Decides batch sizes from step outcomes (see `larder.BatchSizeTuner`).
 #[derive(Debug)]
@@ -81,7 +81,7 @@ impl Tuner {
         let d = self
             .inner
             .record(Outcome::OutOfMemory)
-            .map_err(tuner_exhausted)?;
+            .map_err(to_py)?;
         Ok((d.batch_size, d.retry, d.changed.map(reason_name)))
     }
 
@@ -111,7 +111,7 @@ impl Tuner {
         }
         // With the step function's own errors handled above, the only error left is that
         // even the smallest size ran out of memory.
-        result.map_err(tuner_exhausted)
+        result.map_err(to_py)
     }
 
     /// Every change so far: (step, from, to, reason).

@@ -33,6 +33,31 @@ pub enum Error {
         /// The parser's description, with line and column.
         message: String,
     },
+    /// An object (or a local store file) that should exist does not: a store not uploaded
+    /// yet, a shard deleted behind the catalog's back.
+    #[error("{url}: no such object")]
+    NotFound {
+        /// Where it was looked for.
+        url: String,
+    },
+    /// Every batch size down to the smallest ran out of memory (the batch-size tuner).
+    #[error(
+        "out of memory {attempts} times in a row, last at batch size {batch_size} (min {min}): the model does not fit with this configuration; lower the resolution, enable gradient checkpointing, or quantize"
+    )]
+    OutOfMemory {
+        /// Out-of-memory steps in a row.
+        attempts: u32,
+        /// The last batch size that failed.
+        batch_size: u32,
+        /// The smallest batch size the tuner may use.
+        min: u32,
+    },
+    /// A larder thread panicked (a bug): what it was doing, so the report can name it.
+    #[error("{what} panicked; please report this at https://github.com/larder-rs/larder/issues")]
+    Panicked {
+        /// What the thread was doing.
+        what: String,
+    },
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -34,6 +34,7 @@ mod prepare;
 mod progress;
 mod report;
 mod rng;
+mod safetensors_header;
 mod scan;
 mod size;
 pub mod storage;

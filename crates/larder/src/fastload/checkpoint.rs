@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::buffer::{ALIGN, HostBuffer, round_up};
-use super::header::{Header, TensorInfo};
 use super::{LoadOptions, LoadPath, LoadReport, index, read};
+use crate::safetensors_header::{Header, TensorInfo};
 use crate::{Error, Result};
 
 /// One file of a checkpoint: where it is and what its header says.

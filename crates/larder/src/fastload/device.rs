@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use super::buffer::{ALIGN, round_up};
 use super::checkpoint::{Checkpoint, Shard, note, read_host};
-use super::header::TensorInfo;
 use super::{LoadOptions, LoadPath, LoadReport, read};
 use crate::cuda::cufile::{self, CuFile, Registered};
 use crate::cuda::{Device, DeviceBuffer, PinnedBuffer, Stream};
+use crate::safetensors_header::TensorInfo;
 use crate::{Error, Result};
 
 /// Every tensor of a checkpoint in GPU memory: one device buffer per file holding its data

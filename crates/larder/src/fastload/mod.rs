@@ -37,16 +37,15 @@ mod checkpoint;
 mod device;
 mod evict;
 mod generate;
-mod header;
 mod index;
 mod read;
 
+pub use crate::safetensors_header::{Dtype, Header, MAX_HEADER_BYTES, TensorInfo};
 pub use buffer::HostBuffer;
 pub use checkpoint::{Checkpoint, HostTensors, OwnedTensor, TensorView};
 pub use device::{DeviceTensors, DeviceView};
 pub use evict::{Eviction, evict};
 pub use generate::write_synthetic;
-pub use header::{Dtype, Header, MAX_HEADER_BYTES, TensorInfo};
 
 /// How a checkpoint was (or is to be) read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -105,11 +105,8 @@ fn run(store: &Store, pool: &Arc<BufferPool>, job: Job) {
         )
     }))
     .unwrap_or_else(|_| {
-        Err(Error::InvalidArgument {
-            name: "batch",
-            message: format!(
-                "assembling batch {global} of epoch {epoch} panicked; please report this"
-            ),
+        Err(Error::Panicked {
+            what: format!("assembling batch {global} of epoch {epoch}"),
         })
     });
     shared.metrics.record_assembly(started.elapsed());

@@ -74,15 +74,12 @@ pub(crate) fn read_in_pieces(
 
 /// The error for a missing object, worded the same by every backend.
 pub(crate) fn not_found(url: String) -> Error {
-    Error::Remote {
-        url,
-        message: "no such object".into(),
-    }
+    Error::NotFound { url }
 }
 
 /// Returns true if and only if `e` says the object does not exist.
 pub fn is_not_found(e: &Error) -> bool {
-    matches!(e, Error::Remote { message, .. } if message == "no such object")
+    matches!(e, Error::NotFound { .. })
 }
 
 /// The error for a range that does not lie within the object.

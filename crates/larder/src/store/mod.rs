@@ -281,12 +281,15 @@ impl Store {
     }
 
     /// Opens the store at `location`: a URL (`s3://`, `gs://`, `az://`, `http(s)://`; see
-    /// [`remote`](crate::remote)) or a local folder.
+    /// [`storage`](crate::storage)) or a local folder, as [`Location::parse`] tells them apart.
+    ///
+    /// [`Location::parse`]: crate::Location::parse
     pub fn open_location(location: &str, options: &crate::storage::RemoteOptions) -> Result<Store> {
-        if crate::storage::is_url(location) {
-            Store::open_storage(crate::storage::storage_for(location, options)?, options)
-        } else {
-            Store::open(location)
+        match crate::storage::Location::parse(location) {
+            crate::storage::Location::Url(url) => {
+                Store::open_storage(crate::storage::storage_for(&url, options)?, options)
+            }
+            crate::storage::Location::Local(path) => Store::open(path),
         }
     }
 

@@ -288,12 +288,12 @@ impl MappedShard {
 }
 
 /// Any safetensors file — a larder shard, or one written by Python — opened through a memory
-/// map, with its header validated (by fastload's parser, the crate's one validator of
+/// map, with its header validated (by the crate's one validator of
 /// safetensors headers) before any tensor is touched.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     map: MappedShard,
-    header: crate::fastload::Header,
+    header: crate::safetensors_header::Header,
 }
 
 /// One tensor of a [`SafetensorsFile`], viewing the file's bytes without a copy.
@@ -313,7 +313,8 @@ impl SafetensorsFile {
         let path = path.as_ref();
         let map = MappedShard::open(path)?;
         let bytes = map.bytes();
-        let header = crate::fastload::Header::from_prefix(path, bytes, bytes.len() as u64)?;
+        let header =
+            crate::safetensors_header::Header::from_prefix(path, bytes, bytes.len() as u64)?;
         Ok(SafetensorsFile { map, header })
     }
 

@@ -294,8 +294,12 @@ impl Store {
                     ));
                 }
             }
-            // The one header validator of the crate (fastload's, with its hardened checks).
-            let header = match crate::fastload::Header::from_prefix(&path, content, actual_bytes) {
+            // The one header validator of the crate (with its hardened checks).
+            let header = match crate::safetensors_header::Header::from_prefix(
+                &path,
+                content,
+                actual_bytes,
+            ) {
                 Ok(h) => h,
                 Err(e) => {
                     report

@@ -214,12 +214,10 @@ impl BatchSizeTuner {
                 if self.consecutive_ooms > self.options.max_consecutive_ooms
                     || failed <= self.options.min
                 {
-                    return Err(Error::InvalidArgument {
-                        name: "batch_size",
-                        message: format!(
-                            "out of memory {} times in a row, last at batch size {failed} (min {}): the model does not fit with this configuration; lower the resolution, enable gradient checkpointing, or quantize",
-                            self.consecutive_ooms, self.options.min
-                        ),
+                    return Err(Error::OutOfMemory {
+                        attempts: self.consecutive_ooms,
+                        batch_size: failed,
+                        min: self.options.min,
                     });
                 }
                 let shrunk = ((f64::from(failed) * self.options.backoff) as u32).min(failed - 1);
@@ -287,12 +285,10 @@ impl BatchSizeTuner {
                 }
             }
         }
-        let best = best.ok_or_else(|| Error::InvalidArgument {
-            name: "batch_size",
-            message: format!(
-                "even the smallest batch size {} runs out of memory",
-                self.options.min
-            ),
+        let best = best.ok_or(Error::OutOfMemory {
+            attempts: 1,
+            batch_size: self.options.min,
+            min: self.options.min,
         })?;
         self.set(best, Reason::Probe);
         Ok(best)
@@ -430,6 +426,10 @@ mod tests {
         .expect("tuner");
         let err = train(&mut t, &gpu, 1).expect_err("cannot fit");
         assert!(
+            matches!(err, Error::OutOfMemory { attempts: 3, .. }),
+            "{err:?}"
+        );
+        assert!(
             err.to_string().contains("out of memory") && err.to_string().contains("in a row"),
             "{err}"
         );
@@ -466,7 +466,18 @@ mod tests {
             base: 0,
         };
         let mut t = BatchSizeTuner::new(TunerOptions::default()).expect("tuner");
-        assert!(t.probe(|s| Ok(gpu.run(s))).is_err());
+        // Its own error, not an invalid argument: the configuration does not fit at all.
+        assert!(
+            matches!(
+                t.probe(|s| Ok(gpu.run(s))),
+                Err(Error::OutOfMemory {
+                    batch_size: 1,
+                    min: 1,
+                    ..
+                })
+            ),
+            "even batch size 1 runs out of memory"
+        );
     }
 
     #[test]
