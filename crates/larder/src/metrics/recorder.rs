@@ -433,7 +433,7 @@ async fn records(
                 .unwrap_or_else(PoisonError::into_inner)
                 .since_json(since),
         ),
-        Err(bad) => bad,
+        Err(bad) => bad.into_response(),
     }
 }
 
