@@ -78,10 +78,7 @@ impl Tuner {
     /// Records a step that ran out of memory. Returns (batch size, retry, reason or None);
     /// raises TunerExhaustedError after too many in a row, or at the smallest size.
     fn record_oom(&mut self) -> PyResult<(u32, bool, Option<&'static str>)> {
-        let d = self
-            .inner
-            .record(Outcome::OutOfMemory)
-            .map_err(to_py)?;
+        let d = self.inner.record(Outcome::OutOfMemory).map_err(to_py)?;
         Ok((d.batch_size, d.retry, d.changed.map(reason_name)))
     }
 
