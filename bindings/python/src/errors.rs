@@ -184,6 +184,10 @@ pub fn to_py(err: larder::Error) -> PyErr {
         }
         larder::Error::OutOfMemory { .. } => TUNER_EXHAUSTED_ERROR.err(message),
         larder::Error::Io { path, source } => io_error(message, &path, &source),
+        // A busy port is an OSError (EADDRINUSE), as Python's own socket.bind raises.
+        larder::Error::Listen { addr, source } => {
+            io_error(message, std::path::Path::new(&addr), &source)
+        }
         _ => LarderError::new_err(message),
     }
 }

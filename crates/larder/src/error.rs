@@ -52,6 +52,15 @@ pub enum Error {
         /// The smallest batch size the tuner may use.
         min: u32,
     },
+    /// A server (the metrics endpoint, the dashboard) cannot listen on its address.
+    #[error("{}", listen_message(addr, source))]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// Why binding failed (`AddrInUse` for a port another process holds).
+        #[source]
+        source: std::io::Error,
+    },
     /// A larder thread panicked (a bug): what it was doing, so the report can name it.
     #[error("{what} panicked; please report this at https://github.com/larder-rs/larder/issues")]
     Panicked {
@@ -211,5 +220,16 @@ impl Error {
             },
             other => other,
         }
+    }
+}
+
+/// The message of [`Error::Listen`]: a port in use says what to do about it.
+fn listen_message(addr: &str, source: &std::io::Error) -> String {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "cannot listen on {addr}: the port is in use ({source}); choose another port, or 0 for a free one"
+        )
+    } else {
+        format!("cannot listen on {addr}: {source}")
     }
 }

@@ -294,22 +294,13 @@ fn a_busy_port_is_named_with_the_flag_to_change() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let metrics = tmp.path().join("metrics.jsonl");
     append(&metrics, &lines(1..=2));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+    let child = Command::new(env!("CARGO_BIN_EXE_larder"))
         .args(["dashboard", s(&metrics), "--port", &port])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start larder dashboard");
-    // A dashboard that did start would serve for ever: it gets a few seconds to fail.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("larder dashboard started on a port that is in use");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
+    let out = exit_within_20s(child, "larder dashboard started on a port that is in use");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -458,22 +449,28 @@ fn a_closed_stdout_ends_a_command_that_prints_with_println_quietly() {
     append(&metrics, &lines(1..=2));
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+    let child = Command::new(env!("CARGO_BIN_EXE_larder"))
         .args(["dashboard", s(&metrics), "--port", "0"])
         .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start larder dashboard");
+    let out = exit_within_20s(child, "larder dashboard went on with its output closed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Waits for `child` to exit on its own, for at most 20 s (a dashboard that did start would
+/// serve for ever), and returns its output; kills it and fails with `otherwise` past that.
+fn exit_within_20s(mut child: std::process::Child, otherwise: &str) -> std::process::Output {
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("larder dashboard went on with its output closed");
+            panic!("{otherwise}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    child.wait_with_output().expect("output")
 }

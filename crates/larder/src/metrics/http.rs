@@ -92,15 +92,9 @@ impl Server {
     /// reason a bind fails; [`serve`](Self::serve) takes a listener bound by the caller, for a
     /// caller that reports bind errors in its own words (the CLI names its `--port` flag).
     pub(crate) fn start(addr: &str, router: Router) -> Result<Server> {
-        let listener = TcpListener::bind(addr).map_err(|e| Error::InvalidArgument {
-            name: "listen",
-            message: if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!(
-                    "cannot listen on {addr}: the port is in use ({e}); choose another port, or 0 for a free one"
-                )
-            } else {
-                format!("cannot listen on {addr}: {e}")
-            },
+        let listener = TcpListener::bind(addr).map_err(|source| Error::Listen {
+            addr: addr.to_owned(),
+            source,
         })?;
         Server::serve(listener, router)
     }
@@ -363,6 +357,10 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr").to_string();
         let err = Server::start(&addr, echo()).expect_err("the port is taken");
+        assert!(
+            matches!(&err, Error::Listen { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse),
+            "{err:?}"
+        );
         let text = err.to_string();
         assert!(
             text.contains(&format!("cannot listen on {addr}: the port is in use")),
