@@ -41,9 +41,7 @@ pub enum Error {
         url: String,
     },
     /// Every batch size down to the smallest ran out of memory (the batch-size tuner).
-    #[error(
-        "out of memory {attempts} times in a row, last at batch size {batch_size} (min {min}): the model does not fit with this configuration; lower the resolution, enable gradient checkpointing, or quantize"
-    )]
+    #[error("{}", out_of_memory_message(*attempts, *batch_size, *min))]
     OutOfMemory {
         /// Out-of-memory steps in a row.
         attempts: u32,
@@ -232,4 +230,20 @@ fn listen_message(addr: &str, source: &std::io::Error) -> String {
     } else {
         format!("cannot listen on {addr}: {source}")
     }
+}
+
+/// The message of [`Error::OutOfMemory`]: at the smallest size there is nowhere left to go.
+fn out_of_memory_message(attempts: u32, batch_size: u32, min: u32) -> String {
+    let what = if batch_size <= min {
+        format!(
+            "even the smallest batch size {min} runs out of memory ({attempts} in a row, last at batch size {batch_size})"
+        )
+    } else {
+        format!(
+            "out of memory {attempts} times in a row, last at batch size {batch_size} (min {min})"
+        )
+    };
+    format!(
+        "{what}: the model does not fit with this configuration; lower the resolution, enable gradient checkpointing, or quantize"
+    )
 }
