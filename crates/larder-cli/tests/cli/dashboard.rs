@@ -235,7 +235,7 @@ fn status(dom: &str) -> String {
 
 #[test]
 fn the_dashboard_says_ended_for_a_run_that_closed_its_metrics() {
-    use larder::metrics::{Metrics, MetricsOptions, StepInput};
+    use larder::metrics::{Metrics, MetricsOptions};
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let metrics = tmp.path().join("metrics.jsonl");
@@ -245,15 +245,7 @@ fn the_dashboard_says_ended_for_a_run_that_closed_its_metrics() {
         ..MetricsOptions::default()
     })
     .expect("metrics");
-    for k in 1..=7 {
-        training
-            .step(StepInput {
-                loss: Some(1.0 / f64::from(k)),
-                batch_size: Some(2),
-                ..StepInput::default()
-            })
-            .expect("step");
-    }
+    record_steps(&mut training, 7);
     training.close().expect("close");
     let (_server, url) = dashboard(&metrics);
     let dom = chromium(&url, &tmp.path().join("profile"), &["--dump-dom"]);
@@ -342,7 +334,7 @@ fn get(addr: &str, target: &str) -> (String, String) {
 
 #[test]
 fn the_dashboard_follows_a_training_process_through_its_endpoint() {
-    use larder::metrics::{Metrics, MetricsOptions, StepInput};
+    use larder::metrics::{Metrics, MetricsOptions};
 
     let mut training = Metrics::new(MetricsOptions {
         listen: Some("127.0.0.1:0".into()),
@@ -350,15 +342,7 @@ fn the_dashboard_follows_a_training_process_through_its_endpoint() {
         ..MetricsOptions::default()
     })
     .expect("metrics");
-    for k in 1..=5 {
-        training
-            .step(StepInput {
-                loss: Some(1.0 / f64::from(k)),
-                batch_size: Some(2),
-                ..StepInput::default()
-            })
-            .expect("step");
-    }
+    record_steps(&mut training, 5);
     let endpoint = format!("http://{}", training.local_addr().expect("listening"));
     let (_server, url) = dashboard(Path::new(&endpoint));
     let page = url
@@ -473,4 +457,17 @@ fn exit_within_20s(mut child: std::process::Child, otherwise: &str) -> std::proc
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().expect("output")
+}
+
+/// Records `n` training steps (loss 1/k, batch size 2) into `training`.
+fn record_steps(training: &mut larder::metrics::Metrics, n: u32) {
+    for k in 1..=n {
+        training
+            .step(larder::metrics::StepInput {
+                loss: Some(1.0 / f64::from(k)),
+                batch_size: Some(2),
+                ..Default::default()
+            })
+            .expect("step");
+    }
 }
