@@ -196,16 +196,7 @@ fn process_memory_agrees_with_proc_status() {
 fn measuring_an_epoch_sees_the_mapped_store_in_rss() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = prepared(tmp.path());
-    let m = measure(
-        &root,
-        &MeasureOptions {
-            batch_size: 2,
-            threads: 2,
-            prefetch: 2,
-            batches: None,
-        },
-    )
-    .expect("measure");
+    let m = measure_epoch(&root);
     // 12 items in one bucket, batches of 2.
     assert_eq!((m.batches, m.items), (6, 12));
     // Every entry was read through the mapping: the shards' data pages are resident in this
@@ -236,16 +227,7 @@ fn the_estimate_of_the_mapped_store_is_what_an_epoch_leaves_resident() {
         Workload::from_store(&Store::open(&root).expect("open")).expect("workload"),
         &EstimateOptions::default(),
     );
-    let m = measure(
-        &root,
-        &MeasureOptions {
-            batch_size: 2,
-            threads: 2,
-            prefetch: 2,
-            batches: None,
-        },
-    )
-    .expect("measure");
+    let m = measure_epoch(&root);
     assert_eq!(m.items, 12);
     // Every page of every shard, the last one whole: the estimate within one page per shard.
     let files = m.page_cache_after.files;
@@ -254,4 +236,18 @@ fn the_estimate_of_the_mapped_store_is_what_an_epoch_leaves_resident() {
         m.mapped_store <= e.larder.mapped_store + files * 4096,
         "{m:?} {e:?}"
     );
+}
+
+/// Measures one whole epoch of the store at `root` (batches of 2, 2 threads, prefetch 2).
+fn measure_epoch(root: &std::path::Path) -> larder::diagnose::Measurement {
+    measure(
+        root,
+        &MeasureOptions {
+            batch_size: 2,
+            threads: 2,
+            prefetch: 2,
+            batches: None,
+        },
+    )
+    .expect("measure")
 }
