@@ -127,24 +127,8 @@ fn quiet_on_closed_stdout() {
 /// reports an error (Linux) or a hang-up (BSD, macOS) at once.
 #[cfg(unix)]
 fn stdout_closed() -> bool {
-    #[repr(C)]
-    struct PollFd {
-        fd: std::ffi::c_int,
-        events: std::ffi::c_short,
-        revents: std::ffi::c_short,
-    }
-    unsafe extern "C" {
-        fn poll(
-            fds: *mut PollFd,
-            nfds: std::ffi::c_ulong,
-            timeout: std::ffi::c_int,
-        ) -> std::ffi::c_int;
-    }
-    // POLLERR and POLLHUP have these values on Linux, macOS and the BSDs; they are reported
-    // whether asked for or not, so no events are requested.
-    const POLLERR: std::ffi::c_short = 0x008;
-    const POLLHUP: std::ffi::c_short = 0x010;
-    let mut fd = PollFd {
+    // POLLERR and POLLHUP are reported whether asked for or not, so no events are requested.
+    let mut fd = libc::pollfd {
         fd: 1,
         events: 0,
         revents: 0,
@@ -152,8 +136,8 @@ fn stdout_closed() -> bool {
     // SAFETY: `fd` is a valid, exclusively borrowed pollfd array of length 1 that outlives the
     // call, and a timeout of 0 makes poll return at once. Polling a descriptor has no effect
     // on it; a closed descriptor 1 is reported as POLLNVAL, not as an error here.
-    let ready = unsafe { poll(&mut fd, 1, 0) };
-    ready == 1 && fd.revents & (POLLERR | POLLHUP) != 0
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// Elsewhere a broken pipe is reported like any other error.
