@@ -85,10 +85,25 @@ fn main() -> ExitCode {
         // wanted, so there is nothing to report and nothing failed.
         Err(err) if is_broken_pipe(&err) && stdout_closed() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error with its chain of causes, each said once. larder's messages already include their
+/// source's words (Python shows the message alone), so a cause whose words are already there is
+/// not repeated, as anyhow's `{:#}` would.
+fn report(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 /// Returns true if and only if `err` was caused by writing to a pipe whose reader is gone.
@@ -144,4 +159,26 @@ fn stdout_closed() -> bool {
 #[cfg(not(unix))]
 fn stdout_closed() -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[test]
+    fn report_says_each_cause_once() {
+        let text = "{ not: yaml";
+        let err = larder::Config::from_yaml(text, std::path::Path::new("job.yaml"))
+            .expect_err("not YAML");
+        let source = std::error::Error::source(&err)
+            .expect("the parser's error")
+            .to_string();
+        let said = report(&anyhow::Error::from(err));
+        assert_eq!(said.matches(&source).count(), 1, "{said}");
+        assert!(said.starts_with("job.yaml: invalid YAML: "), "{said}");
+
+        // A cause the message does not include is added after it.
+        let outer = anyhow::anyhow!("std io").context("reading the store");
+        assert_eq!(report(&outer), "reading the store: std io");
+    }
 }

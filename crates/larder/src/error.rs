@@ -5,6 +5,11 @@ use std::path::PathBuf;
 /// The result type of every fallible larder operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A dependency's error (the image decoder's, the YAML parser's, object_store's) kept as the
+/// [`source`](std::error::Error::source) of an [`Error`]. It is boxed so that larder's public
+/// API does not name its dependencies' types and versions; downcast it to inspect one.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in larder, with the file, key or item it concerns.
 ///
 /// Problems with individual dataset files (a corrupt image, a missing caption) are not errors:
@@ -26,12 +31,13 @@ pub enum Error {
         message: String,
     },
     /// The config file is not valid YAML.
-    #[error("{}: invalid YAML: {message}", path.display())]
+    #[error("{}: invalid YAML: {source}", path.display())]
     Yaml {
         /// The config file.
         path: PathBuf,
-        /// The parser's description, with line and column.
-        message: String,
+        /// The parser's error (serde-saphyr's), whose message has the line and column.
+        #[source]
+        source: SourceError,
     },
     /// An object (or a local store file) that should exist does not: a store not uploaded
     /// yet, a shard deleted behind the catalog's back.
@@ -147,13 +153,14 @@ pub enum Error {
         /// Where the damaged chunk lies in the shard file.
         bytes: std::ops::Range<u64>,
     },
-    /// An image could not be decoded or encoded.
-    #[error("{}: {message}", path.display())]
+    /// An image could not be decoded, resized or encoded.
+    #[error("{}: {source}", path.display())]
     Image {
         /// The image file.
         path: PathBuf,
-        /// What the codec reported.
-        message: String,
+        /// The codec's or the resizer's error (or larder's own words when a decoder crashed).
+        #[source]
+        source: SourceError,
     },
     /// An encoder (a VAE, a text or CLIP model, often a Python callable) failed. Everything
     /// computed before the failure is kept; running prepare again computes only the rest.
@@ -183,6 +190,10 @@ pub enum Error {
         url: String,
         /// What happened, after how many tries, and what to do about it.
         message: String,
+        /// object_store's error when a request failed; `None` when larder's own checks of what
+        /// came back (a checksum, a length) failed.
+        #[source]
+        source: Option<SourceError>,
     },
     /// The CUDA driver or GPUDirect Storage failed (a driver call, a device allocation).
     #[error("CUDA: {message}")]
@@ -198,6 +209,23 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// An [`Error::Remote`] found by larder's own checks (no request failed).
+    pub(crate) fn remote(url: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Remote {
+            url: url.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Image`] for `path` with `source` (a dependency's error, or larder's words).
+    pub(crate) fn image(path: impl Into<PathBuf>, source: impl Into<SourceError>) -> Self {
+        Error::Image {
+            path: path.into(),
+            source: source.into(),
         }
     }
 

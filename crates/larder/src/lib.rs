@@ -47,7 +47,7 @@ pub use config::{
     BucketStrategy, CacheOptions, Config, ConfigWarning, DEFAULT_DIVISIBILITY,
     DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, Source, divisibility_for_arch,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, SourceError};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
 pub use prepare::{
     AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, Prepare, PrepareOptions,

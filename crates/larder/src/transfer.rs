@@ -143,14 +143,14 @@ fn download_store(storage: &dyn Storage, dir: &Path) -> Result<PullReport> {
         let hash = hasher.finalize().to_hex();
         if hash.as_str() != blake3 {
             let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Remote {
-                url: storage.url(&key),
-                message: format!(
+            return Err(Error::remote(
+                storage.url(&key),
+                format!(
                     "the shard does not match its checksum in the catalog (blake3 {}…, expected {}…): it was altered after the store was written",
                     &hash.as_str()[..16],
                     blake3.get(..16).unwrap_or(blake3)
                 ),
-            });
+            ));
         }
         out.into_inner()
             .map_err(|e| Error::io(&tmp, e.into_error()))
@@ -227,9 +227,8 @@ fn for_each_shard<T: Sync>(
             .collect();
         workers.into_iter().try_fold(Tally::default(), |sum, w| {
             let tally = w.join().unwrap_or_else(|_| {
-                Err(Error::Remote {
-                    url: storage.url(""),
-                    message: "a transfer thread panicked".into(),
+                Err(Error::Panicked {
+                    what: format!("a transfer thread for {}", storage.url("")),
                 })
             })?;
             Ok(sum.add(tally))
@@ -364,16 +363,17 @@ pub fn merge_in(storage: &dyn Storage, work: &Path) -> Result<crate::MergeReport
         catalogs.push(path);
     }
     if catalogs.is_empty() {
-        return Err(Error::Remote {
-            url: storage.url(&prefix),
-            message: "no parts to merge here (prepare with --shard i/N into this URL first)".into(),
-        });
+        return Err(Error::remote(
+            storage.url(&prefix),
+            "no parts to merge here (prepare with --shard i/N into this URL first)",
+        ));
     }
     // The catalogs were downloaded to a scratch folder; problems with them are the URL's.
     let set =
         crate::prepare::merge::parts::PartSet::read(&catalogs).map_err(|e| Error::Remote {
             url: storage.url(&prefix),
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })?;
     let merged_path = work.join(CATALOG_FILE);
     let merged = crate::prepare::merge::catalog::merge_catalogs(&merged_path, &set)?;

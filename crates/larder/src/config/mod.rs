@@ -110,7 +110,7 @@ impl Config {
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config> {
         let root = yaml::parse(text).map_err(|e| Error::Yaml {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source: Box::new(e),
         })?;
         let mut warnings = Vec::new();
         let file_at = At::root(path, "");

@@ -74,17 +74,14 @@ pub(crate) enum Convert {
 
 /// Decodes `path`, applies its EXIF orientation, and converts it.
 pub(crate) fn decode(path: &Path, convert: Convert) -> Result<Decoded> {
-    let fail = |e: &dyn std::fmt::Display| Error::Image {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
+    let fail = |e: image::ImageError| Error::image(path, e);
     let reader = ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
-    let mut decoder = reader.into_decoder().map_err(|e| fail(&e))?;
-    let orientation = decoder.orientation().map_err(|e| fail(&e))?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(&e))?;
+    let mut decoder = reader.into_decoder().map_err(fail)?;
+    let orientation = decoder.orientation().map_err(fail)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(fail)?;
     img.apply_orientation(orientation);
     let (width, height) = (img.width(), img.height());
     let (channels, data) = match convert {
@@ -271,6 +268,25 @@ mod tests {
             crop_x: 0,
             crop_y: 0,
         }
+    }
+
+    #[test]
+    fn a_corrupt_image_is_an_image_error_with_the_decoders_error_as_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cut.png");
+        // A PNG signature and the start of an IHDR chunk, then nothing.
+        std::fs::write(&path, b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0").expect("write");
+        let err = decode(&path, Convert::Rgb).expect_err("cut off");
+        assert!(matches!(err, Error::Image { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with(&path.display().to_string()),
+            "{err}"
+        );
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(
+            source.downcast_ref::<image::ImageError>().is_some(),
+            "{source:?}"
+        );
     }
 
     #[test]

@@ -195,9 +195,14 @@ fn stack(
                 path,
                 message: in_item(message),
             },
-            Error::Remote { url, message } => Error::Remote {
+            Error::Remote {
+                url,
+                message,
+                source,
+            } => Error::Remote {
                 url,
                 message: in_item(message),
+                source,
             },
             e @ Error::CorruptShard { item: None, .. } => {
                 e.in_item(format!("item {} ({}) field {field}", ids[k], row.path))

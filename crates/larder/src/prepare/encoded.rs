@@ -154,10 +154,10 @@ fn decode_batch<'p, 'a>(
             item.planned.flip,
         )?;
         if data.len() != per {
-            return Err(Error::Image {
-                path: item.image.path.clone(),
-                message: format!("placed to {} values, not {per}", data.len()),
-            });
+            return Err(Error::image(
+                &item.image.path,
+                format!("placed to {} values, not {per}", data.len()),
+            ));
         }
         Ok(data)
     };

@@ -300,13 +300,8 @@ pub(super) fn decode_placed(
 ) -> Result<(usize, Vec<u8>)> {
     // Decoders are fed untrusted files; should one panic on a hostile file, that file becomes
     // a finding like any other undecodable image instead of ending the prepare.
-    let decoded =
-        std::panic::catch_unwind(|| image::decode(source, convert)).unwrap_or_else(|_| {
-            Err(Error::Image {
-                path: source.to_path_buf(),
-                message: "the decoder crashed on this file".into(),
-            })
-        })?;
+    let decoded = std::panic::catch_unwind(|| image::decode(source, convert))
+        .unwrap_or_else(|_| Err(Error::image(source, "the decoder crashed on this file")))?;
     let channels = decoded.channels.count();
     Ok((channels, image::place(decoded, placement, flip)?))
 }

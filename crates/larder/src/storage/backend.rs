@@ -84,13 +84,13 @@ pub fn is_not_found(e: &Error) -> bool {
 
 /// The error for a range that does not lie within the object.
 fn bad_range(url: String, range: &Range<u64>, size: u64) -> Error {
-    Error::Remote {
+    Error::remote(
         url,
-        message: format!(
+        format!(
             "bytes {}..{} requested of an object of {size} bytes: the object is shorter than the catalog says (altered or truncated)",
             range.start, range.end
         ),
-    }
+    )
 }
 
 /// Objects as files under a folder. Writes go to a temporary file renamed into place.

@@ -145,10 +145,10 @@ impl ObjectStorage {
     /// parent's, and waiting on them would hang.
     fn checked(&self, key: &str) -> Result<()> {
         if std::process::id() != self.pid {
-            return Err(Error::Remote {
-                url: self.url(key),
-                message: "this store was opened in another process (before a fork): open it again in this process".into(),
-            });
+            return Err(Error::remote(
+                self.url(key),
+                "this store was opened in another process (before a fork): open it again in this process",
+            ));
         }
         Ok(())
     }
@@ -179,6 +179,7 @@ impl ObjectStorage {
             message: format!(
                 "{e}; check the endpoint and credentials (docs/remote.md), or raise LARDER_REMOTE_RETRY_TIMEOUT when the service is slow to return"
             ),
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -215,15 +216,15 @@ impl Storage for ObjectStorage {
         // A server may answer a range past the end with what it has: a short answer means the
         // object is not what the catalog describes.
         if bytes.len() as u64 != want {
-            return Err(Error::Remote {
-                url: self.url(key),
-                message: format!(
+            return Err(Error::remote(
+                self.url(key),
+                format!(
                     "asked for bytes {}..{}, got {} bytes: the object is shorter than the catalog says (altered or truncated)",
                     range.start,
                     range.end,
                     bytes.len()
                 ),
-            });
+            ));
         }
         Ok(bytes.to_vec())
     }

@@ -104,12 +104,9 @@ impl RemoteShards {
     }
 
     pub fn shard(&self, id: i64) -> Result<&RemoteShard> {
-        self.shards.get(&id).ok_or_else(|| Error::Remote {
-            url: self.storage.url(""),
-            message: format!(
+        self.shards.get(&id).ok_or_else(|| Error::remote(self.storage.url(""), format!(
                 "an entry refers to shard {id}, which the catalog does not list (or lists without chunk checksums); push the store again"
-            ),
-        })
+            )))
     }
 
     /// The URL of shard `id`, for messages.
@@ -133,13 +130,13 @@ impl RemoteShards {
     fn check_range(&self, shard: &RemoteShard, offset: u64, length: u64) -> Result<()> {
         match offset.checked_add(length) {
             Some(end) if end <= shard.bytes => Ok(()),
-            _ => Err(Error::Remote {
-                url: self.storage.url(&shard.key),
-                message: format!(
+            _ => Err(Error::remote(
+                self.storage.url(&shard.key),
+                format!(
                     "entry at {offset}+{length} lies beyond the end of the shard ({} bytes): the catalog and the shard disagree; run `larder verify` on the store",
                     shard.bytes
                 ),
-            }),
+            )),
         }
     }
 
@@ -245,13 +242,13 @@ impl RemoteShards {
             let part =
                 &bytes[(range.start - span.start) as usize..(range.end - span.start) as usize];
             if blake3::hash(part).as_bytes() != &shard.sums.digests[i as usize] {
-                return Err(Error::Remote {
-                    url: self.storage.url(&shard.key),
-                    message: format!(
+                return Err(Error::remote(
+                    self.storage.url(&shard.key),
+                    format!(
                         "bytes {}..{} do not match their checksum in the catalog: the shard was altered after the store was written (nothing was cached); run `larder verify` on the store, and push or prepare it again",
                         range.start, range.end
                     ),
-                });
+                ));
             }
             // The bytes are good whether or not they can be cached (a full disk, say).
             if let Err(e) = self.cache.insert(&shard.key_of(i), shard.place_of(i), part) {

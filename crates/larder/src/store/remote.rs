@@ -56,10 +56,7 @@ pub(crate) fn open_store(
 fn fetch_catalog(storage: &dyn Storage, folder: &Path) -> Result<PathBuf> {
     let bytes = storage.get(CATALOG_KEY).map_err(|e| {
         if is_not_found(&e) {
-            Error::Remote {
-                url: storage.url(CATALOG_KEY),
-                message: "no catalog here: not a larder store, or its upload has not finished (the catalog is uploaded last)".into(),
-            }
+            Error::remote(storage.url(CATALOG_KEY), "no catalog here: not a larder store, or its upload has not finished (the catalog is uploaded last)")
         } else {
             e
         }

@@ -168,6 +168,9 @@ fn missing_folder_and_invalid_yaml_are_errors() {
     );
     let err = Config::load(file(dir.path(), "y.yaml", "datasets: [\n")).expect_err("bad yaml");
     assert!(matches!(err, Error::Yaml { .. }), "{err:?}");
+    // The parser's error is the source; its line and column are in the message.
+    let source = std::error::Error::source(&err).expect("the parser's error");
+    assert!(err.to_string().contains(&source.to_string()), "{err}");
     let err = Config::load(file(dir.path(), "n.yaml", "train: {}\n")).expect_err("no datasets");
     assert!(err.to_string().contains("no datasets"), "{err}");
 }

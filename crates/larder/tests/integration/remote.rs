@@ -598,6 +598,9 @@ fn a_server_that_stays_down_gives_a_clear_error_naming_the_url_in_bounded_time()
     let text = err.to_string();
     assert!(matches!(err, Error::Remote { .. }), "{text}");
     assert!(text.contains(&format!("{url}/shards/")), "{text}");
+    // The failed request is kept as the error's source, for callers that inspect it.
+    let source = std::error::Error::source(&err).expect("object_store's error as the source");
+    assert!(text.contains(&source.to_string()), "{text} / {source}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "took {:?}",
