@@ -139,12 +139,12 @@ pub fn import_aitk_json(
             shift_factor,
         })
     };
+    let prepare = larder::PrepareOptions {
+        latent_codec: parse(latent_codec)?,
+        text_codec: parse(text_codec)?,
+        ..larder::PrepareOptions::default()
+    };
     let options = larder::AitkImportOptions {
-        prepare: larder::PrepareOptions {
-            latent_codec: parse(latent_codec)?,
-            text_codec: parse(text_codec)?,
-            ..larder::PrepareOptions::default()
-        },
         arch,
         latent: (
             "latent".into(),
@@ -154,7 +154,13 @@ pub fn import_aitk_json(
         clip: ("clip".into(), identity(clip_identity, None, None)),
     };
     let report = py
-        .detach(|| fresh_pool()?.install(|| larder::import_aitk(&config, &out, &options)))
+        .detach(|| {
+            fresh_pool()?.install(|| {
+                larder::Prepare::new(&config)
+                    .options(prepare)
+                    .import_aitk(&out, &options)
+            })
+        })
         .map_err(to_py)?;
     json(&report)
 }

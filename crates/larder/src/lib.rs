@@ -51,7 +51,7 @@ pub use error::{Error, Result, SourceError};
 pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
 pub use prepare::{
     AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, Prepare, PrepareOptions,
-    PrepareReport, config_digest, import_aitk,
+    PrepareReport, config_digest,
 };
 pub use prepare::{MergeReport, PARTS_DIR, Part, merge_parts};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use larder::encode::EncoderIdentity;
 use larder::store::codec::Codec;
-use larder::{AitkImportOptions, Config, ImportCounts, PrepareOptions};
+use larder::{AitkImportOptions, Config, ImportCounts, Prepare, PrepareOptions};
 
 /// Arguments of `larder import-aitk`.
 #[derive(Debug, clap::Args)]
@@ -60,13 +60,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             shift_factor: shift,
         })
     };
+    let prepare = PrepareOptions {
+        latent_codec: args.latent_codec,
+        text_codec: args.text_codec,
+        progress: !args.json,
+        ..PrepareOptions::default()
+    };
     let options = AitkImportOptions {
-        prepare: PrepareOptions {
-            latent_codec: args.latent_codec,
-            text_codec: args.text_codec,
-            progress: !args.json,
-            ..PrepareOptions::default()
-        },
         arch: args.arch,
         latent: (
             "latent".into(),
@@ -75,7 +75,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         text: ("text".into(), identity(args.text_identity, None, None)),
         clip: ("clip".into(), identity(args.clip_identity, None, None)),
     };
-    let report = larder::import_aitk(&config, args.out.as_str(), &options)
+    let report = Prepare::new(&config)
+        .options(prepare)
+        .import_aitk(args.out.as_str(), &options)
         .with_context(|| format!("importing into {}", args.out))?;
     if args.json {
         super::print_json(&report)?;

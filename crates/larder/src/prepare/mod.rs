@@ -22,7 +22,7 @@ mod sources;
 mod texts;
 mod writer;
 
-pub use aitk::{AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, import_aitk};
+pub use aitk::{AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch};
 pub use merge::{MergeReport, merge_parts};
 pub use part::{PARTS_DIR, Part};
 

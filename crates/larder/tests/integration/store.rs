@@ -510,7 +510,8 @@ fn a_plan_naming_an_image_the_scan_lacks_is_refused() {
 fn a_url_decides_remote_for_import_and_merge_alike() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config::load(dataset(dir.path())).expect("config");
-    let err = larder::import_aitk(&config, "s3://bucket/faces", &Default::default())
+    let err = larder::Prepare::new(&config)
+        .import_aitk("s3://bucket/faces", &Default::default())
         .expect_err("import into a URL");
     assert!(
         matches!(&err, larder::Error::InvalidArgument { name: "out", .. }),

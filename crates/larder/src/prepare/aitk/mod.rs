@@ -36,11 +36,10 @@ use crate::storage::Location;
 use crate::store::catalog::Catalog;
 use crate::store::codec::Values;
 
-/// What to import and under which identities.
+/// What to import and under which identities ([`Prepare::import_aitk`]; the prepare around
+/// the imported tensors takes its settings from [`Prepare::options`]).
 #[derive(Debug, Clone)]
 pub struct AitkImportOptions {
-    /// Settings of the prepare that builds the store around the imported tensors.
-    pub prepare: PrepareOptions,
     /// AI Toolkit's model architecture (`latent_space_version` and
     /// `text_embedding_space_version`, e.g. `"flux"`, `"sdxl"`); found in the latent caches'
     /// metadata when not given.
@@ -58,7 +57,6 @@ pub struct AitkImportOptions {
 impl Default for AitkImportOptions {
     fn default() -> Self {
         AitkImportOptions {
-            prepare: PrepareOptions::default(),
             arch: None,
             latent: ("latent".into(), None),
             text: ("text".into(), None),
@@ -134,40 +132,60 @@ struct Item {
     item_key: String,
 }
 
-/// Prepares `config` into the store folder `out` and imports AI Toolkit's caches found next
-/// to its images.
-///
-/// The import writes into a local folder only (it reads and rewrites the catalog after the
-/// prepare); for object storage, import into a folder and `larder push` it.
-pub fn import_aitk(
-    config: &Config,
-    out: impl Into<Location>,
-    options: &AitkImportOptions,
-) -> Result<AitkImportReport> {
-    let out = match out.into() {
-        Location::Local(dir) => dir,
-        Location::Url(url) => {
+impl Prepare<'_> {
+    /// Prepares into the store folder `out`, then imports AI Toolkit's caches found next to
+    /// the images: [`Prepare::run`] for a store that starts from AI Toolkit's own latents and
+    /// embeddings instead of encoders.
+    ///
+    /// The import writes into a local folder only (it reads and rewrites the catalog after the
+    /// prepare); for object storage, import into a folder and `larder push` it. It takes no
+    /// encoders and no part: run a prepare with encoders afterwards to compute only what was
+    /// not imported, and merge a distributed prepare's parts before importing into the result.
+    pub fn import_aitk(
+        self,
+        out: impl Into<Location>,
+        import: &AitkImportOptions,
+    ) -> Result<AitkImportReport> {
+        let out = match out.into() {
+            Location::Local(dir) => dir,
+            Location::Url(url) => {
+                return Err(crate::Error::InvalidArgument {
+                    name: "out",
+                    message: format!(
+                        "AI Toolkit's caches are imported into a local store folder, not {url}: import into a folder, then `larder push` it"
+                    ),
+                });
+            }
+        };
+        if self.options.part.is_some_and(|p| !p.is_whole()) {
             return Err(crate::Error::InvalidArgument {
-                name: "out",
-                message: format!(
-                    "AI Toolkit's caches are imported into a local store folder, not {url}: import into a folder, then `larder push` it"
-                ),
+                name: "part",
+                message: "importing AI Toolkit's caches is not split into parts: merge the parts, then import into the merged store".into(),
             });
         }
-    };
-    let out = out.as_path();
-    // The import reads every item's caches into one store; parts of a distributed prepare
-    // are merged first, then imported into.
-    if options.prepare.part.is_some_and(|p| !p.is_whole()) {
-        return Err(crate::Error::InvalidArgument {
-            name: "part",
-            message: "importing AI Toolkit's caches is not split into parts: merge the parts, then import into the merged store".into(),
-        });
+        if self.encoders.is_some() {
+            return Err(crate::Error::InvalidArgument {
+                name: "encoders",
+                message: "an import copies AI Toolkit's caches instead of encoding: import first, then prepare with encoders, which computes only what was not imported".into(),
+            });
+        }
+        let config = self.config;
+        let options = self.options.clone();
+        let prepared = self.run_in(&out, None)?;
+        import_caches(config, &out, &options, import, prepared)
     }
+}
+
+/// Imports the caches of the items of the store `out`, just prepared as `prepared`.
+fn import_caches(
+    config: &Config,
+    out: &Path,
+    prepare: &PrepareOptions,
+    options: &AitkImportOptions,
+    prepared: PrepareReport,
+) -> Result<AitkImportReport> {
     let mut report = AitkImportReport {
-        prepare: Prepare::new(config)
-            .options(options.prepare.clone())
-            .run_in(out, None)?,
+        prepare: prepared,
         ..AitkImportReport::default()
     };
     let (_lock, catalog) = open_for_writing(out)?;
@@ -217,7 +235,7 @@ pub fn import_aitk(
                 ),
             ),
         ),
-        options: &options.prepare,
+        options: prepare,
         stored_captions: HashSet::new(),
         stored: catalog.entry_keys()?,
     };
@@ -227,7 +245,7 @@ pub fn import_aitk(
         .filter_map(|k| k.split_once('.').map(|(caption, _)| caption.to_owned()))
         .collect();
     let mut imported = Imported::default();
-    let (catalog, written) = with_writer(catalog, out, &options.prepare, None, |tx| {
+    let (catalog, written) = with_writer(catalog, out, prepare, None, |tx| {
         targets.copy_latents(tx, &items, &latents, &mut imported, &mut report)?;
         targets.copy_clips(tx, &items, &clips, &mut imported, &mut report)?;
         targets.copy_texts(tx, &items, &texts, &mut imported, &mut report)
