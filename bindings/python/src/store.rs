@@ -236,6 +236,13 @@ impl Store {
         json(&inspection)
     }
 
+    /// Every item with its source, bucket, crop, flip, caption and fields, as JSON (see
+    /// `larder.Store.items`).
+    fn items_json(&self, py: Python<'_>) -> PyResult<String> {
+        let items = py.detach(|| self.inner.items()).map_err(to_py)?;
+        json(&items)
+    }
+
     /// Checks every shard and entry, as JSON (see `larder.Store.verify`).
     fn verify_json(&self, py: Python<'_>) -> PyResult<String> {
         let report = py.detach(|| self.inner.verify()).map_err(to_py)?;

@@ -327,6 +327,15 @@ class Store:
         """Items, buckets, fields (dtype, codec, bytes, compression), shards and findings."""
         return json.loads(self._native.inspect_json())
 
+    def items(self) -> List[Dict[str, Any]]:
+        """Every item, in id order (the ids a batch's ``items`` holds): ``id``, ``dataset``
+        (its index in the config), ``path`` (the source image), ``bucket_w``/``bucket_h``,
+        ``scale_to_w``/``scale_to_h`` and ``crop_x``/``crop_y`` (the resize and crop that
+        made it), ``flip`` (``"none"``, ``"x"``, ``"y"`` or ``"xy"``), ``caption`` (as
+        loaded, before the per-epoch transforms), ``is_reg``, ``network_weight``,
+        ``loss_multiplier`` and ``fields`` (field name to entry key)."""
+        return json.loads(self._native.items_json())
+
     def verify(self) -> Dict[str, Any]:
         """Checks every shard checksum and catalog entry.
 

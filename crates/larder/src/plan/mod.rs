@@ -27,6 +27,35 @@ pub enum Flip {
     XY,
 }
 
+impl Flip {
+    /// The flip's name as the catalog and item keys spell it: `none`, `x`, `y` or `xy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flip::None => "none",
+            Flip::X => "x",
+            Flip::Y => "y",
+            Flip::XY => "xy",
+        }
+    }
+
+    /// The flip named `name` (see [`Flip::name`]); `None` for any other text.
+    pub fn from_name(name: &str) -> Option<Flip> {
+        [Flip::None, Flip::X, Flip::Y, Flip::XY]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+
+    /// Returns true if and only if the item is mirrored left to right.
+    pub fn x(self) -> bool {
+        matches!(self, Flip::X | Flip::XY)
+    }
+
+    /// Returns true if and only if the item is mirrored top to bottom.
+    pub fn y(self) -> bool {
+        matches!(self, Flip::Y | Flip::XY)
+    }
+}
+
 /// One training item: an image at a resolution, with its bucket, crop and flip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PlannedItem {

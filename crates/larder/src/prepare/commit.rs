@@ -8,7 +8,6 @@ use super::{Part, PrepareOptions, config_digest, merge, texts};
 use crate::Result;
 use crate::config::Config;
 use crate::image::PIPELINE;
-use crate::plan::Flip;
 use crate::scan::Finding;
 use crate::store::catalog::Catalog;
 use crate::store::codec::Codec;
@@ -111,7 +110,7 @@ impl Commit<'_> {
                 p.placement.scale_to_height,
                 p.placement.crop_x,
                 p.placement.crop_y,
-                flip_name(p.flip),
+                p.flip.name(),
                 p.repeat,
                 img.caption,
                 img.caption_short,
@@ -250,13 +249,4 @@ fn set_meta(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<()
         params![key, value],
     )?;
     Ok(())
-}
-
-pub(super) fn flip_name(f: Flip) -> &'static str {
-    match f {
-        Flip::None => "none",
-        Flip::X => "x",
-        Flip::Y => "y",
-        Flip::XY => "xy",
-    }
 }

@@ -260,7 +260,7 @@ pub(super) fn clip_key(
 ) -> String {
     crate::store::key::KeyBuilder::new("larder/clip/v1")
         .text(content_hash)
-        .text(super::commit::flip_name(flip))
+        .text(flip.name())
         .text(&clip.key_text())
         .text(field)
         .text(identity)

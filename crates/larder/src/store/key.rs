@@ -53,12 +53,7 @@ pub(crate) fn item_key(content_hash: &str, placement: &Placement, flip: Flip) ->
         .num(placement.scale_to_height.into())
         .num(placement.crop_x.into())
         .num(placement.crop_y.into())
-        .text(match flip {
-            Flip::None => "none",
-            Flip::X => "x",
-            Flip::Y => "y",
-            Flip::XY => "xy",
-        })
+        .text(flip.name())
         .finish()
 }
 

@@ -55,6 +55,16 @@ pub struct StoredItem {
     pub bucket_w: u32,
     /// Bucket height.
     pub bucket_h: u32,
+    /// Width the source was resized to before the crop.
+    pub scale_to_w: u32,
+    /// Height the source was resized to before the crop.
+    pub scale_to_h: u32,
+    /// Left edge of the crop in the resized image.
+    pub crop_x: u32,
+    /// Top edge of the crop in the resized image.
+    pub crop_y: u32,
+    /// The flip the item was stored with.
+    pub flip: crate::plan::Flip,
     /// The caption as loaded (before the per-epoch transforms).
     pub caption: String,
     /// Part of a regularization dataset.
@@ -379,7 +389,8 @@ impl Store {
         let mut stmt = cat
             .conn
             .prepare(
-                "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier
+                "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier,
+                        scale_to_w, scale_to_h, crop_x, crop_y, flip
                  FROM items ORDER BY id",
             )
             .map_err(err)?;
@@ -395,6 +406,12 @@ impl Store {
                     is_reg: r.get(6)?,
                     network_weight: r.get::<_, f64>(7)? as f32,
                     loss_multiplier: r.get::<_, f64>(8)? as f32,
+                    scale_to_w: r.get(9)?,
+                    scale_to_h: r.get(10)?,
+                    crop_x: r.get(11)?,
+                    crop_y: r.get(12)?,
+                    flip: crate::plan::Flip::from_name(&r.get::<_, String>(13)?)
+                        .unwrap_or(crate::plan::Flip::None),
                     fields: BTreeMap::new(),
                 })
             })

@@ -731,12 +731,7 @@ fn stored_items(catalog: &Catalog) -> Result<Vec<Item>> {
                 bucket: (r.get(3)?, r.get(4)?),
                 scale_to: (r.get(5)?, r.get(6)?),
                 crop: (r.get(7)?, r.get(8)?),
-                flip: match flip.as_str() {
-                    "x" => Flip::X,
-                    "y" => Flip::Y,
-                    "xy" => Flip::XY,
-                    _ => Flip::None,
-                },
+                flip: Flip::from_name(&flip).unwrap_or(Flip::None),
                 caption: r.get(10)?,
                 content_hash: r.get(11)?,
                 item_key: r.get(12)?,
