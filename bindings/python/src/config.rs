@@ -26,6 +26,18 @@ impl Config {
             .collect()
     }
 
+    /// The keys that ask for data larder does not serve yet (video, augmentations, per-dataset
+    /// batch sizes, …), as (`key`, why) pairs; a subset of `warnings`.
+    #[getter]
+    fn not_served(&self) -> Vec<(String, String)> {
+        self.inner
+            .warnings
+            .iter()
+            .filter(|w| w.not_served)
+            .map(|w| (w.key.clone(), w.message.clone()))
+            .collect()
+    }
+
     /// Bucket divisibility in effect.
     #[getter]
     fn divisibility(&self) -> u32 {

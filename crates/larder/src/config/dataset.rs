@@ -380,7 +380,7 @@ pub(crate) fn parse_dataset(
             // path below treats false as unset.
             "trim_auto_frame_count_tail" => {
                 if !a.bool(v)? {
-                    warnings.push(ConfigWarning::new(
+                    warnings.push(ConfigWarning::not_served(
                         &a,
                         key_node.line,
                         "not implemented by larder yet (video datasets); ignored".into(),
@@ -419,7 +419,7 @@ pub(crate) fn parse_dataset(
             _ => {
                 if let Some(reason) = not_implemented(key) {
                     if !is_unset(&v.value) && !is_default(key, v) {
-                        warnings.push(ConfigWarning::new(
+                        warnings.push(ConfigWarning::not_served(
                             &a,
                             key_node.line,
                             format!("not implemented by larder yet ({reason}); ignored"),
@@ -552,7 +552,7 @@ pub(crate) fn max_image_pixels(at: &At<'_>, node: &Node) -> Result<Option<u64>> 
 
 /// The warning for an AI Toolkit key that larder reads and checks but does not act on yet.
 fn not_acted_on(at: &At<'_>, key: &Node, what: &str) -> ConfigWarning {
-    ConfigWarning::new(
+    ConfigWarning::not_served(
         at,
         key.line,
         format!("not acted on by larder yet ({what}); ignored"),

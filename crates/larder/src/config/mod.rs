@@ -55,6 +55,11 @@ pub struct ConfigWarning {
     pub key: String,
     /// Why it is ignored.
     pub message: String,
+    /// Returns true if and only if the key asks AI Toolkit for data that larder does not serve
+    /// yet (video frames, augmentations, …), as opposed to a misspelt key or a setting of AI
+    /// Toolkit's worker processes: a trainer that hands its data path to larder must stop on
+    /// these rather than train on something else than asked.
+    pub not_served: bool,
 }
 
 impl ConfigWarning {
@@ -64,6 +69,15 @@ impl ConfigWarning {
             line,
             key: at.key.clone(),
             message,
+            not_served: false,
+        }
+    }
+
+    /// A warning for a key that asks for data larder does not serve yet.
+    fn not_served(at: &At<'_>, line: u64, message: String) -> Self {
+        ConfigWarning {
+            not_served: true,
+            ..ConfigWarning::new(at, line, message)
         }
     }
 }

@@ -199,6 +199,9 @@ fn unimplemented_and_unknown_keys_warn_once_each() {
         ]
     );
     assert!(config.warnings[0].message.contains("video"));
+    // Video frames and augmentations ask for data larder does not serve; typos do not.
+    let not_served: Vec<bool> = config.warnings.iter().map(|w| w.not_served).collect();
+    assert_eq!(not_served, [true, true, false, false]);
     assert!(
         config.warnings[2]
             .message
