@@ -109,8 +109,8 @@ fn stored_pixels_match_the_source_geometry() {
     let items = store.items().expect("items");
     assert_eq!(items.len(), 2);
     // Each item says how it was made: the flip, and the resize and crop (none needed here).
-    let flips: Vec<larder::plan::Flip> = items.iter().map(|i| i.flip).collect();
-    assert_eq!(flips, [larder::plan::Flip::None, larder::plan::Flip::X]);
+    let flips: Vec<larder::Flip> = items.iter().map(|i| i.flip).collect();
+    assert_eq!(flips, [larder::Flip::None, larder::Flip::X]);
     for item in &items {
         assert_eq!((item.scale_to_w, item.scale_to_h), (64, 32));
         assert_eq!((item.crop_x, item.crop_y), (0, 0));
