@@ -9,6 +9,7 @@ imported inside the functions that use them, so this module imports without the 
 """
 
 import gzip
+import json
 import os
 import string
 import tempfile
@@ -54,9 +55,9 @@ def make_images(folder, n=4, size=64, captions=True):
     os.makedirs(folder, exist_ok=True)
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
     for i in range(n):
-        t = ramp[None, :] if i % 2 == 0 else ramp[:, None]
+        t = np.broadcast_to(ramp[None, :] if i % 2 == 0 else ramp[:, None], (size, size))[..., None]
         colour = np.array([(37 * i) % 256, (91 * i + 60) % 256, (173 * i + 120) % 256], np.float32)
-        pixels = (t[..., None] * colour + (1.0 - t[..., None]) * (255.0 - colour)) * np.ones((size, size, 1), np.float32)
+        pixels = t * colour + (1.0 - t) * (255.0 - colour)
         x, y = (size // 8 * (i % 5), size // 8 * ((i * 3) % 5))
         pixels[y:y + size // 3, x:x + size // 3] = 255.0 if i % 3 else 0.0
         Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"img{i}.png"))
@@ -207,8 +208,6 @@ def _write_clip_vocab(folder):
     """vocab.json and merges.txt in ``folder`` from open_clip's bpe_simple_vocab_16e6.txt.gz, built
     as CLIP's own tokenizer builds its table: the 256 byte symbols, the same with </w>, one token
     per merge, then the two special tokens."""
-    import json
-
     import open_clip
 
     bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
