@@ -329,7 +329,8 @@ class Store:
 
     def items(self) -> List[Dict[str, Any]]:
         """Every item, in id order (the ids a batch's ``items`` holds): ``id``, ``dataset``
-        (its index in the config), ``path`` (the source image), ``bucket_w``/``bucket_h``,
+        (its index in the config), ``path`` (the source image), ``width``/``height`` (its size
+        as displayed), ``bucket_w``/``bucket_h``,
         ``scale_to_w``/``scale_to_h`` and ``crop_x``/``crop_y`` (the resize and crop that
         made it), ``flip`` (``"none"``, ``"x"``, ``"y"`` or ``"xy"``), ``caption`` (as
         loaded, before the per-epoch transforms), ``is_reg``, ``network_weight``,

@@ -51,6 +51,10 @@ pub struct StoredItem {
     pub dataset: u32,
     /// Source image.
     pub path: String,
+    /// The source image's width as displayed (after its EXIF orientation).
+    pub width: u32,
+    /// The source image's height as displayed.
+    pub height: u32,
     /// Bucket width.
     pub bucket_w: u32,
     /// Bucket height.
@@ -390,7 +394,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier,
-                        scale_to_w, scale_to_h, crop_x, crop_y, flip
+                        scale_to_w, scale_to_h, crop_x, crop_y, flip, width, height
                  FROM items ORDER BY id",
             )
             .map_err(err)?;
@@ -412,6 +416,8 @@ impl Store {
                     crop_y: r.get(12)?,
                     flip: crate::plan::Flip::from_name(&r.get::<_, String>(13)?)
                         .unwrap_or(crate::plan::Flip::None),
+                    width: r.get(14)?,
+                    height: r.get(15)?,
                     fields: BTreeMap::new(),
                 })
             })

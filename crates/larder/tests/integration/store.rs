@@ -112,6 +112,7 @@ fn stored_pixels_match_the_source_geometry() {
     let flips: Vec<larder::Flip> = items.iter().map(|i| i.flip).collect();
     assert_eq!(flips, [larder::Flip::None, larder::Flip::X]);
     for item in &items {
+        assert_eq!((item.width, item.height), (64, 32));
         assert_eq!((item.scale_to_w, item.scale_to_h), (64, 32));
         assert_eq!((item.crop_x, item.crop_y), (0, 0));
     }
