@@ -215,6 +215,7 @@ pub(crate) const MODEL: &[&str] = &[
 /// Keys of larder's own top-level `larder:` section.
 pub(crate) const LARDER: &[&str] = &[
     "seed",
+    "store",
     "divisibility",
     "bucket_strategy",
     "kohya_buckets",

@@ -346,6 +346,11 @@ fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u3
             "divisibility" => divisibility = Some(a.uint(v, 1, 1024)?),
             "max_image_pixels" => defaults.max_image_pixels = max_image_pixels(&a, v)?,
             "bucket_strategy" | "kohya_buckets" | "bucket_list" => {}
+            // Where `python -m larder.aitk` keeps the job's store (it reads the key itself);
+            // checked here so that a wrong type is an error from every command alike.
+            "store" => {
+                a.string(v)?;
+            }
             // larder's own section: an unknown key here is surely a mistake, so it is an error
             // rather than a warning.
             _ => {
