@@ -1,0 +1,149 @@
+"""larder's batches as AI Toolkit's: DataLoaderBatchDTO built by its own constructor from file
+items that carry what its trainer and models read."""
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+#: Where larder keeps an item's control images: `control.0`, `control.1`, ...
+CONTROL_PREFIX = "control."
+
+
+class BatchMaker:
+    """Turns a larder batch (``format="torch"``) into AI Toolkit's ``DataLoaderBatchDTO``.
+
+    Args:
+        items: The store's items (``larder.Store.items()``), by id.
+        datasets: AI Toolkit's ``DatasetConfig`` for each of the store's datasets, by index:
+            what ``file_item.dataset_config`` shows the trainer.
+    """
+
+    def __init__(self, items: Sequence[Dict[str, Any]], datasets: Sequence[Any]):
+        from toolkit.data_transfer_object.data_loader import (  # type: ignore[import-not-found]
+            DataLoaderBatchDTO,
+            FileItemDTO,
+        )
+
+        self._batch_class = DataLoaderBatchDTO
+        self._file_item_class = FileItemDTO
+        self._items = {item["id"]: item for item in items}
+        self._datasets = list(datasets)
+
+    def __call__(self, batch: Dict[str, Any]) -> Any:
+        file_items = [self._file_item(int(i)) for i in batch["items"].tolist()]
+        controls = sorted(k for k in batch if k.startswith(CONTROL_PREFIX))
+        for k, file_item in enumerate(file_items):
+            caption = batch["captions"][k]
+            file_item.caption = caption
+            file_item.caption_short = caption
+            if "pixels" in batch:
+                # AI Toolkit's images are float in [-1, 1] (ToTensor, then Normalize(0.5, 0.5)).
+                file_item.tensor = batch["pixels"][k].float() / 127.5 - 1.0
+            if "latent" in batch:
+                file_item.is_latent_cached = True
+                file_item._encoded_latent = batch["latent"][k]
+            if "mask" in batch:
+                # Stored with invert_mask and mask_min_value applied, as 0..255.
+                file_item.mask_tensor = batch["mask"][k].float() / 255.0
+            if controls:
+                tensors = [batch[name][k].float() / 255.0 for name in controls]
+                if len(tensors) == 1:
+                    file_item.control_tensor = tensors[0]
+                else:
+                    import torch
+
+                    file_item.control_tensor = torch.stack(tensors)
+            if "inpaint" in batch:
+                file_item.inpaint_tensor = batch["inpaint"][k].float() / 255.0
+        return self._batch_class(file_items=file_items)
+
+    def _file_item(self, item_id: int) -> Any:
+        """A fresh FileItemDTO for the stored item, made by AI Toolkit's constructor.
+
+        Its size comes from larder's scan through the size database AI Toolkit's constructor
+        consults, so no image is opened here; the file's signature (size and mtime) is the one
+        AI Toolkit computes, so an entry is accepted exactly when AI Toolkit would accept it.
+        """
+        from toolkit.basic import get_quick_signature_string  # type: ignore[import-not-found]
+
+        item = self._items[item_id]
+        path = item["path"]
+        sizes = {os.path.basename(path): (item["width"], item["height"], get_quick_signature_string(path))}
+        flip = item["flip"]
+        file_item = self._file_item_class(
+            path=path,
+            dataset_config=self._datasets[item["dataset"]],
+            size_database=sizes,
+            raw_caption=item["caption"],
+            scale_to_width=item["scale_to_w"],
+            scale_to_height=item["scale_to_h"],
+            crop_x=item["crop_x"],
+            crop_y=item["crop_y"],
+            crop_width=item["bucket_w"],
+            crop_height=item["bucket_h"],
+            flip_x=flip in ("x", "xy"),
+        )
+        # AI Toolkit's constructor reads flip_y from the flip_x argument; set what was stored.
+        file_item.flip_y = flip in ("y", "xy")
+        file_item.network_weight = item["network_weight"]
+        file_item.loss_multiplier = item["loss_multiplier"]
+        return file_item
+
+
+class Loader:
+    """What AI Toolkit's trainer does with its data loader, over a larder loader.
+
+    The trainer iterates one epoch per ``iter()``; at its end it sets ``len`` to None and calls
+    ``dataset.setup_epoch()`` (``trigger_dataloader_setup_epoch``). larder's loader moves to the
+    next epoch on the next ``iter()`` by itself, so ``setup_epoch`` has nothing to do.
+    """
+
+    def __init__(self, native: Any, make_batch: BatchMaker, group: str = "train"):
+        self.native = native
+        self.make_batch = make_batch
+        self.group = group
+        self.len = None
+        self.dataset = _Epochs()
+        # What the run trained on, batch by batch, for checking a data order (docs/aitk.md).
+        self.batch_log: Optional[str] = os.environ.get("LARDER_AITK_BATCH_LOG") or None
+
+    def __iter__(self):
+        for batch in self.native:
+            dto = self.make_batch(batch)
+            if self.batch_log:
+                record = {
+                    "group": self.group,
+                    "epoch": int(batch["epoch"]),
+                    "index": int(batch["index"]),
+                    "items": [f.path for f in dto.file_items],
+                    "captions": list(batch["captions"]),
+                }
+                with open(self.batch_log, "a") as log:
+                    log.write(json.dumps(record) + "\n")
+            yield dto
+
+    def __len__(self) -> int:
+        return len(self.native) if self.len is None else self.len
+
+
+class _Epochs:
+    """The ``dataset`` AI Toolkit calls ``setup_epoch`` on between epochs."""
+
+    len = None
+
+    def setup_epoch(self) -> None:
+        pass
+
+
+def dataset_views(raw: List[Dict[str, Any]], expanded: Sequence[Any]) -> List[Any]:
+    """For each dataset as written, the first of AI Toolkit's ``DatasetConfig``s made from it.
+
+    AI Toolkit makes one DatasetConfig per resolution of each dataset (in order); larder keeps
+    a dataset's resolutions together, so its dataset ``i`` is the group that starts here.
+    """
+    views, at = [], 0
+    for dataset in raw:
+        resolution = dataset.get("resolution", 512)
+        views.append(expanded[at])
+        at += len(resolution) if isinstance(resolution, list) else 1
+    return views

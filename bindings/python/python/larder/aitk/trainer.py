@@ -1,0 +1,290 @@
+"""AI Toolkit's SDTrainer with larder's data path.
+
+The trainer is AI Toolkit's own; only where its data comes from changes. Before the first
+step the job's datasets are prepared into a larder store, latents encoded by the job's own
+loaded model (its ``encode_images``, with its scaling and shift); the trainer then iterates
+larder's loaders, whose batches are its own ``DataLoaderBatchDTO``. The loader's position is
+saved with every checkpoint and restored on resume, so a resumed run continues the exact data
+order.
+"""
+
+import copy
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .batches import BatchMaker, Loader, dataset_views
+
+log = logging.getLogger("larder.aitk")
+
+# Dataset keys whose values are paths; AI Toolkit resolves relative ones against the current
+# folder, and larder's config file is written elsewhere, so they are made absolute first.
+PATH_KEYS = re.compile(r"^(folder_path|dataset_path|mask_path|control_path(_\d+)?|inpaint_path|unconditional_path|clip_image_path)$")
+
+# Keys larder warns it does not serve that the drop-in serves itself: AI Toolkit's trainer reads
+# `prior_reg` from the file items' dataset config, which the batches carry.
+SERVED_HERE = ("prior_reg",)
+
+
+def trainer_class() -> Any:
+    """The trainer class (made on demand: it subclasses AI Toolkit's, importable only once AI
+    Toolkit is on the path)."""
+    from extensions_built_in.sd_trainer.SDTrainer import SDTrainer  # type: ignore[import-not-found]
+
+    class LarderSDTrainer(SDTrainer):
+        """AI Toolkit's SDTrainer, served by larder (process type ``larder_sd_trainer``)."""
+
+        def __init__(self, process_id: int, job: Any, config: Dict[str, Any], **kwargs: Any):
+            super().__init__(process_id, job, config, **kwargs)
+            # Checked now, before the model is loaded: a job larder cannot serve stops at once.
+            self.larder = DataPath(self)
+
+        def before_dataset_load(self) -> None:
+            super().before_dataset_load()
+            self.larder.hide_datasets()
+
+        def hook_before_train_loop(self) -> None:
+            # Encoding needs the VAE, which AI Toolkit offloads in the hook once latents are
+            # cached: the store is prepared first.
+            self.data_loader, self.data_loader_reg = self.larder.open()
+            super().hook_before_train_loop()
+
+        def save(self, step: Optional[int] = None) -> None:
+            super().save(step)
+            self.larder.save_position()
+
+    return LarderSDTrainer
+
+
+class DataPath:
+    """The job's datasets as larder stores and loaders, for one trainer process."""
+
+    def __init__(self, trainer: Any):
+        from .. import ConfigError, load_config
+
+        self.trainer = trainer
+        section = dict(trainer.job.raw_config.get("larder") or {})
+        self.work = Path(trainer.save_root) / ".larder"
+        self.store = str(section.pop("store", None) or self.work / "store")
+        self.seed = int(section.get("seed", 0))
+        self.batch_size = int(trainer.train_config.batch_size)
+        raw = [self._as_aitk_reads(d) for d in copy.deepcopy(trainer.get_conf("datasets", None) or [])]
+        self.groups: Dict[str, List[Tuple[int, Dict[str, Any]]]] = {}
+        for index, dataset in enumerate(raw):
+            group = "reg" if dataset.get("is_reg") else "train"
+            self.groups.setdefault(group, []).append((index, dataset))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.configs = {}
+        problems = []
+        for group, datasets in self.groups.items():
+            path = self.work / f"{group}.yaml"
+            document = {"model": dict(trainer.get_conf("model", None) or {}), "datasets": [d for _, d in datasets]}
+            if section:
+                document["larder"] = section
+            # JSON is YAML: the file is written without a YAML library.
+            path.write_text(json.dumps(document, indent=2))
+            config = load_config(path)
+            self.configs[group] = config
+            problems += self._unserved(config, datasets)
+        if problems:
+            raise ConfigError(
+                "larder cannot serve what this job asks for yet:\n  "
+                + "\n  ".join(problems)
+                + "\nRemove these keys, or train this job with AI Toolkit's own `sd_trainer`."
+            )
+        self.loaders: Dict[str, Loader] = {}
+        self._hidden: Tuple[Any, Any] = (None, None)
+
+    def _as_aitk_reads(self, dataset: Dict[str, Any]) -> Dict[str, Any]:
+        """The dataset as AI Toolkit's trainer configures it: the train section's switches copied
+        onto it, the process's trigger word as its default, paths absolute."""
+        train = self.trainer.train_config
+        if train.cache_text_embeddings:
+            dataset["cache_text_embeddings"] = True
+        if getattr(train, "diff_output_preservation", False):
+            dataset["diff_output_preservation"] = True
+            dataset["diff_output_preservation_class"] = train.diff_output_preservation_class
+        if dataset.get("trigger_word") is None and self.trainer.trigger_word is not None:
+            dataset["trigger_word"] = self.trainer.trigger_word
+        for key, value in dataset.items():
+            if PATH_KEYS.match(key):
+                dataset[key] = _absolute(value)
+        return dataset
+
+    def _unserved(self, config: Any, datasets: List[Tuple[int, Dict[str, Any]]]) -> List[str]:
+        """What the group's datasets ask for that larder cannot serve, named as in the job."""
+        process = self.trainer.process_id
+        problems = []
+
+        def in_job(key: str) -> str:
+            return re.sub(
+                r"^datasets\[(\d+)\]",
+                lambda m: f"config.process[{process}].datasets[{datasets[int(m.group(1))][0]}]",
+                key,
+            )
+
+        for key, why in config.not_served:
+            name = key.rsplit(".", 1)[-1]
+            if name in SERVED_HERE:
+                continue
+            if name == "batch_size" and self._dataset_of(key, datasets).get("batch_size") == self.batch_size:
+                continue
+            problems.append(f"{in_job(key)}: {why.replace('; ignored', '')}")
+        for i, (index, dataset) in enumerate(datasets):
+            at = f"config.process[{process}].datasets[{index}]"
+            if dataset.get("cache_text_embeddings"):
+                problems.append(
+                    f"{at}.cache_text_embeddings (or train.cache_text_embeddings): not implemented by larder's AI Toolkit path yet (text embeddings are computed by the trainer per step without it)"
+                )
+        return problems
+
+    @staticmethod
+    def _dataset_of(key: str, datasets: List[Tuple[int, Dict[str, Any]]]) -> Dict[str, Any]:
+        match = re.match(r"^datasets\[(\d+)\]", key)
+        return datasets[int(match.group(1))][1] if match else {}
+
+    def hide_datasets(self) -> None:
+        """Keeps AI Toolkit from building its own loaders (it builds them when these are set)."""
+        t = self.trainer
+        self._hidden = (t.datasets, t.datasets_reg)
+        t.datasets, t.datasets_reg = None, None
+
+    def open(self) -> Tuple[Optional[Loader], Optional[Loader]]:
+        """Prepares each group's store and opens its loader; restores the position on resume."""
+        import larder
+
+        t = self.trainer
+        t.datasets, t.datasets_reg = self._hidden
+        for group, config in self.configs.items():
+            location = _join(self.store, group)
+            raw = [d for _, d in self.groups[group]]
+            caches_latents = all(d.get("cache_latents") or d.get("cache_latents_to_disk") for d in raw)
+            # One process prepares (and encodes); under torchrun or accelerate the other ranks
+            # wait for it, then open the finished store.
+            if t.accelerator.is_main_process:
+                encoders = {"latent": latent_encoder(t)} if caches_latents else None
+                report = larder.prepare(
+                    config,
+                    location,
+                    image_encoders=encoders,
+                    latent_codec=_codec(t.sd.vae_torch_dtype),
+                    store_pixels=not caches_latents,
+                    progress=True,
+                )
+                log.info(
+                    "larder: %s store %s: %d items, %d entries computed, %d reused",
+                    group, location, report["items"], report["entries_computed"], report["entries_reused"],
+                )
+            t.accelerator.wait_for_everyone()
+            store = larder.Store.open(location)
+            native = larder.DataLoader(
+                store,
+                batch_size=self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                rank=t.accelerator.process_index,
+                world_size=t.accelerator.num_processes,
+                format="torch",
+            )
+            aitk = self._hidden[0] if group == "train" else self._hidden[1]
+            views = dataset_views(raw, aitk)
+            self.loaders[group] = Loader(native, BatchMaker(store.items(), views), group)
+        self._restore_position()
+        return self.loaders.get("train"), self.loaders.get("reg")
+
+    def _position_file(self, step: int) -> Path:
+        return self.work / "positions" / f"step-{step:09d}.json"
+
+    def save_position(self) -> None:
+        """Saves each loader's position beside the checkpoint AI Toolkit just wrote (keyed by
+        the step it records in it), keeping as many as AI Toolkit keeps checkpoints."""
+        step = int(self.trainer.step_num)
+        path = self._position_file(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {group: loader.native.state_dict() for group, loader in self.loaders.items()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+        keep = int(getattr(self.trainer.save_config, "max_step_saves_to_keep", 0) or 0) + 1
+        saved = sorted(path.parent.glob("step-*.json"))
+        for old in saved[:-keep]:
+            old.unlink()
+
+    def _restore_position(self) -> None:
+        """On resume (AI Toolkit restored a step from its checkpoint), continues each loader
+        where it was at that checkpoint."""
+        step = int(self.trainer.step_num)
+        if step == 0:
+            return
+        path = self._position_file(step)
+        if not path.is_file():
+            epoch = int(self.trainer.epoch_num)
+            log.warning(
+                "larder: resuming at step %d without larder's position for it (%s is missing: the checkpoint was not written by larder_sd_trainer); the data order starts again at epoch %d",
+                step, path, epoch,
+            )
+            for loader in self.loaders.values():
+                loader.native.set_epoch(epoch)
+            return
+        state = json.loads(path.read_text())
+        for group, loader in self.loaders.items():
+            if group in state:
+                loader.native.load_state_dict(state[group])
+        log.info("larder: resumed the data order at step %d from %s", step, path)
+
+
+def latent_encoder(trainer: Any) -> Any:
+    """The job's own VAE as a larder image encoder: AI Toolkit's ``encode_images`` (which
+    samples the latent distribution and applies the VAE's scaling and shift), under an identity
+    naming the model, so another model re-encodes everything and the same one nothing."""
+    import torch
+
+    import larder
+
+    sd = trainer.sd
+    vae_config = dict(sd.vae.config)
+
+    def encode(pixels: Any) -> Any:
+        with torch.no_grad():
+            images = torch.from_numpy(pixels)
+            return sd.encode_images(list(images))
+
+    model = trainer.model_config
+    identity = " ".join(
+        [
+            "ai-toolkit encode_images",
+            f"model={model.name_or_path}",
+            f"vae={getattr(model, 'vae_path', None)}",
+            f"arch={getattr(model, 'arch', None)}",
+            f"dtype={sd.vae_torch_dtype}",
+            f"vae_config={json.dumps(vae_config, sort_keys=True, default=str)}",
+        ]
+    )
+    return larder.Encoder(
+        encode,
+        identity,
+        scaling_factor=vae_config.get("scaling_factor"),
+        shift_factor=vae_config.get("shift_factor"),
+    )
+
+
+def _codec(dtype: Any) -> str:
+    """The store codec that keeps latents in the dtype AI Toolkit caches them in (the VAE's)."""
+    import torch
+
+    return {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}.get(dtype, "f32")
+
+
+def _absolute(value: Any) -> Any:
+    if isinstance(value, str) and value and "://" not in value:
+        return os.path.abspath(value)
+    if isinstance(value, list):
+        return [_absolute(v) for v in value]
+    return value
+
+
+def _join(store: str, group: str) -> str:
+    return f"{store.rstrip('/')}/{group}" if "://" in store else os.path.join(store, group)

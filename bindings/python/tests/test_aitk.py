@@ -1,0 +1,196 @@
+"""The AI Toolkit drop-in, with AI Toolkit's real trainer (``$AITK_PATH``, set by scripts/test to
+../shared/peers/ai-toolkit) training tiny random models on the CPU.
+
+Each run is a subprocess (``python -m larder.aitk run``), as a user runs it. Where AI Toolkit
+or its packages (scripts/requirements-aitk.txt) are missing, these tests do not run, and
+pytest's summary (``-rs`` in scripts/test) says so in one line with the reason.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aitk_fixtures as fx
+
+import larder
+
+AITK = fx.aitk_path()
+
+
+def _missing() -> str:
+    if AITK is None:
+        return "AITK_PATH does not name an AI Toolkit checkout (scripts/test sets it to ../shared/peers/ai-toolkit)"
+    try:
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return f"AI Toolkit's packages are not installed (pip install -r scripts/requirements-aitk.txt): {e}"
+    return ""
+
+
+MISSING = _missing()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"did not run: {MISSING}")
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    return fx.build_tiny_sd15(str(tmp_path_factory.mktemp("models") / "tiny-sd15"))
+
+
+def _run(args, tmp, env_extra=None, expect=0):
+    env = fx.aitk_env(AITK, str(tmp))
+    env.update(env_extra or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "larder.aitk", *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == expect, f"exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def _job(tmp, model, name, data, steps=2, process_type="sd_trainer", kind="sd15", **dataset):
+    job = fx.aitk_job(kind, name, tmp / "output", data, model, steps=steps, process_type=process_type, **dataset)
+    return fx.write_job(job, str(tmp / f"{name}-{steps}.yaml"))
+
+
+def _log(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def _store_latents(store_dir):
+    """Each stored image's latent, by source path (flip-free items only)."""
+    store = larder.Store.open(store_dir)
+    paths = {item["id"]: item["path"] for item in store.items()}
+    latents = {}
+    loader = larder.DataLoader(store, batch_size=1, shuffle=False, format="torch")
+    for batch in loader:
+        latents[paths[int(batch["items"][0])]] = batch["latent"][0].float().numpy()
+    return latents
+
+
+def test_an_sd15_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_path, sd15):
+    data = tmp_path / "data"
+    fx.make_images(str(data))
+    log = tmp_path / "batches.jsonl"
+    done = _run(["run", _job(tmp_path, sd15, "tiny", data), "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
+
+    save_root = tmp_path / "output" / "tiny"
+    lora = save_root / "tiny.safetensors"
+    assert lora.is_file(), done.stdout[-2000:]
+    from safetensors import safe_open
+
+    with safe_open(str(lora), "pt") as f:
+        assert any("lora" in k for k in f.keys())
+    # Two steps, one batch each, every item one of the dataset's images.
+    served = _log(log)
+    assert len(served) == 2
+    images = {str(p) for p in data.glob("*.png")}
+    assert all(set(b["items"]) <= images for b in served)
+    assert all(b["captions"][0].startswith("a photo of thing") for b in served)
+    # The position at the final checkpoint is saved for a resume.
+    assert (save_root / ".larder" / "positions" / "step-000000002.json").is_file()
+
+    # AI Toolkit's own data path on a copy of the images caches its latents beside them; the
+    # latents larder stored for the trainer are those.
+    own = tmp_path / "own"
+    shutil.copytree(data, own)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from larder.aitk.toolkit import enter, make_job, read_job, tolerate_broken_model_packages\n"
+        "enter(Path(sys.argv[1])); tolerate_broken_model_packages()\n"
+        "from extensions_built_in.sd_trainer.SDTrainer import SDTrainer\n"
+        "job = make_job(read_job(sys.argv[2]), {'sd_trainer': SDTrainer}); job.run(); job.cleanup()\n"
+    )
+    own_job = _job(tmp_path, sd15, "own", own)
+    subprocess.run(
+        [sys.executable, "-c", script, AITK, own_job],
+        cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), check=True, capture_output=True, timeout=900,
+    )
+    from safetensors.numpy import load_file
+
+    stored = _store_latents(save_root / ".larder" / "store" / "train")
+    assert len(stored) == 4
+    for path, latent in stored.items():
+        stem = Path(path).stem
+        (cache,) = (own / "_latent_cache").glob(f"{stem}_*.safetensors")
+        theirs = load_file(str(cache))["latent"]
+        assert latent.shape == theirs.shape == (4, 8, 8)
+        np.testing.assert_allclose(latent, theirs, atol=1e-5)
+
+    # Run again (resuming to a third step), the job reuses every entry: nothing is encoded.
+    again = _run(["run", _job(tmp_path, sd15, "tiny", data, steps=3), "--aitk", AITK], tmp_path)
+    assert "0 entries computed" in again.stderr + again.stdout
+
+
+def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
+    data = tmp_path / "data"
+    fx.make_images(str(data), n=6)
+    whole, halves = tmp_path / "whole.jsonl", tmp_path / "halves.jsonl"
+    _run(["run", _job(tmp_path, sd15, "whole", data, steps=8), "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(whole)})
+    _run(["run", _job(tmp_path, sd15, "halves", data, steps=4), "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(halves)})
+    _run(["run", _job(tmp_path, sd15, "halves", data, steps=8), "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(halves)})
+    order = lambda path: [(b["epoch"], b["index"], b["items"]) for b in _log(path)]  # noqa: E731
+    # Eight steps over six images cross an epoch boundary; stopped after four and resumed,
+    # the run serves the same eight batches in the same order.
+    assert len(order(whole)) == 8
+    assert order(halves) == order(whole)
+    assert {e for e, _, _ in order(whole)} == {0, 1}
+
+
+def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15):
+    data = tmp_path / "data"
+    fx.make_images(str(data))
+    done = _run(["run", _job(tmp_path, sd15, "video", data, num_frames=33), "--aitk", AITK], tmp_path, expect=2)
+    assert "config.process[0].datasets[0].num_frames" in done.stderr
+    assert "video" in done.stderr
+    assert not (tmp_path / "output" / "video" / "video.safetensors").exists()
+
+
+def test_install_puts_the_process_type_where_ai_toolkit_finds_it_and_uninstall_removes_it(tmp_path):
+    from larder.aitk import install, uninstall
+
+    checkout = tmp_path / "ai-toolkit"
+    shutil.copytree(AITK, checkout, ignore=shutil.ignore_patterns("__pycache__"))
+    folder = install(checkout)
+    assert folder == checkout / "extensions" / "larder_sd_trainer"
+    # AI Toolkit imports `extensions.<package>` from its root and reads AI_TOOLKIT_EXTENSIONS.
+    script = (
+        "import importlib, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "m = importlib.import_module('extensions.larder_sd_trainer')\n"
+        "(ext,) = m.AI_TOOLKIT_EXTENSIONS\n"
+        "from extensions_built_in.sd_trainer.SDTrainer import SDTrainer\n"
+        "print(ext.uid, issubclass(ext.get_process(), SDTrainer))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(checkout)],
+        env=fx.aitk_env(str(checkout), str(tmp_path)), capture_output=True, text=True, timeout=600,
+    )
+    assert done.stdout.split() == ["larder_sd_trainer", "True"], done.stderr[-3000:]
+    assert uninstall(checkout) is True
+    assert not folder.exists()
+    assert uninstall(checkout) is False
+    # A folder of that name that larder did not write is neither overwritten nor removed.
+    folder.mkdir()
+    (folder / "__init__.py").write_text("# someone else's\n")
+    with pytest.raises(FileExistsError):
+        install(checkout)
+    with pytest.raises(FileExistsError):
+        uninstall(checkout)
+
+
+def test_a_checkout_that_is_not_ai_toolkit_is_refused_naming_where_it_came_from(tmp_path):
+    from larder.aitk import find_aitk
+
+    with pytest.raises(FileNotFoundError, match="--aitk names"):
+        find_aitk(tmp_path)
