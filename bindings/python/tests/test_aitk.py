@@ -39,8 +39,22 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"did not run: {MISSING}")
 
 
 @pytest.fixture(scope="module")
-def sd15(tmp_path_factory):
-    return fx.build_tiny_sd15(str(tmp_path_factory.mktemp("models") / "tiny-sd15"))
+def models(tmp_path_factory):
+    """Tiny models by family, built on first use."""
+    built = {}
+    builders = {"sd15": fx.build_tiny_sd15, "flux": fx.build_tiny_flux}
+
+    def model(kind):
+        if kind not in built:
+            built[kind] = builders[kind](str(tmp_path_factory.mktemp("models") / f"tiny-{kind}"))
+        return built[kind]
+
+    return model
+
+
+@pytest.fixture(scope="module")
+def sd15(models):
+    return models("sd15")
 
 
 def _run(args, tmp, env_extra=None, expect=0):
@@ -78,11 +92,15 @@ def _store_latents(store_dir):
     return latents
 
 
-def test_an_sd15_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_path, sd15):
+# The SD1.5 family (4-channel latents, scale only) and the Flux family (16 channels, scale and
+# shift, a flow-matching trainer).
+@pytest.mark.parametrize("kind, channels", [("sd15", 4), ("flux", 16)])
+def test_a_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_path, models, kind, channels):
+    model = models(kind)
     data = tmp_path / "data"
     fx.make_images(str(data))
     log = tmp_path / "batches.jsonl"
-    done = _run(["run", _job(tmp_path, sd15, "tiny", data), "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
+    done = _run(["run", _job(tmp_path, model, "tiny", data, kind=kind), "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
 
     save_root = tmp_path / "output" / "tiny"
     lora = save_root / "tiny.safetensors"
@@ -111,7 +129,7 @@ def test_an_sd15_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_p
         "from extensions_built_in.sd_trainer.SDTrainer import SDTrainer\n"
         "job = make_job(read_job(sys.argv[2]), {'sd_trainer': SDTrainer}); job.run(); job.cleanup()\n"
     )
-    own_job = _job(tmp_path, sd15, "own", own)
+    own_job = _job(tmp_path, model, "own", own, kind=kind)
     subprocess.run(
         [sys.executable, "-c", script, AITK, own_job],
         cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), check=True, capture_output=True, timeout=900,
@@ -124,11 +142,11 @@ def test_an_sd15_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_p
         stem = Path(path).stem
         (cache,) = (own / "_latent_cache").glob(f"{stem}_*.safetensors")
         theirs = load_file(str(cache))["latent"]
-        assert latent.shape == theirs.shape == (4, 8, 8)
+        assert latent.shape == theirs.shape == (channels, 8, 8)
         np.testing.assert_allclose(latent, theirs, atol=1e-5)
 
     # Run again (resuming to a third step), the job reuses every entry: nothing is encoded.
-    again = _run(["run", _job(tmp_path, sd15, "tiny", data, steps=3), "--aitk", AITK], tmp_path)
+    again = _run(["run", _job(tmp_path, model, "tiny", data, steps=3, kind=kind), "--aitk", AITK], tmp_path)
     assert "0 entries computed" in again.stderr + again.stdout
 
 
