@@ -77,6 +77,17 @@ def _job(tmp, model, name, data, steps=2, process_type="sd_trainer", kind="sd15"
     return fx.write_job(job, str(tmp / f"{name}-{steps}.yaml"))
 
 
+# AI Toolkit's trainer with its own data path (argv: the checkout, the job): what larder's
+# stored tensors are compared with.
+OWN_DATA_PATH = (
+    "import sys; from pathlib import Path\n"
+    "from larder.aitk.toolkit import enter, make_job, read_job, tolerate_broken_model_packages\n"
+    "enter(Path(sys.argv[1])); tolerate_broken_model_packages()\n"
+    "from extensions_built_in.sd_trainer.SDTrainer import SDTrainer\n"
+    "job = make_job(read_job(sys.argv[2]), {'sd_trainer': SDTrainer}); job.run(); job.cleanup()\n"
+)
+
+
 def _log(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -122,16 +133,9 @@ def test_a_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_path, m
     # latents larder stored for the trainer are those.
     own = tmp_path / "own"
     shutil.copytree(data, own)
-    script = (
-        "import sys; from pathlib import Path\n"
-        "from larder.aitk.toolkit import enter, make_job, read_job, tolerate_broken_model_packages\n"
-        "enter(Path(sys.argv[1])); tolerate_broken_model_packages()\n"
-        "from extensions_built_in.sd_trainer.SDTrainer import SDTrainer\n"
-        "job = make_job(read_job(sys.argv[2]), {'sd_trainer': SDTrainer}); job.run(); job.cleanup()\n"
-    )
     own_job = _job(tmp_path, model, "own", own, kind=kind)
     subprocess.run(
-        [sys.executable, "-c", script, AITK, own_job],
+        [sys.executable, "-c", OWN_DATA_PATH, AITK, own_job],
         cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), check=True, capture_output=True, timeout=900,
     )
     from safetensors.numpy import load_file
@@ -148,6 +152,50 @@ def test_a_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_path, m
     # Run again (resuming to a third step), the job reuses every entry: nothing is encoded.
     again = _run(["run", _job(tmp_path, model, "tiny", data, steps=3, kind=kind), "--aitk", AITK], tmp_path)
     assert "0 entries computed" in again.stderr + again.stdout
+
+
+# SD1.5: CLIP's embeddings alone; Flux: T5's with an attention mask, and CLIP's pooled.
+@pytest.mark.parametrize("kind", ["sd15", "flux"])
+def test_cached_text_embeddings_are_the_ones_ai_toolkit_computes_and_the_text_encoder_is_unloaded(tmp_path, models, kind):
+    def job(name, data):
+        job = fx.aitk_job(kind, name, tmp_path / "output", data, models(kind), steps=2, process_type="sd_trainer")
+        job["config"]["process"][0]["train"]["cache_text_embeddings"] = True
+        return fx.write_job(job, str(tmp_path / f"{name}.yaml"))
+
+    data, own = tmp_path / "data", tmp_path / "own"
+    fx.make_images(str(data))
+    shutil.copytree(data, own)
+    log = tmp_path / "batches.jsonl"
+    done = _run(["run", job("te", data), "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
+    assert (tmp_path / "output" / "te" / "te.safetensors").is_file()
+    assert len(_log(log)) == 2
+    # AI Toolkit unloads its text encoder once the embeddings are cached, and trains on them.
+    assert "UNLOADING TEXT ENCODER" in done.stdout + done.stderr
+
+    # AI Toolkit's own data path caches one file per caption; larder's store holds the same.
+    subprocess.run(
+        [sys.executable, "-c", OWN_DATA_PATH, AITK, job("own", own)],
+        cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), check=True, capture_output=True, timeout=900,
+    )
+    from safetensors.numpy import load_file
+
+    theirs = [load_file(str(f)) for f in sorted((own / "_t_e_cache").glob("*.safetensors"))]
+    assert len(theirs) == 4
+    store = larder.Store.open(tmp_path / "output" / "te" / ".larder" / "store" / "train")
+    ours = {}
+    for batch in larder.DataLoader(store, batch_size=1, shuffle=False, format="torch"):
+        ours[batch["captions"][0]] = {
+            name: batch[f"text.{name}"][0].float().numpy() for name in ("embeds", "pooled", "attention_mask") if f"text.{name}" in batch
+        }
+    assert len(ours) == 4
+    names = {"text_embed": "embeds", "pooled_embed": "pooled", "attention_mask": "attention_mask"}
+    for cached in theirs:
+        assert set(cached) <= set(names)
+        match = [
+            mine for mine in ours.values()
+            if all(np.allclose(value[0].astype(np.float32), mine[names[key]], atol=1e-5) for key, value in cached.items())
+        ]
+        assert len(match) == 1, sorted(cached)
 
 
 def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):

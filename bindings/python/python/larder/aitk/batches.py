@@ -16,9 +16,19 @@ class BatchMaker:
         items: The store's items (``larder.Store.items()``), by id.
         datasets: AI Toolkit's ``DatasetConfig`` for each of the store's datasets, by index:
             what ``file_item.dataset_config`` shows the trainer.
+        model: What AI Toolkit's own loader gives each file item from the model
+            (``sd``, ``te_padding_side``, ``text_embedding_space_version``, ...).
+        prompts: How stored text embeddings become the model's ``PromptEmbeds``, when the store
+            has them.
     """
 
-    def __init__(self, items: Sequence[Dict[str, Any]], datasets: Sequence[Any]):
+    def __init__(
+        self,
+        items: Sequence[Dict[str, Any]],
+        datasets: Sequence[Any],
+        model: Dict[str, Any],
+        prompts: Optional["PromptLayout"] = None,
+    ):
         from toolkit.data_transfer_object.data_loader import (  # type: ignore[import-not-found]
             DataLoaderBatchDTO,
             FileItemDTO,
@@ -28,6 +38,8 @@ class BatchMaker:
         self._file_item_class = FileItemDTO
         self._items = {item["id"]: item for item in items}
         self._datasets = list(datasets)
+        self._model = dict(model)
+        self._prompts = prompts
 
     def __call__(self, batch: Dict[str, Any]) -> Any:
         file_items = [self._file_item(int(i)) for i in batch["items"].tolist()]
@@ -55,6 +67,8 @@ class BatchMaker:
                     file_item.control_tensor = torch.stack(tensors)
             if "inpaint" in batch:
                 file_item.inpaint_tensor = batch["inpaint"][k].float() / 255.0
+            if self._prompts is not None:
+                file_item.prompt_embeds = self._prompts.embeds(batch, k)
         return self._batch_class(file_items=file_items)
 
     def _file_item(self, item_id: int) -> Any:
@@ -82,12 +96,66 @@ class BatchMaker:
             crop_width=item["bucket_w"],
             crop_height=item["bucket_h"],
             flip_x=flip in ("x", "xy"),
+            **self._model,
         )
         # AI Toolkit's constructor reads flip_y from the flip_x argument; set what was stored.
         file_item.flip_y = flip in ("y", "xy")
         file_item.network_weight = item["network_weight"]
         file_item.loss_multiplier = item["loss_multiplier"]
         return file_item
+
+
+class PromptLayout:
+    """How the model's ``PromptEmbeds`` are stored, and how a batch's stored embeddings become
+    them again: the field ``text`` with outputs ``embeds``, ``pooled`` and ``attention_mask``
+    (those the model gives), in the dtypes the model gave them.
+
+    larder pads a batch's embeddings to its longest caption (``text.mask`` marks each one's
+    rows); each item gets its own rows back, and AI Toolkit's batch constructor pads them as
+    its own loader does (``concat_prompt_embeds``, on the model's padding side).
+    """
+
+    FIELD = "text"
+
+    def __init__(self, probe: Any):
+        import torch
+
+        from toolkit.prompt_utils import PromptEmbeds  # type: ignore[import-not-found]
+
+        if not torch.is_tensor(probe.text_embeds) or isinstance(probe.attention_mask, (list, tuple)):
+            raise NotImplementedError(
+                f"this model's prompt embeddings ({type(probe).__name__} holding lists of tensors) are not served by larder yet"
+            )
+        self._class = PromptEmbeds
+        self.dtypes = {"embeds": probe.text_embeds.dtype}
+        if probe.pooled_embeds is not None:
+            self.dtypes["pooled"] = probe.pooled_embeds.dtype
+        if probe.attention_mask is not None:
+            self.dtypes["attention_mask"] = probe.attention_mask.dtype
+
+    def arrays(self, embeds: Any) -> Dict[str, Any]:
+        """The stored outputs of one ``PromptEmbeds`` (batch dimension 1)."""
+        out = {"embeds": embeds.text_embeds}
+        if "pooled" in self.dtypes:
+            out["pooled"] = embeds.pooled_embeds
+        if "attention_mask" in self.dtypes:
+            out["attention_mask"] = embeds.attention_mask
+        return {name: value.detach().float() for name, value in out.items()}
+
+    def embeds(self, batch: Dict[str, Any], k: int) -> Any:
+        """Item ``k``'s ``PromptEmbeds`` from a batch."""
+        field = self.FIELD
+        rows = batch[f"{field}.embeds"].shape[1]
+        mask = batch.get(f"{field}.mask")
+        n = int(mask[k].sum()) if mask is not None else rows
+        text = batch[f"{field}.embeds"][k : k + 1, :n].to(self.dtypes["embeds"])
+        args: Any = text
+        if "pooled" in self.dtypes:
+            args = [text, batch[f"{field}.pooled"][k : k + 1].to(self.dtypes["pooled"])]
+        attention = None
+        if "attention_mask" in self.dtypes:
+            attention = batch[f"{field}.attention_mask"][k : k + 1, :n].to(self.dtypes["attention_mask"])
+        return self._class(args, attention_mask=attention)
 
 
 class Loader:

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .batches import BatchMaker, Loader, dataset_views
+from .batches import BatchMaker, Loader, PromptLayout, dataset_views
 
 log = logging.getLogger("larder.aitk")
 
@@ -133,12 +133,6 @@ class DataPath:
             if name == "batch_size" and self._dataset_of(key, datasets).get("batch_size") == self.batch_size:
                 continue
             problems.append(f"{in_job(key)}: {why.replace('; ignored', '')}")
-        for i, (index, dataset) in enumerate(datasets):
-            at = f"config.process[{process}].datasets[{index}]"
-            if dataset.get("cache_text_embeddings"):
-                problems.append(
-                    f"{at}.cache_text_embeddings (or train.cache_text_embeddings): not implemented by larder's AI Toolkit path yet (text embeddings are computed by the trainer per step without it)"
-                )
         return problems
 
     @staticmethod
@@ -158,19 +152,39 @@ class DataPath:
 
         t = self.trainer
         t.datasets, t.datasets_reg = self._hidden
+        model = _file_item_model_args(t.sd)
         for group, config in self.configs.items():
             location = _join(self.store, group)
             raw = [d for _, d in self.groups[group]]
             caches_latents = all(d.get("cache_latents") or d.get("cache_latents_to_disk") for d in raw)
+            prompts = None
+            if any(d.get("cache_text_embeddings") for d in raw):
+                if model["encode_control_in_text_embeddings"] and any(_has_controls(d) for d in raw):
+                    from .. import ConfigError
+
+                    raise ConfigError(
+                        f"{group} datasets: cache_text_embeddings for an edit model that encodes its control images into the text embeddings is not served by larder yet"
+                    )
+                with _no_grad():
+                    prompts = PromptLayout(t.sd.encode_prompt(""))
             # One process prepares (and encodes); under torchrun or accelerate the other ranks
             # wait for it, then open the finished store.
             if t.accelerator.is_main_process:
                 encoders = {"latent": latent_encoder(t)} if caches_latents else None
+                texts = {PromptLayout.FIELD: text_encoder(t, prompts)} if prompts else None
+                if texts:
+                    # AI Toolkit's own caching has the text encoder on the device for this.
+                    t.sd.text_encoder_to(t.device_torch)
                 report = larder.prepare(
                     config,
                     location,
                     image_encoders=encoders,
+                    text_encoders=texts,
+                    # One image or caption per call, as AI Toolkit encodes them: the padding
+                    # of a caption's embedding then never depends on the others in its batch.
+                    encode_batch_size=1,
                     latent_codec=_codec(t.sd.vae_torch_dtype),
+                    text_codec=_codec(t.sd.torch_dtype),
                     store_pixels=not caches_latents,
                     progress=True,
                 )
@@ -191,7 +205,7 @@ class DataPath:
             )
             aitk = self._hidden[0] if group == "train" else self._hidden[1]
             views = dataset_views(raw, aitk)
-            self.loaders[group] = Loader(native, BatchMaker(store.items(), views), group)
+            self.loaders[group] = Loader(native, BatchMaker(store.items(), views, model, prompts), group)
         self._restore_position()
         return self.loaders.get("train"), self.loaders.get("reg")
 
@@ -269,6 +283,54 @@ def latent_encoder(trainer: Any) -> Any:
         scaling_factor=vae_config.get("scaling_factor"),
         shift_factor=vae_config.get("shift_factor"),
     )
+
+
+def text_encoder(trainer: Any, layout: PromptLayout) -> Any:
+    """The job's own text encoders as a larder text encoder: AI Toolkit's ``encode_prompt``,
+    one caption at a time as its caching does, under an identity naming the model."""
+    import torch
+
+    import larder
+
+    sd = trainer.sd
+
+    def encode(captions: Any) -> Any:
+        with torch.no_grad():
+            parts = [layout.arrays(sd.encode_prompt(caption)) for caption in captions]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+    model = trainer.model_config
+    identity = " ".join(
+        [
+            "ai-toolkit encode_prompt",
+            f"model={model.name_or_path}",
+            f"arch={getattr(model, 'arch', None)}",
+            f"dtype={sd.torch_dtype}",
+            f"space={getattr(sd, 'text_embedding_space_version', None)}",
+            f"outputs={sorted(layout.dtypes)}",
+        ]
+    )
+    return larder.Encoder(encode, identity)
+
+
+def _file_item_model_args(sd: Any) -> Dict[str, Any]:
+    """What AI Toolkit's loader gives each FileItemDTO from the model."""
+    return {
+        "sd": sd,
+        "encode_control_in_text_embeddings": getattr(sd, "encode_control_in_text_embeddings", False),
+        "text_embedding_space_version": getattr(sd, "text_embedding_space_version", "sd1"),
+        "te_padding_side": getattr(sd, "te_padding_side", "right"),
+    }
+
+
+def _has_controls(dataset: Dict[str, Any]) -> bool:
+    return any(dataset.get(key) for key in ("control_path", "control_path_1", "control_path_2", "control_path_3"))
+
+
+def _no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()
 
 
 def _codec(dtype: Any) -> str:
