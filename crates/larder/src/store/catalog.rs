@@ -566,6 +566,17 @@ pub(crate) fn catalog_error(path: &Path, source: rusqlite::Error) -> Error {
     }
 }
 
+/// A flip as the catalog stores it ([`Flip::name`]); any other text is a damaged catalog, not
+/// an unflipped item.
+impl rusqlite::types::FromSql for crate::plan::Flip {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let name = value.as_str()?;
+        crate::plan::Flip::from_name(name).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("not a flip: {name:?}").into())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::numbers;

@@ -414,8 +414,7 @@ impl Store {
                     scale_to_h: r.get(10)?,
                     crop_x: r.get(11)?,
                     crop_y: r.get(12)?,
-                    flip: crate::plan::Flip::from_name(&r.get::<_, String>(13)?)
-                        .unwrap_or(crate::plan::Flip::None),
+                    flip: r.get(13)?,
                     width: r.get(14)?,
                     height: r.get(15)?,
                     fields: BTreeMap::new(),

@@ -1,6 +1,7 @@
 """larder's batches as AI Toolkit's: DataLoaderBatchDTO built by its own constructor from file
 items that carry what its trainer and models read."""
 
+import copy
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -40,9 +41,15 @@ class BatchMaker:
         self._datasets = list(datasets)
         self._model = dict(model)
         self._prompts = prompts
+        # Each item's FileItemDTO as its constructor leaves it, made on first use: the
+        # constructor probes the file system (the image's signature, control and mask files),
+        # which AI Toolkit does once per item, not once per step.
+        self._made: Dict[int, Any] = {}
 
     def __call__(self, batch: Dict[str, Any]) -> Any:
-        file_items = [self._file_item(int(i)) for i in batch["items"].tolist()]
+        # A shallow copy per batch slot: the tensors set below belong to this batch (an item
+        # can fill two slots of a topped-up batch), the rest is shared with the made item.
+        file_items = [copy.copy(self._file_item(int(i))) for i in batch["items"].tolist()]
         controls = sorted(k for k in batch if k.startswith(CONTROL_PREFIX))
         for k, file_item in enumerate(file_items):
             caption = batch["captions"][k]
@@ -72,12 +79,14 @@ class BatchMaker:
         return self._batch_class(file_items=file_items)
 
     def _file_item(self, item_id: int) -> Any:
-        """A fresh FileItemDTO for the stored item, made by AI Toolkit's constructor.
+        """The stored item's FileItemDTO, made by AI Toolkit's constructor once.
 
         Its size comes from larder's scan through the size database AI Toolkit's constructor
         consults, so no image is opened here; the file's signature (size and mtime) is the one
         AI Toolkit computes, so an entry is accepted exactly when AI Toolkit would accept it.
         """
+        if item_id in self._made:
+            return self._made[item_id]
         from toolkit.basic import get_quick_signature_string  # type: ignore[import-not-found]
 
         item = self._items[item_id]
@@ -102,6 +111,7 @@ class BatchMaker:
         file_item.flip_y = flip in ("y", "xy")
         file_item.network_weight = item["network_weight"]
         file_item.loss_multiplier = item["loss_multiplier"]
+        self._made[item_id] = file_item
         return file_item
 
 
@@ -196,8 +206,6 @@ class Loader:
 
 class _Epochs:
     """The ``dataset`` AI Toolkit calls ``setup_epoch`` on between epochs."""
-
-    len = None
 
     def setup_epoch(self) -> None:
         pass

@@ -119,26 +119,18 @@ class DataPath:
         process = self.trainer.process_id
         problems = []
 
-        def in_job(key: str) -> str:
-            return re.sub(
-                r"^datasets\[(\d+)\]",
-                lambda m: f"config.process[{process}].datasets[{datasets[int(m.group(1))][0]}]",
-                key,
-            )
-
         for key, why in config.not_served:
-            name = key.rsplit(".", 1)[-1]
+            # Keys of this file's datasets: `datasets[i].name`, i indexing this group.
+            match = re.match(r"^datasets\[(\d+)\]\.(.+)$", key)
+            index, dataset = datasets[int(match.group(1))] if match else (None, {})
+            name = match.group(2) if match else key
             if name in SERVED_HERE:
                 continue
-            if name == "batch_size" and self._dataset_of(key, datasets).get("batch_size") == self.batch_size:
+            if name == "batch_size" and dataset.get("batch_size") == self.batch_size:
                 continue
-            problems.append(f"{in_job(key)}: {why.replace('; ignored', '')}")
+            at = f"config.process[{process}].datasets[{index}].{name}" if match else key
+            problems.append(f"{at}: {why.replace('; ignored', '')}")
         return problems
-
-    @staticmethod
-    def _dataset_of(key: str, datasets: List[Tuple[int, Dict[str, Any]]]) -> Dict[str, Any]:
-        match = re.match(r"^datasets\[(\d+)\]", key)
-        return datasets[int(match.group(1))][1] if match else {}
 
     def hide_datasets(self) -> None:
         """Keeps AI Toolkit from building its own loaders (it builds them when these are set)."""
@@ -153,20 +145,12 @@ class DataPath:
         t = self.trainer
         t.datasets, t.datasets_reg = self._hidden
         model = _file_item_model_args(t.sd)
+        layout = self._prompt_layout(model)
         for group, config in self.configs.items():
             location = _join(self.store, group)
             raw = [d for _, d in self.groups[group]]
             caches_latents = all(d.get("cache_latents") or d.get("cache_latents_to_disk") for d in raw)
-            prompts = None
-            if any(d.get("cache_text_embeddings") for d in raw):
-                if model["encode_control_in_text_embeddings"] and any(_has_controls(d) for d in raw):
-                    from .. import ConfigError
-
-                    raise ConfigError(
-                        f"{group} datasets: cache_text_embeddings for an edit model that encodes its control images into the text embeddings is not served by larder yet"
-                    )
-                with _no_grad():
-                    prompts = PromptLayout(t.sd.encode_prompt(""))
+            prompts = layout if any(d.get("cache_text_embeddings") for d in raw) else None
             # One process prepares (and encodes); under torchrun or accelerate the other ranks
             # wait for it, then open the finished store.
             if t.accelerator.is_main_process:
@@ -208,6 +192,22 @@ class DataPath:
             self.loaders[group] = Loader(native, BatchMaker(store.items(), views, model, prompts), group)
         self._restore_position()
         return self.loaders.get("train"), self.loaders.get("reg")
+
+    def _prompt_layout(self, model: Dict[str, Any]) -> Optional[PromptLayout]:
+        """How the model's prompt embeddings are stored, when a dataset caches them."""
+        import torch
+
+        from .. import ConfigError
+
+        raw = [d for datasets in self.groups.values() for _, d in datasets]
+        if not any(d.get("cache_text_embeddings") for d in raw):
+            return None
+        if model["encode_control_in_text_embeddings"] and any(_has_controls(d) for d in raw if d.get("cache_text_embeddings")):
+            raise ConfigError(
+                "cache_text_embeddings for an edit model that encodes its control images into the text embeddings is not served by larder yet"
+            )
+        with torch.no_grad():
+            return PromptLayout(self.trainer.sd.encode_prompt(""))
 
     def _position_file(self, step: int) -> Path:
         return self.work / "positions" / f"step-{step:09d}.json"
@@ -266,16 +266,12 @@ def latent_encoder(trainer: Any) -> Any:
             images = torch.from_numpy(pixels)
             return sd.encode_images(list(images))
 
-    model = trainer.model_config
-    identity = " ".join(
-        [
-            "ai-toolkit encode_images",
-            f"model={model.name_or_path}",
-            f"vae={getattr(model, 'vae_path', None)}",
-            f"arch={getattr(model, 'arch', None)}",
-            f"dtype={sd.vae_torch_dtype}",
-            f"vae_config={json.dumps(vae_config, sort_keys=True, default=str)}",
-        ]
+    identity = _identity(
+        trainer,
+        "encode_images",
+        vae=getattr(trainer.model_config, "vae_path", None),
+        dtype=sd.vae_torch_dtype,
+        vae_config=json.dumps(vae_config, sort_keys=True, default=str),
     )
     return larder.Encoder(
         encode,
@@ -299,18 +295,22 @@ def text_encoder(trainer: Any, layout: PromptLayout) -> Any:
             parts = [layout.arrays(sd.encode_prompt(caption)) for caption in captions]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
-    model = trainer.model_config
-    identity = " ".join(
-        [
-            "ai-toolkit encode_prompt",
-            f"model={model.name_or_path}",
-            f"arch={getattr(model, 'arch', None)}",
-            f"dtype={sd.torch_dtype}",
-            f"space={getattr(sd, 'text_embedding_space_version', None)}",
-            f"outputs={sorted(layout.dtypes)}",
-        ]
+    identity = _identity(
+        trainer,
+        "encode_prompt",
+        dtype=sd.torch_dtype,
+        space=getattr(sd, "text_embedding_space_version", None),
+        outputs=sorted(layout.dtypes),
     )
     return larder.Encoder(encode, identity)
+
+
+def _identity(trainer: Any, function: str, **settings: Any) -> str:
+    """An encoder identity: the AI Toolkit function, the job's model and architecture, and
+    the settings that change the function's output."""
+    model = trainer.model_config
+    parts = [f"ai-toolkit {function}", f"model={model.name_or_path}", f"arch={getattr(model, 'arch', None)}"]
+    return " ".join(parts + [f"{key}={value}" for key, value in settings.items()])
 
 
 def _file_item_model_args(sd: Any) -> Dict[str, Any]:
@@ -325,12 +325,6 @@ def _file_item_model_args(sd: Any) -> Dict[str, Any]:
 
 def _has_controls(dataset: Dict[str, Any]) -> bool:
     return any(dataset.get(key) for key in ("control_path", "control_path_1", "control_path_2", "control_path_3"))
-
-
-def _no_grad() -> Any:
-    import torch
-
-    return torch.no_grad()
 
 
 def _codec(dtype: Any) -> str:

@@ -723,7 +723,6 @@ fn stored_items(catalog: &Catalog) -> Result<Vec<Item>> {
         "SELECT id, dataset, path, bucket_w, bucket_h, scale_to_w, scale_to_h, crop_x, crop_y, flip,
                 caption, content_hash, item_key FROM items ORDER BY id",
         |r| {
-            let flip: String = r.get(9)?;
             Ok(Item {
                 id: r.get(0)?,
                 dataset: r.get::<_, i64>(1)? as usize,
@@ -731,7 +730,7 @@ fn stored_items(catalog: &Catalog) -> Result<Vec<Item>> {
                 bucket: (r.get(3)?, r.get(4)?),
                 scale_to: (r.get(5)?, r.get(6)?),
                 crop: (r.get(7)?, r.get(8)?),
-                flip: Flip::from_name(&flip).unwrap_or(Flip::None),
+                flip: r.get(9)?,
                 caption: r.get(10)?,
                 content_hash: r.get(11)?,
                 item_key: r.get(12)?,
