@@ -566,8 +566,8 @@ pub(crate) fn catalog_error(path: &Path, source: rusqlite::Error) -> Error {
     }
 }
 
-/// A flip as the catalog stores it ([`Flip::name`]); any other text is a damaged catalog, not
-/// an unflipped item.
+/// A flip as the catalog stores it ([`Flip::name`](crate::plan::Flip::name)); any other text
+/// is a damaged catalog, not an unflipped item.
 impl rusqlite::types::FromSql for crate::plan::Flip {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         let name = value.as_str()?;
