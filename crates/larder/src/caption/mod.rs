@@ -188,6 +188,17 @@ impl CaptionRecipe {
         caption
     }
 
+    /// The caption a dropped caption is trained on when text embeddings are cached: the
+    /// trigger word alone (AI Toolkit's trainer puts it into every prompt it encodes, the empty
+    /// one too, and its cache stores that string, trailing space and all), or the empty caption
+    /// for a dataset without one and for regularization data.
+    pub fn dropout_caption(&self) -> String {
+        match self.trigger_word.as_deref() {
+            Some(trigger) if !trigger.trim().is_empty() && !self.is_reg => format!("{trigger} "),
+            _ => String::new(),
+        }
+    }
+
     /// Substitutes `[trigger]` and `[name]` with the trigger word (or removes them when there is
     /// none) and prepends the trigger when the caption lacks it, except for regularization data.
     fn inject_trigger(&self, caption: &str) -> String {

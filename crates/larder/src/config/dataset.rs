@@ -198,7 +198,7 @@ pub struct DatasetConfig {
     /// larder: images with more pixels than this are left out with a finding; `None` for no
     /// limit. Default [`DEFAULT_MAX_IMAGE_PIXELS`].
     pub max_image_pixels: Option<u64>,
-    /// `batch_size`: this dataset's batch size, overriding the trainer's (read, not yet used).
+    /// `batch_size`: this dataset's batch size, overriding the loader's (the trainer's).
     pub batch_size: Option<u32>,
     /// `prior_reg`: the dataset is a prior-preservation set (read, not yet used).
     pub prior_reg: bool,
@@ -331,16 +331,14 @@ pub(crate) fn parse_dataset(
                     warnings.push(ConfigWarning::new(&a, key_node.line, message));
                 }
             }
-            // AI Toolkit keys added in 2026-08: typed and kept, not acted on yet.
+            // The loader batches this dataset at this size (recorded in the store).
             "batch_size" => {
                 cfg.batch_size = match &v.value {
                     super::yaml::Value::Null => None,
                     _ => Some(a.uint(v, 1, 1_000_000)?),
                 };
-                if cfg.batch_size.is_some() {
-                    warnings.push(not_acted_on(&a, key_node, "per-dataset batch sizes"));
-                }
             }
+            // AI Toolkit keys added in 2026-08: typed and kept, not acted on yet.
             "prior_reg" => {
                 cfg.prior_reg = a.bool(v)?;
                 if cfg.prior_reg {
@@ -826,7 +824,7 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "datasets[0].batch_size",
+                // batch_size is served (the loader's batches of this dataset), so no warning.
                 "datasets[0].prior_reg",
                 "datasets[0].diff_output_preservation",
                 "datasets[0].diff_output_preservation_class",

@@ -251,6 +251,7 @@ pub(crate) const DATASET: &[&str] = &[
     "flip_x",
     "flip_y",
     "num_repeats",
+    "batch_size",
     "control_path",
     "control_path_1",
     "control_path_2",
@@ -274,7 +275,6 @@ pub(crate) const DATASET: &[&str] = &[
     "gpu_prefetch_batches",
     "fast_image_size",
     // AI Toolkit keys read, typed and stored, not acted on yet.
-    "batch_size",
     "prior_reg",
     "diff_output_preservation",
     "diff_output_preservation_class",

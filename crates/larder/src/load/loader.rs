@@ -70,6 +70,9 @@ impl Loader {
             });
         }
         let mut texts = store.text_tables(columns.items.len())?;
+        for table in &mut texts {
+            table.find_dropouts(&recipes);
+        }
         // A text encoder's name selects all its outputs and its mask.
         if let Some(wanted) = &options.fields {
             texts.retain(|t| wanted.contains(&t.field));
@@ -95,12 +98,13 @@ impl Loader {
             None => (0..columns.fields.len()).collect(),
         };
         fields.sort_by(|a, b| columns.fields[*a].cmp(&columns.fields[*b]));
-        let buckets = Buckets::new(
-            columns
-                .items
-                .iter()
-                .enumerate()
-                .map(|(id, i)| (id as u32, i.bucket)),
+        // AI Toolkit batches each dataset (each resolution of it) on its own, at the dataset's
+        // batch size where it sets one, and shuffles the batches of all datasets together.
+        let sizes = store.dataset_batch_sizes()?;
+        let buckets = Buckets::with_sizes(
+            (columns.items.iter().enumerate())
+                .map(|(id, i)| (id as u32, (i.dataset, i.resolution, i.bucket))),
+            |&(dataset, _, _)| sizes.get(dataset as usize).copied().flatten(),
         );
         let plan = Arc::new(epoch_plan(
             &buckets,

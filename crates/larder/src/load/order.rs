@@ -2,7 +2,8 @@
 //!
 //! The order is a pure function of (seed, epoch, batch-size history): per epoch, a seeded
 //! permutation of the items inside each bucket, cut into batches, then a seeded permutation of
-//! all batches. Nothing depends on thread timing, on the number of reader threads or on the
+//! all batches. A bucket is one dataset's images of one size (AI Toolkit batches each dataset
+//! on its own and shuffles the batches of all), and a dataset may fix its own batch size. Nothing depends on thread timing, on the number of reader threads or on the
 //! number of ranks, so a run can be resumed — on any number of ranks — from three integers and
 //! a short list, without reading the data it skips.
 //!
@@ -76,20 +77,33 @@ impl Default for OrderOptions {
 pub struct Buckets {
     /// Item ids of each bucket, each list ascending, buckets in a fixed order.
     groups: Vec<Vec<u32>>,
+    /// Each bucket's own batch size (its dataset's `batch_size`), which neither the loader's
+    /// batch size nor a change of it alters; `None` where the bucket takes the loader's.
+    sizes: Vec<Option<u32>>,
 }
 
 impl Buckets {
-    /// Groups item ids by their bucket key (any ordered key, e.g. (width, height)).
+    /// Groups item ids by their bucket key (any ordered key, e.g. (width, height)); every
+    /// bucket takes the loader's batch size.
     pub fn new<K: Ord>(items: impl IntoIterator<Item = (u32, K)>) -> Buckets {
+        Buckets::with_sizes(items, |_| None)
+    }
+
+    /// Groups item ids by their bucket key; `size_of` gives a bucket its own batch size.
+    pub fn with_sizes<K: Ord>(
+        items: impl IntoIterator<Item = (u32, K)>,
+        size_of: impl Fn(&K) -> Option<u32>,
+    ) -> Buckets {
         let mut map: BTreeMap<K, Vec<u32>> = BTreeMap::new();
         for (id, key) in items {
             map.entry(key).or_default().push(id);
         }
+        let sizes = map.keys().map(|k| size_of(k).map(|n| n.max(1))).collect();
         let mut groups: Vec<Vec<u32>> = map.into_values().collect();
         for g in &mut groups {
             g.sort_unstable();
         }
-        Buckets { groups }
+        Buckets { groups, sizes }
     }
 
     /// The number of items.
@@ -110,15 +124,18 @@ pub struct EpochPlan {
     pub batches: Vec<Vec<u32>>,
 }
 
-/// Cuts each bucket's (already ordered) items into batches of `size` and permutes the batches.
+/// Cuts each bucket's (already ordered) items into batches of its own size, or of `size`, and
+/// permutes the batches.
 fn cut(
     groups: &[Vec<u32>],
+    sizes: &[Option<u32>],
     size: usize,
     options: &OrderOptions,
     stream: &mut Stream,
 ) -> Vec<Vec<u32>> {
     let mut batches = Vec::new();
-    for items in groups {
+    for (items, own) in groups.iter().zip(sizes) {
+        let size = own.map_or(size, |n| n as usize);
         for chunk in items.chunks(size) {
             let mut batch = chunk.to_vec();
             if batch.len() < size {
@@ -166,7 +183,7 @@ pub fn epoch_plan(
         })
         .collect();
     let mut stream = Stream::new(Purpose::Order, &[options.seed, epoch, 1]);
-    let mut batches = cut(&groups, start_size, options, &mut stream);
+    let mut batches = cut(&groups, &buckets.sizes, start_size, options, &mut stream);
 
     for (n, change) in history.iter().filter(|c| c.epoch == epoch).enumerate() {
         let at = (change.at as usize).min(batches.len());
@@ -198,6 +215,7 @@ pub fn epoch_plan(
         batches.truncate(at);
         batches.extend(cut(
             &rest,
+            &buckets.sizes,
             change.batch_size.max(1) as usize,
             options,
             &mut stream,
@@ -445,6 +463,35 @@ mod tests {
         // A change recorded for another epoch does not touch this one.
         let other = SizeChange { epoch: 5, ..change };
         assert_eq!(epoch_plan(&b, &o, 1, 4, &[other]), before);
+    }
+
+    #[test]
+    fn a_bucket_with_its_own_batch_size_keeps_it_through_size_changes() {
+        // Items 0..40 in dataset 0 (the loader's size), 40..70 in dataset 1 (its own size 3);
+        // both datasets have images of the same size, which still never share a batch.
+        let b = Buckets::with_sizes(
+            (0..70u32).map(|i| (i, (u32::from(i >= 40), (64u32, 64u32)))),
+            |&(dataset, _)| (dataset == 1).then_some(3),
+        );
+        let o = opts(BucketTail::Fill, RankTail::Pad);
+        let dataset = |batch: &Vec<u32>| batch[0] >= 40;
+        let plan = epoch_plan(&b, &o, 0, 4, &[]);
+        for batch in &plan.batches {
+            assert!(batch.iter().all(|&id| (id >= 40) == dataset(batch)));
+            assert_eq!(batch.len(), if dataset(batch) { 3 } else { 4 });
+        }
+        assert_eq!(plan.batches.len(), 10 + 10);
+        // The trainer's size changes; dataset 1 keeps its own.
+        let change = SizeChange {
+            epoch: 0,
+            at: 5,
+            batch_size: 8,
+        };
+        let after = epoch_plan(&b, &o, 0, 4, &[change]);
+        assert_eq!(&after.batches[..5], &plan.batches[..5]);
+        for batch in &after.batches[5..] {
+            assert!(batch.len() == 3 && dataset(batch) || batch.len() == 8 && !dataset(batch));
+        }
     }
 
     proptest! {

@@ -4,7 +4,7 @@
 //! Each item has precomputed caption variants per text encoder (see docs/encoders.md). Per
 //! (seed, epoch, item), the loader draws caption dropout exactly as the caption transforms do
 //! (so `captions` and embeddings agree) and then one variant; a dropped caption gets the
-//! empty caption's embedding.
+//! embedding of its dataset's dropout caption (the empty caption, or the trigger word alone).
 
 use std::sync::Arc;
 
@@ -54,12 +54,15 @@ fn picks(
         .zip(datasets)
         .map(|(&id, &dataset)| {
             let item = u64::from(id);
-            if recipes[dataset as usize].drops(crate::CaptionContext { seed, epoch, item }) {
-                return table.empty.ok_or_else(|| Error::InvalidArgument {
+            let recipe = &recipes[dataset as usize];
+            if recipe.drops(crate::CaptionContext { seed, epoch, item }) {
+                let dropped = table.dropped.get(dataset as usize).copied().flatten();
+                return dropped.ok_or_else(|| Error::InvalidArgument {
                     name: "caption_dropout_rate",
                     message: format!(
-                        "item {id} drops its caption, but the store has no empty-caption embedding for {:?} (imported caches have none): run prepare with the text encoder to add it",
-                        table.field
+                        "item {id} drops its caption, but the store has no {:?} embedding of its dropout caption {:?} (imported caches have none, and stores prepared before the dataset dropped captions): run prepare with the text encoder to add it",
+                        table.field,
+                        recipe.dropout_caption()
                     ),
                 });
             }
@@ -89,7 +92,7 @@ pub(super) fn entry_positions(
         if lacks(table, ids) {
             continue;
         }
-        // A batch that cannot pick (no empty caption) fails when assembled and says why.
+        // A batch that cannot pick (no dropout caption) fails when assembled and says why.
         let Ok(picks) = picks(table, recipes, ids, datasets, seed, epoch) else {
             continue;
         };

@@ -5,7 +5,8 @@
 //! because a cache of one embedding per item cannot change per step. larder keeps all three by
 //! precomputing what the loader may pick: for every item, `caption_variants`
 //! transformed captions when its dataset's caption transforms are random (one otherwise), plus
-//! the empty caption once per encoder for caption dropout. Each distinct string is encoded and
+//! once per encoder the empty caption and each dataset's dropout caption (its trigger word,
+//! as AI Toolkit caches it). Each distinct string is encoded and
 //! stored once, however many items use it.
 
 use std::collections::{HashMap, HashSet};
@@ -87,13 +88,19 @@ pub(super) fn plan_texts(
         ids.insert(text, id);
         id
     };
-    // The empty caption comes first: caption dropout, and the unconditional embedding.
+    // The empty caption comes first: the unconditional embedding.
     id_of(String::new());
+    // Dropout is the loader's choice between an item's variants and the dataset's dropout
+    // caption, which is encoded once here.
+    for dataset in &config.datasets {
+        if dataset.caption_dropout_rate > 0.0 {
+            id_of(CaptionRecipe::from_dataset(dataset).dropout_caption());
+        }
+    }
     let recipes: Vec<CaptionRecipe> = config
         .datasets
         .iter()
         .map(|d| CaptionRecipe {
-            // Dropout is the loader's choice between an item's variants and the empty caption.
             caption_dropout_rate: 0.0,
             ..CaptionRecipe::from_dataset(d)
         })

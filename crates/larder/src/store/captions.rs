@@ -24,14 +24,28 @@ pub(crate) struct TextTable {
     pub outputs: Outputs,
     /// Per caption: its text, and the entry position of each output (in `outputs` order).
     pub captions: Vec<(String, Vec<u32>)>,
-    /// The empty caption's index in `captions`; `None` in stores whose captions were imported
-    /// from AI Toolkit, which caches no empty caption.
-    pub empty: Option<u32>,
+    /// Per dataset, the index in `captions` of its dropout caption
+    /// ([`CaptionRecipe::dropout_caption`](crate::CaptionRecipe::dropout_caption)); `None`
+    /// where the store lacks it (captions imported from AI Toolkit, or prepared before the
+    /// dataset dropped captions). Empty until [`TextTable::find_dropouts`] fills it.
+    pub dropped: Vec<Option<u32>>,
     /// Item `i`'s variants are `variants[offsets[i]..offsets[i + 1]]` (caption indices); an
     /// item without any (no AI Toolkit cache was imported for it) has an empty range.
     pub offsets: Vec<u32>,
     /// Caption indices, item after item.
     pub variants: Vec<u32>,
+}
+
+impl TextTable {
+    /// Finds each dataset's dropout caption among the stored captions.
+    pub fn find_dropouts(&mut self, recipes: &[crate::CaptionRecipe]) {
+        let index: std::collections::HashMap<&str, u32> = (self.captions.iter().enumerate())
+            .map(|(i, (text, _))| (text.as_str(), i as u32))
+            .collect();
+        self.dropped = (recipes.iter())
+            .map(|r| index.get(r.dropout_caption().as_str()).copied())
+            .collect();
+    }
 }
 
 /// A text encoder's stored outputs: (name, is a token sequence).
@@ -128,7 +142,6 @@ impl Store {
         let first_id = rows.first().map_or(0, |r| r.0);
         let index = self.key_index()?;
         let mut captions = Vec::with_capacity(rows.len());
-        let mut empty = None;
         for (_, key, text) in rows {
             let positions = outputs
                 .iter()
@@ -139,9 +152,6 @@ impl Store {
                         .ok_or_else(|| bad(format!("caption {text:?} has no stored {o}")))
                 })
                 .collect::<Result<Vec<u32>>>()?;
-            if text.is_empty() {
-                empty = Some(captions.len() as u32);
-            }
             captions.push((text, positions));
         }
         let mut offsets = vec![0u32; items + 1];
@@ -170,7 +180,7 @@ impl Store {
             field,
             outputs,
             captions,
-            empty,
+            dropped: Vec::new(),
             offsets,
             variants: flat,
         })

@@ -536,6 +536,26 @@ impl Catalog {
             })
             .collect()
     }
+
+    /// Each dataset's `batch_size`, by dataset index, from the settings the prepare recorded.
+    pub fn dataset_batch_sizes(&self) -> Result<Vec<Option<u32>>> {
+        let rows: Vec<(i64, Option<i64>)> = self.rows(
+            "SELECT id, json_extract(config, '$.batch_size') FROM datasets ORDER BY id",
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        rows.into_iter()
+            .map(|(id, size)| match size {
+                None => Ok(None),
+                Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Ok(Some(n as u32)),
+                Some(n) => Err(Error::Store {
+                    path: self.path.clone(),
+                    message: format!(
+                        "dataset {id}: recorded batch_size {n} is not a batch size; run `larder prepare` again"
+                    ),
+                }),
+            })
+            .collect()
+    }
 }
 
 /// Returns true if and only if `name` names a file directly inside a folder: not empty, no

@@ -96,7 +96,7 @@ fn item_rows(catalog: &Path) -> Result<Vec<ItemRow>> {
     .map_err(err)?;
     let mut stmt = conn
         .prepare(
-            "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier, item_key
+            "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier, item_key, resolution
              FROM items ORDER BY id",
         )
         .map_err(err)?;
@@ -124,6 +124,7 @@ fn item_rows(catalog: &Path) -> Result<Vec<ItemRow>> {
             is_reg: r.get(6).map_err(err)?,
             network_weight: r.get::<_, f64>(7).map_err(err)? as f32,
             loss_multiplier: r.get::<_, f64>(8).map_err(err)? as f32,
+            resolution: r.get(10).map_err(err)?,
         });
     }
     Ok(items)
@@ -148,6 +149,9 @@ pub(crate) struct ItemRow {
     pub key: [u8; 16],
     pub dataset: u32,
     pub path: String,
+    /// The resolution of the dataset's list that placed the item (AI Toolkit makes one
+    /// dataset of each, so its batches never mix them).
+    pub resolution: u32,
     pub bucket: (u32, u32),
     pub caption: String,
     pub is_reg: bool,
@@ -434,6 +438,12 @@ impl Store {
     /// recorded it (read from the dataset's settings for a store made before recipes were).
     pub fn caption_recipes(&self) -> Result<Vec<crate::CaptionRecipe>> {
         self.catalog().caption_recipes()
+    }
+
+    /// Each dataset's own batch size (its `batch_size` key), by dataset index; `None` where it
+    /// takes the trainer's.
+    pub fn dataset_batch_sizes(&self) -> Result<Vec<Option<u32>>> {
+        self.catalog().dataset_batch_sizes()
     }
 
     /// Local shard `id`, mapped (and its header chunk checked) on first use.

@@ -576,6 +576,38 @@ fn shuffled_captions_get_variants_and_dropout_serves_the_empty_caption() {
     assert!((2..=3).contains(&many), "{texts:?}");
 }
 
+#[test]
+fn a_dropped_caption_is_served_the_trigger_word_embedding_as_ai_toolkit_caches_it() {
+    // AI Toolkit encodes a dropped caption as the trigger word alone ("sks ", its trainer's
+    // prompt for an empty caption); a regularization dataset gets the empty caption.
+    for (extra, dropped, rows) in [
+        ("    trigger_word: sks\n", "sks ", 2),
+        ("    trigger_word: sks\n    is_reg: true\n", "", 1),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dataset(
+            dir.path(),
+            &format!("{extra}    caption_dropout_rate: 1.0\n"),
+        );
+        let out = dir.path().join("store");
+        let captions = Arc::new(AtomicUsize::new(0));
+        run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare");
+        let mut served = 0;
+        for batch in loader(&out, Padding::Right) {
+            let batch = batch.expect("batch");
+            // The caption behind each embedding, and its rows: the dropout caption's tokens.
+            let mask = &batch.fields["text.mask"];
+            assert_eq!(mask.shape[1], rows, "{extra}");
+            assert!(mask.data.as_slice().iter().all(|&m| m == 1));
+            for caption in &batch.captions {
+                served += 1;
+                assert_eq!(caption, dropped, "{extra}");
+            }
+        }
+        assert_eq!(served, 5 + 1, "five items and a filled tail");
+    }
+}
+
 /// The caption variants a store serves per item, over enough epochs to see every variant.
 fn served_variants(
     out: &Path,

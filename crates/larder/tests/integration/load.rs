@@ -214,6 +214,60 @@ fn set_batch_size_takes_effect_at_the_next_batch_and_survives_resume() {
 }
 
 #[test]
+fn each_dataset_is_batched_on_its_own_at_its_own_batch_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two datasets of same-sized images (one bucket each), the second with `batch_size: 3`.
+    for (folder, n) in [("a", 12), ("b", 9)] {
+        for i in 0..n {
+            let path = image(&dir.path().join(folder), &format!("{i}.png"), 64, 64, None);
+            larder_synth::write_image(&path, 64, 64, 100 * n + i).expect("distinct image");
+        }
+    }
+    let config = file(
+        dir.path(),
+        "c.yaml",
+        "datasets:\n  - folder_path: a\n    resolution: 64\n  - folder_path: b\n    resolution: 64\n    batch_size: 3\n",
+    );
+    let config = Config::load(&config).expect("config");
+    assert!(
+        config
+            .warnings
+            .iter()
+            .all(|w| !w.key.ends_with("batch_size")),
+        "batch_size is served: {:?}",
+        config.warnings
+    );
+    let out = dir.path().join("store");
+    prepare(&config, &out, &PrepareOptions::default()).expect("prepare");
+    let store = Arc::new(Store::open(&out).expect("open"));
+    let dataset: Vec<u32> = (store.items().expect("items").iter())
+        .map(|i| i.dataset)
+        .collect();
+    assert_eq!(store.dataset_batch_sizes().expect("sizes"), [None, Some(3)]);
+
+    let mut loader = Loader::new(store.clone(), options(4, 2)).expect("loader");
+    let batches: Vec<Vec<u32>> = (loader.by_ref()).map(|b| b.expect("batch").items).collect();
+    let mut sizes: Vec<(u32, usize)> = (batches.iter())
+        .map(|items| {
+            let d = dataset[items[0] as usize];
+            assert!(items.iter().all(|&i| dataset[i as usize] == d), "{items:?}");
+            (d, items.len())
+        })
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [(0, 4), (0, 4), (0, 4), (1, 3), (1, 3), (1, 3)]);
+
+    // The trainer's batch size changes; the dataset's own stays.
+    let mut loader = Loader::new(store, options(4, 2)).expect("loader");
+    loader.set_batch_size(6).expect("resize");
+    for batch in loader {
+        let items = batch.expect("batch").items;
+        let own = dataset[items[0] as usize] == 1;
+        assert_eq!(items.len(), if own { 3 } else { 6 });
+    }
+}
+
+#[test]
 fn ranks_come_from_torchrun_variables() {
     // Through a lookup rather than std::env::set_var: changing the environment while other
     // test threads read it is undefined behaviour.
