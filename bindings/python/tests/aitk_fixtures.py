@@ -66,11 +66,37 @@ def make_images(folder, n=4, size=64, captions=True):
                 f.write(f"a photo of thing {i}")
 
 
+def make_controls(folder, n=4, size=(80, 72), rgba=(1,)):
+    """Control images img{i}.png for ``make_images``' images: ``size`` (width, height), so they
+    are resized to their image's size; those in ``rgba`` have an alpha channel with fully and
+    partly transparent regions, which AI Toolkit composites over ``control_transparent_color``."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    w, h = size
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(n):
+        pixels = np.stack([(xs * (3 + i)) % 256, (ys * (5 + 2 * i)) % 256, ((xs + ys) * 7 + 40 * i) % 256], axis=-1)
+        if i in rgba:
+            alpha = np.full((h, w, 1), 255.0, np.float32)
+            alpha[: h // 3] = 0.0
+            alpha[h // 3 : h // 2] = 128.0
+            pixels = np.concatenate([pixels, alpha], axis=-1)
+        Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"img{i}.png"))
+
+
 def aitk_job(kind, name, training_folder, dataset_folder, model_path, steps=2,
              process_type="larder_sd_trainer", **dataset_extra):
-    """A LoRA training job for AI Toolkit as a dict: ``kind`` "sd15" or "flux", ``steps`` steps of
-    batch 1 at 64 px on the CPU in fp32, no sampling; ``dataset_extra`` adds keys to the dataset."""
-    arch, scheduler = {"sd15": ("sd1", "ddpm"), "flux": ("flux", "flowmatch")}[kind]
+    """A LoRA training job for AI Toolkit as a dict: ``kind`` "sd15", "flux" or "flux_kontext"
+    (the tiny Flux model), ``steps`` steps of batch 1 at 64 px on the CPU in fp32, no sampling;
+    ``dataset_extra`` adds keys to the dataset."""
+    arch, scheduler = {
+        "sd15": ("sd1", "ddpm"),
+        "flux": ("flux", "flowmatch"),
+        # Flux Kontext (an edit model: the control image's latents join the target's) loads
+        # the same folders as Flux.
+        "flux_kontext": ("flux_kontext", "flowmatch"),
+    }[kind]
     process = {
         "type": process_type,
         "training_folder": str(training_folder),

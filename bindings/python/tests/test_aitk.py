@@ -183,21 +183,135 @@ def test_cached_text_embeddings_are_the_ones_ai_toolkit_computes_and_the_text_en
 
     theirs = [load_file(str(f)) for f in sorted((own / "_t_e_cache").glob("*.safetensors"))]
     assert len(theirs) == 4
-    store = larder.Store.open(tmp_path / "output" / "te" / ".larder" / "store" / "train")
-    ours = {}
-    for batch in larder.DataLoader(store, batch_size=1, shuffle=False, format="torch"):
-        ours[batch["captions"][0]] = {
-            name: batch[f"text.{name}"][0].float().numpy() for name in ("embeds", "pooled", "attention_mask") if f"text.{name}" in batch
-        }
+    ours = _stored_embeddings(tmp_path / "output" / "te" / ".larder" / "store" / "train")
     assert len(ours) == 4
-    names = {"text_embed": "embeds", "pooled_embed": "pooled", "attention_mask": "attention_mask"}
     for cached in theirs:
-        assert set(cached) <= set(names)
-        match = [
-            mine for mine in ours.values()
-            if all(np.allclose(value[0].astype(np.float32), mine[names[key]], atol=1e-5) for key, value in cached.items())
-        ]
-        assert len(match) == 1, sorted(cached)
+        assert len(_matches(cached, ours.values())) == 1, sorted(cached)
+
+
+def _stored_embeddings(store_dir, field="text", epochs=1):
+    """The text embeddings of ``field`` served over ``epochs`` epochs, by the caption behind
+    them (with caption dropout, the dropout caption too once an item drops it)."""
+    loader = larder.DataLoader(larder.Store.open(store_dir), batch_size=1, shuffle=False, format="torch")
+    ours = {}
+    for _ in range(epochs):
+        for batch in loader:
+            ours[batch["captions"][0]] = {
+                name: batch[f"{field}.{name}"][0].float().numpy()
+                for name in ("embeds", "pooled", "attention_mask") if f"{field}.{name}" in batch
+            }
+    return ours
+
+
+def _matches(cached, candidates):
+    """The candidates equal to one of AI Toolkit's cached PromptEmbeds files."""
+    names = {"text_embed": "embeds", "pooled_embed": "pooled", "attention_mask": "attention_mask"}
+    assert set(cached) <= set(names)
+    return [
+        mine for mine in candidates
+        if all(
+            mine[names[key]].shape == value[0].shape and np.allclose(value[0].astype(np.float32), mine[names[key]], atol=1e-5)
+            for key, value in cached.items()
+        )
+    ]
+
+
+def test_preservation_and_dropout_embeddings_are_the_ones_ai_toolkit_caches(tmp_path, sd15):
+    # Differential output preservation with cached text embeddings: AI Toolkit caches each
+    # caption, its DOP version (trigger word -> class), and for caption dropout the trigger word
+    # alone and its DOP version; larder's store holds each of them.
+    def job(name, data):
+        job = fx.aitk_job("sd15", name, tmp_path / "output", data, sd15, steps=2, process_type="sd_trainer",
+                          caption_dropout_rate=0.5)
+        train = job["config"]["process"][0]["train"]
+        train.update(cache_text_embeddings=True, diff_output_preservation=True, diff_output_preservation_class="person")
+        job["config"]["process"][0]["trigger_word"] = "sks"
+        return fx.write_job(job, str(tmp_path / f"{name}.yaml"))
+
+    data, own = tmp_path / "data", tmp_path / "own"
+    fx.make_images(str(data))
+    shutil.copytree(data, own)
+    _run(["run", job("dop", data), "--aitk", AITK], tmp_path)
+    assert (tmp_path / "output" / "dop" / "dop.safetensors").is_file()
+    subprocess.run(
+        [sys.executable, "-c", OWN_DATA_PATH, AITK, job("own", own)],
+        cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), check=True, capture_output=True, timeout=900,
+    )
+    from safetensors.numpy import load_file
+
+    theirs = [load_file(str(f)) for f in sorted((own / "_t_e_cache").glob("*.safetensors"))]
+    store = tmp_path / "output" / "dop" / ".larder" / "store" / "train"
+    # Over enough epochs every item is served both its caption and its dropout caption.
+    texts, dops = _stored_embeddings(store, "text", epochs=12), _stored_embeddings(store, "dop", epochs=12)
+    assert sorted(texts) == ["sks "] + [f"sks a photo of thing {i}" for i in range(4)]
+    # Per item: caption, DOP caption, dropout caption, DOP dropout caption (the last two shared).
+    assert len(theirs) == 4 * 4
+    ours = list(texts.values()) + list(dops.values())
+    for cached in theirs:
+        assert len(_matches(cached, ours)) == 1, sorted(cached)
+    # And each of ours is one of theirs: the DOP embeddings are not the plain ones.
+    for mine in ours:
+        assert any(_matches(cached, [mine]) for cached in theirs)
+
+
+# AI Toolkit's trainer, or larder's (argv: the checkout, the job, "aitk" or "larder", an .npz),
+# recording each item's control tensor as the trainer receives it in its batches.
+RECORD_CONTROLS = (
+    "import sys; from pathlib import Path; import numpy as np\n"
+    "from larder.aitk.toolkit import enter, make_job, read_job, tolerate_broken_model_packages\n"
+    "enter(Path(sys.argv[1])); tolerate_broken_model_packages()\n"
+    "if sys.argv[3] == 'larder':\n"
+    "    from larder.aitk.trainer import trainer_class; Trainer = trainer_class()\n"
+    "else:\n"
+    "    from extensions_built_in.sd_trainer.SDTrainer import SDTrainer as Trainer\n"
+    "seen = {}\n"
+    "class Recording(Trainer):\n"
+    "    def hook_train_loop(self, batch):\n"
+    "        for b in batch if isinstance(batch, list) else [batch]:\n"
+    "            for k, item in enumerate(b.file_items):\n"
+    "                seen[Path(item.path).stem] = b.control_tensor[k].float().numpy().copy()\n"
+    "        return super().hook_train_loop(batch)\n"
+    "job = make_job(read_job(sys.argv[2]), {'sd_trainer': Recording}); job.run(); job.cleanup()\n"
+    "np.savez(sys.argv[4], **seen)\n"
+)
+
+
+def test_an_edit_job_trains_on_the_control_images_ai_toolkit_gives_its_trainer(tmp_path, models):
+    # Flux Kontext: each target image has a control image of another size (one with
+    # transparency), resized and cropped with its target, as AI Toolkit's loader does.
+    model = models("flux")
+    data = tmp_path / "data"
+    fx.make_images(str(data))
+    fx.make_controls(str(tmp_path / "controls"))
+    recorded = {}
+    for who in ("larder", "aitk"):
+        job = fx.aitk_job(
+            "flux_kontext", f"edit-{who}", tmp_path / "output", data, model, steps=1, process_type="sd_trainer",
+            control_path=str(tmp_path / "controls"), control_transparent_color=[255, 0, 0],
+        )
+        # One step of the four images: every item's control is seen once.
+        job["config"]["process"][0]["train"]["batch_size"] = 4
+        path = fx.write_job(job, str(tmp_path / f"edit-{who}.yaml"))
+        out = tmp_path / f"{who}.npz"
+        done = subprocess.run(
+            [sys.executable, "-c", RECORD_CONTROLS, AITK, path, who, str(out)],
+            cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=900,
+        )
+        assert done.returncode == 0, f"{who}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert (tmp_path / "output" / f"edit-{who}" / f"edit-{who}.safetensors").is_file()
+        recorded[who] = dict(np.load(out))
+
+    ours, theirs = recorded["larder"], recorded["aitk"]
+    assert sorted(ours) == sorted(theirs) == [f"img{i}" for i in range(4)]
+    for stem in ours:
+        assert ours[stem].shape == theirs[stem].shape == (3, 64, 64)
+        # Both resize with the cubic filter (a = -0.5), in different integer arithmetic: a value
+        # may round one 8-bit level apart, and at the sharp edges of these patterns a few
+        # (measured: ~1% of values) up to 7 levels apart.
+        levels = np.abs(ours[stem] - theirs[stem]) * 255
+        assert levels.max() <= 8 and (levels > 1.01).mean() < 0.02 and levels.mean() < 0.1, (stem, levels.max())
+    # The transparent band of img1 is the background colour, the half-transparent one a blend.
+    assert np.allclose(ours["img1"][:, :10, :], np.array([1.0, 0.0, 0.0])[:, None, None], atol=1.01 / 255)
 
 
 def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):

@@ -76,6 +76,8 @@ class BatchMaker:
                 file_item.inpaint_tensor = batch["inpaint"][k].float() / 255.0
             if self._prompts is not None:
                 file_item.prompt_embeds = self._prompts.embeds(batch, k)
+                if f"{PromptLayout.DOP_FIELD}.embeds" in batch:
+                    file_item.dop_prompt_embeds = self._prompts.embeds(batch, k, PromptLayout.DOP_FIELD)
         return self._batch_class(file_items=file_items)
 
     def _file_item(self, item_id: int) -> Any:
@@ -126,6 +128,9 @@ class PromptLayout:
     """
 
     FIELD = "text"
+    #: The differential output preservation captions' embeddings (trigger word replaced by the
+    #: class), where the job uses it.
+    DOP_FIELD = "dop"
 
     def __init__(self, probe: Any):
         import torch
@@ -152,9 +157,8 @@ class PromptLayout:
             out["attention_mask"] = embeds.attention_mask
         return {name: value.detach().float() for name, value in out.items()}
 
-    def embeds(self, batch: Dict[str, Any], k: int) -> Any:
-        """Item ``k``'s ``PromptEmbeds`` from a batch."""
-        field = self.FIELD
+    def embeds(self, batch: Dict[str, Any], k: int, field: str = FIELD) -> Any:
+        """Item ``k``'s ``PromptEmbeds`` from a batch's text field ``field``."""
         rows = batch[f"{field}.embeds"].shape[1]
         mask = batch.get(f"{field}.mask")
         n = int(mask[k].sum()) if mask is not None else rows

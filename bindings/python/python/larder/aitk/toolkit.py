@@ -1,6 +1,8 @@
 """Finding an AI Toolkit checkout and loading its trainer, without editing its files."""
 
 import importlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import pkgutil
@@ -60,32 +62,49 @@ def tolerate_broken_model_packages() -> None:
     AI Toolkit imports every package under extensions/ and extensions_built_in/ whenever it
     looks a model class up, and only an ImportError is caught: one package that raises anything
     else at import time ends every job, whatever its model. On a machine without a GPU,
-    omnigen2's triton kernels call ``torch.cuda.current_device()`` at import. Here such a package
-    is left out with one warning naming it and the error; the job fails only if it asks for that
-    package's model.
+    omnigen2's triton kernels call ``torch.cuda.current_device()`` at import, and omnigen2 is
+    one part of ``extensions_built_in.diffusion_models``, whose ``__init__`` imports every
+    model family (Flux Kontext, Qwen-Image, Wan, ...). Here a package that fails is imported
+    part by part instead (its subpackages, without its ``__init__``), and a part that fails is
+    left out with one warning naming it and the error; the job fails only if it asks for a
+    model that was left out.
     """
+    from toolkit.models.base_model import BaseModel  # type: ignore[import-not-found]
     from toolkit.paths import TOOLKIT_ROOT  # type: ignore[import-not-found]
     from toolkit.util import get_model  # type: ignore[import-not-found]
 
     found: List[Any] = []
 
+    def models_of(module: Any) -> List[Any]:
+        listed = getattr(module, "AI_TOOLKIT_MODELS", None)
+        if isinstance(listed, list):
+            return listed
+        # A part of a package: the model classes it exports.
+        return [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseModel) and "arch" in vars(v)]
+
+    def load(name: str, folder: str) -> None:
+        try:
+            found.extend(models_of(importlib.import_module(name)))
+            return
+        except Exception as e:  # noqa: BLE001 - any failure leaves just this package out
+            error = e
+        parts = [p.name for p in pkgutil.iter_modules([folder]) if p.ispkg]
+        if name.count(".") > 1 or not parts:
+            log.warning("AI Toolkit's %s does not import here (%s: %s); its models are unavailable", name, type(error).__name__, error)
+            return
+        log.warning("AI Toolkit's %s does not import as a whole here (%s: %s); importing its parts one by one", name, type(error).__name__, error)
+        package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
+        package.__path__ = [folder]
+        sys.modules[name] = package
+        for part in parts:
+            load(f"{name}.{part}", os.path.join(folder, part))
+
     def all_models() -> List[Any]:
-        if found:
-            return found
-        found.extend(get_model.BUILT_IN_MODELS)
-        for folder in ("extensions", "extensions_built_in"):
-            for package in pkgutil.iter_modules([os.path.join(TOOLKIT_ROOT, folder)]):
-                try:
-                    module = importlib.import_module(f"{folder}.{package.name}")
-                except Exception as e:  # noqa: BLE001 - any failure leaves just this package out
-                    log.warning(
-                        "AI Toolkit's %s.%s does not import here (%s: %s); its models are unavailable",
-                        folder, package.name, type(e).__name__, e,
-                    )
-                    continue
-                models = getattr(module, "AI_TOOLKIT_MODELS", None)
-                if isinstance(models, list):
-                    found.extend(models)
+        if not found:
+            found.extend(get_model.BUILT_IN_MODELS)
+            for folder in ("extensions", "extensions_built_in"):
+                for package in pkgutil.iter_modules([os.path.join(TOOLKIT_ROOT, folder)]):
+                    load(f"{folder}.{package.name}", os.path.join(TOOLKIT_ROOT, folder, package.name))
         return found
 
     get_model.get_all_models = all_models

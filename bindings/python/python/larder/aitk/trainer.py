@@ -25,8 +25,10 @@ log = logging.getLogger("larder.aitk")
 PATH_KEYS = re.compile(r"^(folder_path|dataset_path|mask_path|control_path(_\d+)?|inpaint_path|unconditional_path|clip_image_path)$")
 
 # Keys larder warns it does not serve that the drop-in serves itself: AI Toolkit's trainer reads
-# `prior_reg` from the file items' dataset config, which the batches carry.
-SERVED_HERE = ("prior_reg",)
+# `prior_reg` from the file items' dataset config, which the batches carry, and makes the
+# differential output preservation prompts from the captions (or, with cached text embeddings,
+# takes the `dop` embeddings the drop-in stores).
+SERVED_HERE = ("prior_reg", "diff_output_preservation", "diff_output_preservation_class")
 
 
 def trainer_class() -> Any:
@@ -126,8 +128,6 @@ class DataPath:
             name = match.group(2) if match else key
             if name in SERVED_HERE:
                 continue
-            if name == "batch_size" and dataset.get("batch_size") == self.batch_size:
-                continue
             at = f"config.process[{process}].datasets[{index}].{name}" if match else key
             problems.append(f"{at}: {why.replace('; ignored', '')}")
         return problems
@@ -155,7 +155,11 @@ class DataPath:
             # wait for it, then open the finished store.
             if t.accelerator.is_main_process:
                 encoders = {"latent": latent_encoder(t)} if caches_latents else None
-                texts = {PromptLayout.FIELD: text_encoder(t, prompts)} if prompts else None
+                texts = None
+                if prompts:
+                    texts = {PromptLayout.FIELD: text_encoder(t, prompts)}
+                    if self._dop_words(raw):
+                        texts[PromptLayout.DOP_FIELD] = text_encoder(t, prompts, self._dop_words(raw))
                 if texts:
                     # AI Toolkit's own caching has the text encoder on the device for this.
                     t.sd.text_encoder_to(t.device_torch)
@@ -192,6 +196,29 @@ class DataPath:
             self.loaders[group] = Loader(native, BatchMaker(store.items(), views, model, prompts), group)
         self._restore_position()
         return self.loaders.get("train"), self.loaders.get("reg")
+
+    def _dop_words(self, raw: List[Dict[str, Any]]) -> Optional[Tuple[str, str]]:
+        """The (trigger word, class word) of differential output preservation when the group's
+        datasets cache text embeddings with it; None otherwise.
+
+        AI Toolkit caches, per item, the caption with the dataset's trigger word replaced by the
+        class (and the same of the dropout caption); larder stores them as the text field
+        ``dop``, encoded from the same captions with the replacement made.
+
+        Raises:
+            larder.ConfigError: the datasets have different trigger words.
+        """
+        from .. import ConfigError
+
+        dop = [d for d in raw if d.get("cache_text_embeddings") and d.get("diff_output_preservation")]
+        if not dop:
+            return None
+        triggers = {d.get("trigger_word") for d in dop}
+        if len(triggers) != 1 or None in triggers:
+            raise ConfigError(
+                f"diff_output_preservation with cached text embeddings needs one trigger word for all datasets; they have {sorted(map(str, triggers))}"
+            )
+        return triggers.pop(), dop[0]["diff_output_preservation_class"]
 
     def _prompt_layout(self, model: Dict[str, Any]) -> Optional[PromptLayout]:
         """How the model's prompt embeddings are stored, when a dataset caches them."""
@@ -281,18 +308,25 @@ def latent_encoder(trainer: Any) -> Any:
     )
 
 
-def text_encoder(trainer: Any, layout: PromptLayout) -> Any:
+def text_encoder(trainer: Any, layout: PromptLayout, dop: Optional[Tuple[str, str]] = None) -> Any:
     """The job's own text encoders as a larder text encoder: AI Toolkit's ``encode_prompt``,
-    one caption at a time as its caching does, under an identity naming the model."""
+    one caption at a time as its caching does, under an identity naming the model.
+
+    With ``dop`` (trigger word, class word), each caption is encoded with the trigger word
+    replaced by the class: AI Toolkit's differential output preservation captions.
+    """
     import torch
 
     import larder
 
     sd = trainer.sd
 
+    def prompt(caption: str) -> str:
+        return caption.replace(dop[0], dop[1]) if dop else caption
+
     def encode(captions: Any) -> Any:
         with torch.no_grad():
-            parts = [layout.arrays(sd.encode_prompt(caption)) for caption in captions]
+            parts = [layout.arrays(sd.encode_prompt(prompt(caption))) for caption in captions]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     identity = _identity(
@@ -301,6 +335,7 @@ def text_encoder(trainer: Any, layout: PromptLayout) -> Any:
         dtype=sd.torch_dtype,
         space=getattr(sd, "text_embedding_space_version", None),
         outputs=sorted(layout.dtypes),
+        **({"replace": json.dumps(list(dop))} if dop else {}),
     )
     return larder.Encoder(encode, identity)
 
