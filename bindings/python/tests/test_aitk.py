@@ -329,13 +329,25 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     assert {e for e, _, _ in order(whole)} == {0, 1}
 
 
-def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15):
+# A video key (larder's config refuses it), and an edit model that takes its controls at their
+# own size (the model's class says so, before its weights load).
+@pytest.mark.parametrize("arch, extra, key, reason", [
+    (None, {"num_frames": 33}, "num_frames", "video"),
+    ("qwen_image_edit_plus", {"control_path": "controls"}, "control_path", "control images at their own size"),
+])
+def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15, arch, extra, key, reason):
     data = tmp_path / "data"
     fx.make_images(str(data))
-    done = _run(["run", _job(tmp_path, sd15, "video", data, num_frames=33), "--aitk", AITK], tmp_path, expect=2)
-    assert "config.process[0].datasets[0].num_frames" in done.stderr
-    assert "video" in done.stderr
-    assert not (tmp_path / "output" / "video" / "video.safetensors").exists()
+    fx.make_controls(str(tmp_path / "controls"))
+    job = fx.aitk_job("sd15", "unserved", tmp_path / "output", data, sd15, process_type="sd_trainer", **extra)
+    if arch:
+        job["config"]["process"][0]["model"]["arch"] = arch
+    done = _run(["run", fx.write_job(job, str(tmp_path / "unserved.yaml")), "--aitk", AITK], tmp_path, expect=2)
+    assert f"config.process[0].datasets[0].{key}" in done.stderr
+    assert reason in done.stderr
+    # AI Toolkit's model classes print "Loading ..." as their weights load.
+    assert "Loading" not in done.stdout + done.stderr, "stopped before the weights load"
+    assert not (tmp_path / "output" / "unserved" / "unserved.safetensors").exists()
 
 
 def test_install_puts_the_process_type_where_ai_toolkit_finds_it_and_uninstall_removes_it(tmp_path):

@@ -24,6 +24,9 @@ log = logging.getLogger("larder.aitk")
 # folder, and larder's config file is written elsewhere, so they are made absolute first.
 PATH_KEYS = re.compile(r"^(folder_path|dataset_path|mask_path|control_path(_\d+)?|inpaint_path|unconditional_path|clip_image_path)$")
 
+# A dataset's control images.
+CONTROL_KEYS = ("control_path", "control_path_1", "control_path_2", "control_path_3")
+
 # Keys larder warns it does not serve that the drop-in serves itself: AI Toolkit's trainer reads
 # `prior_reg` from the file items' dataset config, which the batches carry, and makes the
 # differential output preservation prompts from the captions (or, with cached text embeddings,
@@ -43,6 +46,11 @@ def trainer_class() -> Any:
             super().__init__(process_id, job, config, **kwargs)
             # Checked now, before the model is loaded: a job larder cannot serve stops at once.
             self.larder = DataPath(self)
+
+        def hook_after_sd_init_before_load(self) -> None:
+            super().hook_after_sd_init_before_load()
+            # The model object exists, its weights are not loaded yet.
+            self.larder.check_model(self.sd)
 
         def before_dataset_load(self) -> None:
             super().before_dataset_load()
@@ -131,6 +139,35 @@ class DataPath:
             at = f"config.process[{process}].datasets[{index}].{name}" if match else key
             problems.append(f"{at}: {why.replace('; ignored', '')}")
         return problems
+
+    def check_model(self, sd: Any) -> None:
+        """Stops the run, before the model's weights load, when the model needs from its
+        datasets' controls what larder does not serve yet, naming the keys.
+
+        Raises:
+            larder.ConfigError: the model takes its control images at their own size
+                (``use_raw_control_images``), or encodes them into cached text embeddings
+                (``encode_control_in_text_embeddings`` with ``cache_text_embeddings``).
+        """
+        from .. import ConfigError
+
+        arch = getattr(self.trainer.model_config, "arch", None)
+        problems = []
+        for datasets in self.groups.values():
+            for index, dataset in datasets:
+                keys = [k for k in CONTROL_KEYS if dataset.get(k)]
+                if not keys:
+                    continue
+                at = f"config.process[{self.trainer.process_id}].datasets[{index}].{keys[0]}"
+                if getattr(sd, "use_raw_control_images", False):
+                    problems.append(f"{at}: the {arch} model takes its control images at their own size, which larder does not serve yet")
+                if getattr(sd, "encode_control_in_text_embeddings", False) and dataset.get("cache_text_embeddings"):
+                    problems.append(f"{at}: the {arch} model encodes its control images into the text embeddings, which larder does not cache yet (cache_text_embeddings)")
+        if problems:
+            raise ConfigError(
+                "larder cannot serve what this job asks for yet:\n  " + "\n  ".join(problems)
+                + "\nTrain this job with AI Toolkit's own `sd_trainer`."
+            )
 
     def hide_datasets(self) -> None:
         """Keeps AI Toolkit from building its own loaders (it builds them when these are set)."""
@@ -224,15 +261,9 @@ class DataPath:
         """How the model's prompt embeddings are stored, when a dataset caches them."""
         import torch
 
-        from .. import ConfigError
-
         raw = [d for datasets in self.groups.values() for _, d in datasets]
         if not any(d.get("cache_text_embeddings") for d in raw):
             return None
-        if model["encode_control_in_text_embeddings"] and any(_has_controls(d) for d in raw if d.get("cache_text_embeddings")):
-            raise ConfigError(
-                "cache_text_embeddings for an edit model that encodes its control images into the text embeddings is not served by larder yet"
-            )
         with torch.no_grad():
             return PromptLayout(self.trainer.sd.encode_prompt(""))
 
@@ -356,10 +387,6 @@ def _file_item_model_args(sd: Any) -> Dict[str, Any]:
         "text_embedding_space_version": getattr(sd, "text_embedding_space_version", "sd1"),
         "te_padding_side": getattr(sd, "te_padding_side", "right"),
     }
-
-
-def _has_controls(dataset: Dict[str, Any]) -> bool:
-    return any(dataset.get(key) for key in ("control_path", "control_path_1", "control_path_2", "control_path_3"))
 
 
 def _codec(dtype: Any) -> str:
