@@ -231,7 +231,7 @@ def test_preservation_and_dropout_embeddings_are_the_ones_ai_toolkit_caches(tmp_
     data, own = tmp_path / "data", tmp_path / "own"
     fx.make_images(str(data))
     shutil.copytree(data, own)
-    _run(["run", job("dop", data), "--aitk", AITK], tmp_path)
+    trained = _record(tmp_path, job("dop", data), "larder", "prompts")
     assert (tmp_path / "output" / "dop" / "dop.safetensors").is_file()
     subprocess.run(
         [sys.executable, "-c", OWN_DATA_PATH, AITK, job("own", own)],
@@ -252,11 +252,25 @@ def test_preservation_and_dropout_embeddings_are_the_ones_ai_toolkit_caches(tmp_
     # And each of ours is one of theirs: the DOP embeddings are not the plain ones.
     for mine in ours:
         assert any(_matches(cached, [mine]) for cached in theirs)
+    # The trainer got each item's DOP embeddings with its prompt embeddings: those of one
+    # caption (or of the dropout caption, both at once).
+    stems = {key.split(".")[0] for key in trained}
+    assert stems
+    for stem in stems:
+        prompt, dop = trained[f"{stem}.prompt"], trained[f"{stem}.dop"]
+        pairs = [
+            caption for caption in texts
+            if prompt.shape == texts[caption]["embeds"].shape and np.allclose(prompt, texts[caption]["embeds"], atol=1e-5)
+            and dop.shape == dops[caption]["embeds"].shape and np.allclose(dop, dops[caption]["embeds"], atol=1e-5)
+        ]
+        assert len(pairs) == 1, stem
+        assert pairs[0] in ("sks ", f"sks a photo of thing {stem[3:]}")
 
 
-# AI Toolkit's trainer, or larder's (argv: the checkout, the job, "aitk" or "larder", an .npz),
-# recording each item's control tensor as the trainer receives it in its batches.
-RECORD_CONTROLS = (
+# AI Toolkit's trainer, or larder's (argv: the checkout, the job, "aitk" or "larder", an .npz,
+# "controls" or "prompts"), recording per item what the trainer receives in its batches: its
+# control tensor, or its prompt embeddings and DOP prompt embeddings.
+RECORD = (
     "import sys; from pathlib import Path; import numpy as np\n"
     "from larder.aitk.toolkit import enter, make_job, read_job, tolerate_broken_model_packages\n"
     "enter(Path(sys.argv[1])); tolerate_broken_model_packages()\n"
@@ -269,11 +283,27 @@ RECORD_CONTROLS = (
     "    def hook_train_loop(self, batch):\n"
     "        for b in batch if isinstance(batch, list) else [batch]:\n"
     "            for k, item in enumerate(b.file_items):\n"
-    "                seen[Path(item.path).stem] = b.control_tensor[k].float().numpy().copy()\n"
+    "                stem = Path(item.path).stem\n"
+    "                if sys.argv[5] == 'controls':\n"
+    "                    seen[stem] = b.control_tensor[k].float().numpy().copy()\n"
+    "                else:\n"
+    "                    seen[stem + '.prompt'] = item.prompt_embeds.text_embeds[0].float().numpy().copy()\n"
+    "                    seen[stem + '.dop'] = item.dop_prompt_embeds.text_embeds[0].float().numpy().copy()\n"
     "        return super().hook_train_loop(batch)\n"
     "job = make_job(read_job(sys.argv[2]), {'sd_trainer': Recording}); job.run(); job.cleanup()\n"
     "np.savez(sys.argv[4], **seen)\n"
 )
+
+
+def _record(tmp_path, job, who, what):
+    """Runs ``job`` with ``who``'s trainer recording ``what`` (see RECORD); returns the record."""
+    out = tmp_path / f"{who}-{what}.npz"
+    done = subprocess.run(
+        [sys.executable, "-c", RECORD, AITK, job, who, str(out), what],
+        cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, f"{who}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return dict(np.load(out))
 
 
 # Flux Kontext (an edit model) with one control per image; SD1.5 with two control folders, whose
@@ -296,14 +326,8 @@ def test_an_edit_job_trains_on_the_control_images_ai_toolkit_gives_its_trainer(t
         # One step of the four images: every item's control is seen once.
         job["config"]["process"][0]["train"]["batch_size"] = 4
         path = fx.write_job(job, str(tmp_path / f"edit-{who}.yaml"))
-        out = tmp_path / f"{who}.npz"
-        done = subprocess.run(
-            [sys.executable, "-c", RECORD_CONTROLS, AITK, path, who, str(out)],
-            cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=900,
-        )
-        assert done.returncode == 0, f"{who}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        recorded[who] = _record(tmp_path, path, who, "controls")
         assert (tmp_path / "output" / f"edit-{who}" / f"edit-{who}.safetensors").is_file()
-        recorded[who] = dict(np.load(out))
 
     ours, theirs = recorded["larder"], recorded["aitk"]
     assert sorted(ours) == sorted(theirs) == [f"img{i}" for i in range(4)]

@@ -225,6 +225,7 @@ pub(crate) fn parse_dataset(
     let mut kohya: Option<&Node> = None;
     let mut bucket_list: Option<&Node> = None;
     let mut strategy_node: Option<&Node> = None;
+    let mut batch_size_node: Option<&Node> = None;
 
     for (key_node, v) in entries {
         let key = key_node.as_key().unwrap_or_default();
@@ -337,6 +338,7 @@ pub(crate) fn parse_dataset(
                     super::yaml::Value::Null => None,
                     _ => Some(a.uint(v, 1, 1_000_000)?),
                 };
+                batch_size_node = Some(v);
             }
             // AI Toolkit keys added in 2026-08: typed and kept, not acted on yet.
             "prior_reg" => {
@@ -450,6 +452,16 @@ pub(crate) fn parse_dataset(
                 cfg.random_triggers_max,
                 cfg.random_triggers.len()
             ),
+        ));
+    }
+    // Without buckets AI Toolkit batches all datasets together, so one cannot have its own size.
+    if let Some(node) = batch_size_node
+        && cfg.batch_size.is_some()
+        && !cfg.buckets
+    {
+        return Err(at.child("batch_size").error(
+            node,
+            "a dataset's own batch size needs buckets (`buckets: false` batches every dataset together, at the trainer's batch size)",
         ));
     }
     if let Some(strategy) = parse_bucket_strategy(at, strategy_node, kohya, bucket_list)? {
@@ -846,6 +858,14 @@ mod tests {
         let (cfg, warnings) = parse(&text, &file);
         assert_eq!(cfg.expect("valid").batch_size, None);
         assert!(warnings.is_empty(), "{warnings:?}");
+
+        // As in AI Toolkit, a dataset's own batch size needs buckets.
+        let text = format!(
+            "folder_path: {:?}\nbuckets: false\nbatch_size: 2\n",
+            dir.path()
+        );
+        let err = parse(&text, &file).0.expect_err("refused");
+        assert!(err.to_string().contains("needs buckets"), "{err}");
     }
 
     #[test]

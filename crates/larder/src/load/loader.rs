@@ -72,6 +72,25 @@ impl Loader {
         let mut texts = store.text_tables(columns.items.len())?;
         for table in &mut texts {
             table.find_dropouts(&recipes);
+            // A dataset that drops captions needs its dropout caption's embedding: refused
+            // here, once, rather than at the first dropped caption.
+            let lacking = (columns.items.iter().enumerate()).find(|(id, row)| {
+                let d = row.dataset as usize;
+                recipes[d].caption_dropout_rate > 0.0
+                    && table.dropped[d].is_none()
+                    && table.offsets[*id] != table.offsets[id + 1]
+            });
+            if let Some((_, row)) = lacking {
+                return Err(Error::Store {
+                    path: store.root().to_path_buf(),
+                    message: format!(
+                        "dataset {} drops captions, but the store has no {:?} embedding of its dropout caption {:?} (the store was prepared by an earlier larder, or its embeddings imported from AI Toolkit's cache): run `larder prepare` again with the text encoder, which encodes only that caption",
+                        row.dataset,
+                        table.field,
+                        recipes[row.dataset as usize].dropout_caption()
+                    ),
+                });
+            }
         }
         // A text encoder's name selects all its outputs and its mask.
         if let Some(wanted) = &options.fields {
@@ -98,13 +117,18 @@ impl Loader {
             None => (0..columns.fields.len()).collect(),
         };
         fields.sort_by(|a, b| columns.fields[*a].cmp(&columns.fields[*b]));
-        // AI Toolkit batches each dataset (each resolution of it) on its own, at the dataset's
-        // batch size where it sets one, and shuffles the batches of all datasets together.
-        let sizes = store.dataset_batch_sizes()?;
+        // AI Toolkit batches each bucketed dataset (each resolution of it) on its own, at the
+        // dataset's batch size where it sets one, and shuffles the batches of all datasets
+        // together; datasets without buckets it batches together.
+        let batching = store.dataset_batching()?;
+        let together = u32::MAX;
         let buckets = Buckets::with_sizes(
-            (columns.items.iter().enumerate())
-                .map(|(id, i)| (id as u32, (i.dataset, i.resolution, i.bucket))),
-            |&(dataset, _, _)| sizes.get(dataset as usize).copied().flatten(),
+            (columns.items.iter().enumerate()).map(|(id, i)| {
+                let bucketed = batching.get(i.dataset as usize).is_none_or(|b| b.buckets);
+                let dataset = if bucketed { i.dataset } else { together };
+                (id as u32, (dataset, i.resolution, i.bucket))
+            }),
+            |&(dataset, _, _)| batching.get(dataset as usize).and_then(|b| b.batch_size),
         );
         let plan = Arc::new(epoch_plan(
             &buckets,

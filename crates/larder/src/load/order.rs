@@ -3,9 +3,10 @@
 //! The order is a pure function of (seed, epoch, batch-size history): per epoch, a seeded
 //! permutation of the items inside each bucket, cut into batches, then a seeded permutation of
 //! all batches. A bucket is one dataset's images of one size (AI Toolkit batches each dataset
-//! on its own and shuffles the batches of all), and a dataset may fix its own batch size. Nothing depends on thread timing, on the number of reader threads or on the
-//! number of ranks, so a run can be resumed — on any number of ranks — from three integers and
-//! a short list, without reading the data it skips.
+//! on its own and shuffles the batches of all), and a dataset may fix its own batch size.
+//! Nothing depends on thread timing, on the number of reader threads or on the number of
+//! ranks, so a run can be resumed — on any number of ranks — from three integers and a short
+//! list, without reading the data it skips.
 //!
 //! A batch-size change re-plans the rest of the epoch: the items not yet served, in the order
 //! the epoch's permutation gave them, are cut into batches of the new size and those batches
@@ -19,7 +20,7 @@ use crate::rng::{Purpose, Stream};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BucketTail {
-    /// Fill it up by repeating items of the same bucket, from its start (AI Toolkit's choice).
+    /// Fill it up by repeating its own items (AI Toolkit's choice).
     Fill,
     /// Leave it out for this epoch.
     Drop,
@@ -142,10 +143,11 @@ fn cut(
                 match options.bucket_tail {
                     BucketTail::Drop => continue,
                     BucketTail::Keep => {}
-                    // Cycle through the bucket from its start, as AI Toolkit pads.
+                    // Repeat the short batch's own items, as AI Toolkit pads
+                    // (`build_batch_indices`: `batch[i % len(batch)]`).
                     BucketTail::Fill => {
                         let need = size - batch.len();
-                        batch.extend(items.iter().cycle().take(need));
+                        batch.extend(chunk.iter().cycle().take(need));
                     }
                 }
             }
@@ -213,9 +215,14 @@ pub fn epoch_plan(
             .collect();
         let mut stream = Stream::new(Purpose::Order, &[options.seed, epoch, 2 + n as u64]);
         batches.truncate(at);
+        // A dataset's own batch size is capped by the new size: a trainer that shrinks its
+        // batches (the tuner, after running out of memory) shrinks every dataset's.
+        let capped: Vec<Option<u32>> = (buckets.sizes.iter())
+            .map(|own| own.map(|n| n.min(change.batch_size.max(1))))
+            .collect();
         batches.extend(cut(
             &rest,
-            &buckets.sizes,
+            &capped,
             change.batch_size.max(1) as usize,
             options,
             &mut stream,
@@ -331,7 +338,12 @@ mod tests {
         };
         assert_eq!(
             epoch_plan(&b, &o, 0, 2, &[]).batches,
-            vec![vec![0, 1], vec![2, 3], vec![4, 0]]
+            vec![vec![0, 1], vec![2, 3], vec![4, 4]]
+        );
+        // Batches of 3: the short batch [3, 4] repeats its own first item.
+        assert_eq!(
+            epoch_plan(&b, &o, 0, 3, &[]).batches,
+            vec![vec![0, 1, 2], vec![3, 4, 3]]
         );
         let o = OrderOptions {
             bucket_tail: BucketTail::Drop,
@@ -481,7 +493,7 @@ mod tests {
             assert_eq!(batch.len(), if dataset(batch) { 3 } else { 4 });
         }
         assert_eq!(plan.batches.len(), 10 + 10);
-        // The trainer's size changes; dataset 1 keeps its own.
+        // The trainer's size grows; dataset 1 keeps its own.
         let change = SizeChange {
             epoch: 0,
             at: 5,
@@ -492,6 +504,13 @@ mod tests {
         for batch in &after.batches[5..] {
             assert!(batch.len() == 3 && dataset(batch) || batch.len() == 8 && !dataset(batch));
         }
+        // It shrinks below dataset 1's size (the tuner after an out-of-memory error): both shrink.
+        let shrink = SizeChange {
+            batch_size: 2,
+            ..change
+        };
+        let after = epoch_plan(&b, &o, 0, 4, &[shrink]);
+        assert!(after.batches[5..].iter().all(|batch| batch.len() == 2));
     }
 
     proptest! {

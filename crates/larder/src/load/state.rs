@@ -19,11 +19,15 @@ pub struct LoaderState {
     pub history: Vec<SizeChange>,
 }
 
+/// The state format this larder writes. Version 2: batches hold one dataset's items and a
+/// bucket's short batch repeats its own items, so a version-1 position names other batches.
+const VERSION: u32 = 2;
+
 impl LoaderState {
     /// The state of a loader that has served nothing.
     pub fn new(order: OrderOptions, batch_size: u32) -> Self {
         LoaderState {
-            version: 1,
+            version: VERSION,
             order,
             epoch: 0,
             consumed: 0,
@@ -61,15 +65,45 @@ impl LoaderState {
                 name: "state",
                 message: format!("not a larder loader state: {e}"),
             })?;
-        if state.version != 1 {
+        if state.version == 1 {
             return Err(crate::Error::InvalidArgument {
                 name: "state",
                 message: format!(
-                    "loader state version {} is not supported (this larder writes 1)",
+                    "this loader state was written by an earlier larder (version 1), which cut batches differently, so its position names other batches; start its epoch again instead (`set_epoch({})`)",
+                    state.epoch
+                ),
+            });
+        }
+        if state.version != VERSION {
+            return Err(crate::Error::InvalidArgument {
+                name: "state",
+                message: format!(
+                    "loader state version {} is not supported (this larder writes {VERSION})",
                     state.version
                 ),
             });
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_of_an_earlier_larder_is_refused_with_the_way_on() {
+        let mut state = LoaderState::new(OrderOptions::default(), 4);
+        state.epoch = 3;
+        assert_eq!(
+            LoaderState::from_json(&state.to_json()).ok(),
+            Some(state.clone())
+        );
+        state.version = 1;
+        let err = LoaderState::from_json(&state.to_json()).expect_err("refused");
+        assert!(err.to_string().contains("set_epoch(3)"), "{err}");
+        state.version = 7;
+        let err = LoaderState::from_json(&state.to_json()).expect_err("refused");
+        assert!(err.to_string().contains("version 7"), "{err}");
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Each item has precomputed caption variants per text encoder (see docs/encoders.md). Per
 //! (seed, epoch, item), the loader draws caption dropout exactly as the caption transforms do
-//! (so `captions` and embeddings agree) and then one variant; a dropped caption gets the
-//! embedding of its dataset's dropout caption (the empty caption, or the trigger word alone).
+//! (so an item drops its caption in the same epochs with or without embeddings) and then one
+//! variant; a dropped caption gets the embedding of its dataset's dropout caption (the empty
+//! caption, or the trigger word alone).
 
 use std::sync::Arc;
 

@@ -537,16 +537,22 @@ impl Catalog {
             .collect()
     }
 
-    /// Each dataset's `batch_size`, by dataset index, from the settings the prepare recorded.
-    pub fn dataset_batch_sizes(&self) -> Result<Vec<Option<u32>>> {
-        let rows: Vec<(i64, Option<i64>)> = self.rows(
-            "SELECT id, json_extract(config, '$.batch_size') FROM datasets ORDER BY id",
-            |r| Ok((r.get(0)?, r.get(1)?)),
+    /// Each dataset's batching, by dataset index, from the settings the prepare recorded.
+    pub fn dataset_batching(&self) -> Result<Vec<DatasetBatching>> {
+        let rows: Vec<(i64, Option<i64>, Option<bool>)> = self.rows(
+            "SELECT id, json_extract(config, '$.batch_size'), json_extract(config, '$.buckets') FROM datasets ORDER BY id",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         rows.into_iter()
-            .map(|(id, size)| match size {
-                None => Ok(None),
-                Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Ok(Some(n as u32)),
+            .map(|(id, size, buckets)| match size {
+                None => Ok(DatasetBatching {
+                    batch_size: None,
+                    buckets: buckets.unwrap_or(true),
+                }),
+                Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Ok(DatasetBatching {
+                    batch_size: Some(n as u32),
+                    buckets: buckets.unwrap_or(true),
+                }),
                 Some(n) => Err(Error::Store {
                     path: self.path.clone(),
                     message: format!(
@@ -556,6 +562,16 @@ impl Catalog {
             })
             .collect()
     }
+}
+
+/// How the loader batches one dataset's items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasetBatching {
+    /// The dataset's own batch size (`batch_size`); `None` for the loader's.
+    pub batch_size: Option<u32>,
+    /// `buckets`: batched on its own, bucket by bucket; false for datasets batched together
+    /// (AI Toolkit without buckets).
+    pub buckets: bool,
 }
 
 /// Returns true if and only if `name` names a file directly inside a folder: not empty, no

@@ -29,6 +29,7 @@ use checked::CheckedShard;
 use shard::MappedShard;
 
 pub use crate::storage::CHUNK_BYTES;
+pub use catalog::DatasetBatching;
 pub use shard::{SafetensorsFile, TensorRef};
 pub use verify::{FieldStats, GcReport, Inspection, Problem, VerifyReport};
 
@@ -440,10 +441,9 @@ impl Store {
         self.catalog().caption_recipes()
     }
 
-    /// Each dataset's own batch size (its `batch_size` key), by dataset index; `None` where it
-    /// takes the trainer's.
-    pub fn dataset_batch_sizes(&self) -> Result<Vec<Option<u32>>> {
-        self.catalog().dataset_batch_sizes()
+    /// How each dataset is batched (its `batch_size` and `buckets` keys), by dataset index.
+    pub fn dataset_batching(&self) -> Result<Vec<DatasetBatching>> {
+        self.catalog().dataset_batching()
     }
 
     /// Local shard `id`, mapped (and its header chunk checked) on first use.

@@ -608,6 +608,37 @@ fn a_dropped_caption_is_served_the_trigger_word_embedding_as_ai_toolkit_caches_i
     }
 }
 
+#[test]
+fn a_store_without_its_dropout_caption_is_refused_at_open_and_a_rerun_encodes_only_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // As a store prepared by an earlier larder, which recorded the dataset's dropout but
+    // encoded no dropout caption: prepared without dropout, then the recipe says it drops.
+    let config = dataset(dir.path(), "    trigger_word: sks\n");
+    let out = dir.path().join("store");
+    let captions = Arc::new(AtomicUsize::new(0));
+    run(&config, &out, &options(8), &mut text_encoders(&captions)).expect("prepare");
+    crate::load::edit_catalog(
+        &out,
+        "UPDATE datasets SET caption_recipe = json_set(caption_recipe, '$.caption_dropout_rate', 0.5);",
+    );
+    let store = Arc::new(Store::open(&out).expect("open"));
+    let err = Loader::new(store, LoaderOptions::default()).expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("\"sks \"") && message.contains("larder prepare"),
+        "{message}"
+    );
+    let config = dataset(
+        dir.path(),
+        "    trigger_word: sks\n    caption_dropout_rate: 0.5\n",
+    );
+    let again = Arc::new(AtomicUsize::new(0));
+    let report = run(&config, &out, &options(8), &mut text_encoders(&again)).expect("rerun");
+    assert_eq!(report.captions_encoded, 1);
+    assert_eq!(again.load(Ordering::SeqCst), 1);
+    assert!(loader(&out, Padding::Right).all(|b| b.is_ok()));
+}
+
 /// The caption variants a store serves per item, over enough epochs to see every variant.
 fn served_variants(
     out: &Path,

@@ -243,7 +243,10 @@ fn each_dataset_is_batched_on_its_own_at_its_own_batch_size() {
     let dataset: Vec<u32> = (store.items().expect("items").iter())
         .map(|i| i.dataset)
         .collect();
-    assert_eq!(store.dataset_batch_sizes().expect("sizes"), [None, Some(3)]);
+    let sizes: Vec<Option<u32>> = (store.dataset_batching().expect("batching").iter())
+        .map(|b| b.batch_size)
+        .collect();
+    assert_eq!(sizes, [None, Some(3)]);
 
     let mut loader = Loader::new(store.clone(), options(4, 2)).expect("loader");
     let batches: Vec<Vec<u32>> = (loader.by_ref()).map(|b| b.expect("batch").items).collect();
@@ -257,7 +260,7 @@ fn each_dataset_is_batched_on_its_own_at_its_own_batch_size() {
     sizes.sort_unstable();
     assert_eq!(sizes, [(0, 4), (0, 4), (0, 4), (1, 3), (1, 3), (1, 3)]);
 
-    // The trainer's batch size changes; the dataset's own stays.
+    // The trainer's batch size grows; the dataset's own stays.
     let mut loader = Loader::new(store, options(4, 2)).expect("loader");
     loader.set_batch_size(6).expect("resize");
     for batch in loader {
@@ -265,6 +268,32 @@ fn each_dataset_is_batched_on_its_own_at_its_own_batch_size() {
         let own = dataset[items[0] as usize] == 1;
         assert_eq!(items.len(), if own { 3 } else { 6 });
     }
+
+    // Without buckets, AI Toolkit batches all datasets together.
+    let config = file(
+        dir.path(),
+        "together.yaml",
+        "datasets:\n  - folder_path: a\n    resolution: 64\n    buckets: false\n  - folder_path: b\n    resolution: 64\n    buckets: false\n",
+    );
+    let out = dir.path().join("together");
+    prepare(
+        &Config::load(&config).expect("config"),
+        &out,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    let store = Arc::new(Store::open(&out).expect("open"));
+    let batches: Vec<Vec<u32>> = (Loader::new(store, options(4, 2)).expect("loader"))
+        .map(|b| b.expect("batch").items)
+        .collect();
+    assert_eq!(batches.len(), 21_usize.div_ceil(4));
+    assert!(
+        batches
+            .iter()
+            .any(|items| items.iter().any(|&i| dataset[i as usize] == 0)
+                && items.iter().any(|&i| dataset[i as usize] == 1)),
+        "{batches:?}"
+    );
 }
 
 #[test]
@@ -618,7 +647,7 @@ fn a_field_other_than_mask_or_control_that_one_item_lacks_fails_the_batch_naming
 }
 
 /// Runs `sql` on the catalog of the store in `store_dir`.
-fn edit_catalog(store_dir: &Path, sql: &str) {
+pub fn edit_catalog(store_dir: &Path, sql: &str) {
     let db = rusqlite::Connection::open(store_dir.join("catalog.sqlite")).expect("catalog");
     db.execute_batch(sql).expect(sql);
 }

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import pkgutil
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -88,7 +89,7 @@ def tolerate_broken_model_packages() -> None:
             return
         except Exception as e:  # noqa: BLE001 - any failure leaves just this package out
             error = e
-        parts = [p.name for p in pkgutil.iter_modules([folder]) if p.ispkg]
+        parts = _parts_imported_by(folder)
         if name.count(".") > 1 or not parts:
             log.warning("AI Toolkit's %s does not import here (%s: %s); its models are unavailable", name, type(error).__name__, error)
             return
@@ -108,6 +109,17 @@ def tolerate_broken_model_packages() -> None:
         return found
 
     get_model.get_all_models = all_models
+
+
+def _parts_imported_by(folder: str) -> List[str]:
+    """The subpackages a package's ``__init__.py`` imports (``from .part import ...``), in its
+    order: the model families it lists, without the templates it leaves out."""
+    try:
+        source = Path(folder, "__init__.py").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    names = re.findall(r"^from \.(\w+)", source, re.MULTILINE)
+    return [n for i, n in enumerate(names) if n not in names[:i] and Path(folder, n).is_dir()]
 
 
 def read_job(job: os.PathLike) -> Dict[str, Any]:

@@ -99,6 +99,7 @@ class DataPath:
             config = load_config(path)
             self.configs[group] = config
             problems += self._unserved(config, datasets)
+        self.dop = {group: self._dop_words(datasets, problems) for group, datasets in self.groups.items()}
         if problems:
             raise ConfigError(
                 "larder cannot serve what this job asks for yet:\n  "
@@ -195,8 +196,8 @@ class DataPath:
                 texts = None
                 if prompts:
                     texts = {PromptLayout.FIELD: text_encoder(t, prompts)}
-                    if self._dop_words(raw):
-                        texts[PromptLayout.DOP_FIELD] = text_encoder(t, prompts, self._dop_words(raw))
+                    if self.dop[group]:
+                        texts[PromptLayout.DOP_FIELD] = text_encoder(t, prompts, self.dop[group])
                 if texts:
                     # AI Toolkit's own caching has the text encoder on the device for this.
                     t.sd.text_encoder_to(t.device_torch)
@@ -234,28 +235,25 @@ class DataPath:
         self._restore_position()
         return self.loaders.get("train"), self.loaders.get("reg")
 
-    def _dop_words(self, raw: List[Dict[str, Any]]) -> Optional[Tuple[str, str]]:
+    def _dop_words(self, datasets: List[Tuple[int, Dict[str, Any]]], problems: List[str]) -> Optional[Tuple[str, str]]:
         """The (trigger word, class word) of differential output preservation when the group's
         datasets cache text embeddings with it; None otherwise.
 
-        AI Toolkit caches, per item, the caption with the dataset's trigger word replaced by the
+        AI Toolkit caches, per item, the caption with its dataset's trigger word replaced by the
         class (and the same of the dropout caption); larder stores them as the text field
-        ``dop``, encoded from the same captions with the replacement made.
-
-        Raises:
-            larder.ConfigError: the datasets have different trigger words.
+        ``dop``, encoded from the same captions with the replacement made, which needs one
+        trigger word for the group (a dataset without one keeps its captions, as in AI
+        Toolkit, unless they contain that word). Two trigger words are added to ``problems``.
         """
-        from .. import ConfigError
-
-        dop = [d for d in raw if d.get("cache_text_embeddings") and d.get("diff_output_preservation")]
-        if not dop:
-            return None
-        triggers = {d.get("trigger_word") for d in dop}
-        if len(triggers) != 1 or None in triggers:
-            raise ConfigError(
-                f"diff_output_preservation with cached text embeddings needs one trigger word for all datasets; they have {sorted(map(str, triggers))}"
+        dop = [(i, d) for i, d in datasets if d.get("cache_text_embeddings") and d.get("diff_output_preservation")]
+        triggers = sorted({d["trigger_word"] for _, d in dop if d.get("trigger_word")})
+        if len(triggers) > 1:
+            at = ", ".join(f"config.process[{self.trainer.process_id}].datasets[{i}]" for i, _ in dop)
+            problems.append(
+                f"{at}: differential output preservation with cached text embeddings for datasets with different trigger words ({', '.join(triggers)}) is not served by larder yet; give them one trigger word"
             )
-        return triggers.pop(), dop[0]["diff_output_preservation_class"]
+            return None
+        return (triggers[0], dop[0][1]["diff_output_preservation_class"]) if triggers else None
 
     def _prompt_layout(self, model: Dict[str, Any]) -> Optional[PromptLayout]:
         """How the model's prompt embeddings are stored, when a dataset caches them."""
@@ -288,23 +286,30 @@ class DataPath:
     def _restore_position(self) -> None:
         """On resume (AI Toolkit restored a step from its checkpoint), continues each loader
         where it was at that checkpoint."""
+        from .. import ArgumentError
+
         step = int(self.trainer.step_num)
         if step == 0:
             return
         path = self._position_file(step)
-        if not path.is_file():
-            epoch = int(self.trainer.epoch_num)
-            log.warning(
-                "larder: resuming at step %d without larder's position for it (%s is missing: the checkpoint was not written by larder_sd_trainer); the data order starts again at epoch %d",
-                step, path, epoch,
-            )
+        epoch = int(self.trainer.epoch_num)
+
+        def start_epoch_again(why: str) -> None:
+            log.warning("larder: resuming at step %d without larder's position for it (%s); the data order starts again at epoch %d", step, why, epoch)
             for loader in self.loaders.values():
                 loader.native.set_epoch(epoch)
+
+        if not path.is_file():
+            start_epoch_again(f"{path} is missing: the checkpoint was not written by larder_sd_trainer")
             return
         state = json.loads(path.read_text())
-        for group, loader in self.loaders.items():
-            if group in state:
-                loader.native.load_state_dict(state[group])
+        try:
+            for group, loader in self.loaders.items():
+                if group in state:
+                    loader.native.load_state_dict(state[group])
+        except ArgumentError as e:
+            start_epoch_again(f"{path}: {e}")
+            return
         log.info("larder: resumed the data order at step %d from %s", step, path)
 
 
