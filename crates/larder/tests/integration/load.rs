@@ -297,6 +297,37 @@ fn each_dataset_is_batched_on_its_own_at_its_own_batch_size() {
 }
 
 #[test]
+fn the_resolutions_of_one_dataset_are_batched_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for i in 0..6 {
+        let path = image(&dir.path().join("imgs"), &format!("{i}.png"), 64, 64, None);
+        larder_synth::write_image(&path, 64, 64, 50 + i).expect("distinct image");
+    }
+    // Both resolutions place every image in the one listed bucket: only the resolution
+    // (a dataset of its own in AI Toolkit) tells the two copies' batches apart.
+    let config = file(
+        dir.path(),
+        "c.yaml",
+        "datasets:\n  - folder_path: imgs\n    resolution: [64, 128]\n    bucket_list: [[64, 64]]\n",
+    );
+    let out = dir.path().join("store");
+    prepare(
+        &Config::load(&config).expect("config"),
+        &out,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    let store = Arc::new(Store::open(&out).expect("open"));
+    assert_eq!(store.items().expect("items").len(), 12);
+    let mut sizes: Vec<usize> = (Loader::new(store, options(4, 2)).expect("loader"))
+        .map(|b| b.expect("batch").items.len())
+        .collect();
+    sizes.sort_unstable();
+    // Six items per resolution in batches of 4 (short tails kept): 4 + 2, twice.
+    assert_eq!(sizes, [2, 2, 4, 4]);
+}
+
+#[test]
 fn ranks_come_from_torchrun_variables() {
     // Through a lookup rather than std::env::set_var: changing the environment while other
     // test threads read it is undefined behaviour.
