@@ -364,6 +364,7 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
 @pytest.mark.parametrize("arch, extra, key, reason", [
     (None, {"num_frames": 33}, "num_frames", "video"),
     ("qwen_image_edit_plus", {"control_path": "controls"}, "control_path", "control images at their own size"),
+    ("qwen_image_edit", {"control_path": "controls", "cache_text_embeddings": True}, "control_path", "into the text embeddings"),
 ])
 def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15, arch, extra, key, reason):
     data = tmp_path / "data"
