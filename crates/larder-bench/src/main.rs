@@ -8,6 +8,7 @@
 //! Benchmarks that time `larder` commands in their own processes run the `larder` binary built
 //! beside this one (`cargo build --release --workspace`).
 
+mod aitk;
 mod diagnose;
 mod encode;
 mod fastload;
@@ -55,6 +56,10 @@ enum Command {
     Fastload(fastload::Args),
     /// Serving a store locally, then from object storage with a cold and a warm cache.
     Remote(remote::Args),
+    /// AI Toolkit's trainer fed by its own loader against the same trainer fed by larder's
+    /// drop-in: time to the first step, data wait per step, memory (needs an AI Toolkit
+    /// checkout and its Python packages).
+    Aitk(aitk::Args),
 }
 
 /// Arguments of `larder-bench all`.
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
         Command::Diagnose(args) => diagnose::run(args),
         Command::Fastload(args) => fastload::run(args),
         Command::Remote(args) => remote::run(args),
+        Command::Aitk(args) => aitk::run(args),
     };
     match result {
         Ok(code) => code,
@@ -98,7 +104,7 @@ fn all(args: &AllArgs) -> anyhow::Result<ExitCode> {
     };
     let python = args.python.clone();
     type Bench = Box<dyn FnOnce() -> anyhow::Result<ExitCode>>;
-    let benches: Vec<(&str, &[&str], Bench)> = vec![
+    let mut benches: Vec<(&str, &[&str], Bench)> = vec![
         (
             "scan",
             &["PIL"],
@@ -159,6 +165,18 @@ fn all(args: &AllArgs) -> anyhow::Result<ExitCode> {
             }),
         ),
     ];
+    // AI Toolkit's trainer needs its checkout as well as its packages.
+    let has_aitk = aitk::checkout(None).is_some();
+    if has_aitk {
+        benches.push((
+            "aitk",
+            &["larder", "torch", "diffusers", "transformers", "yaml"],
+            Box::new({
+                let python = python.clone();
+                move || aitk::run(parse(&["aitk", "--python", &python]))
+            }),
+        ));
+    }
     let mut failed = Vec::new();
     for (name, modules, bench) in benches {
         println!("\n== larder-bench {name}");
@@ -175,6 +193,9 @@ fn all(args: &AllArgs) -> anyhow::Result<ExitCode> {
             eprintln!("larder-bench {name} failed: {e:#}");
             failed.push(name);
         }
+    }
+    if !has_aitk {
+        println!("\n== larder-bench aitk\nleft out: set AITK_PATH to an AI Toolkit checkout");
     }
     println!("\n== remote: run `larder-bench remote <store> <url>` against your object store");
     if failed.is_empty() {
