@@ -26,7 +26,6 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use rayon::prelude::*;
 
 const PEER_SCRIPT: &str = include_str!("../peers/aitk_train.py");
 
@@ -415,27 +414,17 @@ fn remove(path: &Path) -> anyhow::Result<()> {
 /// Writes `n` images with captions, unless already there: three JPEGs to one PNG, at four
 /// sizes (square, landscape, portrait, wide), so a job at 256 or 512 has several buckets.
 fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
-    let marker = dir.join(".complete");
-    if marker.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("generating {n} images in {} (once)...", dir.display());
     const SIZES: [(u32, u32); 4] = [(640, 640), (768, 512), (512, 768), (896, 512)];
-    (0..n)
-        .into_par_iter()
-        .try_for_each(|i| -> anyhow::Result<()> {
-            let (w, h) = SIZES[i % SIZES.len()];
-            let ext = if i % 4 == 3 { "png" } else { "jpg" };
-            larder_synth::write_image(&dir.join(format!("img_{i:05}.{ext}")), w, h, i as u64)?;
-            std::fs::write(
-                dir.join(format!("img_{i:05}.txt")),
-                format!("a photo of thing {i}"),
-            )?;
-            Ok(())
-        })?;
-    std::fs::write(&marker, n.to_string())?;
-    Ok(())
+    crate::generate_once(dir, n, "images", |dir, i| {
+        let (w, h) = SIZES[i % SIZES.len()];
+        let ext = if i % 4 == 3 { "png" } else { "jpg" };
+        larder_synth::write_image(&dir.join(format!("img_{i:05}.{ext}")), w, h, i as u64)?;
+        std::fs::write(
+            dir.join(format!("img_{i:05}.txt")),
+            format!("a photo of thing {i}"),
+        )?;
+        Ok(())
+    })
 }
 
 /// Prints each contender's medians, fresh and warm, and AI Toolkit's figure over larder's.

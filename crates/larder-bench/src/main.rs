@@ -272,3 +272,24 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// Writes `n` generated files into `dir` with `write(dir, i)` for each index, in parallel,
+/// unless an earlier run finished it (a marker file says so): benchmark data is made once.
+pub fn generate_once(
+    dir: &std::path::Path,
+    n: usize,
+    what: &str,
+    write: impl Fn(&std::path::Path, usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+
+    let marker = dir.join(".complete");
+    if marker.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("generating {n} {what} in {} (once)...", dir.display());
+    (0..n).into_par_iter().try_for_each(|i| write(dir, i))?;
+    std::fs::write(&marker, n.to_string())?;
+    Ok(())
+}

@@ -14,7 +14,6 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use larder::store::codec::{self, Codec, Values};
 use larder::{Config, PrepareOptions};
-use rayon::prelude::*;
 
 pub(crate) const PEER_SCRIPT: &str = include_str!("../peers/aitk_prepare.py");
 
@@ -195,34 +194,21 @@ fn print_codec_table() -> anyhow::Result<()> {
 
 /// Writes `n` JPEGs of 1 to 3 megapixels, some with EXIF rotation, unless already there.
 pub fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
-    let marker = dir.join(".complete");
-    if marker.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!(
-        "generating {n} JPEGs of 1-3 MP in {} (once)...",
-        dir.display()
-    );
-    (0..n)
-        .into_par_iter()
-        .try_for_each(|i| -> anyhow::Result<()> {
-            let mp = 1.0 + (i % 21) as f64 / 10.0;
-            let aspect = [1.0, 1.5, 0.667, 1.333, 0.75, 1.777][i % 6];
-            let w = (mp * 1e6 * aspect).sqrt() as u32;
-            let h = (mp * 1e6 / aspect).sqrt() as u32;
-            let jpeg = larder_synth::encode(
-                &larder_synth::render(w, h, i as u64),
-                larder_synth::Format::Jpeg,
-            )?;
-            let bytes = if i % 10 == 7 {
-                larder_synth::with_jpeg_orientation(&jpeg, 6)
-            } else {
-                jpeg
-            };
-            std::fs::write(dir.join(format!("photo_{i:05}.jpg")), bytes)?;
-            Ok(())
-        })?;
-    std::fs::write(&marker, n.to_string())?;
-    Ok(())
+    crate::generate_once(dir, n, "JPEGs of 1-3 MP", |dir, i| {
+        let mp = 1.0 + (i % 21) as f64 / 10.0;
+        let aspect = [1.0, 1.5, 0.667, 1.333, 0.75, 1.777][i % 6];
+        let w = (mp * 1e6 * aspect).sqrt() as u32;
+        let h = (mp * 1e6 / aspect).sqrt() as u32;
+        let jpeg = larder_synth::encode(
+            &larder_synth::render(w, h, i as u64),
+            larder_synth::Format::Jpeg,
+        )?;
+        let bytes = if i % 10 == 7 {
+            larder_synth::with_jpeg_orientation(&jpeg, 6)
+        } else {
+            jpeg
+        };
+        std::fs::write(dir.join(format!("photo_{i:05}.jpg")), bytes)?;
+        Ok(())
+    })
 }

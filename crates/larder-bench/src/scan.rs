@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use larder::{Config, Plan, ScanOptions};
-use rayon::prelude::*;
 
 const PEER_SCRIPT: &str = include_str!("../peers/aitk_scan.py");
 
@@ -140,45 +139,35 @@ fn time_peer(
 
 /// Writes `n` images of mixed formats and sizes, with captions, unless already there.
 fn generate(dir: &Path, n: usize) -> anyhow::Result<()> {
-    let marker = dir.join(".complete");
-    if marker.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("generating {n} images in {} (once)...", dir.display());
-    (0..n)
-        .into_par_iter()
-        .try_for_each(|i| -> anyhow::Result<()> {
-            let seed = i as u64;
-            // A spread of shapes: square, landscape, portrait and a few extreme ones.
-            let (ext, long) = match i % 20 {
-                0..=11 => ("jpg", 512 + (seed * 7919 % 1537) as u32),
-                12..=16 => ("png", 256 + (seed * 104_729 % 769) as u32),
-                _ => ("webp", 256 + (seed * 1299 % 385) as u32),
-            };
-            let aspect = [1.0, 1.5, 0.667, 1.777, 0.5625, 1.333, 0.75, 3.0][i % 8];
-            let (w, h) = if aspect >= 1.0 {
-                (long, (long as f64 / aspect) as u32)
-            } else {
-                ((long as f64 * aspect) as u32, long)
-            };
-            let path = dir.join(format!("img_{i:06}.{ext}"));
-            if ext == "jpg" && i % 10 == 3 {
-                // Every tenth JPEG carries an EXIF rotation, as phone photos do.
-                let jpeg = larder_synth::encode(
-                    &larder_synth::render(w, h, seed),
-                    larder_synth::Format::Jpeg,
-                )?;
-                std::fs::write(&path, larder_synth::with_jpeg_orientation(&jpeg, 6))?;
-            } else {
-                larder_synth::write_image(&path, w, h, seed)?;
-            }
-            std::fs::write(
-                path.with_extension("txt"),
-                format!("photo {i}, [trigger], synthetic gradient"),
+    crate::generate_once(dir, n, "images", |dir, i| {
+        let seed = i as u64;
+        // A spread of shapes: square, landscape, portrait and a few extreme ones.
+        let (ext, long) = match i % 20 {
+            0..=11 => ("jpg", 512 + (seed * 7919 % 1537) as u32),
+            12..=16 => ("png", 256 + (seed * 104_729 % 769) as u32),
+            _ => ("webp", 256 + (seed * 1299 % 385) as u32),
+        };
+        let aspect = [1.0, 1.5, 0.667, 1.777, 0.5625, 1.333, 0.75, 3.0][i % 8];
+        let (w, h) = if aspect >= 1.0 {
+            (long, (long as f64 / aspect) as u32)
+        } else {
+            ((long as f64 * aspect) as u32, long)
+        };
+        let path = dir.join(format!("img_{i:06}.{ext}"));
+        if ext == "jpg" && i % 10 == 3 {
+            // Every tenth JPEG carries an EXIF rotation, as phone photos do.
+            let jpeg = larder_synth::encode(
+                &larder_synth::render(w, h, seed),
+                larder_synth::Format::Jpeg,
             )?;
-            Ok(())
-        })?;
-    std::fs::write(&marker, n.to_string())?;
-    Ok(())
+            std::fs::write(&path, larder_synth::with_jpeg_orientation(&jpeg, 6))?;
+        } else {
+            larder_synth::write_image(&path, w, h, seed)?;
+        }
+        std::fs::write(
+            path.with_extension("txt"),
+            format!("photo {i}, [trigger], synthetic gradient"),
+        )?;
+        Ok(())
+    })
 }

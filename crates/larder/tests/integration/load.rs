@@ -10,6 +10,19 @@ use larder::{Config, PrepareOptions, Store, prepare};
 
 use crate::{file, image};
 
+/// Writes the config `text` as `dir/name`, prepares it into `dir/out` and opens the store.
+fn prepared(dir: &Path, name: &str, text: &str, out: &str) -> Arc<Store> {
+    let config = file(dir, name, text);
+    let out = dir.join(out);
+    prepare(
+        &Config::load(&config).expect("config"),
+        &out,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    Arc::new(Store::open(&out).expect("open"))
+}
+
 /// A store of `n` items in three buckets, with shuffled, dropped-out captions.
 pub fn store(root: &Path, n: usize) -> Arc<Store> {
     let imgs = root.join("imgs");
@@ -270,19 +283,12 @@ fn each_dataset_is_batched_on_its_own_at_its_own_batch_size() {
     }
 
     // Without buckets, AI Toolkit batches all datasets together.
-    let config = file(
+    let store = prepared(
         dir.path(),
         "together.yaml",
         "datasets:\n  - folder_path: a\n    resolution: 64\n    buckets: false\n  - folder_path: b\n    resolution: 64\n    buckets: false\n",
+        "together",
     );
-    let out = dir.path().join("together");
-    prepare(
-        &Config::load(&config).expect("config"),
-        &out,
-        &PrepareOptions::default(),
-    )
-    .expect("prepare");
-    let store = Arc::new(Store::open(&out).expect("open"));
     let batches: Vec<Vec<u32>> = (Loader::new(store, options(4, 2)).expect("loader"))
         .map(|b| b.expect("batch").items)
         .collect();
@@ -305,19 +311,12 @@ fn the_resolutions_of_one_dataset_are_batched_apart() {
     }
     // Both resolutions place every image in the one listed bucket: only the resolution
     // (a dataset of its own in AI Toolkit) tells the two copies' batches apart.
-    let config = file(
+    let store = prepared(
         dir.path(),
         "c.yaml",
         "datasets:\n  - folder_path: imgs\n    resolution: [64, 128]\n    bucket_list: [[64, 64]]\n",
+        "store",
     );
-    let out = dir.path().join("store");
-    prepare(
-        &Config::load(&config).expect("config"),
-        &out,
-        &PrepareOptions::default(),
-    )
-    .expect("prepare");
-    let store = Arc::new(Store::open(&out).expect("open"));
     assert_eq!(store.items().expect("items").len(), 12);
     let mut sizes: Vec<usize> = (Loader::new(store, options(4, 2)).expect("loader"))
         .map(|b| b.expect("batch").items.len())
