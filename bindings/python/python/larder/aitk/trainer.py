@@ -73,7 +73,7 @@ class DataPath:
     """The job's datasets as larder stores and loaders, for one trainer process."""
 
     def __init__(self, trainer: Any):
-        from .. import ConfigError, load_config
+        from .. import load_config
 
         self.trainer = trainer
         section = dict(trainer.job.raw_config.get("larder") or {})
@@ -101,11 +101,7 @@ class DataPath:
             problems += self._unserved(config, datasets)
         self.dop = {group: self._dop_words(datasets, problems) for group, datasets in self.groups.items()}
         if problems:
-            raise ConfigError(
-                "larder cannot serve what this job asks for yet:\n  "
-                + "\n  ".join(problems)
-                + "\nRemove these keys, or train this job with AI Toolkit's own `sd_trainer`."
-            )
+            raise _cannot_serve(problems, "Remove these keys, or train this job with AI Toolkit's own `sd_trainer`.")
         self.loaders: Dict[str, Loader] = {}
         self._hidden: Tuple[Any, Any] = (None, None)
 
@@ -150,7 +146,6 @@ class DataPath:
                 (``use_raw_control_images``), or encodes them into cached text embeddings
                 (``encode_control_in_text_embeddings`` with ``cache_text_embeddings``).
         """
-        from .. import ConfigError
 
         arch = getattr(self.trainer.model_config, "arch", None)
         problems = []
@@ -165,10 +160,7 @@ class DataPath:
                 if getattr(sd, "encode_control_in_text_embeddings", False) and dataset.get("cache_text_embeddings"):
                     problems.append(f"{at}: the {arch} model encodes its control images into the text embeddings, which larder does not cache yet (cache_text_embeddings)")
         if problems:
-            raise ConfigError(
-                "larder cannot serve what this job asks for yet:\n  " + "\n  ".join(problems)
-                + "\nTrain this job with AI Toolkit's own `sd_trainer`."
-            )
+            raise _cannot_serve(problems, "Train this job with AI Toolkit's own `sd_trainer`.")
 
     def hide_datasets(self) -> None:
         """Keeps AI Toolkit from building its own loaders (it builds them when these are set)."""
@@ -392,6 +384,13 @@ def _file_item_model_args(sd: Any) -> Dict[str, Any]:
         "text_embedding_space_version": getattr(sd, "text_embedding_space_version", "sd1"),
         "te_padding_side": getattr(sd, "te_padding_side", "right"),
     }
+
+
+def _cannot_serve(problems: List[str], advice: str) -> Exception:
+    """The error that stops a job larder cannot serve: each problem on a line, then ``advice``."""
+    from .. import ConfigError
+
+    return ConfigError("larder cannot serve what this job asks for yet:\n  " + "\n  ".join(problems) + "\n" + advice)
 
 
 def _codec(dtype: Any) -> str:
