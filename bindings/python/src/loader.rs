@@ -240,6 +240,17 @@ fn batch_dict<'py>(py: Python<'py>, batch: Batch) -> PyResult<Bound<'py, PyDict>
         dtypes.set_item(&name, tensor.dtype)?;
         dict.set_item(&name, array_of(py, tensor)?)?;
     }
+    // Fields whose items differ in size: a list with one array per item.
+    for (name, tensors) in batch.per_item_fields {
+        if let Some(first) = tensors.first() {
+            dtypes.set_item(&name, first.dtype)?;
+        }
+        let arrays = tensors
+            .into_iter()
+            .map(|t| array_of(py, t))
+            .collect::<PyResult<Vec<_>>>()?;
+        dict.set_item(&name, PyList::new(py, arrays)?)?;
+    }
     dict.set_item("dtypes", dtypes)?;
     dict.set_item("captions", PyList::new(py, &batch.captions)?)?;
     dict.set_item("keys", PyList::new(py, &batch.keys)?)?;

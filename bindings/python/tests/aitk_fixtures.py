@@ -67,15 +67,16 @@ def make_images(folder, n=4, size=64, captions=True):
 
 
 def make_controls(folder, n=4, size=(80, 72), rgba=(1,)):
-    """Control images img{i}.png for ``make_images``' images: ``size`` (width, height), so they
-    are resized to their image's size; those in ``rgba`` have an alpha channel with fully and
-    partly transparent regions, which AI Toolkit composites over ``control_transparent_color``."""
+    """Control images img{i}.png for ``make_images``' images: ``size`` (width, height), or a
+    list of one size per image, other than their image's; those in ``rgba`` have an alpha
+    channel with fully and partly transparent regions, which AI Toolkit composites over
+    ``control_transparent_color``."""
     from PIL import Image
 
     os.makedirs(folder, exist_ok=True)
-    w, h = size
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     for i in range(n):
+        w, h = size[i] if isinstance(size, list) else size
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
         pixels = np.stack([(xs * (3 + i)) % 256, (ys * (5 + 2 * i)) % 256, ((xs + ys) * 7 + 40 * i) % 256], axis=-1)
         if i in rgba:
             alpha = np.full((h, w, 1), 255.0, np.float32)

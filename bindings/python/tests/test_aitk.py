@@ -268,8 +268,9 @@ def test_preservation_and_dropout_embeddings_are_the_ones_ai_toolkit_caches(tmp_
 
 
 # AI Toolkit's trainer, or larder's (argv: the checkout, the job, "aitk" or "larder", an .npz,
-# "controls" or "prompts"), recording per item what the trainer receives in its batches: its
-# control tensor, or its prompt embeddings and DOP prompt embeddings.
+# "controls" or "prompts", and "raw" to give the model `use_raw_control_images` as the classes of
+# Qwen-Image-Edit-Plus or FLUX.2 have it), recording per item what the trainer receives in its
+# batches: its control tensor (or list, `{stem}.{j}`), or its prompt and DOP prompt embeddings.
 RECORD = (
     "import sys; from pathlib import Path; import numpy as np\n"
     "from larder.aitk.toolkit import enter, make_job, read_job, tolerate_broken_model_packages\n"
@@ -280,11 +281,18 @@ RECORD = (
     "    from extensions_built_in.sd_trainer.SDTrainer import SDTrainer as Trainer\n"
     "seen = {}\n"
     "class Recording(Trainer):\n"
+    "    def hook_after_sd_init_before_load(self):\n"
+    "        if 'raw' in sys.argv[6:]:\n"
+    "            self.sd.use_raw_control_images = True\n"
+    "        return super().hook_after_sd_init_before_load()\n"
     "    def hook_train_loop(self, batch):\n"
     "        for b in batch if isinstance(batch, list) else [batch]:\n"
     "            for k, item in enumerate(b.file_items):\n"
     "                stem = Path(item.path).stem\n"
-    "                if sys.argv[5] == 'controls':\n"
+    "                if sys.argv[5] == 'controls' and b.control_tensor_list is not None:\n"
+    "                    for j, t in enumerate(b.control_tensor_list[k]):\n"
+    "                        seen[f'{stem}.{j}'] = t.float().numpy().copy()\n"
+    "                elif sys.argv[5] == 'controls':\n"
     "                    seen[stem] = b.control_tensor[k].float().numpy().copy()\n"
     "                else:\n"
     "                    seen[stem + '.prompt'] = item.prompt_embeds.text_embeds[0].float().numpy().copy()\n"
@@ -295,11 +303,11 @@ RECORD = (
 )
 
 
-def _record(tmp_path, job, who, what):
+def _record(tmp_path, job, who, what, *flags):
     """Runs ``job`` with ``who``'s trainer recording ``what`` (see RECORD); returns the record."""
     out = tmp_path / f"{who}-{what}.npz"
     done = subprocess.run(
-        [sys.executable, "-c", RECORD, AITK, job, who, str(out), what],
+        [sys.executable, "-c", RECORD, AITK, job, who, str(out), what, *flags],
         cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, f"{who}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -344,6 +352,51 @@ def test_an_edit_job_trains_on_the_control_images_ai_toolkit_gives_its_trainer(t
     assert np.allclose(first[:, :10, :], np.array([1.0, 0.0, 0.0])[:, None, None], atol=1.01 / 255)
 
 
+# A model that takes its controls at their own size (the tiny SD1.5 model given
+# `use_raw_control_images`, as Qwen-Image-Edit-Plus's class has it) with two controls per image,
+# of other sizes from image to image; and controls scaled to 512x512 (`full_size_control_images:
+# false`). Batches of four, so that every item is seen in one step.
+@pytest.mark.parametrize("mode", ["raw", "512"])
+def test_controls_at_their_own_size_or_at_512_are_the_ones_ai_toolkit_gives_its_trainer(tmp_path, sd15, mode):
+    data = tmp_path / "data"
+    fx.make_images(str(data))
+    folders = [tmp_path / "controls0", tmp_path / "controls1"] if mode == "raw" else [tmp_path / "controls0"]
+    sizes = [[(80, 72), (40, 56), (64, 64), (33, 90)], [(96, 48), (24, 24), (70, 50), (64, 80)]]
+    for folder, size in zip(folders, sizes):
+        fx.make_controls(str(folder), size=size, rgba=(1,))
+    extra = {} if mode == "raw" else {"full_size_control_images": False}
+    flags = ["raw"] if mode == "raw" else []
+    recorded = {}
+    for who in ("larder", "aitk"):
+        job = fx.aitk_job(
+            "sd15", f"{mode}-{who}", tmp_path / "output", data, sd15, steps=1, process_type="sd_trainer",
+            control_path=[str(c) for c in folders], control_transparent_color=[255, 0, 0], **extra,
+        )
+        job["config"]["process"][0]["train"]["batch_size"] = 4
+        path = fx.write_job(job, str(tmp_path / f"{mode}-{who}.yaml"))
+        recorded[who] = _record(tmp_path, path, who, "controls", *flags)
+
+    ours, theirs = recorded["larder"], recorded["aitk"]
+    if mode == "raw":
+        # One tensor per control, each at its own size, exactly the decoded image.
+        assert sorted(ours) == sorted(theirs) == [f"img{i}.{j}" for i in range(4) for j in range(2)]
+        for key in ours:
+            i, j = int(key[3]), int(key[-1])
+            w, h = sizes[j][i]
+            assert ours[key].shape == theirs[key].shape == (3, h, w), key
+            assert np.array_equal(ours[key], theirs[key]), key
+    else:
+        assert sorted(ours) == sorted(theirs) == [f"img{i}" for i in range(4)]
+        for stem in ours:
+            assert ours[stem].shape == theirs[stem].shape == (3, 512, 512)
+            # Upscaled (6-15x) with the cubic filter in two integer arithmetics (see the test
+            # above); the two also weigh the last source row or column differently, which in
+            # upscales this strong spreads over the last few output pixels: measured, at most
+            # 27 levels, on 0.8-1.5% of values, 0.06-0.09 levels on average.
+            levels = np.abs(ours[stem] - theirs[stem]) * 255
+            assert levels.max() <= 32 and (levels > 1.01).mean() < 0.025 and levels.mean() < 0.12, (stem, levels.max())
+
+
 def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     data = tmp_path / "data"
     fx.make_images(str(data), n=6)
@@ -359,11 +412,10 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     assert {e for e, _, _ in order(whole)} == {0, 1}
 
 
-# A video key (larder's config refuses it), and an edit model that takes its controls at their
-# own size (the model's class says so, before its weights load).
+# A video key (larder's config refuses it), and an edit model that encodes its controls into
+# cached text embeddings (the model's class says so, before its weights load).
 @pytest.mark.parametrize("arch, extra, key, reason", [
     (None, {"num_frames": 33}, "num_frames", "video"),
-    ("qwen_image_edit_plus", {"control_path": "controls"}, "control_path", "control images at their own size"),
     ("qwen_image_edit", {"control_path": "controls", "cache_text_embeddings": True}, "control_path", "into the text embeddings"),
 ])
 def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15, arch, extra, key, reason):

@@ -44,7 +44,7 @@ pub mod tune;
 
 pub use caption::{CaptionContext, CaptionRecipe};
 pub use config::{
-    BucketStrategy, CacheOptions, Config, ConfigWarning, DEFAULT_DIVISIBILITY,
+    BucketStrategy, CacheOptions, Config, ConfigWarning, ControlSize, DEFAULT_DIVISIBILITY,
     DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, Source, divisibility_for_arch,
 };
 pub use error::{Error, Result, SourceError};

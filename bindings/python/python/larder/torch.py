@@ -14,7 +14,9 @@ def as_tensors(batch: Dict[str, Any]) -> Dict[str, Any]:
     """Turns a batch's arrays into torch tensors without copying.
 
     Fields stored as bfloat16 arrive as uint16 arrays (NumPy has no bfloat16) and are viewed as
-    ``torch.bfloat16``; float16 as ``torch.float16``. Non-array entries are passed through.
+    ``torch.bfloat16``; float16 as ``torch.float16``. A list of arrays (a field whose items
+    differ in size, such as ``control_raw.0``) becomes a list of tensors. Other entries are
+    passed through.
 
     Args:
         batch: A batch from :class:`larder.DataLoader`.
@@ -28,12 +30,17 @@ def as_tensors(batch: Dict[str, Any]) -> Dict[str, Any]:
     views = {"BF16": torch.bfloat16, "F16": torch.float16, "BOOL": torch.bool}
     dtypes = batch.get("dtypes", {})
     out: Dict[str, Any] = {}
+
+    def tensor(key: str, array: Any) -> Any:
+        t = torch.from_numpy(array)
+        return t.view(views[dtypes[key]]) if dtypes.get(key) in views else t
+
     for key, value in batch.items():
         if isinstance(value, np.ndarray):
-            tensor = torch.from_numpy(value)
-            if dtypes.get(key) in views:
-                tensor = tensor.view(views[dtypes[key]])
-            out[key] = tensor
+            out[key] = tensor(key, value)
+        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+            # A field whose items differ in size (``control_raw.N``): one tensor per item.
+            out[key] = [tensor(key, v) for v in value]
         else:
             out[key] = value
     return out

@@ -142,11 +142,7 @@ pub fn serve(
             latencies.push(waited);
             samples += batch.len();
             repeated_samples += batch.items.iter().filter(|&&id| !seen.insert(id)).count();
-            bytes += batch
-                .fields
-                .values()
-                .map(|t| t.data.as_slice().len())
-                .sum::<usize>();
+            bytes += batch.tensor_bytes();
             last = Instant::now();
         }
     }

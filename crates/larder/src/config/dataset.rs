@@ -171,6 +171,9 @@ pub struct DatasetConfig {
     pub control_paths: Vec<PathBuf>,
     /// Background color for transparent control images.
     pub control_transparent_color: [u8; 3],
+    /// The size control images are stored at (see [`ControlSize`]): from
+    /// `full_size_control_images` and the model.
+    pub control_size: ControlSize,
     /// Folder of masks paired by file stem.
     pub mask_path: Option<PathBuf>,
     /// Use the image's alpha channel as the mask.
@@ -296,6 +299,12 @@ pub(crate) fn parse_dataset(
                 }
             }
             "control_transparent_color" => cfg.control_transparent_color = color(&a, v)?,
+            // AI Toolkit's default is true; false scales every control to 512x512.
+            "full_size_control_images" => {
+                if !a.bool(v)? {
+                    cfg.control_size = ControlSize::Square512;
+                }
+            }
             "mask_path" => cfg.mask_path = a.opt_string(v)?.map(|p| resolve_path(at.file, &p)),
             "alpha_mask" => cfg.alpha_mask = a.bool(v)?,
             "invert_mask" => cfg.invert_mask = a.bool(v)?,
@@ -508,6 +517,11 @@ impl DatasetConfig {
             num_repeats: 1,
             control_paths: Vec::new(),
             control_transparent_color: [0, 0, 0],
+            control_size: if larder.raw_control_images {
+                ControlSize::Native
+            } else {
+                ControlSize::Item
+            },
             mask_path: None,
             alpha_mask: false,
             invert_mask: false,
@@ -535,6 +549,9 @@ pub(crate) struct LarderDefaults {
     pub seed: u64,
     pub bucket_strategy: BucketStrategy,
     pub max_image_pixels: Option<u64>,
+    /// The model takes its control images at their own size (AI Toolkit's
+    /// `use_raw_control_images`).
+    pub raw_control_images: bool,
 }
 
 impl Default for LarderDefaults {
@@ -543,6 +560,35 @@ impl Default for LarderDefaults {
             seed: 0,
             bucket_strategy: BucketStrategy::AiToolkit,
             max_image_pixels: Some(DEFAULT_MAX_IMAGE_PIXELS),
+            raw_control_images: false,
+        }
+    }
+}
+
+/// The size a dataset's control images are stored at, as AI Toolkit's `load_control_image`
+/// gives them to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlSize {
+    /// Through the item's own geometry (flip, resize, crop), pixel for pixel with its image:
+    /// AI Toolkit's default.
+    Item,
+    /// Scaled to 512x512 with a bicubic filter, neither flipped nor cropped
+    /// (`full_size_control_images: false`).
+    Square512,
+    /// As decoded, at the control image's own size: models that set `use_raw_control_images`
+    /// (Qwen-Image-Edit-Plus, FLUX.2, ...). Stored as `control_raw.N`, served per item.
+    Native,
+}
+
+impl ControlSize {
+    /// The store field of an item's `n`th control image: `control.N`, stacked across a batch
+    /// like the item's image, or `control_raw.N` for controls at their own size, which a batch
+    /// carries one per item (AI Toolkit's `control_tensor_list`).
+    pub fn field(self, n: usize) -> String {
+        match self {
+            ControlSize::Native => format!("{}.{n}", crate::store::RAW_CONTROL),
+            ControlSize::Item | ControlSize::Square512 => format!("control.{n}"),
         }
     }
 }
@@ -754,7 +800,6 @@ fn not_implemented(key: &str) -> Option<&'static str> {
         "controls" | "control_from_same_folder" | "num_controls_from_same_folder" => {
             "generated or same-folder controls"
         }
-        "full_size_control_images" => "downscaled control images",
         "random_scale" => "random scaling",
         "standardize_images" => "image standardization",
         "extra_values" => "per-item extra values",
@@ -776,10 +821,7 @@ fn is_default(key: &str, node: &Node) -> bool {
         (key, &node.value),
         ("num_frames", Int(1))
             | (
-                "shrink_video_to_frames"
-                    | "do_i2v"
-                    | "full_size_control_images"
-                    | "replay_transforms",
+                "shrink_video_to_frames" | "do_i2v" | "replay_transforms",
                 Bool(true)
             )
             | ("fps", Int(16 | 24))

@@ -221,6 +221,7 @@ pub(crate) const LARDER: &[&str] = &[
     "kohya_buckets",
     "bucket_list",
     "max_image_pixels",
+    "raw_control_images",
 ];
 
 /// Keys of one `datasets:` entry: AI Toolkit's `DatasetConfig` and larder's own. Every key here
@@ -257,6 +258,7 @@ pub(crate) const DATASET: &[&str] = &[
     "control_path_2",
     "control_path_3",
     "control_transparent_color",
+    "full_size_control_images",
     "mask_path",
     "alpha_mask",
     "invert_mask",
@@ -301,7 +303,6 @@ pub(crate) const DATASET: &[&str] = &[
     "controls",
     "control_from_same_folder",
     "num_controls_from_same_folder",
-    "full_size_control_images",
     "random_scale",
     "standardize_images",
     "extra_values",

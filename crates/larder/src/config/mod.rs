@@ -19,8 +19,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use dataset::{
-    BucketStrategy, CacheOptions, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, Source,
+    BucketStrategy, CacheOptions, ControlSize, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys,
+    DatasetConfig, Source,
 };
+use model::takes_raw_control_images;
 pub use model::{DEFAULT_DIVISIBILITY, divisibility_for_arch};
 
 use dataset::{LarderDefaults, max_image_pixels, parse_bucket_strategy, parse_dataset};
@@ -193,15 +195,21 @@ impl Config {
             ));
         }
 
-        let (larder, larder_divisibility) = match root.get("larder") {
+        let (mut larder, larder_divisibility, larder_raw) = match root.get("larder") {
             Some(node) => larder_section(&At::root(path, "larder"), node)?,
-            None => (LarderDefaults::default(), None),
+            None => (LarderDefaults::default(), None, None),
         };
 
         let arch = match &model {
             Some((at, node)) => Some(model::arch_of(at, node)?),
             None => None,
         };
+        // `larder.raw_control_images` says it for a model the table does not know (a custom
+        // class); otherwise the model's architecture does, as its AI Toolkit class would.
+        larder.raw_control_images = larder_raw.unwrap_or_else(|| match (&arch, &model) {
+            (Some((name, _)), Some((_, node))) => takes_raw_control_images(name, node),
+            _ => false,
+        });
         let divisibility = match (&larder_divisibility, &arch) {
             (Some(d), _) => *d,
             (None, Some((name, line))) => divisibility_for_arch(name).ok_or_else(|| Error::Config {
@@ -335,15 +343,19 @@ fn found_keys(node: &Node, wanted: &str, known: &[&str]) -> String {
     }
 }
 
-fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u32>)> {
+/// Reads the `larder:` section: the dataset defaults it sets, and `divisibility` and
+/// `raw_control_images` when it states them (they override what the model implies).
+fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u32>, Option<bool>)> {
     let mut defaults = LarderDefaults::default();
     let mut divisibility = None;
+    let mut raw_control_images = None;
     for (k, v) in at.map(node)? {
         let key = k.as_key().unwrap_or_default();
         let a = at.child(key);
         match key {
             "seed" => defaults.seed = a.int(v, 0, i64::MAX)? as u64,
             "divisibility" => divisibility = Some(a.uint(v, 1, 1024)?),
+            "raw_control_images" => raw_control_images = Some(a.bool(v)?),
             "max_image_pixels" => defaults.max_image_pixels = max_image_pixels(&a, v)?,
             "bucket_strategy" | "kohya_buckets" | "bucket_list" => {}
             // Where `python -m larder.aitk` keeps the job's store (it reads the key itself);
@@ -374,7 +386,7 @@ fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u3
     if let Some(strategy) = strategy {
         defaults.bucket_strategy = strategy;
     }
-    Ok((defaults, divisibility))
+    Ok((defaults, divisibility, raw_control_images))
 }
 
 /// Resolves a path written in a config: absolute paths as they are; relative ones beside the

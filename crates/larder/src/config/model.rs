@@ -1,4 +1,5 @@
-//! The model a job trains, as far as the data path cares: the bucket divisibility.
+//! The model a job trains, as far as the data path cares: the bucket divisibility, and whether
+//! it takes its control images at their own size.
 //!
 //! AI Toolkit ignores a dataset's `bucket_tolerance` in training and overwrites it with the
 //! model's divisibility (VAE downscale times the transformer's patch size). The table follows AI
@@ -90,6 +91,33 @@ pub(crate) const ARCHITECTURES: &[(&str, u32)] = &[
     ("minimax_h3_ref2va", 32),
 ];
 
+/// Architectures whose AI Toolkit class sets `use_raw_control_images`: their control images
+/// reach the model uncropped at their own size, one list per item (`control_tensor_list`).
+const RAW_CONTROL_ARCHITECTURES: &[&str] = &[
+    "qwen_image_edit_plus",
+    "flux2",
+    "flux2_klein_4b",
+    "flux2_klein_9b",
+    "boogu_image_edit",
+    "mageflow_edit",
+    "minimax_h3_ref2va",
+];
+
+/// Returns true if and only if the model of architecture `arch`, configured by the `model`
+/// section `model`, takes its control images at their own size, as its AI Toolkit class
+/// says: always for the classes in [`RAW_CONTROL_ARCHITECTURES`], and for Krea 2 when
+/// `model_kwargs.edit` is set (its edit mode).
+pub(crate) fn takes_raw_control_images(arch: &str, model: &Node) -> bool {
+    let arch = arch.split(':').next().unwrap_or(arch);
+    let krea2_edit = || {
+        model
+            .get("model_kwargs")
+            .and_then(|k| k.get("edit"))
+            .is_some_and(|edit| matches!(edit.value, super::yaml::Value::Bool(true)))
+    };
+    RAW_CONTROL_ARCHITECTURES.contains(&arch) || (arch == "krea2" && krea2_edit())
+}
+
 /// The known architecture closest to a misspelt one, for error messages.
 pub(crate) fn arch_hint(arch: &str) -> String {
     let names: Vec<&str> = ARCHITECTURES.iter().map(|(n, _)| *n).collect();
@@ -165,5 +193,30 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ARCHITECTURES.len());
+    }
+
+    #[test]
+    fn raw_control_images_follow_the_model_class() {
+        let model = |text: &str| super::super::yaml::parse(text).expect("valid yaml");
+        let plain = model("arch: x\n");
+        assert!(takes_raw_control_images("qwen_image_edit_plus", &plain));
+        assert!(takes_raw_control_images("flux2_klein_4b", &plain));
+        assert!(takes_raw_control_images(
+            "qwen_image_edit_plus:2511",
+            &plain
+        ));
+        // Qwen-Image-Edit (not Plus) and Kontext resize controls to the target's bucket.
+        assert!(!takes_raw_control_images("qwen_image_edit", &plain));
+        assert!(!takes_raw_control_images("flux_kontext", &plain));
+        // Krea 2 takes them raw in its edit mode only.
+        assert!(!takes_raw_control_images("krea2", &plain));
+        let edit = model("arch: krea2\nmodel_kwargs:\n  edit: true\n");
+        assert!(takes_raw_control_images("krea2", &edit));
+        for name in RAW_CONTROL_ARCHITECTURES {
+            assert!(
+                divisibility_for_arch(name).is_some(),
+                "{name} is a known architecture"
+            );
+        }
     }
 }

@@ -19,7 +19,7 @@ use crate::store::codec::Codec;
 use crate::store::key::{entry_key, item_key};
 use crate::store::shard::hash_file;
 use crate::store::{ItemRow, Store};
-use crate::{Config, Result};
+use crate::{Config, ControlSize, Result};
 
 /// Stored bytes of one Flux latent (16×128×128 = 262,144 values) in each codec, as
 /// `larder bench-prepare` measured them on latent-like values (docs/benchmarks.md). A
@@ -280,11 +280,18 @@ impl Workload {
             if let Some(source) = mask {
                 fields.push(("mask", "mask".into(), source, area as f64, area, false));
             }
-            // Controls are numbered fields in the store (control.0, control.1, ...).
+            // Controls are numbered fields in the store (control.0, control.1, ...), at the
+            // item's bucket, at 512x512, or at their own size (control_raw.N), which the
+            // scan does not read: an edit pair's images are taken to be the same size.
+            let control_area = match cfg.control_size {
+                ControlSize::Item => area,
+                ControlSize::Square512 => 512 * 512,
+                ControlSize::Native => u64::from(img.width) * u64::from(img.height),
+            };
             for (n, control) in img.controls.iter().enumerate() {
                 if let Some(control) = control {
-                    let (field, source) = (format!("control.{n}"), id(control));
-                    fields.push(("control", field, source, (3 * area) as f64, 3 * area, false));
+                    let (field, bytes) = (cfg.control_size.field(n), 3 * control_area);
+                    fields.push(("control", field, id(control), bytes as f64, bytes, false));
                 }
             }
             if let Some(inpaint) = &img.inpaint {

@@ -9,7 +9,7 @@ use super::text::{self, Padding};
 use crate::caption::{CaptionContext, CaptionRecipe};
 use crate::metrics::LoaderMetrics;
 use crate::rng::{Purpose, Stream};
-use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, Store, TextTable};
+use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, RAW_CONTROL, Store, TextTable};
 use crate::{Error, Result};
 
 /// What the readers need to know of each item, shared by all of them.
@@ -51,6 +51,7 @@ pub(super) fn assemble(
         })
         .collect();
     let mut fields = std::collections::BTreeMap::new();
+    let mut per_item_fields = std::collections::BTreeMap::new();
     for &f in &shared.fields {
         let positions: Vec<u32> = ids
             .iter()
@@ -75,10 +76,23 @@ pub(super) fn assemble(
                 ),
             });
         }
-        let mut tensor = stack(store, pool, ids, &rows, &positions, name, &shared.metrics)?;
-        if flipped.contains(&true) && tensor.dtype == "U8" && tensor.shape.len() == 4 {
-            mirror_rows(&mut tensor, &flipped);
+        if per_item(name) {
+            // Each item's own tensor: a batch of one, without its batch dimension.
+            let mut own = Vec::with_capacity(ids.len());
+            for k in 0..ids.len() {
+                let one = k..k + 1;
+                let (ids, rows, positions) =
+                    (&ids[one.clone()], &rows[one.clone()], &positions[one]);
+                let mut tensor = stack(store, pool, ids, rows, positions, name, &shared.metrics)?;
+                mirror_flipped(&mut tensor, &flipped[k..k + 1]);
+                tensor.shape.remove(0);
+                own.push(tensor);
+            }
+            per_item_fields.insert(name.clone(), own);
+            continue;
         }
+        let mut tensor = stack(store, pool, ids, &rows, &positions, name, &shared.metrics)?;
+        mirror_flipped(&mut tensor, &flipped);
         fields.insert(name.clone(), tensor);
     }
     let text = text::assemble(
@@ -121,6 +135,7 @@ pub(super) fn assemble(
         flipped,
         bucket: first.bucket,
         fields,
+        per_item_fields,
         captions,
         is_reg: rows.iter().map(|r| r.is_reg).collect(),
         network_weight: rows.iter().map(|r| r.network_weight).collect(),
@@ -137,8 +152,18 @@ fn zero_when_missing(field: &str) -> bool {
     )
 }
 
-/// Mirrors the rows of the flipped items of a [B, C, H, W] u8 tensor.
-fn mirror_rows(tensor: &mut Tensor, flipped: &[bool]) {
+/// Returns true if and only if a batch carries `field` as one tensor per item rather than
+/// stacked: controls at their own size, whose sizes differ from item to item.
+fn per_item(field: &str) -> bool {
+    field.split('.').next() == Some(RAW_CONTROL)
+}
+
+/// Mirrors, left to right, the flipped items of a [B, C, H, W] u8 tensor (an image field: every
+/// image of a flipped item is mirrored with it); other tensors are left as they are.
+fn mirror_flipped(tensor: &mut Tensor, flipped: &[bool]) {
+    if !flipped.contains(&true) || tensor.dtype != "U8" || tensor.shape.len() != 4 {
+        return;
+    }
     let width = tensor.shape[3];
     let item_bytes = tensor.shape[1..].iter().product::<usize>();
     for (k, _) in flipped.iter().enumerate().filter(|(_, f)| **f) {

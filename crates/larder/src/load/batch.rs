@@ -193,6 +193,10 @@ pub struct Batch {
     pub bucket: (u32, u32),
     /// Fields by name ("pixels", "mask", "control.0", ...).
     pub fields: BTreeMap<String, Tensor>,
+    /// Fields whose items have sizes of their own, one tensor per item without a batch
+    /// dimension: controls at their own size ("control_raw.0", ...; AI Toolkit's
+    /// `control_tensor_list`).
+    pub per_item_fields: BTreeMap<String, Vec<Tensor>>,
     /// Captions after this epoch's transforms.
     pub captions: Vec<String>,
     /// Per item: part of a regularization dataset.
@@ -212,6 +216,16 @@ impl Batch {
     /// Returns true if and only if the batch has no items.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// The bytes of all its tensors, stacked and per item.
+    pub fn tensor_bytes(&self) -> usize {
+        let stacked = self.fields.values();
+        let per_item = self.per_item_fields.values().flatten();
+        stacked
+            .chain(per_item)
+            .map(|t| t.data.as_slice().len())
+            .sum()
     }
 }
 

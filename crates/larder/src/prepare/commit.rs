@@ -9,6 +9,7 @@ use crate::Result;
 use crate::config::Config;
 use crate::image::PIPELINE;
 use crate::scan::Finding;
+use crate::store::RAW_CONTROL;
 use crate::store::catalog::Catalog;
 use crate::store::codec::Codec;
 
@@ -171,7 +172,7 @@ impl Commit<'_> {
     /// The image fields' pipeline, then every encoder that ran.
     fn insert_encoders(&self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
         let image_fields = serde_json::json!({"codec": self.options.image_codec.name(), "filter": "catmull-rom (Pillow BICUBIC)", "layout": "CHW"}).to_string();
-        for field in ["pixels", "mask", "control", "inpaint"] {
+        for field in ["pixels", "mask", "control", RAW_CONTROL, "inpaint"] {
             tx.execute(
                 "INSERT INTO encoders(field, identity, params) VALUES (?1, ?2, ?3)",
                 params![field, PIPELINE, image_fields],

@@ -10,6 +10,7 @@ use crossbeam_channel::Sender;
 use rayon::prelude::*;
 
 use super::{ItemPlan, PrepareOptions, Produced, decode_placed, stored_entry};
+use crate::config::ControlSize;
 use crate::encode::{
     ClipPreprocess, EncodedTensor, ImageEncoder, PixelBatch, PixelFormat, PixelValues, signed_unit,
 };
@@ -150,6 +151,7 @@ fn decode_batch<'p, 'a>(
         let (_, data) = decode_placed(
             &item.image.path,
             Convert::Rgb,
+            ControlSize::Item,
             &placement,
             item.planned.flip,
         )?;

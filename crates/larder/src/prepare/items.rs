@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::encoded;
 use super::sources::hash_sources;
 use super::{PrepareOptions, PrepareReport};
-use crate::config::{Config, DatasetConfig};
+use crate::config::{Config, ControlSize, DatasetConfig};
 use crate::encode::Encoders;
 use crate::image::{Convert, PIPELINE};
 use crate::plan::{Flip, Plan, PlannedItem};
@@ -23,6 +23,9 @@ pub(super) struct FieldSource {
     pub(super) field: String,
     pub(super) source: PathBuf,
     pub(super) convert: Convert,
+    /// Whether it follows the item's geometry ([`ControlSize::Item`], every field but some
+    /// controls) or has a size of its own.
+    pub(super) size: ControlSize,
     /// Mask mapping: (invert, min_value).
     pub(super) mask: Option<(bool, f64)>,
 }
@@ -118,6 +121,7 @@ fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
         field,
         source: source.clone(),
         convert,
+        size: ControlSize::Item,
         mask,
     };
     let mut out = vec![field("pixels".into(), &img.path, Convert::Rgb, None)];
@@ -130,12 +134,11 @@ fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
     }
     for (n, c) in img.controls.iter().enumerate() {
         if let Some(c) = c {
-            out.push(field(
-                format!("control.{n}"),
-                c,
-                Convert::RgbOver(cfg.control_transparent_color),
-                None,
-            ));
+            let convert = Convert::RgbOver(cfg.control_transparent_color);
+            out.push(FieldSource {
+                size: cfg.control_size,
+                ..field(cfg.control_size.field(n), c, convert, None)
+            });
         }
     }
     if let Some(p) = &img.inpaint {
@@ -144,14 +147,20 @@ fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
     out
 }
 
-fn convert_params(convert: Convert, mask: Option<(bool, f64)>) -> String {
-    let base = match convert {
+fn convert_params(convert: Convert, size: ControlSize, mask: Option<(bool, f64)>) -> String {
+    let mut base = match convert {
         Convert::Rgb => "rgb".to_owned(),
         Convert::RgbOver(c) => format!("rgb-over:{},{},{}", c[0], c[1], c[2]),
         Convert::Rgba => "rgba".to_owned(),
         Convert::Luma => "luma601".to_owned(),
         Convert::Alpha => "alpha".to_owned(),
     };
+    // The item's geometry is in the item key already; an own size is said here.
+    match size {
+        ControlSize::Item => {}
+        ControlSize::Square512 => base.push_str(";size=512x512"),
+        ControlSize::Native => base.push_str(";size=native"),
+    }
     match mask {
         Some((invert, min)) => format!("{base};invert={invert};min={min}"),
         None => base,
@@ -210,7 +219,7 @@ pub(super) fn item_plans<'a>(
                 .into_iter()
                 .filter(|what| options.store_pixels || what.field != "pixels")
                 .map(|what| {
-                    let params = convert_params(what.convert, what.mask);
+                    let params = convert_params(what.convert, what.size, what.mask);
                     let src_hash = hashes
                         .get(&what.source)
                         .map(String::as_str)

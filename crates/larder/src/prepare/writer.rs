@@ -11,8 +11,9 @@ use rusqlite::params;
 
 use super::PrepareOptions;
 use super::items::{FieldJob, ItemPlan};
+use crate::config::ControlSize;
 use crate::image::{self, Convert};
-use crate::plan::Flip;
+use crate::plan::{Bucket, Flip, Placement};
 use crate::scan::{Finding, FindingKind};
 use crate::store::catalog::Catalog;
 use crate::store::codec::{self, Codec, Values};
@@ -291,19 +292,41 @@ pub(super) fn run_pipeline(
     outcome
 }
 
-/// Decodes `source`, converts it, and places it (flip, resize, crop) as C×H×W bytes.
+/// Decodes `source`, converts it, and places it (flip, resize, crop) as C×H×W bytes, with
+/// that shape. `size` says whether it follows the item's `placement` and `flip` or has a size
+/// of its own (controls, see [`ControlSize`]).
 pub(super) fn decode_placed(
     source: &Path,
     convert: Convert,
-    placement: &crate::plan::Placement,
+    size: ControlSize,
+    placement: &Placement,
     flip: Flip,
-) -> Result<(usize, Vec<u8>)> {
+) -> Result<([usize; 3], Vec<u8>)> {
     // Decoders are fed untrusted files; should one panic on a hostile file, that file becomes
     // a finding like any other undecodable image instead of ending the prepare.
     let decoded = std::panic::catch_unwind(|| image::decode(source, convert))
         .unwrap_or_else(|_| Err(Error::image(source, "the decoder crashed on this file")))?;
     let channels = decoded.channels.count();
-    Ok((channels, image::place(decoded, placement, flip)?))
+    // AI Toolkit neither flips nor crops controls of its own size: `load_control_image` only
+    // applies the item's flip and crop to full-size controls of models that do not take them raw.
+    let own = |width: u32, height: u32| Placement {
+        bucket: Bucket { width, height },
+        scale_to_width: width,
+        scale_to_height: height,
+        crop_x: 0,
+        crop_y: 0,
+    };
+    let (placement, flip) = match size {
+        ControlSize::Item => (*placement, flip),
+        ControlSize::Square512 => (own(512, 512), Flip::None),
+        ControlSize::Native => (own(decoded.width, decoded.height), Flip::None),
+    };
+    let shape = [
+        channels,
+        placement.bucket.height as usize,
+        placement.bucket.width as usize,
+    ];
+    Ok((shape, image::place(decoded, &placement, flip)?))
 }
 
 /// Decodes, places and encodes one field of one item.
@@ -317,9 +340,10 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
             format!("cannot decode for field {}: {e}", job.what.field),
         ),
     };
-    let (channels, mut data) = match decode_placed(
+    let (shape, mut data) = match decode_placed(
         &job.what.source,
         job.what.convert,
+        job.what.size,
         &item.planned.placement,
         item.planned.flip,
     ) {
@@ -329,10 +353,15 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
     if let Some((invert, min)) = job.what.mask {
         image::map_mask(&mut data, invert, min);
     }
-    let b = item.planned.placement.bucket;
-    let shape = vec![channels, b.height as usize, b.width as usize];
     let name = format!("{}/{}", item.item_key, job.what.field);
-    stored_entry(&job.key, name, image_codec, Values::U8(&data), shape).unwrap_or_else(fail)
+    stored_entry(
+        &job.key,
+        name,
+        image_codec,
+        Values::U8(&data),
+        shape.to_vec(),
+    )
+    .unwrap_or_else(fail)
 }
 
 /// Encodes `values` with `codec` into an entry for the writer, named `name` in its shard.

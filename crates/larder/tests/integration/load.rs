@@ -777,3 +777,114 @@ fn an_unreadable_caption_recipe_is_refused_with_advice() {
         "{err}"
     );
 }
+
+/// Four 64×64 images, each with a control image of its own size and a flipped copy
+/// (`flip_x`), prepared with `settings` added to the dataset; the store and each control's
+/// decoded pixels (C×H×W) by image stem.
+fn edit_pairs(root: &Path, top: &str, settings: &str) -> (Arc<Store>, BTreeMap<String, Vec<u8>>) {
+    let sizes = [(40, 30), (50, 70), (64, 64), (33, 17)];
+    let mut controls = BTreeMap::new();
+    for (i, (w, h)) in sizes.into_iter().enumerate() {
+        let name = format!("p{i}");
+        let path = image(
+            &root.join("imgs"),
+            &format!("{name}.png"),
+            64,
+            64,
+            Some("x"),
+        );
+        larder_synth::write_image(&path, 64, 64, i as u64 + 10).expect("image");
+        let control = root.join("ctl").join(format!("{name}.png"));
+        std::fs::create_dir_all(control.parent().expect("folder")).expect("folder");
+        larder_synth::write_image(&control, w, h, i as u64 + 20).expect("control");
+        let rgb = ::image::open(&control).expect("decode").into_rgb8();
+        let chw: Vec<u8> = (0..3)
+            .flat_map(|c| rgb.pixels().map(move |p| p[c]).collect::<Vec<_>>())
+            .collect();
+        controls.insert(name, chw);
+    }
+    let store = prepared(
+        root,
+        "c.yaml",
+        &format!(
+            "{top}datasets:\n  - folder_path: imgs\n    resolution: 64\n    flip_x: true\n    control_path: ctl\n{settings}"
+        ),
+        "store",
+    );
+    (store, controls)
+}
+
+fn stem(path: &str) -> String {
+    Path::new(path)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn controls_of_a_raw_control_model_are_served_per_item_at_their_own_size_unflipped() {
+    // The model's class says so (Qwen-Image-Edit-Plus), as AI Toolkit's
+    // `use_raw_control_images`; and so does larder's own key, for a model larder does not know.
+    for top in [
+        "model:\n  arch: qwen_image_edit_plus\n",
+        "larder:\n  raw_control_images: true\n",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, controls) = edit_pairs(dir.path(), top, "");
+        let items = store.items().expect("items");
+        assert_eq!(items.len(), 8, "four images and their flipped copies");
+        let batches: Vec<Batch> = Loader::new(store, options(4, 2))
+            .expect("loader")
+            .map(|b| b.expect("batch"))
+            .collect();
+        assert_eq!(batches.len(), 2);
+        for b in &batches {
+            assert!(!b.fields.contains_key("control.0"), "not stacked");
+            let own = &b.per_item_fields["control_raw.0"];
+            assert_eq!(own.len(), b.len());
+            for (t, &id) in own.iter().zip(&b.items) {
+                let item = &items[id as usize];
+                let expected = &controls[&stem(&item.path)];
+                // AI Toolkit leaves raw controls unflipped, even for a flipped copy.
+                assert_eq!(
+                    t.data.as_slice(),
+                    &expected[..],
+                    "{} ({:?})",
+                    item.path,
+                    item.flip
+                );
+                assert_eq!(t.shape.iter().product::<usize>(), expected.len());
+                assert_eq!(t.shape[0], 3);
+            }
+        }
+    }
+}
+
+#[test]
+fn full_size_control_images_false_stores_controls_at_512_unflipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = edit_pairs(dir.path(), "", "    full_size_control_images: false\n");
+    let items = store.items().expect("items");
+    let mut by_item = std::collections::HashMap::new();
+    for b in Loader::new(store, options(4, 2)).expect("loader") {
+        let b = b.expect("batch");
+        let t = &b.fields["control.0"];
+        assert_eq!(t.shape, vec![b.len(), 3, 512, 512]);
+        let size = 3 * 512 * 512;
+        for (k, &id) in b.items.iter().enumerate() {
+            let item = &items[id as usize];
+            let slot = t.data.as_slice()[k * size..(k + 1) * size].to_vec();
+            by_item.insert((stem(&item.path), item.flip), slot);
+        }
+    }
+    assert_eq!(by_item.len(), 8);
+    for i in 0..4 {
+        let plain = &by_item[&(format!("p{i}"), larder::Flip::None)];
+        let flipped = &by_item[&(format!("p{i}"), larder::Flip::X)];
+        assert_eq!(
+            plain, flipped,
+            "p{i}: a flipped copy keeps its control as it is"
+        );
+    }
+}

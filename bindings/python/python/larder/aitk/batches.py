@@ -6,8 +6,11 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-#: Where larder keeps an item's control images: `control.0`, `control.1`, ...
+#: Where larder keeps an item's control images: `control.0`, `control.1`, ... at the item's
+#: bucket (or 512x512), stacked in a batch; `control_raw.0`, ... at their own size (models with
+#: `use_raw_control_images`), one tensor per item.
 CONTROL_PREFIX = "control."
+RAW_CONTROL_PREFIX = "control_raw."
 
 
 class BatchMaker:
@@ -51,6 +54,9 @@ class BatchMaker:
         # can fill two slots of a topped-up batch), the rest is shared with the made item.
         file_items = [copy.copy(self._file_item(int(i))) for i in batch["items"].tolist()]
         controls = sorted(k for k in batch if k.startswith(CONTROL_PREFIX))
+        raw_controls = sorted(k for k in batch if k.startswith(RAW_CONTROL_PREFIX))
+        if len(raw_controls) == 1:
+            _check_stackable(batch[raw_controls[0]], [f.path for f in file_items])
         for k, file_item in enumerate(file_items):
             caption = batch["captions"][k]
             file_item.caption = caption
@@ -72,6 +78,14 @@ class BatchMaker:
                     import torch
 
                     file_item.control_tensor = torch.stack(tensors)
+            if raw_controls:
+                # AI Toolkit's load_control_image: one control is the item's control_tensor
+                # (stacked by the batch), several its control_tensor_list.
+                tensors = [batch[name][k].float() / 255.0 for name in raw_controls]
+                if len(tensors) == 1:
+                    file_item.control_tensor = tensors[0]
+                else:
+                    file_item.control_tensor_list = tensors
             if "inpaint" in batch:
                 file_item.inpaint_tensor = batch["inpaint"][k].float() / 255.0
             if self._prompts is not None:
@@ -115,6 +129,19 @@ class BatchMaker:
         file_item.loss_multiplier = item["loss_multiplier"]
         self._made[item_id] = file_item
         return file_item
+
+
+def _check_stackable(tensors: Sequence[Any], paths: Sequence[str]) -> None:
+    """Raises a clear error where AI Toolkit's batch would fail to stack the single raw-size
+    control of its items (``torch.cat`` of tensors of different sizes)."""
+    shapes = [tuple(t.shape) for t in tensors]
+    if len(set(shapes)) > 1:
+        listed = ", ".join(f"{os.path.basename(p)} {s[2]}x{s[1]}" for p, s in zip(paths, shapes))
+        raise ValueError(
+            "this model takes its control image at its own size, and AI Toolkit stacks one control per item "
+            f"into one tensor, which needs the controls of a batch to be the same size; they are not ({listed}). "
+            "Train with batch_size 1, or resize the control images of a bucket to one size."
+        )
 
 
 class PromptLayout:

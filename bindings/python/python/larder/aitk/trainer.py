@@ -73,8 +73,6 @@ class DataPath:
     """The job's datasets as larder stores and loaders, for one trainer process."""
 
     def __init__(self, trainer: Any):
-        from .. import load_config
-
         self.trainer = trainer
         section = dict(trainer.job.raw_config.get("larder") or {})
         self.work = Path(trainer.save_root) / ".larder"
@@ -87,23 +85,32 @@ class DataPath:
             group = "reg" if dataset.get("is_reg") else "train"
             self.groups.setdefault(group, []).append((index, dataset))
         self.work.mkdir(parents=True, exist_ok=True)
-        self.configs = {}
+        self.section = section
+        self.configs = self._write_configs()
         problems = []
         for group, datasets in self.groups.items():
-            path = self.work / f"{group}.yaml"
-            document = {"model": dict(trainer.get_conf("model", None) or {}), "datasets": [d for _, d in datasets]}
-            if section:
-                document["larder"] = section
-            # JSON is YAML: the file is written without a YAML library.
-            path.write_text(json.dumps(document, indent=2))
-            config = load_config(path)
-            self.configs[group] = config
-            problems += self._unserved(config, datasets)
+            problems += self._unserved(self.configs[group], datasets)
         self.dop = {group: self._dop_words(datasets, problems) for group, datasets in self.groups.items()}
         if problems:
             raise _cannot_serve(problems, "Remove these keys, or train this job with AI Toolkit's own `sd_trainer`.")
         self.loaders: Dict[str, Loader] = {}
         self._hidden: Tuple[Any, Any] = (None, None)
+
+    def _write_configs(self) -> Dict[str, Any]:
+        """Writes each group's datasets, with the job's model and ``larder:`` section, as a
+        larder config file in the work folder, and loads it."""
+        from .. import load_config
+
+        configs = {}
+        for group, datasets in self.groups.items():
+            path = self.work / f"{group}.yaml"
+            document = {"model": dict(self.trainer.get_conf("model", None) or {}), "datasets": [d for _, d in datasets]}
+            if self.section:
+                document["larder"] = self.section
+            # JSON is YAML: the file is written without a YAML library.
+            path.write_text(json.dumps(document, indent=2))
+            configs[group] = load_config(path)
+        return configs
 
     def _as_aitk_reads(self, dataset: Dict[str, Any]) -> Dict[str, Any]:
         """The dataset as AI Toolkit's trainer configures it: the train section's switches copied
@@ -138,15 +145,18 @@ class DataPath:
         return problems
 
     def check_model(self, sd: Any) -> None:
-        """Stops the run, before the model's weights load, when the model needs from its
-        datasets' controls what larder does not serve yet, naming the keys.
+        """Takes from the model, before its weights load, how it wants its datasets' control
+        images; stops the run when larder cannot serve them yet, naming the keys.
+
+        A model that takes its controls at their own size (``use_raw_control_images``) gets
+        them so: the configs are written again with ``larder.raw_control_images`` as the model
+        says, whatever its architecture name.
 
         Raises:
-            larder.ConfigError: the model takes its control images at their own size
-                (``use_raw_control_images``), or encodes them into cached text embeddings
-                (``encode_control_in_text_embeddings`` with ``cache_text_embeddings``).
+            larder.ConfigError: the model encodes its control images into cached text
+                embeddings (``encode_control_in_text_embeddings`` with
+                ``cache_text_embeddings``).
         """
-
         arch = getattr(self.trainer.model_config, "arch", None)
         problems = []
         for datasets in self.groups.values():
@@ -155,12 +165,14 @@ class DataPath:
                 if not keys:
                     continue
                 at = f"config.process[{self.trainer.process_id}].datasets[{index}].{keys[0]}"
-                if getattr(sd, "use_raw_control_images", False):
-                    problems.append(f"{at}: the {arch} model takes its control images at their own size, which larder does not serve yet")
                 if getattr(sd, "encode_control_in_text_embeddings", False) and dataset.get("cache_text_embeddings"):
                     problems.append(f"{at}: the {arch} model encodes its control images into the text embeddings, which larder does not cache yet (cache_text_embeddings)")
         if problems:
             raise _cannot_serve(problems, "Train this job with AI Toolkit's own `sd_trainer`.")
+        raw = bool(getattr(sd, "use_raw_control_images", False))
+        if self.section.get("raw_control_images") != raw:
+            self.section["raw_control_images"] = raw
+            self.configs = self._write_configs()
 
     def hide_datasets(self) -> None:
         """Keeps AI Toolkit from building its own loaders (it builds them when these are set)."""
