@@ -397,6 +397,23 @@ def test_controls_at_their_own_size_or_at_512_are_the_ones_ai_toolkit_gives_its_
             assert levels.max() <= 32 and (levels > 1.01).mean() < 0.025 and levels.mean() < 0.12, (stem, levels.max())
 
 
+def test_one_raw_control_per_item_of_other_sizes_in_a_batch_stops_naming_them(tmp_path, sd15):
+    # AI Toolkit stacks a single raw-size control per item into one tensor (torch.cat fails on
+    # other sizes); larder stops at that batch with the items, their sizes and the way out.
+    data = tmp_path / "data"
+    fx.make_images(str(data))
+    fx.make_controls(str(tmp_path / "controls"), size=[(80, 72), (40, 56), (64, 64), (33, 90)])
+    job = fx.aitk_job("sd15", "mixed", tmp_path / "output", data, sd15, steps=1, process_type="sd_trainer", control_path=str(tmp_path / "controls"))
+    job["config"]["process"][0]["train"]["batch_size"] = 4
+    done = subprocess.run(
+        [sys.executable, "-c", RECORD, AITK, fx.write_job(job, str(tmp_path / "mixed.yaml")), "larder", str(tmp_path / "r.npz"), "controls", "raw"],
+        cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode != 0
+    assert "ConfigError" in done.stderr, done.stderr[-3000:]
+    assert "same size" in done.stderr and "img3.png 33x90" in done.stderr and "batch_size 1" in done.stderr, done.stderr[-3000:]
+
+
 def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     data = tmp_path / "data"
     fx.make_images(str(data), n=6)

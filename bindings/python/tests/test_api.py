@@ -115,6 +115,32 @@ def _small_store(tmp_path):
     return out
 
 
+def test_controls_at_their_own_size_arrive_as_one_array_per_item(tmp_path):
+    from conftest import write_png
+
+    config = make_dataset(str(tmp_path), n=3)
+    os.makedirs(tmp_path / "ctl")
+    sizes = {0: (40, 30), 1: (50, 70), 2: (33, 17)}
+    for i, (w, h) in sizes.items():
+        write_png(str(tmp_path / "ctl" / f"img{i:03d}.png"), w, h, 100 + i)
+    text = open(config).read() + "    control_path: ctl\nlarder:\n  raw_control_images: true\n"
+    open(config, "w").write(text)
+    larder.prepare(config, tmp_path / "store")
+    for fmt in ("numpy", "torch"):
+        loader = larder.DataLoader(tmp_path / "store", batch_size=4, shuffle=False, format=fmt)
+        shapes = {}
+        for batch in loader:
+            assert "control.0" not in batch
+            own = batch["control_raw.0"]
+            assert isinstance(own, list) and len(own) == len(batch["items"])
+            assert batch["dtypes"]["control_raw.0"] == "U8"
+            for item, array in zip(batch["items"].tolist(), own):
+                shapes[item] = tuple(array.shape)
+                assert type(array).__module__.split(".")[0] == fmt
+        # Each item's control at its own size, whichever bucket the item is in.
+        assert sorted(shapes.values()) == sorted((3, h, w) for w, h in sizes.values())
+
+
 def test_set_batch_size_and_set_epoch(store_path):
     loader = larder.DataLoader(store_path, batch_size=1, seed=1, drop_last=False)
     it = iter(loader)

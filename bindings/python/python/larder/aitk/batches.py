@@ -134,10 +134,12 @@ class BatchMaker:
 def _check_stackable(tensors: Sequence[Any], paths: Sequence[str]) -> None:
     """Raises a clear error where AI Toolkit's batch would fail to stack the single raw-size
     control of its items (``torch.cat`` of tensors of different sizes)."""
+    from .. import ConfigError
+
     shapes = [tuple(t.shape) for t in tensors]
     if len(set(shapes)) > 1:
         listed = ", ".join(f"{os.path.basename(p)} {s[2]}x{s[1]}" for p, s in zip(paths, shapes))
-        raise ValueError(
+        raise ConfigError(
             "this model takes its control image at its own size, and AI Toolkit stacks one control per item "
             f"into one tensor, which needs the controls of a batch to be the same size; they are not ({listed}). "
             "Train with batch_size 1, or resize the control images of a bucket to one size."
