@@ -5,9 +5,11 @@
 //! on any device) to host f32. Meanwhile larder's threads decode the next batch.
 //!
 //! An encoder's identity comes from attributes of the callable, which `larder.Encoder` sets:
-//! `larder_identity` (required), `larder_scaling_factor`, `larder_shift_factor` and
-//! `larder_pixels` ("float32" or "uint8").
+//! `larder_identity` (required), `larder_scaling_factor`, `larder_shift_factor`,
+//! `larder_pixels` ("float32" or "uint8") and, for text encoders, `larder_controls` (the
+//! callable takes each caption's control image files too).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use larder::encode::{
@@ -29,6 +31,8 @@ struct Callable {
     func: Py<PyAny>,
     identity: EncoderIdentity,
     pixels: PixelFormat,
+    /// A text encoder called with the captions' control images as well.
+    controls: bool,
     raised: Raised,
 }
 
@@ -78,6 +82,10 @@ impl Callable {
                 shift_factor: factor("larder_shift_factor")?,
             },
             pixels,
+            controls: match attr("larder_controls")? {
+                Some(v) => v.is_truthy()?,
+                None => false,
+            },
             raised: raised.clone(),
         })
     }
@@ -168,10 +176,46 @@ impl TextEncoder for PyTextEncoder {
     }
 
     fn encode(&mut self, captions: &[&str]) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
+        self.call(captions, None)
+    }
+
+    fn takes_controls(&self) -> bool {
+        self.0.controls
+    }
+
+    fn encode_with_controls(
+        &mut self,
+        captions: &[&str],
+        controls: &[&[PathBuf]],
+    ) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
+        self.call(captions, Some(controls))
+    }
+}
+
+impl PyTextEncoder {
+    /// Calls the callable with the captions, and with their control image files (a list of
+    /// lists of paths, one list per caption, empty for captions encoded alone) when it takes
+    /// them.
+    fn call(
+        &mut self,
+        captions: &[&str],
+        controls: Option<&[&[PathBuf]]>,
+    ) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
         Python::attach(|py| {
             let call = || -> PyResult<Vec<(String, EncodedTensor)>> {
                 let list = PyList::new(py, captions)?;
-                let out = self.0.func.bind(py).call1((list,))?;
+                let func = self.0.func.bind(py);
+                let out = if self.0.controls {
+                    let files = (0..captions.len())
+                        .map(|k| {
+                            let own = controls.map_or(&[][..], |c| c[k]);
+                            PyList::new(py, own.iter().map(|p| p.to_string_lossy()))
+                        })
+                        .collect::<PyResult<Vec<_>>>()?;
+                    func.call1((list, PyList::new(py, files)?))?
+                } else {
+                    func.call1((list,))?
+                };
                 match out.cast::<PyDict>() {
                     Ok(dict) => dict
                         .iter()

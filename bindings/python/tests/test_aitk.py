@@ -268,9 +268,12 @@ def test_preservation_and_dropout_embeddings_are_the_ones_ai_toolkit_caches(tmp_
 
 
 # AI Toolkit's trainer, or larder's (argv: the checkout, the job, "aitk" or "larder", an .npz,
-# "controls" or "prompts", and "raw" to give the model `use_raw_control_images` as the classes of
-# Qwen-Image-Edit-Plus or FLUX.2 have it), recording per item what the trainer receives in its
-# batches: its control tensor (or list, `{stem}.{j}`), or its prompt and DOP prompt embeddings.
+# "controls" or "prompts", then flags: "raw" gives the model `use_raw_control_images` as the
+# classes of Qwen-Image-Edit-Plus or FLUX.2 have it; "te_controls" gives it
+# `encode_control_in_text_embeddings` as Qwen-Image-Edit's has it, with an `encode_prompt` whose
+# embeddings move by the mean of the control image it is given), recording per item what the
+# trainer receives in its batches: its control tensor (or list, `{stem}.{j}`), or its prompt
+# embeddings and DOP prompt embeddings (where the job has them).
 RECORD = (
     "import sys; from pathlib import Path; import numpy as np\n"
     "from larder.aitk.toolkit import enter, make_job, read_job, tolerate_broken_model_packages\n"
@@ -284,6 +287,15 @@ RECORD = (
     "    def hook_after_sd_init_before_load(self):\n"
     "        if 'raw' in sys.argv[6:]:\n"
     "            self.sd.use_raw_control_images = True\n"
+    "        if 'te_controls' in sys.argv[6:]:\n"
+    "            self.sd.encode_control_in_text_embeddings = True\n"
+    "            plain = self.sd.encode_prompt\n"
+    "            def encode_prompt(prompt, *args, control_images=None, **kwargs):\n"
+    "                embeds = plain(prompt, *args, **kwargs)\n"
+    "                if control_images is not None:\n"
+    "                    embeds.text_embeds = embeds.text_embeds + control_images.float().mean()\n"
+    "                return embeds\n"
+    "            self.sd.encode_prompt = encode_prompt\n"
     "        return super().hook_after_sd_init_before_load()\n"
     "    def hook_train_loop(self, batch):\n"
     "        for b in batch if isinstance(batch, list) else [batch]:\n"
@@ -296,7 +308,8 @@ RECORD = (
     "                    seen[stem] = b.control_tensor[k].float().numpy().copy()\n"
     "                else:\n"
     "                    seen[stem + '.prompt'] = item.prompt_embeds.text_embeds[0].float().numpy().copy()\n"
-    "                    seen[stem + '.dop'] = item.dop_prompt_embeds.text_embeds[0].float().numpy().copy()\n"
+    "                    if item.dop_prompt_embeds is not None:\n"
+    "                        seen[stem + '.dop'] = item.dop_prompt_embeds.text_embeds[0].float().numpy().copy()\n"
     "        return super().hook_train_loop(batch)\n"
     "job = make_job(read_job(sys.argv[2]), {'sd_trainer': Recording}); job.run(); job.cleanup()\n"
     "np.savez(sys.argv[4], **seen)\n"
@@ -397,6 +410,31 @@ def test_controls_at_their_own_size_or_at_512_are_the_ones_ai_toolkit_gives_its_
             assert levels.max() <= 32 and (levels > 1.01).mean() < 0.025 and levels.mean() < 0.12, (stem, levels.max())
 
 
+def test_text_embeddings_of_a_model_that_encodes_its_controls_are_the_ones_ai_toolkit_caches(tmp_path, sd15):
+    # img0 and img1 share a caption and differ in their control image: AI Toolkit caches one
+    # embedding per item (caption and controls), and so does larder.
+    data = tmp_path / "data"
+    fx.make_images(str(data))
+    (data / "img1.txt").write_text((data / "img0.txt").read_text())
+    fx.make_controls(str(tmp_path / "controls"), rgba=())
+    recorded = {}
+    for who in ("larder", "aitk"):
+        job = fx.aitk_job(
+            "sd15", f"te-{who}", tmp_path / "output", data, sd15, steps=1, process_type="sd_trainer",
+            control_path=str(tmp_path / "controls"),
+        )
+        job["config"]["process"][0]["train"]["batch_size"] = 4
+        job["config"]["process"][0]["train"]["cache_text_embeddings"] = True
+        path = fx.write_job(job, str(tmp_path / f"te-{who}.yaml"))
+        recorded[who] = _record(tmp_path, path, who, "prompts", "te_controls")
+    ours, theirs = recorded["larder"], recorded["aitk"]
+    assert sorted(ours) == sorted(theirs) == [f"img{i}.prompt" for i in range(4)]
+    for key in ours:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    # Same caption, other control: other embedding.
+    assert np.abs(ours["img0.prompt"] - ours["img1.prompt"]).max() > 1e-3
+
+
 def test_one_raw_control_per_item_of_other_sizes_in_a_batch_stops_naming_them(tmp_path, sd15):
     # AI Toolkit stacks a single raw-size control per item into one tensor (torch.cat fails on
     # other sizes); larder stops at that batch with the items, their sizes and the way out.
@@ -429,11 +467,9 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     assert {e for e, _, _ in order(whole)} == {0, 1}
 
 
-# A video key (larder's config refuses it), and an edit model that encodes its controls into
-# cached text embeddings (the model's class says so, before its weights load).
+# A video key: larder's config refuses it, before the model's weights load.
 @pytest.mark.parametrize("arch, extra, key, reason", [
     (None, {"num_frames": 33}, "num_frames", "video"),
-    ("qwen_image_edit", {"control_path": "controls", "cache_text_embeddings": True}, "control_path", "into the text embeddings"),
 ])
 def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15, arch, extra, key, reason):
     data = tmp_path / "data"

@@ -174,6 +174,43 @@ def test_text_embeddings_are_deduplicated_with_variants_and_padded_with_masks(tm
                 assert first == (0 if side == "right" else mask.shape[1] - n)
 
 
+def test_a_text_encoder_with_controls_gets_each_captions_control_files(tmp_path):
+    from conftest import write_png
+
+    make_dataset(str(tmp_path), n=3)
+    os.makedirs(tmp_path / "ctl")
+    for i in range(3):
+        write_png(str(tmp_path / "ctl" / f"img{i:03d}.png"), 48, 40, 200 + i)
+    config = tmp_path / "edit.yaml"
+    config.write_text("datasets:\n  - folder_path: imgs\n    resolution: 64\n    control_path: ctl\n    caption_dropout_rate: 0.3\n")
+    calls = []
+
+    def encode(captions, controls):
+        calls.extend(zip(captions, controls))
+        # The control's file name joins the caption's tokens, so embeddings differ by control.
+        return HashText()([c + "".join(f", {os.path.basename(f)}" for f in files) for c, files in zip(captions, controls)])
+
+    out = tmp_path / "store"
+    larder.prepare(config, out, text_encoders={"text": larder.Encoder(encode, "hash-text-8+controls", controls=True)})
+    # Each item's caption with its control; the empty caption (unconditional and dropout)
+    # alone.
+    with_files = {c: f for c, f in calls if f}
+    assert len(with_files) == 3
+    for caption, files in with_files.items():
+        # "tag1, red, blue" is img001's caption.
+        index = int(caption.split(",")[0][len("tag"):])
+        assert [os.path.relpath(f, tmp_path) for f in files] == [f"ctl/img{index:03d}.png"], caption
+    assert ("", []) in calls
+    served = 0
+    for batch in larder.DataLoader(out, batch_size=3, seed=2):
+        for k, caption in enumerate(batch["captions"]):
+            n = int(batch["text.mask"][k].sum())
+            # A kept caption has its control's token; a dropped one is the empty caption alone.
+            assert n == (1 if caption == "" else len(HashText.tokens(caption)) + 1)
+            served += 1
+    assert served == 3
+
+
 def test_caption_dropout_serves_the_empty_caption_embedding(tmp_path):
     make_dataset(str(tmp_path), n=4)
     config = tmp_path / "drop.yaml"

@@ -31,6 +31,12 @@ class Encoder:
     ``"mask"``...) or one array (stored as ``"embeds"``). Arrays may be NumPy arrays or torch
     tensors on any device; larder copies them to host float32 and stores them with the codec.
 
+    A text encoder made with ``controls=True`` (an edit model whose text encoder sees the
+    control images, AI Toolkit's ``encode_control_in_text_embeddings``) is called with the
+    captions and, per caption, the list of its item's control image files (empty for
+    captions encoded alone: the empty and the dropout captions, and items without controls).
+    larder then stores one embedding per caption and controls, keyed by both.
+
     Args:
         fn: The callable.
         identity: Everything that changes the output: model id, revision, dtype, options.
@@ -38,6 +44,8 @@ class Encoder:
             the key; larder does not apply it).
         shift_factor: The latent shift factor ``fn`` applied (recorded likewise).
         pixels: ``"float32"`` (default) or ``"uint8"``, for image encoders.
+        controls: For text encoders: call ``fn(captions, controls)`` with each caption's
+            control image files (see above).
     """
 
     def __init__(
@@ -48,6 +56,7 @@ class Encoder:
         scaling_factor: Optional[float] = None,
         shift_factor: Optional[float] = None,
         pixels: str = "float32",
+        controls: bool = False,
     ):
         if not callable(fn):
             raise TypeError(f"Encoder needs a callable, not {type(fn).__name__}")
@@ -60,9 +69,10 @@ class Encoder:
         self.larder_scaling_factor = scaling_factor
         self.larder_shift_factor = shift_factor
         self.larder_pixels = pixels
+        self.larder_controls = bool(controls)
 
-    def __call__(self, batch: Any) -> Any:
-        return self.fn(batch)
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
 
     def __repr__(self) -> str:
         return f"Encoder({self.larder_identity!r})"

@@ -581,13 +581,17 @@ pub enum ControlSize {
     Native,
 }
 
+/// The field prefix of control images kept at their own size (`control_raw.0`, ...): a batch
+/// carries them one array per item rather than stacked, since their sizes differ.
+pub const RAW_CONTROL: &str = "control_raw";
+
 impl ControlSize {
     /// The store field of an item's `n`th control image: `control.N`, stacked across a batch
     /// like the item's image, or `control_raw.N` for controls at their own size, which a batch
     /// carries one per item (AI Toolkit's `control_tensor_list`).
     pub fn field(self, n: usize) -> String {
         match self {
-            ControlSize::Native => format!("{}.{n}", crate::store::RAW_CONTROL),
+            ControlSize::Native => format!("{RAW_CONTROL}.{n}"),
             ControlSize::Item | ControlSize::Square512 => format!("control.{n}"),
         }
     }

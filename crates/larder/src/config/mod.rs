@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub use dataset::{
     BucketStrategy, CacheOptions, ControlSize, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys,
-    DatasetConfig, Source,
+    DatasetConfig, RAW_CONTROL, Source,
 };
 use model::takes_raw_control_images;
 pub use model::{DEFAULT_DIVISIBILITY, divisibility_for_arch};

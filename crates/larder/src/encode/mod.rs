@@ -163,6 +163,27 @@ pub trait TextEncoder: Send {
 
     /// Encodes captions; returns (output name, tensor) pairs.
     fn encode(&mut self, captions: &[&str]) -> Result<Vec<(String, EncodedTensor)>, EncoderError>;
+
+    /// Returns true if and only if the encoder takes each caption with its item's control
+    /// images (AI Toolkit's `encode_control_in_text_embeddings`: Qwen-Image-Edit and other edit
+    /// models whose text encoder sees the images). Prepare then encodes one embedding per
+    /// caption and controls, through [`TextEncoder::encode_with_controls`].
+    fn takes_controls(&self) -> bool {
+        false
+    }
+
+    /// Encodes captions, each with its item's control image files in control order (the
+    /// encoder reads them as its model expects). Called, when [`TextEncoder::takes_controls`],
+    /// for the captions of items that have controls; the others go through
+    /// [`TextEncoder::encode`].
+    fn encode_with_controls(
+        &mut self,
+        captions: &[&str],
+        controls: &[&[std::path::PathBuf]],
+    ) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
+        let _ = (captions, controls);
+        Err("this text encoder does not take control images".into())
+    }
 }
 
 /// The encoders of a prepare run, by field name.

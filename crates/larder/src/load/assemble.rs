@@ -7,9 +7,10 @@ use std::time::Instant;
 use super::batch::{Batch, BufferPool, Tensor};
 use super::text::{self, Padding};
 use crate::caption::{CaptionContext, CaptionRecipe};
+use crate::config::RAW_CONTROL;
 use crate::metrics::LoaderMetrics;
 use crate::rng::{Purpose, Stream};
-use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, RAW_CONTROL, Store, TextTable};
+use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, Store, TextTable};
 use crate::{Error, Result};
 
 /// What the readers need to know of each item, shared by all of them.

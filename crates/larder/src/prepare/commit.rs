@@ -6,10 +6,9 @@ use rusqlite::{Transaction, params};
 use super::items::ItemPlan;
 use super::{Part, PrepareOptions, config_digest, merge, texts};
 use crate::Result;
-use crate::config::Config;
+use crate::config::{Config, RAW_CONTROL};
 use crate::image::PIPELINE;
 use crate::scan::Finding;
-use crate::store::RAW_CONTROL;
 use crate::store::catalog::Catalog;
 use crate::store::codec::Codec;
 
@@ -196,7 +195,7 @@ impl Commit<'_> {
         )?;
         let mut next_id = 0i64;
         for t in self.texts {
-            for (key, text) in &t.captions {
+            for super::texts::Caption { key, text, .. } in &t.captions {
                 ins_caption.execute(params![next_id, t.field, key, text])?;
                 next_id += 1;
             }

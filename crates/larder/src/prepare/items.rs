@@ -62,6 +62,9 @@ pub(super) struct ItemPlan<'a> {
     pub(super) fields: Vec<FieldJob>,
     /// Fields filled by image and CLIP encoders: (field, entry key).
     pub(super) encoded: Vec<(String, String)>,
+    /// The item's control images in control order, with their content hashes: what a text
+    /// encoder that takes controls is given with the caption, and keys its entries by.
+    pub(super) controls: Vec<(PathBuf, String)>,
 }
 
 /// The items of `plan` at the indices `selected`, each with its scanned image and dataset.
@@ -214,6 +217,10 @@ pub(super) fn item_plans<'a>(
             let planned = item.planned;
             let ikey = item_key(&content_hash, &planned.placement, planned.flip);
             let encoded = encoded_fields(encoders, options, &ikey, &content_hash, planned.flip);
+            let controls = (item.sources.iter())
+                .filter(|f| f.field.starts_with("control"))
+                .filter_map(|f| Some((f.source.clone(), hashes.get(&f.source)?.clone())))
+                .collect();
             let fields = item
                 .sources
                 .into_iter()
@@ -238,6 +245,7 @@ pub(super) fn item_plans<'a>(
                 item_key: ikey,
                 fields,
                 encoded,
+                controls,
             })
         })
         .collect()

@@ -496,7 +496,8 @@ fn run_text_encoders(
     let text_codec = options.text_codec.name();
     for (name, encoder) in encoders.text.iter_mut() {
         let identity = encoder.identity();
-        let texts = texts::plan_texts(config, kept, name, &identity.key_text(), options);
+        let controls = encoder.takes_controls();
+        let texts = texts::plan_texts(config, kept, name, &identity.key_text(), controls, options);
         let meta_key = texts::outputs_meta_key(name, &identity.key_text(), &text_codec);
         let known: Option<texts::TextOutputs> = catalog
             .meta(&meta_key)?

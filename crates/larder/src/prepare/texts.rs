@@ -10,6 +10,7 @@
 //! stored once, however many items use it.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 
 use crossbeam_channel::Sender;
 
@@ -17,6 +18,7 @@ use super::{ItemPlan, PrepareOptions, Produced, stored_entry};
 use crate::caption::{CaptionContext, CaptionRecipe};
 use crate::config::Config;
 use crate::encode::{EncodedTensor, TextEncoder};
+use crate::store::captions::caption_key;
 use crate::store::codec::Values;
 use crate::store::key::KeyBuilder;
 use crate::{Error, Result};
@@ -35,25 +37,25 @@ pub(crate) struct TextOutputs {
     pub masked: bool,
 }
 
+/// A distinct input of a text encoder: a caption, with the control images it is encoded with
+/// (none but for encoders that take controls, for the items that have them).
+#[derive(Debug)]
+pub(super) struct Caption {
+    /// The key of its entries.
+    pub key: String,
+    pub text: String,
+    /// Control image files, in control order.
+    pub controls: Vec<PathBuf>,
+}
+
 /// The captions of one text encoder.
 #[derive(Debug)]
 pub(super) struct EncoderTexts {
     pub field: String,
-    /// Distinct captions: (key, text); a caption's index is its id.
-    pub captions: Vec<(String, String)>,
+    /// Distinct captions; a caption's index is its id.
+    pub captions: Vec<Caption>,
     /// Per item (in the order of the items given to [`plan_texts`]), its variants' caption ids.
     pub variants: Vec<Vec<u32>>,
-}
-
-/// The key of a caption's entries: the encoder and the exact text. Its outputs are stored as
-/// entries `<key>.<output>`.
-pub(super) fn caption_key(field: &str, identity: &str, codec: &str, text: &str) -> String {
-    KeyBuilder::new("larder/caption/v1")
-        .text(field)
-        .text(identity)
-        .text(codec)
-        .text(text)
-        .finish()
 }
 
 /// The meta key under which a text encoder's outputs are remembered between runs.
@@ -68,33 +70,42 @@ pub(super) fn outputs_meta_key(field: &str, identity: &str, codec: &str) -> Stri
     )
 }
 
-/// The caption variants of every item for the encoder `field`.
+/// The caption variants of every item for the encoder `field`; with `controls` (an encoder that
+/// takes control images), an item's variants are encoded with its controls, and keyed by them.
 pub(super) fn plan_texts(
     config: &Config,
     items: &[&ItemPlan<'_>],
     field: &str,
     identity: &str,
+    controls: bool,
     options: &PrepareOptions,
 ) -> EncoderTexts {
     let codec = options.text_codec.name();
     let mut ids: HashMap<String, u32> = HashMap::new();
-    let mut captions: Vec<(String, String)> = Vec::new();
-    let mut id_of = |text: String| -> u32 {
-        if let Some(&id) = ids.get(&text) {
+    let mut captions: Vec<Caption> = Vec::new();
+    let mut id_of = |text: String, with: &[(PathBuf, String)]| -> u32 {
+        let hashes: Vec<&str> = with.iter().map(|(_, h)| h.as_str()).collect();
+        let key = caption_key(field, identity, &codec, &text, &hashes);
+        if let Some(&id) = ids.get(&key) {
             return id;
         }
         let id = captions.len() as u32;
-        captions.push((caption_key(field, identity, &codec, &text), text.clone()));
-        ids.insert(text, id);
+        captions.push(Caption {
+            key: key.clone(),
+            text,
+            controls: with.iter().map(|(p, _)| p.clone()).collect(),
+        });
+        ids.insert(key, id);
         id
     };
     // The empty caption comes first: the unconditional embedding.
-    id_of(String::new());
+    id_of(String::new(), &[]);
     // Dropout is the loader's choice between an item's variants and the dataset's dropout
-    // caption, which is encoded once here.
+    // caption, which is encoded once here, as text alone (AI Toolkit encodes its dropout
+    // embeddings without control images too).
     for dataset in &config.datasets {
         if dataset.caption_dropout_rate > 0.0 {
-            id_of(CaptionRecipe::from_dataset(dataset).dropout_caption());
+            id_of(CaptionRecipe::from_dataset(dataset).dropout_caption(), &[]);
         }
     }
     let recipes: Vec<CaptionRecipe> = config
@@ -117,16 +128,15 @@ pub(super) fn plan_texts(
             let count = if recipe.is_random() { k } else { 1 };
             // Repeats of one image cut alike share their variants, as they share their latents.
             let stable = u64::from_str_radix(&item.item_key[..16], 16).unwrap_or(0);
+            let with = if controls { &item.controls[..] } else { &[] };
             (0..count)
                 .map(|v| {
-                    id_of(recipe.apply(
-                        &item.image.caption,
-                        CaptionContext {
-                            seed,
-                            epoch: v,
-                            item: stable,
-                        },
-                    ))
+                    let context = CaptionContext {
+                        seed,
+                        epoch: v,
+                        item: stable,
+                    };
+                    id_of(recipe.apply(&item.image.caption, context), with)
                 })
                 .collect()
         })
@@ -154,17 +164,18 @@ pub(super) fn encode_texts(
         .iter()
         .filter_map(|k| k.split_once('.').map(|(c, _)| c))
         .collect();
-    let todo: Vec<&(String, String)> = texts
+    let todo: Vec<&Caption> = texts
         .captions
         .iter()
-        .filter(|(key, _)| !done.contains(key.as_str()))
+        .filter(|c| !done.contains(c.key.as_str()))
         .collect();
     let mut outputs = known;
     // Every caption is stored but what the encoder returns is not recorded (a run that failed
-    // before recording it): one call on one caption says, and nothing is stored again.
+    // before recording it): one call on one caption says, and nothing is stored again. The
+    // first caption is the empty one, without controls.
     if outputs.is_none()
         && todo.is_empty()
-        && let Some((_, text)) = texts.captions.first()
+        && let Some(Caption { text, .. }) = texts.captions.first()
     {
         let named = |message: String| Error::Encoder {
             field: texts.field.clone(),
@@ -177,14 +188,31 @@ pub(super) fn encode_texts(
         outputs = Some(split_outputs(out, 1).map_err(named)?.outputs);
     }
     let mut encoded = 0;
-    for batch in todo.chunks(options.encode_batch_size.max(1)) {
-        let strings: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
+    // Captions with controls and those without are encoded in batches of their own kind.
+    let (plain, controlled): (Vec<&Caption>, Vec<&Caption>) =
+        todo.into_iter().partition(|c| c.controls.is_empty());
+    let size = options.encode_batch_size.max(1);
+    for batch in plain.chunks(size).chain(controlled.chunks(size)) {
+        let strings: Vec<&str> = batch.iter().map(|c| c.text.as_str()).collect();
         let named = |message: String| Error::Encoder {
             field: texts.field.clone(),
-            item: format!("caption {:?}", batch[0].1),
+            item: match batch[0].controls.first() {
+                Some(control) => format!(
+                    "caption {:?} with control {}",
+                    batch[0].text,
+                    control.display()
+                ),
+                None => format!("caption {:?}", batch[0].text),
+            },
             message,
         };
-        let out = encoder.encode(&strings).map_err(|e| named(e.to_string()))?;
+        let out = if batch[0].controls.is_empty() {
+            encoder.encode(&strings)
+        } else {
+            let controls: Vec<&[PathBuf]> = batch.iter().map(|c| &c.controls[..]).collect();
+            encoder.encode_with_controls(&strings, &controls)
+        };
+        let out = out.map_err(|e| named(e.to_string()))?;
         let split = split_outputs(out, batch.len()).map_err(named)?;
         match &outputs {
             Some(o) if o.outputs != split.outputs.outputs || o.masked != split.outputs.masked => {
@@ -196,7 +224,7 @@ pub(super) fn encode_texts(
             _ => outputs = Some(split.outputs.clone()),
         }
         let mut groups = Vec::with_capacity(batch.len());
-        for (k, (key, _)) in batch.iter().enumerate() {
+        for (k, Caption { key, .. }) in batch.iter().enumerate() {
             let mut group = Vec::new();
             for (name, shape, values) in &split.items[k] {
                 group.push(

@@ -3,6 +3,7 @@
 
 use super::Store;
 use super::catalog::Catalog;
+use super::key::KeyBuilder;
 use crate::{Error, Result};
 
 /// Returns true if and only if the catalog has the caption tables (stores written before them
@@ -15,6 +16,27 @@ pub(crate) fn caption_tables_exist(cat: &Catalog) -> Result<bool> {
 pub(crate) const IS_CAPTION_OUTPUT: &str =
     "(instr(key, '.') > 0 AND substr(key, 1, instr(key, '.') - 1) IN (SELECT key FROM captions))";
 
+/// The key of a caption's entries: the encoder, the exact text and, for an encoder that takes
+/// control images, their content hashes (in control order; none for a caption encoded alone).
+/// Its outputs are stored as entries `<key>.<output>`.
+pub(crate) fn caption_key(
+    field: &str,
+    identity: &str,
+    codec: &str,
+    text: &str,
+    controls: &[&str],
+) -> String {
+    let mut key = KeyBuilder::new("larder/caption/v1");
+    key.text(field).text(identity).text(codec).text(text);
+    if !controls.is_empty() {
+        key.text("controls");
+        for hash in controls {
+            key.text(hash);
+        }
+    }
+    key.finish()
+}
+
 /// One text encoder's captions as the loader needs them.
 #[derive(Debug, Clone)]
 pub(crate) struct TextTable {
@@ -24,6 +46,9 @@ pub(crate) struct TextTable {
     pub outputs: Outputs,
     /// Per caption: its text, and the entry position of each output (in `outputs` order).
     pub captions: Vec<(String, Vec<u32>)>,
+    /// Per caption: encoded from its text alone, not with an item's control images (see
+    /// [`caption_key`]).
+    pub plain: Vec<bool>,
     /// Per dataset, the index in `captions` of its dropout caption
     /// ([`CaptionRecipe::dropout_caption`](crate::CaptionRecipe::dropout_caption)); `None`
     /// where the store lacks it (captions imported from AI Toolkit, or prepared before the
@@ -37,9 +62,11 @@ pub(crate) struct TextTable {
 }
 
 impl TextTable {
-    /// Finds each dataset's dropout caption among the stored captions.
+    /// Finds each dataset's dropout caption among the stored captions: the one encoded from
+    /// the text alone, since items with controls may have the same text encoded with them.
     pub fn find_dropouts(&mut self, recipes: &[crate::CaptionRecipe]) {
         let index: std::collections::HashMap<&str, u32> = (self.captions.iter().enumerate())
+            .filter(|(i, _)| self.plain[*i])
             .map(|(i, (text, _))| (text.as_str(), i as u32))
             .collect();
         self.dropped = (recipes.iter())
@@ -100,6 +127,23 @@ impl Store {
             .collect()
     }
 
+    /// The identity and codec a text encoder's caption keys were made with (as the `encoders`
+    /// table records them).
+    fn encoder_identity(&self, field: &str) -> Result<(String, String)> {
+        let cat = self.catalog();
+        let (identity, params) = cat
+            .conn
+            .query_row(
+                "SELECT identity, params FROM encoders WHERE field = ?1",
+                [field],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .map_err(|e| cat.err(e))?;
+        let params: serde_json::Value = serde_json::from_str(&params).unwrap_or_default();
+        let codec = params["codec"].as_str().unwrap_or_default().to_owned();
+        Ok((identity, codec))
+    }
+
     fn text_table(&self, field: String, outputs: Outputs, items: usize) -> Result<TextTable> {
         let bad = |message: String| Error::Store {
             path: self.root().join(super::CATALOG_FILE),
@@ -141,6 +185,10 @@ impl Store {
         };
         let first_id = rows.first().map_or(0, |r| r.0);
         let index = self.key_index()?;
+        let (identity, codec) = self.encoder_identity(&field)?;
+        let plain = (rows.iter())
+            .map(|(_, key, text)| *key == caption_key(&field, &identity, &codec, text, &[]))
+            .collect();
         let mut captions = Vec::with_capacity(rows.len());
         for (_, key, text) in rows {
             let positions = outputs
@@ -180,6 +228,7 @@ impl Store {
             field,
             outputs,
             captions,
+            plain,
             dropped: Vec::new(),
             offsets,
             variants: flat,

@@ -9,7 +9,7 @@
 //!
 //! [`Store`] reads a store; [`prepare`](crate::prepare()) writes one.
 
-mod captions;
+pub(crate) mod captions;
 pub(crate) mod catalog;
 mod checked;
 pub mod codec;
@@ -42,9 +42,6 @@ pub const CATALOG_FILE: &str = "catalog.sqlite";
 pub const SHARD_DIR: &str = "shards";
 /// Folder of shards being written.
 pub const TMP_DIR: &str = "tmp";
-/// The field prefix of control images kept at their own size (`control_raw.0`, ...): a batch
-/// carries them one array per item rather than stacked, since their sizes differ.
-pub const RAW_CONTROL: &str = "control_raw";
 
 /// An item as the store records it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

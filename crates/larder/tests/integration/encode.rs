@@ -829,3 +829,140 @@ fn verify_reports_text_embeddings_lost_with_a_repaired_shard_until_prepare_resto
     let report = Store::open(&out).expect("open").verify().expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// A text encoder that sees control images, as Qwen-Image-Edit's: [`HashText`]'s tokens, and
+/// with controls one more token per control, from the control file's bytes. Counts the
+/// captions it encodes alone and with controls.
+struct ControlText {
+    text: HashText,
+    with_controls: Arc<AtomicUsize>,
+}
+
+impl TextEncoder for ControlText {
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity::new("hash-text-8 with controls f32")
+    }
+
+    fn encode(&mut self, captions: &[&str]) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
+        self.text.encode(captions)
+    }
+
+    fn takes_controls(&self) -> bool {
+        true
+    }
+
+    fn encode_with_controls(
+        &mut self,
+        captions: &[&str],
+        controls: &[&[PathBuf]],
+    ) -> Result<Vec<(String, EncodedTensor)>, EncoderError> {
+        self.with_controls
+            .fetch_add(captions.len(), Ordering::SeqCst);
+        let mut joined = Vec::new();
+        for (caption, files) in captions.iter().zip(controls) {
+            let mut text = caption.to_string();
+            for f in files.iter() {
+                let bytes = std::fs::read(f)?;
+                text.push_str(&format!(
+                    ", control {:x}",
+                    bytes.len() * 31 + bytes[bytes.len() / 2] as usize
+                ));
+            }
+            joined.push(text);
+        }
+        let joined: Vec<&str> = joined.iter().map(String::as_str).collect();
+        self.text.encode(&joined)
+    }
+}
+
+#[test]
+fn an_encoder_that_takes_controls_gets_one_embedding_per_caption_and_controls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctl = dir.path().join("ctl");
+    for i in 0..5 {
+        let path = image(&ctl, &format!("img{i}.png"), 40, 40, None);
+        larder_synth::write_image(&path, 40 + 8 * i, 40, 50 + i as u64).expect("control");
+    }
+    // img3 and img4 share their caption ("a fish") but not their control; a dropped caption
+    // is the trigger word alone.
+    let config = dataset(
+        dir.path(),
+        "    control_path: ctl\n    trigger_word: sks\n    caption_dropout_rate: 0.5\n",
+    );
+    let out = dir.path().join("store");
+    let (alone, with_controls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let encoders = || Encoders {
+        text: vec![(
+            "text".into(),
+            Box::new(ControlText {
+                text: HashText {
+                    captions: alone.clone(),
+                    fail_after: None,
+                },
+                with_controls: with_controls.clone(),
+            }) as Box<dyn TextEncoder>,
+        )],
+        ..Encoders::default()
+    };
+    let report = run(&config, &out, &options(2), &mut encoders()).expect("prepare");
+    // Five items, each with its controls (no caption variants: no random transforms); the
+    // empty caption and the dropout caption "sks " alone, as AI Toolkit encodes dropouts.
+    assert_eq!(with_controls.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        alone.load(Ordering::SeqCst) - with_controls.load(Ordering::SeqCst),
+        2
+    );
+    assert_eq!(report.captions_encoded, 7);
+
+    // Each item is served its own embedding: the two "a fish" items differ by their control.
+    // Dropout is drawn per item and epoch: over a few epochs every item keeps its caption once.
+    let store = Store::open(&out).expect("open");
+    let paths: Vec<String> = (store.items().expect("items").into_iter())
+        .map(|i| i.path)
+        .collect();
+    let mut served = std::collections::BTreeMap::new();
+    let mut dropped = 0;
+    let mut loader = loader(&out, Padding::Right);
+    for _ in 0..8 {
+        for batch in loader.by_ref() {
+            let batch = batch.expect("batch");
+            let (embeds, mask) = (&batch.fields["text.embeds"], &batch.fields["text.mask"]);
+            let rows = embeds.shape[1];
+            for (k, &id) in batch.items.iter().enumerate() {
+                let real = &mask.data.as_slice()[k * rows..(k + 1) * rows];
+                let n = real.iter().filter(|&&m| m != 0).count();
+                if batch.captions[k] == "sks " {
+                    // Dropped: the trigger word alone, two tokens, without the control's.
+                    assert_eq!(n, 2, "{}", paths[id as usize]);
+                    dropped += 1;
+                    continue;
+                }
+                // The start token, the caption's parts, and the control's token.
+                let parts = batch.captions[k].matches(',').count() + 1;
+                assert_eq!(n, 1 + parts + 1, "{}", batch.captions[k]);
+                // bf16 rows of the item's real tokens (right padding: they come first).
+                let own = embeds.data.as_slice()[k * rows * DIM * 2..][..n * DIM * 2].to_vec();
+                served.insert(paths[id as usize].clone(), own);
+            }
+        }
+    }
+    assert!(dropped > 0);
+    let fish: Vec<&Vec<u8>> = (served.iter())
+        .filter(|(p, _)| p.contains("img3") || p.contains("img4"))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(fish.len(), 2, "both served with their caption");
+    assert_ne!(
+        fish[0], fish[1],
+        "same caption, other control: other embedding"
+    );
+
+    // A rerun encodes nothing; a changed control re-encodes only its item's caption.
+    let report = run(&config, &out, &options(2), &mut encoders()).expect("rerun");
+    assert_eq!(report.captions_encoded, 0);
+    larder_synth::write_image(&ctl.join("img1.png"), 44, 40, 99).expect("new control");
+    let before = with_controls.load(Ordering::SeqCst);
+    let report = run(&config, &out, &options(2), &mut encoders()).expect("after an edit");
+    assert_eq!(report.captions_encoded, 1);
+    assert_eq!(with_controls.load(Ordering::SeqCst) - before, 1);
+}

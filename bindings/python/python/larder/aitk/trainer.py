@@ -24,9 +24,6 @@ log = logging.getLogger("larder.aitk")
 # folder, and larder's config file is written elsewhere, so they are made absolute first.
 PATH_KEYS = re.compile(r"^(folder_path|dataset_path|mask_path|control_path(_\d+)?|inpaint_path|unconditional_path|clip_image_path)$")
 
-# A dataset's control images.
-CONTROL_KEYS = ("control_path", "control_path_1", "control_path_2", "control_path_3")
-
 # Keys larder warns it does not serve that the drop-in serves itself: AI Toolkit's trainer reads
 # `prior_reg` from the file items' dataset config, which the batches carry, and makes the
 # differential output preservation prompts from the captions (or, with cached text embeddings,
@@ -146,29 +143,9 @@ class DataPath:
 
     def check_model(self, sd: Any) -> None:
         """Takes from the model, before its weights load, how it wants its datasets' control
-        images; stops the run when larder cannot serve them yet, naming the keys.
-
-        A model that takes its controls at their own size (``use_raw_control_images``) gets
-        them so: the configs are written again with ``larder.raw_control_images`` as the model
-        says, whatever its architecture name.
-
-        Raises:
-            larder.ConfigError: the model encodes its control images into cached text
-                embeddings (``encode_control_in_text_embeddings`` with
-                ``cache_text_embeddings``).
-        """
-        arch = getattr(self.trainer.model_config, "arch", None)
-        problems = []
-        for datasets in self.groups.values():
-            for index, dataset in datasets:
-                keys = [k for k in CONTROL_KEYS if dataset.get(k)]
-                if not keys:
-                    continue
-                at = f"config.process[{self.trainer.process_id}].datasets[{index}].{keys[0]}"
-                if getattr(sd, "encode_control_in_text_embeddings", False) and dataset.get("cache_text_embeddings"):
-                    problems.append(f"{at}: the {arch} model encodes its control images into the text embeddings, which larder does not cache yet (cache_text_embeddings)")
-        if problems:
-            raise _cannot_serve(problems, "Train this job with AI Toolkit's own `sd_trainer`.")
+        images: a model that takes them at their own size (``use_raw_control_images``) gets
+        them so, whatever its architecture name; the configs are written again with
+        ``larder.raw_control_images`` as the model says."""
         raw = bool(getattr(sd, "use_raw_control_images", False))
         if self.section.get("raw_control_images") != raw:
             self.section["raw_control_images"] = raw
@@ -354,19 +331,32 @@ def text_encoder(trainer: Any, layout: PromptLayout, dop: Optional[Tuple[str, st
 
     With ``dop`` (trigger word, class word), each caption is encoded with the trigger word
     replaced by the class: AI Toolkit's differential output preservation captions.
+
+    A model that encodes its control images into the text embeddings
+    (``encode_control_in_text_embeddings``: Qwen-Image-Edit, ...) is given each caption's
+    control images as AI Toolkit's caching gives them (:func:`_control_images`); larder keys
+    the embedding by caption and controls. Captions without controls (the empty and dropout
+    captions, items without control images) are encoded from their text alone, as AI
+    Toolkit encodes its dropout embeddings.
     """
     import torch
 
     import larder
 
     sd = trainer.sd
+    controls = bool(getattr(sd, "encode_control_in_text_embeddings", False))
 
     def prompt(caption: str) -> str:
         return caption.replace(dop[0], dop[1]) if dop else caption
 
-    def encode(captions: Any) -> Any:
+    def one(caption: str, files: List[str]) -> Dict[str, Any]:
+        if files:
+            return layout.arrays(sd.encode_prompt(prompt(caption), control_images=_control_images(sd, files)))
+        return layout.arrays(sd.encode_prompt(prompt(caption)))
+
+    def encode(captions: Any, files: Optional[List[List[str]]] = None) -> Any:
         with torch.no_grad():
-            parts = [layout.arrays(sd.encode_prompt(prompt(caption))) for caption in captions]
+            parts = [one(caption, files[k] if files else []) for k, caption in enumerate(captions)]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     identity = _identity(
@@ -376,8 +366,26 @@ def text_encoder(trainer: Any, layout: PromptLayout, dop: Optional[Tuple[str, st
         space=getattr(sd, "text_embedding_space_version", None),
         outputs=sorted(layout.dtypes),
         **({"replace": json.dumps(list(dop))} if dop else {}),
+        **({"controls": True} if controls else {}),
     )
-    return larder.Encoder(encode, identity)
+    return larder.Encoder(encode, identity, controls=controls)
+
+
+def _control_images(sd: Any, files: List[str]) -> Any:
+    """An item's control images as AI Toolkit's text-embedding caching gives them to
+    ``encode_prompt``: each opened, converted to RGB (transparency dropped, not composited),
+    EXIF-transposed, as a [1, 3, H, W] tensor in [0, 1] on the model's device and dtype; the
+    list when the model takes several (``has_multiple_control_images``), else the first."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from PIL.ImageOps import exif_transpose
+
+    images = []
+    for path in files:
+        with Image.open(path) as img:
+            rgb = exif_transpose(img.convert("RGB"))
+        images.append(TF.to_tensor(rgb).unsqueeze(0).to(sd.device_torch, dtype=sd.torch_dtype))
+    return images if getattr(sd, "has_multiple_control_images", False) else images[0]
 
 
 def _identity(trainer: Any, function: str, **settings: Any) -> str:

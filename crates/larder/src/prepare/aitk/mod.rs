@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::encode::{EncoderIdentity, PixelFormat};
 use crate::plan::Flip;
 use crate::storage::Location;
+use crate::store::captions::caption_key;
 use crate::store::catalog::Catalog;
 use crate::store::codec::Values;
 
@@ -549,7 +550,7 @@ impl Targets<'_> {
         let mut ids: HashMap<String, usize> = HashMap::new();
         for (i, caption, file) in found {
             let item = &items[*i];
-            let key = texts::caption_key(field, &identity, &codec.name(), caption);
+            let key = caption_key(field, &identity, &codec.name(), caption, &[]);
             if let Some(&id) = ids.get(caption) {
                 imported.item_captions.push((item.id, id));
                 continue;
