@@ -231,8 +231,14 @@ pub(super) fn item_plans<'a>(
                         .get(&what.source)
                         .map(String::as_str)
                         .unwrap_or_default();
+                    // A control of its own size does not depend on the item's geometry: the
+                    // item's flipped copies and other resolutions share one entry.
+                    let owner = match what.size {
+                        ControlSize::Item => ikey.as_str(),
+                        ControlSize::Square512 | ControlSize::Native => "own size",
+                    };
                     let key =
-                        entry_key(&ikey, &what.field, src_hash, &params, &codec_name, PIPELINE);
+                        entry_key(owner, &what.field, src_hash, &params, &codec_name, PIPELINE);
                     FieldJob { what, key }
                 })
                 .collect();

@@ -834,6 +834,15 @@ fn controls_of_a_raw_control_model_are_served_per_item_at_their_own_size_unflipp
         let (store, controls) = edit_pairs(dir.path(), top, "");
         let items = store.items().expect("items");
         assert_eq!(items.len(), 8, "four images and their flipped copies");
+        // A control of its own size is stored once for an item and its flipped copy.
+        let mut writable = Store::open(store.root()).expect("open");
+        let stats = writable.inspect().expect("inspect");
+        assert_eq!(
+            stats.fields["control_raw"].entries,
+            4,
+            "{:?}",
+            stats.fields.keys()
+        );
         let batches: Vec<Batch> = Loader::new(store, options(4, 2))
             .expect("loader")
             .map(|b| b.expect("batch"))
@@ -866,6 +875,14 @@ fn full_size_control_images_false_stores_controls_at_512_unflipped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = edit_pairs(dir.path(), "", "    full_size_control_images: false\n");
     let items = store.items().expect("items");
+    let stats = Store::open(store.root())
+        .expect("open")
+        .inspect()
+        .expect("inspect");
+    assert_eq!(
+        stats.fields["control"].entries, 4,
+        "one per control, not per item"
+    );
     let mut by_item = std::collections::HashMap::new();
     for b in Loader::new(store, options(4, 2)).expect("loader") {
         let b = b.expect("batch");
