@@ -5,6 +5,8 @@
 //! smooth gradients with a little blocky seeded texture, so that they are neither flat colour
 //! nor incompressible noise, and every byte is a function of the arguments.
 
+pub mod video;
+
 use std::path::Path;
 
 use image::{ImageEncoder, RgbImage};

@@ -41,6 +41,7 @@ pub mod storage;
 pub mod store;
 pub mod transfer;
 pub mod tune;
+mod video;
 
 pub use caption::{CaptionContext, CaptionRecipe};
 pub use config::{

@@ -27,6 +27,9 @@ pub enum Purpose {
     Flip = 4,
     /// Which precomputed caption variant (text embedding) an item gets in an epoch.
     CaptionVariant = 5,
+    /// The start frame of a clip whose frames are taken at the dataset's `fps`, drawn once at
+    /// planning time.
+    Frames = 6,
 }
 
 impl Stream {

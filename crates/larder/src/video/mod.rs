@@ -1,0 +1,462 @@
+//! Video clips: what a container says about its video stream (without decoding it), which
+//! frames an item trains on, and decoding just those frames.
+//!
+//! FFmpeg's libraries do the reading, through the `ffmpeg-next` binding. The numbers AI
+//! Toolkit keys its frame choice on come from OpenCV's `VideoCapture`, which wraps the same
+//! libraries; they are read here the way OpenCV reads them (see [`probe`]).
+
+mod frames;
+
+use std::path::Path;
+use std::sync::Once;
+
+use ffmpeg::format::Pixel;
+use ffmpeg::media::Type;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+
+pub use frames::FrameRule;
+
+use crate::image::{Channels, Decoded};
+use crate::{Error, Result};
+
+/// Identity of the frame pipeline, part of the key of every stored clip.
+pub const PIPELINE: &str = "decode=ffmpeg+sws-bicubic-rgb24+rotate;select=aitk-v1";
+
+/// What a container says about its video stream.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VideoInfo {
+    /// Width as displayed (after the container's rotation).
+    pub width: u32,
+    /// Height as displayed.
+    pub height: u32,
+    /// Frame count as OpenCV reports it: the stream's frame count, else duration × rate.
+    pub frames: u64,
+    /// Frames per second: the stream's average rate, else its base rate.
+    pub fps: f64,
+    /// Clockwise rotation, in degrees (0, 90, 180 or 270), applied to every decoded frame.
+    pub rotation: u32,
+}
+
+/// Why a file cannot be read as a video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VideoProblem {
+    /// A zero-byte file.
+    Empty,
+    /// Fewer frames in the file than its header announces: it was cut off.
+    Truncated(String),
+    /// Not a readable container, or no video stream in it.
+    Corrupt(String),
+    /// The file could not be read at all.
+    Unreadable(String),
+}
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // FFmpeg prints its own warnings to standard error; larder reports problems as
+        // findings and errors instead.
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Quiet);
+        let _ = ffmpeg::init();
+    });
+}
+
+/// Reads `path`'s container: size, frame count, rate, rotation. Packets are read to check
+/// that the file holds every frame its header announces (a cut-off download usually still
+/// opens), but nothing is decoded.
+pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem> {
+    init();
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => return Err(VideoProblem::Empty),
+        Ok(_) => {}
+        Err(e) => return Err(VideoProblem::Unreadable(e.to_string())),
+    }
+    let mut input = ffmpeg::format::input(path)
+        .map_err(|e| VideoProblem::Corrupt(format!("not a readable video container: {e}")))?;
+    let (index, info, announced) = {
+        let stream = input
+            .streams()
+            .best(Type::Video)
+            .ok_or_else(|| VideoProblem::Corrupt("the file has no video stream".into()))?;
+        let params = stream.parameters();
+        let (w, h) = unsafe {
+            // SAFETY: `params` wraps the stream's live AVCodecParameters.
+            let p = &*params.as_ptr();
+            (p.width, p.height)
+        };
+        if w <= 0 || h <= 0 {
+            return Err(VideoProblem::Corrupt(format!(
+                "the video stream has no size ({w}x{h})"
+            )));
+        }
+        let fps = [stream.avg_frame_rate(), stream.rate()]
+            .into_iter()
+            .map(f64::from)
+            .find(|r| r.is_finite() && *r > 0.0)
+            .ok_or_else(|| VideoProblem::Corrupt("the video stream has no frame rate".into()))?;
+        let announced = u64::try_from(stream.frames()).unwrap_or(0);
+        let frames = if announced > 0 {
+            announced
+        } else {
+            // OpenCV: floor(duration in seconds × fps + 0.5).
+            let seconds = if stream.duration() > 0 {
+                stream.duration() as f64 * f64::from(stream.time_base())
+            } else {
+                input.duration().max(0) as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE)
+            };
+            (seconds * fps + 0.5).floor().max(0.0) as u64
+        };
+        let rotation = rotation(&stream);
+        let (width, height) = if rotation % 180 == 0 {
+            (w as u32, h as u32)
+        } else {
+            (h as u32, w as u32)
+        };
+        (
+            stream.index(),
+            VideoInfo {
+                width,
+                height,
+                frames,
+                fps,
+                rotation,
+            },
+            announced,
+        )
+    };
+    if info.frames == 0 {
+        return Err(VideoProblem::Corrupt(
+            "the video stream has no frames".into(),
+        ));
+    }
+    let mut packets = 0u64;
+    let mut packet = ffmpeg::Packet::empty();
+    loop {
+        match packet.read(&mut input) {
+            Ok(()) => packets += u64::from(packet.stream() == index),
+            Err(ffmpeg::Error::Eof) => break,
+            Err(e) => {
+                return Err(VideoProblem::Truncated(format!(
+                    "reading stopped after {packets} video packets: {e}"
+                )));
+            }
+        }
+    }
+    if announced > 0 && packets < announced {
+        return Err(VideoProblem::Truncated(format!(
+            "the header announces {announced} frames but the file holds {packets}"
+        )));
+    }
+    if packets == 0 {
+        return Err(VideoProblem::Truncated(
+            "the file holds no video packets".into(),
+        ));
+    }
+    Ok(info)
+}
+
+/// The clockwise rotation a stream's display matrix asks for, as OpenCV applies it.
+fn rotation(stream: &ffmpeg::format::stream::Stream<'_>) -> u32 {
+    for side in stream.side_data() {
+        if side.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix
+            && side.data().len() >= 36
+        {
+            // SAFETY: a display matrix is nine i32s; the length was checked above.
+            let ccw = unsafe { ffmpeg::ffi::av_display_rotation_get(side.data().as_ptr().cast()) };
+            if !ccw.is_finite() {
+                return 0;
+            }
+            let cw = (-(ccw.round() as i64)).rem_euclid(360) as u32;
+            return (cw + 45) / 90 % 4 * 90;
+        }
+    }
+    0
+}
+
+/// Decodes the frames of `path` at `indices` (any order, repeats allowed) as RGB images in the
+/// order asked. The decoder seeks to the key frame before the first frame needed and stops after
+/// the last; when the file ends before a frame its header announced, the last decoded frame
+/// stands in for the rest, as in AI Toolkit.
+pub(crate) fn decode_frames(
+    path: &Path,
+    info: &VideoInfo,
+    indices: &[u64],
+) -> Result<Vec<Decoded>> {
+    init();
+    let mut wanted: Vec<u64> = indices.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let Some(&first) = wanted.first() else {
+        return Ok(Vec::new());
+    };
+    let fail = |what: &str, e: ffmpeg::Error| Error::image(path, format!("{what}: {e}"));
+    let decoded = match decode_sorted(path, info, &wanted, first > 0) {
+        Ok(Some(frames)) => frames,
+        // The seek landed past the first frame needed (a stream without usable timestamps):
+        // decode from the start.
+        Ok(None) => decode_sorted(path, info, &wanted, false)
+            .map_err(|e| fail("decoding", e))?
+            .ok_or_else(|| Error::image(path, "no frame could be decoded"))?,
+        Err(e) => return Err(fail("decoding", e)),
+    };
+    Ok(indices
+        .iter()
+        .map(|i| decoded[wanted.binary_search(i).unwrap_or(0)].clone())
+        .collect())
+}
+
+/// Decodes `wanted` (sorted, unique). `None` when a seek overshot the first frame needed.
+fn decode_sorted(
+    path: &Path,
+    info: &VideoInfo,
+    wanted: &[u64],
+    seek: bool,
+) -> std::result::Result<Option<Vec<Decoded>>, ffmpeg::Error> {
+    let mut input = ffmpeg::format::input(path)?;
+    let stream = input
+        .streams()
+        .best(Type::Video)
+        .ok_or(ffmpeg::Error::StreamNotFound)?;
+    let index = stream.index();
+    let time_base = f64::from(stream.time_base());
+    let start_time = if stream.start_time() == ffmpeg::ffi::AV_NOPTS_VALUE {
+        0
+    } else {
+        stream.start_time()
+    };
+    let mut context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())?;
+    // Items are decoded in parallel already; one thread per clip keeps the cores for them.
+    context.set_threading(ffmpeg::codec::threading::Config::count(1));
+    let mut decoder = context.decoder().video()?;
+    if seek {
+        let seconds = wanted[0] as f64 / info.fps;
+        // SAFETY: reads a plain field of the open format context.
+        let container_start = unsafe { (*input.as_ptr()).start_time };
+        let offset = if container_start == ffmpeg::ffi::AV_NOPTS_VALUE {
+            0
+        } else {
+            container_start
+        };
+        let ts = (seconds * f64::from(ffmpeg::ffi::AV_TIME_BASE)) as i64 + offset;
+        input.seek(ts, ..ts)?;
+    }
+    let mut out: Vec<Decoded> = Vec::with_capacity(wanted.len());
+    let mut counted = 0u64;
+    let mut last: Option<Decoded> = None;
+    let mut scaler: Option<scaling::Context> = None;
+    let mut frame = ffmpeg::frame::Video::empty();
+    let mut packet = ffmpeg::Packet::empty();
+    let mut ended = false;
+    while out.len() < wanted.len() {
+        // Feed the decoder one packet of the stream (or the end), then drain what it gives.
+        if !ended {
+            match packet.read(&mut input) {
+                Ok(()) if packet.stream() != index => continue,
+                Ok(()) => decoder.send_packet(&packet)?,
+                Err(ffmpeg::Error::Eof) => {
+                    ended = true;
+                    decoder.send_eof()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut drained = true;
+        while decoder.receive_frame(&mut frame).is_ok() {
+            drained = false;
+            let number = if seek {
+                match frame.timestamp() {
+                    Some(ts) => (((ts - start_time) as f64 * time_base) * info.fps)
+                        .round()
+                        .max(0.0) as u64,
+                    None => return Ok(None),
+                }
+            } else {
+                counted
+            };
+            counted += 1;
+            let need = wanted[out.len()];
+            if number > need && out.is_empty() && seek {
+                return Ok(None);
+            }
+            if number < need {
+                continue;
+            }
+            let rgb = to_rgb(&frame, &mut scaler, info.rotation)?;
+            // Frames the stream skipped (variable rate) take the next one decoded.
+            while out.len() < wanted.len() && wanted[out.len()] <= number {
+                out.push(rgb.clone());
+            }
+            last = Some(rgb);
+            if out.len() == wanted.len() {
+                break;
+            }
+        }
+        if ended && drained {
+            break;
+        }
+    }
+    if out.len() < wanted.len() {
+        let Some(tail) = last.or_else(|| out.last().cloned()) else {
+            return Ok(None);
+        };
+        out.resize(wanted.len(), tail);
+    }
+    Ok(Some(out))
+}
+
+/// Converts a decoded frame to packed RGB and applies the stream's rotation.
+fn to_rgb(
+    frame: &ffmpeg::frame::Video,
+    scaler: &mut Option<scaling::Context>,
+    rotation: u32,
+) -> std::result::Result<Decoded, ffmpeg::Error> {
+    let (w, h) = (frame.width(), frame.height());
+    let reuse = scaler.as_ref().is_some_and(|s| {
+        s.input().width == w && s.input().height == h && s.input().format == frame.format()
+    });
+    if !reuse {
+        *scaler = Some(scaling::Context::get(
+            frame.format(),
+            w,
+            h,
+            Pixel::RGB24,
+            w,
+            h,
+            scaling::Flags::BICUBIC,
+        )?);
+    }
+    let mut rgb = ffmpeg::frame::Video::empty();
+    if let Some(s) = scaler.as_mut() {
+        s.run(frame, &mut rgb)?;
+    }
+    let stride = rgb.stride(0);
+    let row = w as usize * 3;
+    let mut data = Vec::with_capacity(row * h as usize);
+    for y in 0..h as usize {
+        data.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
+    }
+    Ok(rotate(
+        Decoded {
+            width: w,
+            height: h,
+            channels: Channels::Rgb,
+            data,
+        },
+        rotation,
+    ))
+}
+
+/// Rotates an RGB image clockwise by 0, 90, 180 or 270 degrees.
+fn rotate(img: Decoded, clockwise: u32) -> Decoded {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let px = |x: usize, y: usize| -> [u8; 3] {
+        let i = (y * w + x) * 3;
+        [img.data[i], img.data[i + 1], img.data[i + 2]]
+    };
+    let (nw, nh, source): (usize, usize, Box<dyn Fn(usize, usize) -> (usize, usize)>) =
+        match clockwise {
+            90 => (h, w, Box::new(move |x, y| (y, h - 1 - x))),
+            180 => (w, h, Box::new(move |x, y| (w - 1 - x, h - 1 - y))),
+            270 => (h, w, Box::new(move |x, y| (w - 1 - y, x))),
+            _ => return img,
+        };
+    let mut data = Vec::with_capacity(img.data.len());
+    for y in 0..nh {
+        for x in 0..nw {
+            let (sx, sy) = source(x, y);
+            data.extend_from_slice(&px(sx, sy));
+        }
+    }
+    Decoded {
+        width: nw as u32,
+        height: nh as u32,
+        channels: Channels::Rgb,
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use larder_synth::video::{frame_index, write_video};
+
+    fn clip(dir: &Path, frames: u32) -> std::path::PathBuf {
+        let path = dir.join("clip.mp4");
+        write_video(&path, 64, 32, frames, 30).expect("write clip");
+        path
+    }
+
+    /// The index drawn into a decoded frame (its middle row of red).
+    fn index_of(frame: &Decoded) -> u32 {
+        let w = frame.width as usize;
+        let y = frame.height as usize / 2;
+        let row: Vec<u8> = (0..w).map(|x| frame.data[(y * w + x) * 3]).collect();
+        frame_index(&row)
+    }
+
+    #[test]
+    fn a_clip_is_probed_from_its_container() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let info = probe(&clip(dir.path(), 50)).expect("probe");
+        assert_eq!(
+            (info.width, info.height, info.frames, info.rotation),
+            (64, 32, 50, 0)
+        );
+        assert!((info.fps - 30.0).abs() < 1e-9, "{}", info.fps);
+    }
+
+    #[test]
+    fn the_frames_asked_for_are_decoded_in_the_order_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = clip(dir.path(), 100);
+        let info = probe(&path).expect("probe");
+        // Starting past the first key frames (every 12) makes the decoder seek.
+        for indices in [vec![0, 13, 25, 25, 99], vec![40, 41, 77, 60], vec![99]] {
+            let frames = decode_frames(&path, &info, &indices).expect("decode");
+            let got: Vec<u32> = frames.iter().map(index_of).collect();
+            let want: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+            assert_eq!(got, want);
+            assert!(frames.iter().all(|f| (f.width, f.height) == (64, 32)));
+        }
+    }
+
+    #[test]
+    fn frames_past_the_end_are_the_last_frame_as_in_ai_toolkit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = clip(dir.path(), 20);
+        let mut info = probe(&path).expect("probe");
+        info.frames = 25; // a header that overstates
+        let frames = decode_frames(&path, &info, &[5, 19, 23]).expect("decode");
+        assert_eq!(frames.iter().map(index_of).collect::<Vec<_>>(), [5, 19, 19]);
+    }
+
+    #[test]
+    fn empty_cut_off_and_garbage_files_are_problems_not_panics() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = clip(dir.path(), 60);
+        let bytes = std::fs::read(&path).expect("read");
+        let empty = dir.path().join("empty.mp4");
+        std::fs::write(&empty, b"").expect("write");
+        assert_eq!(probe(&empty), Err(VideoProblem::Empty));
+        let garbage = dir.path().join("garbage.mp4");
+        std::fs::write(&garbage, b"this is not a video at all, just some text").expect("write");
+        assert!(
+            matches!(probe(&garbage), Err(VideoProblem::Corrupt(_))),
+            "{:?}",
+            probe(&garbage)
+        );
+        for keep in [bytes.len() / 2, bytes.len() - 100, 200] {
+            let cut = dir.path().join(format!("cut{keep}.mp4"));
+            std::fs::write(&cut, &bytes[..keep]).expect("write");
+            let got = probe(&cut);
+            assert!(
+                matches!(
+                    got,
+                    Err(VideoProblem::Truncated(_) | VideoProblem::Corrupt(_))
+                ),
+                "{keep} of {} bytes: {got:?}",
+                bytes.len()
+            );
+        }
+    }
+}
