@@ -835,8 +835,7 @@ fn controls_of_a_raw_control_model_are_served_per_item_at_their_own_size_unflipp
         let items = store.items().expect("items");
         assert_eq!(items.len(), 8, "four images and their flipped copies");
         // A control of its own size is stored once for an item and its flipped copy.
-        let mut writable = Store::open(store.root()).expect("open");
-        let stats = writable.inspect().expect("inspect");
+        let stats = store.inspect().expect("inspect");
         assert_eq!(
             stats.fields["control_raw"].entries,
             4,
