@@ -467,7 +467,8 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     assert {e for e, _, _ in order(whole)} == {0, 1}
 
 
-# A video key: larder's config refuses it, before the model's weights load.
+# A video dataset: larder prepares it but does not serve it to the trainer yet; the run stops
+# before the model's weights load.
 @pytest.mark.parametrize("arch, extra, key, reason", [
     (None, {"num_frames": 33}, "num_frames", "video"),
 ])

@@ -28,7 +28,7 @@ pub fn write_video(
     let e =
         |what: &'static str| move |err: ffmpeg::Error| format!("{}: {what}: {err}", path.display());
     ffmpeg::init().map_err(e("init"))?;
-    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Quiet);
     let mut out = ffmpeg::format::output(path).map_err(e("create"))?;
     let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::MPEG4).ok_or("no MPEG-4 encoder")?;
     let global_header = out

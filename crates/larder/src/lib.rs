@@ -46,10 +46,11 @@ mod video;
 pub use caption::{CaptionContext, CaptionRecipe};
 pub use config::{
     BucketStrategy, CacheOptions, Config, ConfigWarning, ControlSize, DEFAULT_DIVISIBILITY,
-    DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, Source, divisibility_for_arch,
+    DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, FrameRule, Source,
+    divisibility_for_arch,
 };
 pub use error::{Error, Result, SourceError};
-pub use plan::{Bucket, Flip, Placement, Plan, PlannedItem, place};
+pub use plan::{Bucket, Clip, Flip, Placement, Plan, PlannedItem, place};
 pub use prepare::{
     AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch, Prepare, PrepareOptions,
     PrepareReport, config_digest,

@@ -171,6 +171,9 @@ pub struct DatasetConfig {
     pub control_paths: Vec<PathBuf>,
     /// Background color for transparent control images.
     pub control_transparent_color: [u8; 3],
+    /// Which frames of each video the dataset trains on; a video dataset when
+    /// [`FrameRule::is_video`].
+    pub frames: FrameRule,
     /// The size control images are stored at (see [`ControlSize`]): from
     /// `full_size_control_images` and the model.
     pub control_size: ControlSize,
@@ -299,6 +302,19 @@ pub(crate) fn parse_dataset(
                 }
             }
             "control_transparent_color" => cfg.control_transparent_color = color(&a, v)?,
+            "num_frames" => cfg.frames.num_frames = a.uint(v, 1, 100_000)?,
+            "shrink_video_to_frames" => cfg.frames.shrink_video_to_frames = a.bool(v)?,
+            "fps" => cfg.frames.fps = a.float(v, 0.001, 10_000.0)?,
+            "auto_frame_count" => {
+                cfg.frames.auto_frame_count = a.bool(v)?;
+                if let (true, Some(arch)) = (cfg.frames.auto_frame_count, &larder.own_frame_grid) {
+                    return Err(a.error(
+                        v,
+                        format!("{arch} counts frames on a grid of its own, which larder does not know; set `num_frames` instead"),
+                    ));
+                }
+            }
+            "trim_auto_frame_count_tail" => cfg.frames.trim_auto_frame_count_tail = a.bool(v)?,
             // AI Toolkit's default is true; false scales every control to 512x512.
             "full_size_control_images" => {
                 if !a.bool(v)? {
@@ -382,17 +398,6 @@ pub(crate) fn parse_dataset(
                         &a,
                         key_node,
                         "caching video and audio tensors",
-                    ));
-                }
-            }
-            // Default true, so `false` is the value that would change something; the generic
-            // path below treats false as unset.
-            "trim_auto_frame_count_tail" => {
-                if !a.bool(v)? {
-                    warnings.push(ConfigWarning::not_served(
-                        &a,
-                        key_node.line,
-                        "not implemented by larder yet (video datasets); ignored".into(),
                     ));
                 }
             }
@@ -517,6 +522,10 @@ impl DatasetConfig {
             num_repeats: 1,
             control_paths: Vec::new(),
             control_transparent_color: [0, 0, 0],
+            frames: FrameRule {
+                temporal_compression: larder.temporal_compression.unwrap_or(8),
+                ..FrameRule::default()
+            },
             control_size: if larder.raw_control_images {
                 ControlSize::Native
             } else {
@@ -552,6 +561,12 @@ pub(crate) struct LarderDefaults {
     /// The model takes its control images at their own size (AI Toolkit's
     /// `use_raw_control_images`).
     pub raw_control_images: bool,
+    /// Frames per latent frame of the model's VAE (`larder.temporal_compression`, else the
+    /// model's; `None`: AI Toolkit's default, 8).
+    pub temporal_compression: Option<u32>,
+    /// The architecture, when its AI Toolkit class counts frames on a grid of its own
+    /// (`get_frame_count_snapper`), which `auto_frame_count` would need.
+    pub own_frame_grid: Option<String>,
 }
 
 impl Default for LarderDefaults {
@@ -561,7 +576,51 @@ impl Default for LarderDefaults {
             bucket_strategy: BucketStrategy::AiToolkit,
             max_image_pixels: Some(DEFAULT_MAX_IMAGE_PIXELS),
             raw_control_images: false,
+            temporal_compression: None,
+            own_frame_grid: None,
         }
+    }
+}
+
+/// A video dataset's frame settings (`num_frames`, `shrink_video_to_frames`, `fps`,
+/// `auto_frame_count`, `trim_auto_frame_count_tail`) and the model's temporal compression.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct FrameRule {
+    /// Frames per clip (ignored by `auto_frame_count`).
+    pub num_frames: u32,
+    /// Spread the frames over the whole clip (true), or take them at `fps` from a drawn start.
+    pub shrink_video_to_frames: bool,
+    /// The frame rate the model trains at.
+    pub fps: f64,
+    /// As many frames as the clip lasts at `fps`, snapped to the model's frame rule.
+    pub auto_frame_count: bool,
+    /// With `auto_frame_count`: take frames at `fps` from the start and drop the tail that does
+    /// not fit, instead of spreading them over the clip.
+    pub trim_auto_frame_count_tail: bool,
+    /// Frames per latent frame of the model's VAE (AI Toolkit's `temporal_compression`, 8
+    /// unless the model says otherwise; Wan's VAE has 4).
+    pub temporal_compression: u32,
+}
+
+impl Default for FrameRule {
+    /// AI Toolkit's defaults.
+    fn default() -> Self {
+        FrameRule {
+            num_frames: 1,
+            shrink_video_to_frames: true,
+            fps: 24.0,
+            auto_frame_count: false,
+            trim_auto_frame_count_tail: true,
+            temporal_compression: 8,
+        }
+    }
+}
+
+impl FrameRule {
+    /// Returns true if and only if the dataset is a video dataset: AI Toolkit reads videos only
+    /// when `num_frames` is above 1 or `auto_frame_count` is set.
+    pub fn is_video(&self) -> bool {
+        self.num_frames > 1 || self.auto_frame_count
     }
 }
 
@@ -791,9 +850,7 @@ fn list_strategy(at: &At<'_>, node: &Node) -> Result<BucketStrategy> {
 /// AI Toolkit keys larder reads but does not act on yet, with what they belong to.
 fn not_implemented(key: &str) -> Option<&'static str> {
     Some(match key {
-        "num_frames" | "shrink_video_to_frames" | "fps" | "do_i2v" | "auto_frame_count" => {
-            "video datasets"
-        }
+        "do_i2v" => "first-frame (image to video) latents",
         "do_audio" | "audio_preserve_pitch" | "audio_normalize" => "audio",
         "augments" | "augmentations" | "shuffle_augmentations" => "image augmentations",
         "clip_image_path"
@@ -820,18 +877,13 @@ fn not_implemented(key: &str) -> Option<&'static str> {
 /// Returns true if and only if `node` holds AI Toolkit's default for `key`, so that leaving it
 /// in a config changes nothing and deserves no warning.
 fn is_default(key: &str, node: &Node) -> bool {
-    use super::yaml::Value::{Bool, Float, Int, Str};
+    use super::yaml::Value::{Bool, Int, Str};
     matches!(
         (key, &node.value),
-        ("num_frames", Int(1))
-            | (
-                "shrink_video_to_frames" | "do_i2v" | "replay_transforms",
-                Bool(true)
-            )
-            | ("fps", Int(16 | 24))
+        ("replay_transforms", Bool(true))
             | ("guidance_type", Str(_))
             | ("num_controls_from_same_folder", Int(1))
-    ) || matches!((key, &node.value), ("fps", Float(f)) if *f == 16.0)
+    )
 }
 
 #[cfg(test)]
@@ -888,9 +940,10 @@ mod tests {
                 "datasets[0].diff_output_preservation_class",
                 "datasets[0].cache_tensors_to_disk",
                 "datasets[0].cache_latents_num_workers",
-                "datasets[0].trim_auto_frame_count_tail",
             ]
         );
+        // A video setting larder acts on: no warning.
+        assert!(!cfg.frames.trim_auto_frame_count_tail);
         assert!(
             warnings.iter().all(|w| w.message.contains("larder")),
             "{warnings:?}"

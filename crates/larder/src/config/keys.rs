@@ -222,6 +222,7 @@ pub(crate) const LARDER: &[&str] = &[
     "bucket_list",
     "max_image_pixels",
     "raw_control_images",
+    "temporal_compression",
 ];
 
 /// Keys of one `datasets:` entry: AI Toolkit's `DatasetConfig` and larder's own. Every key here

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub use dataset::{
     BucketStrategy, CacheOptions, ControlSize, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys,
-    DatasetConfig, RAW_CONTROL, Source,
+    DatasetConfig, FrameRule, RAW_CONTROL, Source,
 };
 use model::takes_raw_control_images;
 pub use model::{DEFAULT_DIVISIBILITY, divisibility_for_arch};
@@ -210,6 +210,12 @@ impl Config {
             (Some((name, _)), Some((_, node))) => takes_raw_control_images(name, node),
             _ => false,
         });
+        if let Some((name, _)) = &arch {
+            larder.temporal_compression = larder
+                .temporal_compression
+                .or_else(|| model::temporal_compression(name));
+            larder.own_frame_grid = model::own_frame_grid(name).then(|| name.clone());
+        }
         let divisibility = match (&larder_divisibility, &arch) {
             (Some(d), _) => *d,
             (None, Some((name, line))) => divisibility_for_arch(name).ok_or_else(|| Error::Config {
@@ -343,8 +349,8 @@ fn found_keys(node: &Node, wanted: &str, known: &[&str]) -> String {
     }
 }
 
-/// Reads the `larder:` section: the dataset defaults it sets, and `divisibility` and
-/// `raw_control_images` when it states them (they override what the model implies).
+/// Reads the `larder:` section: the dataset defaults it sets (`temporal_compression` among
+/// them), and `divisibility` and `raw_control_images` when it states them (they override what the model implies).
 fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u32>, Option<bool>)> {
     let mut defaults = LarderDefaults::default();
     let mut divisibility = None;
@@ -356,6 +362,7 @@ fn larder_section(at: &At<'_>, node: &Node) -> Result<(LarderDefaults, Option<u3
             "seed" => defaults.seed = a.int(v, 0, i64::MAX)? as u64,
             "divisibility" => divisibility = Some(a.uint(v, 1, 1024)?),
             "raw_control_images" => raw_control_images = Some(a.bool(v)?),
+            "temporal_compression" => defaults.temporal_compression = Some(a.uint(v, 1, 64)?),
             "max_image_pixels" => defaults.max_image_pixels = max_image_pixels(&a, v)?,
             "bucket_strategy" | "kohya_buckets" | "bucket_list" => {}
             // Where `python -m larder.aitk` keeps the job's store (it reads the key itself);

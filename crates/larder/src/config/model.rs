@@ -118,6 +118,26 @@ pub(crate) fn takes_raw_control_images(arch: &str, model: &Node) -> bool {
     RAW_CONTROL_ARCHITECTURES.contains(&arch) || (arch == "krea2" && krea2_edit())
 }
 
+/// Frames per latent frame of the VAE of the model of architecture `arch`, where its AI Toolkit
+/// class does not leave AI Toolkit's default of 8: Wan's VAE compresses time by 4
+/// (`scale_factor_temporal`).
+pub(crate) fn temporal_compression(arch: &str) -> Option<u32> {
+    arch.split(':')
+        .next()
+        .unwrap_or(arch)
+        .starts_with("wan")
+        .then_some(4)
+}
+
+/// Returns true if and only if the model of architecture `arch` counts frames on a grid of its
+/// own (its AI Toolkit class has `get_frame_count_snapper`): MiniMax H3.
+pub(crate) fn own_frame_grid(arch: &str) -> bool {
+    arch.split(':')
+        .next()
+        .unwrap_or(arch)
+        .starts_with("minimax_h3")
+}
+
 /// The known architecture closest to a misspelt one, for error messages.
 pub(crate) fn arch_hint(arch: &str) -> String {
     let names: Vec<&str> = ARCHITECTURES.iter().map(|(n, _)| *n).collect();

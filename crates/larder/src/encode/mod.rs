@@ -88,8 +88,8 @@ pub enum PixelValues {
 /// binding can hand the buffer on without copying (the Python binding gives it to NumPy).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PixelBatch {
-    /// N, C, H, W.
-    pub shape: [usize; 4],
+    /// N, C, H, W for images; N, F, C, H, W for video clips of F frames.
+    pub shape: Vec<usize>,
     /// The values.
     pub values: PixelValues,
 }

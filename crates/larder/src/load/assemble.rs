@@ -159,13 +159,14 @@ fn per_item(field: &str) -> bool {
     field.split('.').next() == Some(RAW_CONTROL)
 }
 
-/// Mirrors, left to right, the flipped items of a [B, C, H, W] u8 tensor (an image field: every
-/// image of a flipped item is mirrored with it); other tensors are left as they are.
+/// Mirrors, left to right, the flipped items of a [B, C, H, W] or [B, F, C, H, W] u8 tensor (an
+/// image or clip field: every image and frame of a flipped item is mirrored with it); other
+/// tensors are left as they are.
 fn mirror_flipped(tensor: &mut Tensor, flipped: &[bool]) {
-    if !flipped.contains(&true) || tensor.dtype != "U8" || tensor.shape.len() != 4 {
+    if !flipped.contains(&true) || tensor.dtype != "U8" || !(4..=5).contains(&tensor.shape.len()) {
         return;
     }
-    let width = tensor.shape[3];
+    let width = tensor.shape[tensor.shape.len() - 1];
     let item_bytes = tensor.shape[1..].iter().product::<usize>();
     for (k, _) in flipped.iter().enumerate().filter(|(_, f)| **f) {
         let item = &mut tensor.data.as_mut_slice()[k * item_bytes..(k + 1) * item_bytes];

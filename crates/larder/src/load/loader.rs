@@ -126,9 +126,9 @@ impl Loader {
             (columns.items.iter().enumerate()).map(|(id, i)| {
                 let bucketed = batching.get(i.dataset as usize).is_none_or(|b| b.buckets);
                 let dataset = if bucketed { i.dataset } else { together };
-                (id as u32, (dataset, i.resolution, i.bucket))
+                (id as u32, (dataset, i.resolution, i.bucket, i.frames))
             }),
-            |&(dataset, _, _)| batching.get(dataset as usize).and_then(|b| b.batch_size),
+            |&(dataset, _, _, _)| batching.get(dataset as usize).and_then(|b| b.batch_size),
         );
         let plan = Arc::new(epoch_plan(
             &buckets,

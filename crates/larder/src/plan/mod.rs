@@ -72,6 +72,18 @@ pub struct PlannedItem {
     /// Bucket, resize and crop.
     #[serde(flatten)]
     pub placement: Placement,
+    /// For a clip of a video dataset: how many frames it trains with, and from where.
+    pub clip: Option<Clip>,
+}
+
+/// The frames of a video item: their count and the start drawn for it (see
+/// [`FrameRule::select`](crate::FrameRule::select), which turns them into frame indices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Clip {
+    /// Frames the item trains with.
+    pub frames: u32,
+    /// The first frame, where the dataset takes frames at its `fps` from a drawn point.
+    pub start: u64,
 }
 
 /// Every item of every dataset, in AI Toolkit's order: datasets in config order, each
@@ -145,6 +157,7 @@ fn plan_dataset(
                     repeat,
                     flip: Flip::None,
                     placement,
+                    clip: clip(cfg, img, resolution, repeat, Flip::None),
                 }),
                 None if repeat == 0 => plan.findings.push(Finding::new(
                     dataset,
@@ -197,6 +210,7 @@ fn add_flipped(
         ) {
             item.placement = p;
         }
+        item.clip = clip(cfg, &images[item.image], resolution, item.repeat, item.flip);
         plan.items.push(item);
     }
 }
@@ -217,26 +231,9 @@ fn place_item(
     // The crop of an item depends on the seed and on the item's identity — its path inside the
     // dataset, not its position in the folder nor where the dataset lives — so that adding an
     // image moves no other image's crop and a moved dataset keeps its crops.
-    let mut stream = cfg.random_crop.then(|| {
-        let root = match &cfg.source {
-            Source::Folder(dir) => dir.as_path(),
-            other => other.path().parent().unwrap_or(other.path()),
-        };
-        let relative = img.path.strip_prefix(root).unwrap_or(&img.path);
-        let path_hash = blake3::hash(relative.to_string_lossy().as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&path_hash.as_bytes()[..8]);
-        Stream::new(
-            Purpose::Crop,
-            &[
-                cfg.seed,
-                u64::from_le_bytes(first),
-                u64::from(resolution),
-                u64::from(repeat),
-                flip as u64,
-            ],
-        )
-    });
+    let mut stream = cfg
+        .random_crop
+        .then(|| item_stream(Purpose::Crop, cfg, img, resolution, repeat, flip));
     Some(placement_for(
         cfg,
         w,
@@ -245,6 +242,54 @@ fn place_item(
         divisibility,
         stream.as_mut(),
     ))
+}
+
+/// The stream of random choices of `purpose` for one item: seeded by the dataset's seed, the
+/// image's path inside the dataset, and the item's resolution, repeat and flip.
+fn item_stream(
+    purpose: Purpose,
+    cfg: &DatasetConfig,
+    img: &ScannedImage,
+    resolution: u32,
+    repeat: u32,
+    flip: Flip,
+) -> Stream {
+    let root = match &cfg.source {
+        Source::Folder(dir) => dir.as_path(),
+        other => other.path().parent().unwrap_or(other.path()),
+    };
+    let relative = img.path.strip_prefix(root).unwrap_or(&img.path);
+    let path_hash = blake3::hash(relative.to_string_lossy().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&path_hash.as_bytes()[..8]);
+    Stream::new(
+        purpose,
+        &[
+            cfg.seed,
+            u64::from_le_bytes(first),
+            u64::from(resolution),
+            u64::from(repeat),
+            flip as u64,
+        ],
+    )
+}
+
+/// The frames of a clip in a video dataset; `None` for images (single-frame items, as AI
+/// Toolkit treats the images of a video dataset). Where the dataset takes frames at its `fps`
+/// from a random point, the point is drawn once per item, from the seed.
+fn clip(
+    cfg: &DatasetConfig,
+    img: &ScannedImage,
+    resolution: u32,
+    repeat: u32,
+    flip: Flip,
+) -> Option<Clip> {
+    let video = img.video.as_ref().filter(|_| cfg.frames.is_video())?;
+    let mut stream = item_stream(Purpose::Frames, cfg, img, resolution, repeat, flip);
+    Some(Clip {
+        frames: cfg.frames.frame_count(video.frames, video.fps),
+        start: cfg.frames.draw_start(video.frames, video.fps, &mut stream),
+    })
 }
 
 /// Where an image of `width`×`height` (already multiplied by `scale`) goes at `resolution`

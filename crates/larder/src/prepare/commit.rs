@@ -83,8 +83,8 @@ impl Commit<'_> {
         let mut ins_item = tx.prepare(
             "INSERT INTO items(id, dataset, path, bytes, content_hash, width, height, orientation, resolution,
                bucket_w, bucket_h, scale_to_w, scale_to_h, crop_x, crop_y, flip, repeat, caption, caption_short,
-               is_reg, loss_multiplier, network_weight, item_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+               is_reg, loss_multiplier, network_weight, item_key, frames, frame_indices)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         )?;
         let mut ins_field = tx.prepare(
             "INSERT INTO item_fields(item, field, entry, entry_id)
@@ -118,6 +118,10 @@ impl Commit<'_> {
                 cfg.loss_multiplier,
                 cfg.network_weight,
                 item.item_key,
+                item.frames.as_ref().map_or(1, Vec::len) as i64,
+                item.frames
+                    .as_ref()
+                    .map(|f| serde_json::json!(f).to_string()),
             ])?;
             for f in &item.fields {
                 ins_field.execute(params![id as i64, f.what.field, f.key])?;

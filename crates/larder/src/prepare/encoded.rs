@@ -9,12 +9,10 @@
 use crossbeam_channel::Sender;
 use rayon::prelude::*;
 
-use super::{ItemPlan, PrepareOptions, Produced, decode_placed, stored_entry};
-use crate::config::ControlSize;
+use super::{ItemPlan, PrepareOptions, Produced, decode_pixels, stored_entry};
 use crate::encode::{
     ClipPreprocess, EncodedTensor, ImageEncoder, PixelBatch, PixelFormat, PixelValues, signed_unit,
 };
-use crate::image::Convert;
 use crate::scan::{Finding, FindingKind};
 use crate::store::codec::Values;
 use crate::{Error, Result};
@@ -49,14 +47,16 @@ pub(super) fn encode_images(
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
     let batch_size = options.encode_batch_size.max(1);
-    // Batches never span two buckets: the encoder gets one N×3×H×W array.
+    // Batches never span two buckets (nor clips of different lengths): the encoder gets one
+    // N×3×H×W array, or N×F×3×H×W for clips.
     let mut batches: Vec<&[Job<'_, '_>]> = Vec::new();
     let mut start = 0;
     for i in 1..=jobs.len() {
         let split = i == jobs.len()
             || i - start == batch_size
             || (matches!(input, Input::Bucket(_))
-                && jobs[i].0.planned.placement.bucket != jobs[start].0.planned.placement.bucket);
+                && (jobs[i].0.planned.placement.bucket != jobs[start].0.planned.placement.bucket
+                    || frame_count(jobs[i].0) != frame_count(jobs[start].0)));
         if split {
             batches.push(&jobs[start..i]);
             start = i;
@@ -141,20 +141,22 @@ fn decode_batch<'p, 'a>(
         }
         Input::Clip(clip) => (clip.size as usize, clip.size as usize),
     };
-    let per = 3 * h * w;
+    // CLIP sees one image: a clip's first frame chosen.
+    let frames = match input {
+        Input::Bucket(_) => frame_count(first.0),
+        Input::Clip(_) => None,
+    };
+    let per = frames.unwrap_or(1) * 3 * h * w;
     let decode = |item: &ItemPlan<'_>| -> Result<Vec<u8>> {
-        let placement = match input {
-            Input::Bucket(_) => item.planned.placement,
+        let data = match input {
+            Input::Bucket(_) => decode_pixels(item, &item.planned.placement)?.1,
             // The scan's sizes are as displayed, which is what decoding yields.
-            Input::Clip(clip) => clip.placement(item.image.width, item.image.height),
+            Input::Clip(clip) => {
+                let placement = clip.placement(item.image.width, item.image.height);
+                let (_, data) = decode_pixels(item, &placement)?;
+                data[..(3 * h * w).min(data.len())].to_vec()
+            }
         };
-        let (_, data) = decode_placed(
-            &item.image.path,
-            Convert::Rgb,
-            ControlSize::Item,
-            &placement,
-            item.planned.flip,
-        )?;
         if data.len() != per {
             return Err(Error::image(
                 &item.image.path,
@@ -217,11 +219,19 @@ fn decode_batch<'p, 'a>(
     };
     Ok(Some(Decoded {
         batch: PixelBatch {
-            shape: [jobs.len(), 3, h, w],
+            shape: match frames {
+                Some(f) => vec![jobs.len(), f, 3, h, w],
+                None => vec![jobs.len(), 3, h, w],
+            },
             values,
         },
         jobs,
     }))
+}
+
+/// The number of frames of an item that is a clip; `None` for an image.
+fn frame_count(item: &ItemPlan<'_>) -> Option<usize> {
+    item.frames.as_ref().map(Vec::len)
 }
 
 /// A buffer of `batch.len() * per` values, item `k`'s slot filled by `f` on all cores.

@@ -65,6 +65,8 @@ pub(super) struct ItemPlan<'a> {
     /// The item's control images in control order, with their content hashes: what a text
     /// encoder that takes controls is given with the caption, and keys its entries by.
     pub(super) controls: Vec<(PathBuf, String)>,
+    /// For a clip: the indices of the frames it trains with, in order.
+    pub(super) frames: Option<Vec<u64>>,
 }
 
 /// The items of `plan` at the indices `selected`, each with its scanned image and dataset.
@@ -213,8 +215,15 @@ pub(super) fn item_plans<'a>(
         .into_iter()
         .filter(|item| item.sources.iter().all(|f| hashes.contains_key(&f.source)))
         .filter_map(|item| {
-            let content_hash = hashes.get(&item.image.path)?.clone();
             let planned = item.planned;
+            let frames = clip_frames(&item);
+            let file_hash = hashes.get(&item.image.path)?;
+            // A clip's content is the frames it trains with: its hash, and so every key of the
+            // item, names them.
+            let content_hash = match &frames {
+                Some(f) => clip_hash(file_hash, f),
+                None => file_hash.clone(),
+            };
             let ikey = item_key(&content_hash, &planned.placement, planned.flip);
             let encoded = encoded_fields(encoders, options, &ikey, &content_hash, planned.flip);
             let controls = (item.sources.iter())
@@ -252,9 +261,31 @@ pub(super) fn item_plans<'a>(
                 fields,
                 encoded,
                 controls,
+                frames,
             })
         })
         .collect()
+}
+
+/// The frame indices of a planned clip, as its dataset chooses them.
+fn clip_frames(item: &Planned<'_>) -> Option<Vec<u64>> {
+    let (clip, video) = item.planned.clip.zip(item.image.video)?;
+    Some(
+        item.dataset
+            .frames
+            .select(video.frames, video.fps, clip.start),
+    )
+}
+
+/// The content hash of the frames `frames` of the video whose file hashes to `file_hash`.
+fn clip_hash(file_hash: &str, frames: &[u64]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(file_hash.as_bytes());
+    h.update(crate::video::PIPELINE.as_bytes());
+    for f in frames {
+        h.update(&f.to_le_bytes());
+    }
+    h.finalize().to_hex().to_string()
 }
 
 /// The entries to compute for the image fields: referenced, not in `stored`, each once (`seen`

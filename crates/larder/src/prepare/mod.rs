@@ -37,7 +37,7 @@ use self::commit::{Commit, EncoderRow};
 use self::items::ItemPlan;
 // The import of AI Toolkit's caches writes entries as a prepare does.
 use self::items::image_encoder_key;
-use self::writer::{Produced, Written, decode_placed, run_pipeline, stored_entry, with_writer};
+use self::writer::{Produced, Written, decode_pixels, run_pipeline, stored_entry, with_writer};
 use crate::config::Config;
 use crate::encode::{ClipPreprocess, Encoders};
 use crate::plan::Plan;

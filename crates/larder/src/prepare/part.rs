@@ -214,6 +214,7 @@ mod tests {
                 crop_x: 0,
                 crop_y: 0,
             },
+            clip: None,
         };
         // Two datasets: 5 images × 2 repeats, then 4 images × 1.
         let mut plan = Plan::default();

@@ -19,6 +19,7 @@ use crate::store::catalog::Catalog;
 use crate::store::codec::{self, Codec, Values};
 use crate::store::shard::{PendingTensor, ShardBuilder};
 use crate::store::{SHARD_DIR, TMP_DIR};
+use crate::video;
 use crate::{Error, Result};
 
 /// A computed entry on its way to the writer, or the reason it failed.
@@ -329,6 +330,36 @@ pub(super) fn decode_placed(
     Ok((shape, image::place(decoded, &placement, flip)?))
 }
 
+/// Decodes and places an item's own pixels: its image ([3, H, W]), or the frames of its clip
+/// ([F, 3, H, W]), each frame through the item's geometry as AI Toolkit does.
+pub(super) fn decode_pixels(
+    item: &ItemPlan<'_>,
+    placement: &Placement,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    let (Some(frames), Some(video)) = (&item.frames, &item.image.video) else {
+        let (shape, data) = decode_placed(
+            &item.image.path,
+            Convert::Rgb,
+            ControlSize::Item,
+            placement,
+            item.planned.flip,
+        )?;
+        return Ok((shape.to_vec(), data));
+    };
+    let path = &item.image.path;
+    let decoded = std::panic::catch_unwind(|| video::decode_frames(path, video, frames))
+        .unwrap_or_else(|_| Err(Error::image(path, "the decoder crashed on this file")))?;
+    let (h, w) = (
+        placement.bucket.height as usize,
+        placement.bucket.width as usize,
+    );
+    let mut data = Vec::with_capacity(frames.len() * 3 * h * w);
+    for frame in decoded {
+        data.extend(image::place(frame, placement, item.planned.flip)?);
+    }
+    Ok((vec![frames.len(), 3, h, w], data))
+}
+
 /// Decodes, places and encodes one field of one item.
 fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced {
     let fail = |e: Error| Produced::Failed {
@@ -340,13 +371,19 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
             format!("cannot decode for field {}: {e}", job.what.field),
         ),
     };
-    let (shape, mut data) = match decode_placed(
-        &job.what.source,
-        job.what.convert,
-        job.what.size,
-        &item.planned.placement,
-        item.planned.flip,
-    ) {
+    let placed = if job.what.field == "pixels" {
+        decode_pixels(item, &item.planned.placement)
+    } else {
+        decode_placed(
+            &job.what.source,
+            job.what.convert,
+            job.what.size,
+            &item.planned.placement,
+            item.planned.flip,
+        )
+        .map(|(shape, data)| (shape.to_vec(), data))
+    };
+    let (shape, mut data) = match placed {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
@@ -354,14 +391,7 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
         image::map_mask(&mut data, invert, min);
     }
     let name = format!("{}/{}", item.item_key, job.what.field);
-    stored_entry(
-        &job.key,
-        name,
-        image_codec,
-        Values::U8(&data),
-        shape.to_vec(),
-    )
-    .unwrap_or_else(fail)
+    stored_entry(&job.key, name, image_codec, Values::U8(&data), shape).unwrap_or_else(fail)
 }
 
 /// Encodes `values` with `codec` into an entry for the writer, named `name` in its shard.

@@ -25,6 +25,8 @@ pub enum ImageFormat {
     Png,
     /// WebP (lossy, lossless or extended).
     Webp,
+    /// A video clip (a container FFmpeg reads: MP4, MOV, WebM, MKV, AVI, ...).
+    Video,
 }
 
 /// What the header of one image says.
@@ -159,6 +161,8 @@ pub(crate) fn probe_source<S: ReadAt + ?Sized>(src: &S, len: u64) -> Result<Head
         }
     };
     let exif_end = match format {
+        // Clips are read by the video probe, never by this one.
+        ImageFormat::Video => None,
         // A JPEG's EXIF segment comes first after the start of image, before the frame header
         // that `imagesize` has just read: the search ends there, short of the pixel data.
         ImageFormat::Jpeg => Some(sized.pos),
@@ -317,6 +321,8 @@ impl<S: ReadAt + ?Sized> Seek for Window<'_, S> {
 fn is_complete(format: ImageFormat, head: &[u8], tail: &[u8], len: u64) -> bool {
     let tail = &tail[tail.len().saturating_sub(64)..];
     match format {
+        // The video probe checks a clip's packets instead.
+        ImageFormat::Video => true,
         // Some cameras pad after the end-of-image marker, so look for it near the end.
         ImageFormat::Jpeg => tail.windows(2).any(|w| w == [0xFF, 0xD9]),
         ImageFormat::Png => {

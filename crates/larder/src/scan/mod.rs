@@ -155,6 +155,8 @@ pub struct ScannedImage {
     pub controls: Vec<Option<PathBuf>>,
     /// The paired inpaint image, when `inpaint_path` is set and one exists.
     pub inpaint: Option<PathBuf>,
+    /// What the container says of a video clip; `None` for images.
+    pub video: Option<crate::video::VideoInfo>,
 }
 
 /// The usable images of one configured dataset.
@@ -215,6 +217,42 @@ pub fn probe_image_bytes(bytes: &[u8]) -> Option<(ImageFormat, u32, u32, u8)> {
         .map(|h| (h.format, h.width, h.height, h.orientation))
 }
 
+/// Reads a clip's container for the scan: its facts (a header-like record) and, in `video`,
+/// what the frame choice needs; or the finding that leaves it out.
+fn probe_video(
+    path: &Path,
+    cfg: &DatasetConfig,
+    video: &mut Option<crate::video::VideoInfo>,
+) -> std::result::Result<(u64, header::Header), (FindingKind, String)> {
+    use crate::video::VideoProblem;
+    if !cfg.frames.is_video() {
+        return Err((
+            FindingKind::Unsupported,
+            "videos are read in video datasets only (`num_frames` above 1 or `auto_frame_count`), as in AI Toolkit; the file is left out".into(),
+        ));
+    }
+    let info = crate::video::probe(path).map_err(|p| match p {
+        VideoProblem::Empty => (FindingKind::Empty, "zero-byte file".into()),
+        VideoProblem::Truncated(m) => (
+            FindingKind::Truncated,
+            format!("video ends early (cut off while copying or downloading?): {m}"),
+        ),
+        VideoProblem::Corrupt(m) => (FindingKind::Corrupt, m),
+        VideoProblem::Unreadable(m) => dangling(path).unwrap_or((FindingKind::Unreadable, m)),
+    })?;
+    let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    *video = Some(info);
+    Ok((
+        bytes,
+        header::Header {
+            format: ImageFormat::Video,
+            width: info.width,
+            height: info.height,
+            orientation: 1,
+        },
+    ))
+}
+
 /// One image to look at: its path and what a metadata file said of it.
 struct Candidate {
     path: PathBuf,
@@ -241,7 +279,7 @@ fn scan_dataset(
             let mut exclude: Vec<PathBuf> = cfg.control_paths.clone();
             exclude.extend(cfg.mask_path.iter().cloned());
             exclude.extend(cfg.inpaint_path.iter().cloned());
-            let listing = walk::list_images(root, &exclude, index);
+            let listing = walk::list_images(root, &exclude, index, cfg.frames.is_video());
             findings.extend(listing.findings);
             listing
                 .images
@@ -348,8 +386,15 @@ fn scan_one(
     };
     let path = c.path;
 
-    // Sizes from a metadata file are trusted and spare opening the image.
+    let is_video = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| walk::VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+    let mut video = None;
+    // Sizes from a metadata file are trusted and spare opening the image; a clip's container
+    // is always read, for its frame count and rate.
     let facts = match c.meta.as_ref().and_then(|m| m.size) {
+        _ if is_video => probe_video(&path, cfg, &mut video),
         Some((width, height)) => match (std::fs::metadata(&path), ImageFormat::from_path(&path)) {
             (Ok(md), Some(format)) => Ok((
                 md.len(),
@@ -501,6 +546,7 @@ fn scan_one(
         mask,
         controls,
         inpaint,
+        video,
     };
     (Some(image), findings)
 }

@@ -14,9 +14,10 @@ const OTHER_IMAGE_EXTENSIONS: [&str; 10] = [
     "gif", "bmp", "tif", "tiff", "avif", "heic", "heif", "jxl", "jp2", "tga",
 ];
 
-/// AI Toolkit's video extensions (`video_extensions` in `toolkit/data_loader.py`): its video
-/// models train on these files; larder cannot read them yet, so each is reported.
-const VIDEO_EXTENSIONS: [&str; 8] = ["mp4", "avi", "mov", "webm", "mkv", "wmv", "m4v", "flv"];
+/// AI Toolkit's video extensions (`video_extensions` in `toolkit/data_loader.py`): read beside
+/// images in a video dataset, reported in any other.
+pub(crate) const VIDEO_EXTENSIONS: [&str; 8] =
+    ["mp4", "avi", "mov", "webm", "mkv", "wmv", "m4v", "flv"];
 
 /// Folders that hold AI Toolkit's own caches and generated controls, never training images.
 const SKIPPED_DIRS: [&str; 4] = [
@@ -35,15 +36,26 @@ pub(crate) struct Listing {
     pub findings: Vec<Finding>,
 }
 
-/// Lists the images under `root`, recursively, skipping hidden entries, AI Toolkit's cache
+/// Lists the images under `root` (and the videos, when `videos`), recursively, skipping hidden entries, AI Toolkit's cache
 /// folders and the folders in `exclude` (mask or control folders nested inside the dataset).
 ///
 /// Subfolders are read in parallel, which matters on network file systems where each
 /// directory read is a round trip. The result is sorted so that the scan, and everything
 /// planned from it, does not depend on the order in which the file system lists entries.
-pub(crate) fn list_images(root: &Path, exclude: &[PathBuf], dataset: usize) -> Listing {
+pub(crate) fn list_images(
+    root: &Path,
+    exclude: &[PathBuf],
+    dataset: usize,
+    videos: bool,
+) -> Listing {
     let out = Mutex::new(Listing::default());
-    rayon::scope(|s| walk_dir(s, root.to_path_buf(), exclude, dataset, &out));
+    let walk = Walk {
+        exclude,
+        dataset,
+        videos,
+        out: &out,
+    };
+    rayon::scope(|s| walk_dir(s, root.to_path_buf(), walk));
     let mut listing = out
         .into_inner()
         .unwrap_or_else(|poison| poison.into_inner());
@@ -52,13 +64,22 @@ pub(crate) fn list_images(root: &Path, exclude: &[PathBuf], dataset: usize) -> L
     listing
 }
 
-fn walk_dir<'s>(
-    scope: &rayon::Scope<'s>,
-    dir: PathBuf,
+/// What every folder of one walk shares.
+#[derive(Clone, Copy)]
+struct Walk<'s> {
     exclude: &'s [PathBuf],
     dataset: usize,
+    videos: bool,
     out: &'s Mutex<Listing>,
-) {
+}
+
+fn walk_dir<'s>(scope: &rayon::Scope<'s>, dir: PathBuf, walk: Walk<'s>) {
+    let Walk {
+        exclude,
+        dataset,
+        videos,
+        out,
+    } = walk;
     let record = |f: Finding| {
         out.lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -112,7 +133,7 @@ fn walk_dir<'s>(
         };
         if kind.is_dir() {
             if !SKIPPED_DIRS.contains(&name) && !exclude.iter().any(|x| same_dir(x, &path)) {
-                scope.spawn(move |s| walk_dir(s, path, exclude, dataset, out));
+                scope.spawn(move |s| walk_dir(s, path, walk));
             }
             continue;
         }
@@ -128,11 +149,12 @@ fn walk_dir<'s>(
                 &path,
                 format!(".{e} images are not read; convert them to JPEG, PNG or WebP"),
             )),
+            Some(e) if VIDEO_EXTENSIONS.contains(&e) && videos => images.push(path),
             Some(e) if VIDEO_EXTENSIONS.contains(&e) => record(Finding::new(
                 dataset,
                 FindingKind::Unsupported,
                 &path,
-                "video is not supported yet; the file is left out".into(),
+                "videos are read in video datasets only (`num_frames` above 1 or `auto_frame_count`), as in AI Toolkit; the file is left out".into(),
             )),
             _ => {}
         }

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS entries (
     offset INTEGER NOT NULL, length INTEGER NOT NULL, dtype TEXT NOT NULL, shape TEXT NOT NULL,
     codec TEXT NOT NULL, raw_len INTEGER NOT NULL, scale TEXT NOT NULL, bias TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_by_shard ON entries(shard);
+-- items.frames is 1 for an image and the clip's frame count for a video, whose frame_indices
+-- lists the frames it trains with (JSON); both came with video support, and `add_columns`
+-- gives older catalogs them.
 -- caption_recipe is the CaptionRecipe the loader applies, as JSON; NULL in stores prepared
 -- before it was recorded (the loader then reads the recipe from config). Catalogs made before
 -- the column existed get it from `add_columns` when a prepare opens them.
@@ -48,7 +51,8 @@ CREATE TABLE IF NOT EXISTS items (
     bucket_h INTEGER NOT NULL, scale_to_w INTEGER NOT NULL, scale_to_h INTEGER NOT NULL,
     crop_x INTEGER NOT NULL, crop_y INTEGER NOT NULL, flip TEXT NOT NULL, repeat INTEGER NOT NULL,
     caption TEXT NOT NULL, caption_short TEXT, is_reg INTEGER NOT NULL,
-    loss_multiplier REAL NOT NULL, network_weight REAL NOT NULL, item_key TEXT NOT NULL);
+    loss_multiplier REAL NOT NULL, network_weight REAL NOT NULL, item_key TEXT NOT NULL,
+    frames INTEGER NOT NULL DEFAULT 1, frame_indices TEXT);
 CREATE INDEX IF NOT EXISTS items_by_bucket ON items(bucket_w, bucket_h);
 -- item_fields.entry has no foreign key on purpose: `verify --repair` drops the entries of a
 -- broken shard while items still name them, until the next prepare recomputes them.
@@ -195,10 +199,19 @@ impl Catalog {
     /// NOT EXISTS` leaves out of an older catalog. Each is nullable, so older rows stay valid
     /// and a catalog opened read-only without them still reads (see [`Self::has_column`]).
     fn add_columns(&self) -> Result<()> {
-        if !self.has_column("datasets", "caption_recipe")? {
-            self.conn
-                .execute("ALTER TABLE datasets ADD COLUMN caption_recipe TEXT", [])
-                .map_err(|e| self.err(e))?;
+        for (table, column, definition) in [
+            ("datasets", "caption_recipe", "TEXT"),
+            ("items", "frames", "INTEGER NOT NULL DEFAULT 1"),
+            ("items", "frame_indices", "TEXT"),
+        ] {
+            if !self.has_column(table, column)? {
+                self.conn
+                    .execute(
+                        &format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"),
+                        [],
+                    )
+                    .map_err(|e| self.err(e))?;
+            }
         }
         Ok(())
     }

@@ -78,6 +78,9 @@ pub struct StoredItem {
     pub network_weight: f32,
     /// The dataset's loss multiplier.
     pub loss_multiplier: f32,
+    /// For a video clip: the indices of the frames it trains with, in order; `None` for an
+    /// image.
+    pub frames: Option<Vec<u64>>,
     /// The item's fields and the keys of their entries.
     pub fields: BTreeMap<String, String>,
 }
@@ -95,11 +98,20 @@ fn item_rows(catalog: &Path) -> Result<Vec<ItemRow>> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(err)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier, item_key, resolution
-             FROM items ORDER BY id",
+    // Catalogs from before video support have no frame counts: every item is one image.
+    let has_frames: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('items') WHERE name = 'frames'",
+            [],
+            |r| r.get(0),
         )
+        .map_err(err)?;
+    let frames = if has_frames { "frames" } else { "1" };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier, item_key, resolution, {frames}
+             FROM items ORDER BY id"
+        ))
         .map_err(err)?;
     let mut rows = stmt.query([]).map_err(err)?;
     let mut items = Vec::new();
@@ -126,6 +138,7 @@ fn item_rows(catalog: &Path) -> Result<Vec<ItemRow>> {
             network_weight: r.get::<_, f64>(7).map_err(err)? as f32,
             loss_multiplier: r.get::<_, f64>(8).map_err(err)? as f32,
             resolution: r.get(10).map_err(err)?,
+            frames: r.get(11).map_err(err)?,
         });
     }
     Ok(items)
@@ -154,6 +167,9 @@ pub(crate) struct ItemRow {
     /// dataset of each, so its batches never mix them).
     pub resolution: u32,
     pub bucket: (u32, u32),
+    /// 1 for an image, the frame count of a clip: items of different counts never share a
+    /// batch (AI Toolkit's `x{num_frames}f` bucket keys).
+    pub frames: u32,
     pub caption: String,
     pub is_reg: bool,
     pub network_weight: f32,
@@ -395,12 +411,17 @@ impl Store {
             let (item, field, entry) = row.map_err(err)?;
             fields.entry(item as u64).or_default().insert(field, entry);
         }
+        let frame_indices = if cat.has_column("items", "frame_indices")? {
+            "frame_indices"
+        } else {
+            "NULL"
+        };
         let mut stmt = cat
             .conn
             .prepare(
-                "SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier,
-                        scale_to_w, scale_to_h, crop_x, crop_y, flip, width, height
-                 FROM items ORDER BY id",
+                &format!("SELECT id, dataset, path, bucket_w, bucket_h, caption, is_reg, network_weight, loss_multiplier,
+                        scale_to_w, scale_to_h, crop_x, crop_y, flip, width, height, {frame_indices}
+                 FROM items ORDER BY id"),
             )
             .map_err(err)?;
         let rows = stmt
@@ -422,6 +443,9 @@ impl Store {
                     flip: r.get(13)?,
                     width: r.get(14)?,
                     height: r.get(15)?,
+                    frames: r
+                        .get::<_, Option<String>>(16)?
+                        .and_then(|j| serde_json::from_str(&j).ok()),
                     fields: BTreeMap::new(),
                 })
             })

@@ -4,49 +4,11 @@
 //! Python's `round` rounds halves to even, and `int()` truncates toward zero; both are
 //! reproduced, because one frame off is a different training clip.
 
+use crate::config::FrameRule;
 use crate::rng::Stream;
 
-/// A video dataset's frame settings (`num_frames`, `shrink_video_to_frames`, `fps`,
-/// `auto_frame_count`, `trim_auto_frame_count_tail`) and the model's temporal compression.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FrameRule {
-    /// Frames per clip (ignored by `auto_frame_count`).
-    pub num_frames: u32,
-    /// Spread the frames over the whole clip (true), or take them at `fps` from a drawn start.
-    pub shrink_video_to_frames: bool,
-    /// The frame rate the model trains at.
-    pub fps: f64,
-    /// As many frames as the clip lasts at `fps`, snapped to the model's frame rule.
-    pub auto_frame_count: bool,
-    /// With `auto_frame_count`: take frames at `fps` from the start and drop the tail that does
-    /// not fit, instead of spreading them over the clip.
-    pub trim_auto_frame_count_tail: bool,
-    /// Frames per latent frame of the model's VAE (AI Toolkit's `temporal_compression`, 8
-    /// unless the model says otherwise; Wan's VAE has 4).
-    pub temporal_compression: u32,
-}
-
-impl Default for FrameRule {
-    /// AI Toolkit's defaults.
-    fn default() -> Self {
-        FrameRule {
-            num_frames: 1,
-            shrink_video_to_frames: true,
-            fps: 24.0,
-            auto_frame_count: false,
-            trim_auto_frame_count_tail: true,
-            temporal_compression: 8,
-        }
-    }
-}
-
+// The rule is a config value; what it selects is the video module's business.
 impl FrameRule {
-    /// Returns true if and only if the dataset is a video dataset: AI Toolkit reads videos only
-    /// when `num_frames` is above 1 or `auto_frame_count` is set.
-    pub fn is_video(&self) -> bool {
-        self.num_frames > 1 || self.auto_frame_count
-    }
-
     /// The number of frames a clip of `total_frames` at `video_fps` trains with.
     pub fn frame_count(&self, total_frames: u64, video_fps: f64) -> u32 {
         if !self.auto_frame_count {
@@ -66,44 +28,56 @@ impl FrameRule {
         u32::try_from(snapped + 1).unwrap_or(u32::MAX)
     }
 
+    /// The last frame a clip may start at when its frames are taken at `fps` from a random
+    /// point (AI Toolkit draws it with `random.randint(0, last)`); `None` when the frames are
+    /// spread over the clip or start at its first frame.
+    pub fn last_start(&self, total_frames: u64, video_fps: f64) -> Option<u64> {
+        let n = u64::from(self.frame_count(total_frames, video_fps));
+        if (self.auto_frame_count && self.trim_auto_frame_count_tail)
+            || self.shrink_video_to_frames
+            || total_frames < n
+        {
+            return None;
+        }
+        let interval = python_round(video_fps / self.fps).max(1);
+        (total_frames / interval >= n).then(|| {
+            total_frames
+                .saturating_sub(1)
+                .saturating_sub((n - 1) * interval)
+        })
+    }
+
+    /// Draws the start frame from `rng` where [`FrameRule::last_start`] says there is a choice;
+    /// 0 otherwise.
+    pub fn draw_start(&self, total_frames: u64, video_fps: f64, rng: &mut Stream) -> u64 {
+        self.last_start(total_frames, video_fps)
+            .map_or(0, |last| rng.between(0, last))
+    }
+
     /// The frame indices (0-based, in training order, repeats allowed) of a clip of
-    /// `total_frames` frames at `video_fps`; `start` draws the start frame when the frames are
-    /// taken at `fps` from a random point (AI Toolkit's unseeded `random.randint`).
-    ///
-    /// `total_frames` must be at least 1.
-    pub fn select(&self, total_frames: u64, video_fps: f64, start: &mut Stream) -> Vec<u64> {
+    /// `total_frames` frames (at least 1) at `video_fps`, starting at `start` where the frames
+    /// are taken at `fps` from a drawn point ([`FrameRule::draw_start`]).
+    pub fn select(&self, total_frames: u64, video_fps: f64, start: u64) -> Vec<u64> {
         let n = u64::from(self.frame_count(total_frames, video_fps));
         let max_index = total_frames.saturating_sub(1);
-        let spread = || -> Vec<u64> {
-            let interval = if n > 1 {
-                max_index as f64 / (n - 1) as f64
-            } else {
-                0.0
-            };
-            (0..n)
-                .map(|i| python_round(i as f64 * interval).min(max_index))
-                .collect()
-        };
-        let frames = if self.auto_frame_count && self.trim_auto_frame_count_tail {
+        let frames: Vec<u64> = if self.auto_frame_count && self.trim_auto_frame_count_tail {
             let ratio = if video_fps > 0.0 {
                 video_fps / self.fps
             } else {
                 1.0
             };
-            (0..n)
-                .map(|i| python_round(i as f64 * ratio).min(max_index))
-                .collect()
-        } else if self.shrink_video_to_frames || total_frames < n {
-            spread()
-        } else {
+            (0..n).map(|i| python_round(i as f64 * ratio)).collect()
+        } else if self.last_start(total_frames, video_fps).is_some() {
             let interval = python_round(video_fps / self.fps).max(1);
-            if total_frames / interval < n {
-                spread()
+            (0..n).map(|i| start + i * interval).collect()
+        } else {
+            // Spread evenly over the whole clip (also when it is too short for `fps`).
+            let interval = if n > 1 {
+                max_index as f64 / (n - 1) as f64
             } else {
-                let max_start = max_index.saturating_sub((n - 1) * interval);
-                let first = start.between(0, max_start);
-                (0..n).map(|i| first + i * interval).collect()
-            }
+                0.0
+            };
+            (0..n).map(|i| python_round(i as f64 * interval)).collect()
         };
         frames.into_iter().map(|f| f.min(max_index)).collect()
     }
@@ -126,29 +100,28 @@ mod tests {
         }
     }
 
-    fn stream() -> Stream {
-        Stream::new(Purpose::Frames, &[7])
+    /// Selects as the planner does: the start drawn from a seeded stream.
+    fn pick(rule: &FrameRule, total: u64, fps: f64, seed: u64) -> Vec<u64> {
+        let start = rule.draw_start(total, fps, &mut Stream::new(Purpose::Frames, &[seed]));
+        rule.select(total, fps, start)
     }
 
     #[test]
     fn frames_are_spread_over_the_clip_by_default() {
-        assert_eq!(
-            rule(5).select(100, 30.0, &mut stream()),
-            [0, 25, 50, 74, 99]
-        );
+        assert_eq!(pick(&rule(5), 100, 30.0, 7), [0, 25, 50, 74, 99]);
     }
 
     #[test]
     fn halves_round_to_even_as_python_does() {
         // max index 5 over 2 intervals: 2.5 → 2 (Python), not 3.
-        assert_eq!(rule(3).select(6, 30.0, &mut stream())[1], 2);
+        assert_eq!(pick(&rule(3), 6, 30.0, 7)[1], 2);
         // max index 7 over 2 intervals: 3.5 → 4.
-        assert_eq!(rule(3).select(8, 30.0, &mut stream())[1], 4);
+        assert_eq!(pick(&rule(3), 8, 30.0, 7)[1], 4);
     }
 
     #[test]
     fn a_clip_shorter_than_num_frames_repeats_frames() {
-        assert_eq!(rule(5).select(3, 24.0, &mut stream()), [0, 0, 1, 2, 2]);
+        assert_eq!(pick(&rule(5), 3, 24.0, 7), [0, 0, 1, 2, 2]);
     }
 
     #[test]
@@ -158,20 +131,15 @@ mod tests {
             fps: 15.0,
             ..rule(4)
         };
-        let a = r.select(100, 30.0, &mut stream());
-        assert_eq!(
-            a,
-            r.select(100, 30.0, &mut stream()),
-            "same seed, same start"
-        );
+        let a = pick(&r, 100, 30.0, 7);
+        assert_eq!(a, pick(&r, 100, 30.0, 7), "same seed, same start");
         assert!(a.windows(2).all(|w| w[1] - w[0] == 2), "{a:?}");
         assert!(a[3] <= 99);
-        let starts: std::collections::BTreeSet<u64> = (0..40)
-            .map(|s| r.select(100, 30.0, &mut Stream::new(Purpose::Frames, &[s]))[0])
-            .collect();
+        let starts: std::collections::BTreeSet<u64> =
+            (0..40).map(|s| pick(&r, 100, 30.0, s)[0]).collect();
         assert!(starts.len() > 10, "the start is drawn: {starts:?}");
         // Too short at that rate: spread instead.
-        assert_eq!(r.select(7, 30.0, &mut stream()), [0, 2, 4, 6]);
+        assert_eq!(pick(&r, 7, 30.0, 7), [0, 2, 4, 6]);
     }
 
     #[test]
@@ -190,12 +158,12 @@ mod tests {
         };
         assert_eq!(untrimmed.frame_count(90, 30.0), 49);
         // Trimmed: frames at the dataset rate from the start, never past the end.
-        let frames = auto.select(90, 30.0, &mut stream());
+        let frames = pick(&auto, 90, 30.0, 7);
         assert_eq!(frames.len(), 45);
         assert_eq!(&frames[..5], [0, 2, 4, 6, 8]); // 1.875 → 2, 3.75 → 4, 5.625 → 6
         assert!(frames.iter().all(|&f| f < 90));
         // Untrimmed: spread over the clip.
-        let spread = untrimmed.select(90, 30.0, &mut stream());
+        let spread = pick(&untrimmed, 90, 30.0, 7);
         assert_eq!((spread[0], spread[48]), (0, 89));
     }
 

@@ -15,8 +15,6 @@ use ffmpeg::media::Type;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
-pub use frames::FrameRule;
-
 use crate::image::{Channels, Decoded};
 use crate::{Error, Result};
 
@@ -107,7 +105,7 @@ pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem>
             (seconds * fps + 0.5).floor().max(0.0) as u64
         };
         let rotation = rotation(&stream);
-        let (width, height) = if rotation % 180 == 0 {
+        let (width, height) = if rotation.is_multiple_of(180) {
             (w as u32, h as u32)
         } else {
             (h as u32, w as u32)
@@ -349,22 +347,22 @@ fn to_rgb(
 /// Rotates an RGB image clockwise by 0, 90, 180 or 270 degrees.
 fn rotate(img: Decoded, clockwise: u32) -> Decoded {
     let (w, h) = (img.width as usize, img.height as usize);
-    let px = |x: usize, y: usize| -> [u8; 3] {
-        let i = (y * w + x) * 3;
-        [img.data[i], img.data[i + 1], img.data[i + 2]]
+    let (nw, nh) = match clockwise {
+        90 | 270 => (h, w),
+        180 => (w, h),
+        _ => return img,
     };
-    let (nw, nh, source): (usize, usize, Box<dyn Fn(usize, usize) -> (usize, usize)>) =
-        match clockwise {
-            90 => (h, w, Box::new(move |x, y| (y, h - 1 - x))),
-            180 => (w, h, Box::new(move |x, y| (w - 1 - x, h - 1 - y))),
-            270 => (h, w, Box::new(move |x, y| (w - 1 - y, x))),
-            _ => return img,
-        };
     let mut data = Vec::with_capacity(img.data.len());
     for y in 0..nh {
         for x in 0..nw {
-            let (sx, sy) = source(x, y);
-            data.extend_from_slice(&px(sx, sy));
+            // The source pixel of (x, y) in the rotated image.
+            let (sx, sy) = match clockwise {
+                90 => (y, h - 1 - x),
+                180 => (w - 1 - x, h - 1 - y),
+                _ => (w - 1 - y, x),
+            };
+            let i = (sy * w + sx) * 3;
+            data.extend_from_slice(&img.data[i..i + 3]);
         }
     }
     Decoded {
@@ -392,6 +390,27 @@ mod tests {
         let y = frame.height as usize / 2;
         let row: Vec<u8> = (0..w).map(|x| frame.data[(y * w + x) * 3]).collect();
         frame_index(&row)
+    }
+
+    #[test]
+    fn rotation_turns_frames_clockwise() {
+        // 2x1: red, green.
+        let img = Decoded {
+            width: 2,
+            height: 1,
+            channels: Channels::Rgb,
+            data: vec![255, 0, 0, 0, 255, 0],
+        };
+        let cw = rotate(img.clone(), 90);
+        assert_eq!((cw.width, cw.height), (1, 2));
+        assert_eq!(
+            cw.data,
+            [255, 0, 0, 0, 255, 0],
+            "red on top after a quarter turn clockwise"
+        );
+        let ccw = rotate(img.clone(), 270);
+        assert_eq!(ccw.data, [0, 255, 0, 255, 0, 0]);
+        assert_eq!(rotate(img, 180).data, [0, 255, 0, 255, 0, 0]);
     }
 
     #[test]

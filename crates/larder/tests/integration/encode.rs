@@ -77,7 +77,9 @@ impl ImageEncoder for PatchEncoder {
     }
 
     fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
-        let [n, c, h, w] = batch.shape;
+        let [n, c, h, w] = batch.shape[..] else {
+            return Err(format!("expected N×C×H×W, got {:?}", batch.shape).into());
+        };
         let PixelValues::F32(values) = batch.values else {
             return Err("expected f32 pixels".into());
         };
@@ -722,15 +724,17 @@ fn a_cache_the_config_asks_for_without_its_encoder_is_a_warning_of_the_run() {
 #[test]
 fn clip_encoders_see_the_whole_image_clip_normalized() {
     struct Mean {
-        seen: Arc<std::sync::Mutex<Vec<[usize; 4]>>>,
+        seen: Arc<std::sync::Mutex<Vec<Vec<usize>>>>,
     }
     impl ImageEncoder for Mean {
         fn identity(&self) -> EncoderIdentity {
             EncoderIdentity::new("channel-mean")
         }
         fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
-            let [n, c, h, w] = batch.shape;
-            self.seen.lock().expect("lock").push(batch.shape);
+            let [n, c, h, w] = batch.shape[..] else {
+                return Err(format!("expected N×C×H×W, got {:?}", batch.shape).into());
+            };
+            self.seen.lock().expect("lock").push(batch.shape.clone());
             let PixelValues::F32(v) = batch.values else {
                 return Err("expected f32".into());
             };

@@ -13,6 +13,7 @@ mod plan;
 mod remote;
 mod scan;
 mod store;
+mod video;
 
 use std::path::{Path, PathBuf};
 

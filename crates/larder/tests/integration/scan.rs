@@ -737,7 +737,7 @@ fn oversized_masks_controls_and_inpaint_images_leave_their_item_out() {
 }
 
 #[test]
-fn videos_are_findings_until_video_support_lands() {
+fn videos_in_an_image_dataset_are_findings_that_say_where_they_are_read() {
     let dir = tempfile::tempdir().expect("tempdir");
     image(dir.path(), "a.jpg", 16, 16, Some("x"));
     // AI Toolkit's whole list, in mixed case; content does not matter, the extension does.
@@ -756,11 +756,10 @@ fn videos_are_findings_until_video_support_lands() {
         .filter(|f| f.kind == FindingKind::Unsupported)
         .collect();
     assert_eq!(videos.len(), 8, "{:#?}", report.findings);
-    assert!(
-        videos
-            .iter()
-            .all(|f| f.detail.contains("video is not supported yet"))
-    );
+    assert!(videos.iter().all(|f| {
+        f.detail
+            .contains("video datasets only (`num_frames` above 1")
+    }));
     assert_eq!(report.datasets[0].images.len(), 1);
 }
 

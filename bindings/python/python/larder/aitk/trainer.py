@@ -139,6 +139,14 @@ class DataPath:
                 continue
             at = f"config.process[{process}].datasets[{index}].{name}" if match else key
             problems.append(f"{at}: {why.replace('; ignored', '')}")
+        for index, dataset in datasets:
+            # larder prepares video datasets, but the trainer's video batches (frames, video
+            # latents, first-frame latents) are not built from them yet.
+            key = "auto_frame_count" if dataset.get("auto_frame_count") else "num_frames"
+            if dataset.get("auto_frame_count") or int(dataset.get("num_frames") or 1) > 1:
+                problems.append(
+                    f"config.process[{process}].datasets[{index}].{key}: video datasets are prepared by larder (`larder prepare`) but not yet served to AI Toolkit's trainer"
+                )
         return problems
 
     def check_model(self, sd: Any) -> None:

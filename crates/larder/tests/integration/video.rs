@@ -1,0 +1,250 @@
+//! Video datasets: clips found beside images, frames chosen as AI Toolkit chooses them, stored
+//! as [F, 3, H, W] and served stacked; broken clips are findings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use larder::load::{Batch, Loader};
+use larder::{Config, FindingKind, PrepareOptions, Store, prepare, scan};
+use larder_synth::video::{frame_index, write_video};
+
+use crate::file;
+use crate::load::options;
+
+/// The index drawn into each frame of a stored [F, 3, H, W] clip (its middle row of red).
+fn frame_indices(clip: &[u8], frames: usize, h: usize, w: usize) -> Vec<u32> {
+    (0..frames)
+        .map(|f| {
+            let row = &clip[f * 3 * h * w + (h / 2) * w..][..w];
+            frame_index(row)
+        })
+        .collect()
+}
+
+/// A video dataset: two 64x64 clips (30 fps, `frames` long) and one image, with `settings`.
+fn video_dataset(root: &Path, settings: &str) -> std::path::PathBuf {
+    let dir = root.join("clips");
+    std::fs::create_dir_all(&dir).expect("folder");
+    write_video(&dir.join("long.mp4"), 64, 64, 90, 30).expect("clip");
+    write_video(&dir.join("short.mp4"), 64, 64, 20, 30).expect("clip");
+    larder_synth::write_image(&dir.join("still.png"), 64, 64, 3).expect("image");
+    file(
+        root,
+        "v.yaml",
+        &format!(
+            "datasets:\n  - folder_path: clips\n    resolution: [64]\n    default_caption: a clip\n{settings}"
+        ),
+    )
+}
+
+fn prepared(config: &Path, out: &Path) -> (Arc<Store>, larder::PrepareReport) {
+    let report = prepare(
+        &Config::load(config).expect("config"),
+        out,
+        &PrepareOptions::default(),
+    )
+    .expect("prepare");
+    (Arc::new(Store::open(out).expect("open")), report)
+}
+
+/// Every batch of one epoch.
+fn epoch(store: &Arc<Store>, batch_size: u32) -> Vec<Batch> {
+    Loader::new(store.clone(), options(batch_size, 2))
+        .expect("loader")
+        .map(|b| b.expect("batch"))
+        .collect()
+}
+
+/// The frames each clip of the store was stored with, read from their pixels, by file name.
+fn stored_frames(store: &Arc<Store>) -> BTreeMap<String, Vec<u32>> {
+    let items = store.items().expect("items");
+    let mut out = BTreeMap::new();
+    for batch in epoch(store, 1) {
+        let pixels = &batch.fields["pixels"];
+        if pixels.shape.len() == 5 {
+            let (f, h, w) = (pixels.shape[1], pixels.shape[3], pixels.shape[4]);
+            let item = &items[batch.items[0] as usize];
+            let name = Path::new(&item.path).file_name().expect("name");
+            out.insert(
+                name.to_string_lossy().into_owned(),
+                frame_indices(pixels.data.as_slice(), f, h, w),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn clips_are_stored_with_the_frames_ai_toolkit_chooses_and_images_are_single_frames() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = video_dataset(dir.path(), "    num_frames: 5\n");
+    let (store, report) = prepared(&config, &dir.path().join("store"));
+    assert_eq!(report.items, 3, "{:#?}", report.findings);
+    // Spread over each clip: 89 / 4 = 22.25 apart; 19 / 4 = 4.75 apart.
+    assert_eq!(
+        stored_frames(&store),
+        BTreeMap::from([
+            ("long.mp4".to_owned(), vec![0, 22, 44, 67, 89]),
+            ("short.mp4".to_owned(), vec![0, 5, 10, 14, 19]),
+        ])
+    );
+    let items = store.items().expect("items");
+    let long = items
+        .iter()
+        .find(|i| i.path.ends_with("long.mp4"))
+        .expect("long");
+    assert_eq!(long.frames.as_deref(), Some(&[0, 22, 44, 67, 89][..]));
+    let still = items
+        .iter()
+        .find(|i| i.path.ends_with("still.png"))
+        .expect("image");
+    assert_eq!(still.frames, None);
+    // Clips of one length batch together, stacked [B, F, 3, H, W]; the image apart, as AI
+    // Toolkit keys its buckets `64x64x5f` and `64x64`.
+    let mut shapes: Vec<Vec<usize>> = epoch(&store, 4)
+        .iter()
+        .map(|b| b.fields["pixels"].shape.clone())
+        .collect();
+    shapes.sort();
+    assert_eq!(shapes, [vec![1, 3, 64, 64], vec![2, 5, 3, 64, 64]]);
+}
+
+#[test]
+fn frames_at_fps_and_auto_frame_count_follow_ai_toolkit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 30 fps clips taken at 15 fps: every other frame, from a start drawn from the seed.
+    let config = video_dataset(
+        dir.path(),
+        "    num_frames: 4\n    shrink_video_to_frames: false\n    fps: 15\n",
+    );
+    let (store, _) = prepared(&config, &dir.path().join("at-fps"));
+    let frames = stored_frames(&store);
+    let long = &frames["long.mp4"];
+    assert!(long.windows(2).all(|w| w[1] - w[0] == 2), "{long:?}");
+    assert!(long[3] <= 89);
+    assert_eq!(frames["short.mp4"].len(), 4);
+    // The same seed, the same start; the store records what it chose.
+    let (again, _) = prepared(&config, &dir.path().join("again"));
+    assert_eq!(stored_frames(&again), frames);
+
+    // auto_frame_count: 3 s at 16 fps with Wan's temporal compression of 4 is 45 frames
+    // ((48 − 1) // 4 · 4 + 1), taken at the dataset's rate from the start.
+    let config = video_dataset(
+        dir.path(),
+        "    auto_frame_count: true\n    fps: 16\nmodel:\n  arch: wan21\n",
+    );
+    let (store, _) = prepared(&config, &dir.path().join("auto"));
+    let frames = stored_frames(&store);
+    let long = &frames["long.mp4"];
+    assert_eq!(long.len(), 45);
+    assert_eq!(&long[..5], [0, 2, 4, 6, 8]);
+    // 20 frames at 30 fps are 0.67 s: 10 frames at 16 fps → (10 − 1) // 4 · 4 + 1 = 9.
+    assert_eq!(frames["short.mp4"].len(), 9);
+}
+
+#[test]
+fn a_prepare_again_reuses_every_clip_and_other_frames_are_other_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = video_dataset(dir.path(), "    num_frames: 3\n");
+    let out = dir.path().join("store");
+    let (_, first) = prepared(&config, &out);
+    assert_eq!(first.entries_computed, 3);
+    let (_, again) = prepared(&config, &out);
+    assert_eq!((again.entries_computed, again.entries_reused), (0, 3));
+    let config = video_dataset(dir.path(), "    num_frames: 4\n");
+    let (store, other) = prepared(&config, &out);
+    assert_eq!(
+        other.entries_computed, 2,
+        "the image is the same; both clips are not"
+    );
+    assert_eq!(stored_frames(&store)["short.mp4"], [0, 6, 13, 19]);
+}
+
+#[test]
+fn broken_clips_are_findings_and_clips_outside_video_datasets_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clips = dir.path().join("clips");
+    std::fs::create_dir_all(&clips).expect("folder");
+    write_video(&clips.join("good.mp4"), 64, 64, 30, 30).expect("clip");
+    let bytes = std::fs::read(clips.join("good.mp4")).expect("read");
+    std::fs::write(clips.join("cut.mp4"), &bytes[..bytes.len() / 2]).expect("write");
+    std::fs::write(clips.join("empty.mov"), b"").expect("write");
+    std::fs::write(clips.join("text.webm"), b"not a video, only words").expect("write");
+    let config = file(
+        dir.path(),
+        "v.yaml",
+        "datasets:\n  - folder_path: clips\n    num_frames: 3\n",
+    );
+    let report = scan(&Config::load(&config).expect("config")).expect("scan");
+    assert_eq!(report.datasets[0].images.len(), 1, "{:#?}", report.findings);
+    let kinds: BTreeMap<String, FindingKind> = report
+        .findings
+        .iter()
+        .map(|f| {
+            let name = f
+                .path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            (name, f.kind)
+        })
+        .collect();
+    assert_eq!(kinds["empty.mov"], FindingKind::Empty);
+    assert_eq!(kinds["text.webm"], FindingKind::Corrupt);
+    assert!(
+        matches!(
+            kinds["cut.mp4"],
+            FindingKind::Truncated | FindingKind::Corrupt
+        ),
+        "{kinds:?}"
+    );
+    // An image dataset (one frame) reads no videos, as AI Toolkit; larder says so.
+    let config = file(dir.path(), "i.yaml", "datasets:\n  - folder_path: clips\n");
+    let report = scan(&Config::load(&config).expect("config")).expect("scan");
+    assert!(report.datasets[0].images.is_empty());
+    let good = report
+        .findings
+        .iter()
+        .find(|f| f.path.ends_with("good.mp4"))
+        .expect("finding");
+    assert_eq!(good.kind, FindingKind::Unsupported);
+    assert!(good.detail.contains("num_frames"), "{}", good.detail);
+}
+
+#[test]
+fn video_settings_are_checked_and_the_model_sets_the_frame_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("clips")).expect("folder");
+    let load = |text: &str| Config::load(&file(dir.path(), "v.yaml", text));
+    for (bad, key) in [
+        ("    num_frames: 0\n", "num_frames"),
+        ("    fps: -3\n", "fps"),
+        (
+            "    shrink_video_to_frames: often\n",
+            "shrink_video_to_frames",
+        ),
+    ] {
+        let err = load(&format!("datasets:\n  - folder_path: clips\n{bad}"))
+            .expect_err(bad)
+            .to_string();
+        assert!(err.contains(&format!("datasets[0].{key}")), "{err}");
+    }
+    let frames = |text: &str| load(text).expect("config").datasets[0].frames;
+    // Wan's VAE compresses time by 4; AI Toolkit's default is 8; larder's key says it outright.
+    let wan = frames("model:\n  arch: wan22_14b\ndatasets:\n  - folder_path: clips\n");
+    assert_eq!(wan.temporal_compression, 4);
+    let other = frames("model:\n  arch: ltx2\ndatasets:\n  - folder_path: clips\n");
+    assert_eq!(other.temporal_compression, 8);
+    let set = frames("larder:\n  temporal_compression: 6\ndatasets:\n  - folder_path: clips\n");
+    assert_eq!(set.temporal_compression, 6);
+    // MiniMax H3 counts frames on a grid of its own, which auto_frame_count would need.
+    let err = load("model:\n  arch: minimax_h3\ndatasets:\n  - folder_path: clips\n    auto_frame_count: true\n")
+        .expect_err("minimax")
+        .to_string();
+    assert!(
+        err.contains("auto_frame_count") && err.contains("minimax_h3"),
+        "{err}"
+    );
+}
