@@ -217,7 +217,7 @@ fn broken_clips_are_findings_and_clips_outside_video_datasets_are_reported() {
 fn video_settings_are_checked_and_the_model_sets_the_frame_rule() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("clips")).expect("folder");
-    let load = |text: &str| Config::load(&file(dir.path(), "v.yaml", text));
+    let load = |text: &str| Config::load(file(dir.path(), "v.yaml", text));
     for (bad, key) in [
         ("    num_frames: 0\n", "num_frames"),
         ("    fps: -3\n", "fps"),
