@@ -334,7 +334,8 @@ class Store:
         ``scale_to_w``/``scale_to_h`` and ``crop_x``/``crop_y`` (the resize and crop that
         made it), ``flip`` (``"none"``, ``"x"``, ``"y"`` or ``"xy"``), ``caption`` (as
         loaded, before the per-epoch transforms), ``is_reg``, ``network_weight``,
-        ``loss_multiplier`` and ``fields`` (field name to entry key)."""
+        ``loss_multiplier``, ``frames`` (for a video clip, the indices of the frames it trains
+        with; ``None`` for an image) and ``fields`` (field name to entry key)."""
         return json.loads(self._native.items_json())
 
     def verify(self) -> Dict[str, Any]:

@@ -1,0 +1,154 @@
+"""Video datasets from Python: clips made here with OpenCV, each frame's index drawn into its
+pixels, prepared by larder and served as [B, F, 3, H, W]; and, for the same clips and settings,
+the frames AI Toolkit's own ``load_and_process_video`` (``$AITK_PATH``) picks."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import aitk_fixtures as fx
+
+import larder
+
+cv2 = pytest.importorskip("cv2", reason="did not run: opencv-python-headless is not installed (scripts/requirements-aitk.txt)")
+
+AITK = fx.aitk_path()
+BITS = 8
+SIZE = 64
+
+
+def write_clip(path, frames, fps):
+    """An MPEG-4 clip whose frame i shows i as eight vertical bars (light = 1, MSB left)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (SIZE, SIZE))
+    assert writer.isOpened()
+    for i in range(frames):
+        bits = np.array([(i >> (BITS - 1 - b)) & 1 for b in range(BITS)], np.uint8) * 255
+        row = np.repeat(bits, SIZE // BITS)
+        writer.write(np.ascontiguousarray(np.broadcast_to(row[None, :, None], (SIZE, SIZE, 3))))
+    writer.release()
+
+
+def frame_index(row):
+    return sum(int(row[(2 * b + 1) * len(row) // (2 * BITS)] > 128) << (BITS - 1 - b) for b in range(BITS))
+
+
+def clip_frames(clip):
+    """The index drawn into each frame of a (F, 3, H, W) clip."""
+    return [frame_index(frame[0, frame.shape[1] // 2]) for frame in clip]
+
+
+CLIPS = {"long.mp4": (90, 30), "short.mp4": (4, 30), "slow.mp4": (40, 12)}
+
+# Settings whose frames are a function of the clip: compared with AI Toolkit's frame for frame.
+SETTINGS = {
+    "spread": {"num_frames": 5},
+    "repeats": {"num_frames": 7},
+    "auto": {"auto_frame_count": True, "fps": 16},
+    "auto_untrimmed": {"auto_frame_count": True, "fps": 16, "trim_auto_frame_count_tail": False},
+    # Too short at 10 fps for 9 frames 3 apart (27 > 4 and 40 // 1 ≥ 9 for slow): per clip.
+    "at_fps": {"num_frames": 9, "shrink_video_to_frames": False, "fps": 10},
+}
+
+
+def make_clips(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (frames, fps) in CLIPS.items():
+        write_clip(folder / name, frames, fps)
+    return folder
+
+
+def larder_frames(tmp_path, settings):
+    """{clip name: frame indices} of a larder store of the clips under ``settings``."""
+    clips = make_clips(tmp_path / "clips")
+    config = tmp_path / "v.yaml"
+    dataset = {"folder_path": str(clips), "resolution": [SIZE], **settings}
+    config.write_text(json.dumps({"datasets": [dataset]}))
+    larder.prepare(config, tmp_path / "store")
+    store = larder.Store.open(tmp_path / "store")
+    items = store.items()
+    out = {}
+    for batch in larder.DataLoader(store, batch_size=1, shuffle=False):
+        pixels = batch["pixels"]
+        assert pixels.ndim == 5 and pixels.shape[2:] == (3, SIZE, SIZE), pixels.shape
+        item = items[int(batch["items"][0])]
+        name = item["path"].rsplit("/", 1)[-1]
+        out[name] = clip_frames(pixels[0])
+        assert item["frames"] == out[name], "the catalog records the frames stored"
+    return out
+
+
+def test_clips_are_served_stacked_with_the_frames_they_were_stored_with(tmp_path):
+    frames = larder_frames(tmp_path, SETTINGS["spread"])
+    assert frames == {"long.mp4": [0, 22, 44, 67, 89], "short.mp4": [0, 1, 2, 2, 3], "slow.mp4": [0, 10, 20, 29, 39]}
+    loader = larder.DataLoader(tmp_path / "store", batch_size=3, shuffle=False, format="torch")
+    (batch,) = list(loader)
+    assert tuple(batch["pixels"].shape) == (3, 5, 3, SIZE, SIZE)
+
+
+AITK_FRAMES = textwrap.dedent("""
+    import json, sys, types
+    from torchvision import transforms
+    from toolkit.dataloader_mixins import ImageProcessingDTOMixin
+
+    DEFAULTS = dict(num_frames=1, shrink_video_to_frames=True, fps=24, auto_frame_count=False,
+                    trim_auto_frame_count_tail=True, buckets=True, do_audio=False, debug=False)
+
+    def load(path, config):
+        item = types.SimpleNamespace(path=path, dataset_config=config, augments=None, has_augmentations=False,
+                                     num_frames=config.num_frames, temporal_compression=8, frame_count_snapper=None,
+                                     flip_x=False, flip_y=False, scale_to_width=64, scale_to_height=64,
+                                     crop_x=0, crop_y=0, crop_width=64, crop_height=64)
+        item.get_auto_frame_count = types.MethodType(ImageProcessingDTOMixin.get_auto_frame_count, item)
+        ImageProcessingDTOMixin.load_and_process_video(item, transforms.ToTensor())
+        return (item.tensor * 255).round().byte().numpy().tolist()
+
+    clips, every = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    out = {}
+    for name, settings in every.items():
+        config = types.SimpleNamespace(**{**DEFAULTS, **settings})
+        out[name] = {path.rsplit("/", 1)[-1]: load(path, config) for path in clips}
+    print(json.dumps(out))
+""")
+
+
+
+def aitk_frames(tmp_path, settings):
+    """{setting: {clip name: frame indices}} as AI Toolkit's ``load_and_process_video`` loads
+    the clips under each of ``settings`` (one process: AI Toolkit takes seconds to import)."""
+    clips = make_clips(tmp_path / "aitk-clips")
+    paths = [str(clips / name) for name in CLIPS]
+    done = subprocess.run(
+        [sys.executable, "-c", AITK_FRAMES, json.dumps(paths), json.dumps(settings)],
+        env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    every = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        setting: {name: clip_frames(np.array(frames, np.uint8)) for name, frames in clips.items()}
+        for setting, clips in every.items()
+    }
+
+
+@pytest.mark.skipif(AITK is None, reason="did not run: AITK_PATH does not name an AI Toolkit checkout (scripts/test sets it)")
+def test_the_frames_are_the_ones_ai_toolkit_picks(tmp_path):
+    every = aitk_frames(tmp_path, SETTINGS)
+    for name, settings in SETTINGS.items():
+        ours, theirs = larder_frames(tmp_path / name, settings), every[name]
+        if name == "at_fps":
+            # AI Toolkit draws the start unseeded; larder from its seed. The rest is the rule:
+            # frames 3 apart (30 / 10 fps) from a start that leaves room for all nine.
+            for clip in CLIPS:
+                for frames in (ours[clip], theirs[clip]):
+                    assert len(frames) == 9
+                    if clip == "long.mp4":
+                        assert all(b - a == 3 for a, b in zip(frames, frames[1:])), (clip, frames)
+                        assert frames[-1] <= 89
+            # The 4-frame clip is spread, and the 12 fps clip taken every frame: both fixed.
+            assert ours["short.mp4"] == theirs["short.mp4"]
+            assert ours["slow.mp4"][1] - ours["slow.mp4"][0] == theirs["slow.mp4"][1] - theirs["slow.mp4"][0] == 1
+        else:
+            assert ours == theirs, name
