@@ -13,10 +13,12 @@ mod diagnose;
 mod encode;
 mod fastload;
 mod load;
+mod memory;
 mod metrics;
 mod prepare;
 mod remote;
 mod scan;
+mod video;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,6 +62,9 @@ enum Command {
     /// drop-in: time to the first step, data wait per step, memory (needs an AI Toolkit
     /// checkout and its Python packages).
     Aitk(aitk::Args),
+    /// Preparing video clips against AI Toolkit's own per-clip video path: frames/s and peak
+    /// memory (needs an AI Toolkit checkout and its Python packages).
+    Video(video::Args),
 }
 
 /// Arguments of `larder-bench all`.
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Command::Fastload(args) => fastload::run(args),
         Command::Remote(args) => remote::run(args),
         Command::Aitk(args) => aitk::run(args),
+        Command::Video(args) => video::run(args),
     };
     match result {
         Ok(code) => code,
@@ -176,6 +182,14 @@ fn all(args: &AllArgs) -> anyhow::Result<ExitCode> {
                 move || aitk::run(parse(&["aitk", "--python", &python]))
             }),
         ));
+        benches.push((
+            "video",
+            &["cv2", "torch", "torchvision", "safetensors"],
+            Box::new({
+                let python = python.clone();
+                move || video::run(parse(&["video", "--python", &python]))
+            }),
+        ));
     }
     let mut failed = Vec::new();
     for (name, modules, bench) in benches {
@@ -195,7 +209,9 @@ fn all(args: &AllArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !has_aitk {
-        println!("\n== larder-bench aitk\nleft out: set AITK_PATH to an AI Toolkit checkout");
+        println!(
+            "\n== larder-bench aitk, video\nleft out: set AITK_PATH to an AI Toolkit checkout"
+        );
     }
     println!("\n== remote: run `larder-bench remote <store> <url>` against your object store");
     if failed.is_empty() {

@@ -355,6 +355,12 @@ pub(super) fn decode_pixels(
     );
     let mut data = Vec::with_capacity(frames.len() * 3 * h * w);
     for frame in decoded {
+        let frame = image::Decoded {
+            width: frame.width,
+            height: frame.height,
+            channels: image::Channels::Rgb,
+            data: frame.data,
+        };
         data.extend(image::place(frame, placement, item.planned.flip)?);
     }
     Ok((vec![frames.len(), 3, h, w], data))

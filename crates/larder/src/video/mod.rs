@@ -15,8 +15,15 @@ use ffmpeg::media::Type;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
-use crate::image::{Channels, Decoded};
 use crate::{Error, Result};
+
+/// One decoded frame: packed RGB, `width`×`height`, rotated upright.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Frame {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
 
 /// Identity of the frame pipeline, part of the key of every stored clip.
 pub const PIPELINE: &str = "decode=ffmpeg+sws-bicubic-rgb24+rotate;select=aitk-v1";
@@ -175,11 +182,7 @@ fn rotation(stream: &ffmpeg::format::stream::Stream<'_>) -> u32 {
 /// order asked. The decoder seeks to the key frame before the first frame needed and stops after
 /// the last; when the file ends before a frame its header announced, the last decoded frame
 /// stands in for the rest, as in AI Toolkit.
-pub(crate) fn decode_frames(
-    path: &Path,
-    info: &VideoInfo,
-    indices: &[u64],
-) -> Result<Vec<Decoded>> {
+pub(crate) fn decode_frames(path: &Path, info: &VideoInfo, indices: &[u64]) -> Result<Vec<Frame>> {
     init();
     let mut wanted: Vec<u64> = indices.to_vec();
     wanted.sort_unstable();
@@ -209,7 +212,7 @@ fn decode_sorted(
     info: &VideoInfo,
     wanted: &[u64],
     seek: bool,
-) -> std::result::Result<Option<Vec<Decoded>>, ffmpeg::Error> {
+) -> std::result::Result<Option<Vec<Frame>>, ffmpeg::Error> {
     let mut input = ffmpeg::format::input(path)?;
     let stream = input
         .streams()
@@ -238,9 +241,9 @@ fn decode_sorted(
         let ts = (seconds * f64::from(ffmpeg::ffi::AV_TIME_BASE)) as i64 + offset;
         input.seek(ts, ..ts)?;
     }
-    let mut out: Vec<Decoded> = Vec::with_capacity(wanted.len());
+    let mut out: Vec<Frame> = Vec::with_capacity(wanted.len());
     let mut counted = 0u64;
-    let mut last: Option<Decoded> = None;
+    let mut last: Option<Frame> = None;
     let mut scaler: Option<scaling::Context> = None;
     let mut frame = ffmpeg::frame::Video::empty();
     let mut packet = ffmpeg::Packet::empty();
@@ -307,7 +310,7 @@ fn to_rgb(
     frame: &ffmpeg::frame::Video,
     scaler: &mut Option<scaling::Context>,
     rotation: u32,
-) -> std::result::Result<Decoded, ffmpeg::Error> {
+) -> std::result::Result<Frame, ffmpeg::Error> {
     let (w, h) = (frame.width(), frame.height());
     let reuse = scaler.as_ref().is_some_and(|s| {
         s.input().width == w && s.input().height == h && s.input().format == frame.format()
@@ -334,10 +337,9 @@ fn to_rgb(
         data.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
     }
     Ok(rotate(
-        Decoded {
+        Frame {
             width: w,
             height: h,
-            channels: Channels::Rgb,
             data,
         },
         rotation,
@@ -345,7 +347,7 @@ fn to_rgb(
 }
 
 /// Rotates an RGB image clockwise by 0, 90, 180 or 270 degrees.
-fn rotate(img: Decoded, clockwise: u32) -> Decoded {
+fn rotate(img: Frame, clockwise: u32) -> Frame {
     let (w, h) = (img.width as usize, img.height as usize);
     let (nw, nh) = match clockwise {
         90 | 270 => (h, w),
@@ -365,10 +367,9 @@ fn rotate(img: Decoded, clockwise: u32) -> Decoded {
             data.extend_from_slice(&img.data[i..i + 3]);
         }
     }
-    Decoded {
+    Frame {
         width: nw as u32,
         height: nh as u32,
-        channels: Channels::Rgb,
         data,
     }
 }
@@ -385,7 +386,7 @@ mod tests {
     }
 
     /// The index drawn into a decoded frame (its middle row of red).
-    fn index_of(frame: &Decoded) -> u32 {
+    fn index_of(frame: &Frame) -> u32 {
         let w = frame.width as usize;
         let y = frame.height as usize / 2;
         let row: Vec<u8> = (0..w).map(|x| frame.data[(y * w + x) * 3]).collect();
@@ -395,10 +396,9 @@ mod tests {
     #[test]
     fn rotation_turns_frames_clockwise() {
         // 2x1: red, green.
-        let img = Decoded {
+        let img = Frame {
             width: 2,
             height: 1,
-            channels: Channels::Rgb,
             data: vec![255, 0, 0, 0, 255, 0],
         };
         let cw = rotate(img.clone(), 90);
