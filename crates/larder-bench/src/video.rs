@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ));
     crate::generate_once(&clips, args.clips, "clips", |dir, i| {
         let path = dir.join(format!("clip{i:04}.mp4"));
-        larder_synth::video::write_video(&path, args.size, args.size, args.frames, 30)
+        larder_synth::video::write_video(&path, args.size, args.size, args.frames, 30, i as u64)
             .map_err(anyhow::Error::msg)
     })?;
     let config = args.dir.join("video.yaml");

@@ -1,9 +1,12 @@
 //! Synthetic video clips whose frames say which frame they are.
 //!
-//! Each frame shows its index as a bar code: eight vertical bars, most significant bit on the
-//! left, light for a one and dark for a zero. The bars are wide and flat, so the index survives
-//! lossy coding, resizing and cropping to the middle; [`frame_index`] reads it back from a
-//! decoded frame. Clips are MPEG-4 Part 2 in MP4 (FFmpeg's own encoder, in every build).
+//! Each frame shows its index as a bar code over its top five eighths: eight vertical bars, most
+//! significant bit on the left, light for a one and dark for a zero. The bars are wide and flat,
+//! so the index survives lossy coding, resizing and cropping to the middle; [`frame_index`]
+//! reads it back from a decoded frame's middle row. Below the bars, a seeded image
+//! ([`crate::render`]) pans one pixel a frame to the left, so that clips of different seeds
+//! differ and the coder has texture and motion to work on. Clips are MPEG-4 Part 2 in MP4
+//! (FFmpeg's own encoder, in every build).
 
 use std::path::Path;
 
@@ -17,13 +20,14 @@ const DARK: u8 = 16;
 pub const BITS: u32 = 8;
 
 /// Writes a `frames`-frame clip of `width`×`height` (both even) at `fps` frames per second to
-/// `path` (an `.mp4`). Frame `i` shows `i % 256`.
+/// `path` (an `.mp4`), its texture drawn from `seed`. Frame `i` shows `i % 256`.
 pub fn write_video(
     path: &Path,
     width: u32,
     height: u32,
     frames: u32,
     fps: u32,
+    seed: u64,
 ) -> Result<(), String> {
     let e =
         |what: &'static str| move |err: ffmpeg::Error| format!("{}: {what}: {err}", path.display());
@@ -76,8 +80,9 @@ pub fn write_video(
         }
         Ok(())
     };
+    let texture = yuv(&crate::render(width, height, seed));
     for i in 0..frames {
-        draw(&mut frame, i % 256);
+        draw(&mut frame, i, &texture);
         frame.set_pts(Some(i64::from(i)));
         encoder.send_frame(&frame).map_err(e("encode"))?;
         drain(&mut encoder, &mut out)?;
@@ -88,20 +93,54 @@ pub fn write_video(
     Ok(())
 }
 
-fn draw(frame: &mut ffmpeg::frame::Video, index: u32) {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let stride = frame.stride(0);
-    let luma = frame.data_mut(0);
-    for y in 0..h {
-        for x in 0..w {
-            let bit = BITS - 1 - (x * BITS as usize / w) as u32;
-            luma[y * stride + x] = if index >> bit & 1 == 1 { LIGHT } else { DARK };
+/// An RGB image as full-resolution Y, U and V planes (BT.601, video range).
+fn yuv(img: &image::RgbImage) -> [Vec<u8>; 3] {
+    let mut planes = [Vec::new(), Vec::new(), Vec::new()];
+    for p in img.pixels() {
+        let [r, g, b] = p.0.map(f32::from);
+        let y = 16.0 + 0.257 * r + 0.504 * g + 0.098 * b;
+        let u = 128.0 - 0.148 * r - 0.291 * g + 0.439 * b;
+        let v = 128.0 + 0.439 * r - 0.368 * g - 0.071 * b;
+        for (plane, value) in planes.iter_mut().zip([y, u, v]) {
+            plane.push(value.round().clamp(0.0, 255.0) as u8);
         }
     }
-    for plane in 1..3 {
+    planes
+}
+
+/// Draws frame `index`: the bar code on top, the texture panned by `index` pixels below.
+fn draw(frame: &mut ffmpeg::frame::Video, index: u32, texture: &[Vec<u8>; 3]) {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let bars_end = h * 5 / 8;
+    let shift = index as usize;
+    for plane in 0..3 {
+        // Chroma planes are half size both ways (4:2:0).
+        let (pw, ph, step) = if plane == 0 {
+            (w, h, 1)
+        } else {
+            (w.div_ceil(2), h.div_ceil(2), 2)
+        };
         let stride = frame.stride(plane);
-        let rows = h.div_ceil(2);
-        frame.data_mut(plane)[..stride * rows].fill(128);
+        let data = frame.data_mut(plane);
+        for y in 0..ph {
+            for x in 0..pw {
+                let (fx, fy) = (x * step, y * step);
+                data[y * stride + x] = if fy < bars_end {
+                    if plane > 0 {
+                        128
+                    } else {
+                        let bit = BITS - 1 - (fx * BITS as usize / w) as u32;
+                        if (index % 256) >> bit & 1 == 1 {
+                            LIGHT
+                        } else {
+                            DARK
+                        }
+                    }
+                } else {
+                    texture[plane][fy * w + (fx + shift) % w]
+                };
+            }
+        }
     }
 }
 

@@ -275,9 +275,11 @@ pub(super) fn run_pipeline(
         "{bar:30} {pos}/{len} entries {per_sec} ETA {eta} [{elapsed_precise}]",
     );
     let outcome = with_writer(catalog, out, options, sink, |tx| {
-        // Chunks keep the output order deterministic while all cores work on each chunk.
-        let chunk = rayon::current_num_threads().max(1) * 8;
-        for part in todo.chunks(chunk) {
+        // Chunks keep the output order deterministic while all cores work on each chunk; a
+        // chunk is also kept to about CHUNK_BYTES of output, so that big entries (clips of many
+        // frames) do not pile up between the decoders and the writer.
+        let threads = rayon::current_num_threads().max(1);
+        for part in chunks(todo, threads * 8, threads) {
             let produced: Vec<Vec<Produced>> = part
                 .par_iter()
                 .map(|(item, job)| vec![produce(item, job, options.image_codec)])
@@ -291,6 +293,37 @@ pub(super) fn run_pipeline(
     });
     bar.finish_and_clear();
     outcome
+}
+
+/// About how much decoded output one chunk of [`run_pipeline`] holds.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// `todo` cut into consecutive chunks of at most `max_items`, each ending once it holds about
+/// [`CHUNK_BYTES`] of output, but never fewer than `min_items` (every core gets work).
+fn chunks<'t, T: Copy + 't>(
+    todo: &'t [(&ItemPlan<'_>, T)],
+    max_items: usize,
+    min_items: usize,
+) -> impl Iterator<Item = &'t [(&'t ItemPlan<'t>, T)]> {
+    let mut rest = todo;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len().min(max_items) && (n < min_items || bytes < CHUNK_BYTES) {
+            let (item, _) = rest[n];
+            let bucket = item.planned.placement.bucket;
+            let frames = item.frames.as_ref().map_or(1, Vec::len);
+            // Four channels at most (inpaint images); controls of their own size are rare.
+            bytes += 4 * bucket.width as usize * bucket.height as usize * frames;
+            n += 1;
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// Decodes `source`, converts it, and places it (flip, resize, crop) as C×H×W bytes, with

@@ -381,7 +381,7 @@ mod tests {
 
     fn clip(dir: &Path, frames: u32) -> std::path::PathBuf {
         let path = dir.join("clip.mp4");
-        write_video(&path, 64, 32, frames, 30).expect("write clip");
+        write_video(&path, 64, 32, frames, 30, 1).expect("write clip");
         path
     }
 

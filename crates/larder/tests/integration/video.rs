@@ -26,8 +26,8 @@ fn frame_indices(clip: &[u8], frames: usize, h: usize, w: usize) -> Vec<u32> {
 fn video_dataset(root: &Path, settings: &str) -> std::path::PathBuf {
     let dir = root.join("clips");
     std::fs::create_dir_all(&dir).expect("folder");
-    write_video(&dir.join("long.mp4"), 64, 64, 90, 30).expect("clip");
-    write_video(&dir.join("short.mp4"), 64, 64, 20, 30).expect("clip");
+    write_video(&dir.join("long.mp4"), 64, 64, 90, 30, 1).expect("clip");
+    write_video(&dir.join("short.mp4"), 64, 64, 20, 30, 2).expect("clip");
     larder_synth::write_image(&dir.join("still.png"), 64, 64, 3).expect("image");
     file(
         root,
@@ -166,7 +166,7 @@ fn broken_clips_are_findings_and_clips_outside_video_datasets_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clips = dir.path().join("clips");
     std::fs::create_dir_all(&clips).expect("folder");
-    write_video(&clips.join("good.mp4"), 64, 64, 30, 30).expect("clip");
+    write_video(&clips.join("good.mp4"), 64, 64, 30, 30, 3).expect("clip");
     let bytes = std::fs::read(clips.join("good.mp4")).expect("read");
     std::fs::write(clips.join("cut.mp4"), &bytes[..bytes.len() / 2]).expect("write");
     std::fs::write(clips.join("empty.mov"), b"").expect("write");
