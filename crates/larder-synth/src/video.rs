@@ -113,7 +113,7 @@ fn draw(frame: &mut ffmpeg::frame::Video, index: u32, texture: &[Vec<u8>; 3]) {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let bars_end = h * 5 / 8;
     let shift = index as usize;
-    for plane in 0..3 {
+    for (plane, texture) in texture.iter().enumerate() {
         // Chroma planes are half size both ways (4:2:0).
         let (pw, ph, step) = if plane == 0 {
             (w, h, 1)
@@ -137,7 +137,7 @@ fn draw(frame: &mut ffmpeg::frame::Video, index: u32, texture: &[Vec<u8>; 3]) {
                         }
                     }
                 } else {
-                    texture[plane][fy * w + (fx + shift) % w]
+                    texture[fy * w + (fx + shift) % w]
                 };
             }
         }
