@@ -372,8 +372,10 @@ impl Workload {
             };
             *buckets.entry(bucket).or_default() += 1;
             if item.fields.contains_key("pixels") {
+                // A clip's frames are all decoded before they are stored.
+                let frames = item.frames.as_ref().map_or(1, Vec::len) as u64;
                 let area = u64::from(item.bucket_w) * u64::from(item.bucket_h);
-                largest_decode = largest_decode.max(15 * area);
+                largest_decode = largest_decode.max(15 * area * frames);
             }
             captions.insert(item.caption.as_str());
             item_text_bytes += (item.path.len() + item.caption.len()) as u64;
