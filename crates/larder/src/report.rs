@@ -56,7 +56,7 @@ pub struct DatasetRow {
 /// One bucket's share.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BucketRow {
-    /// "WxH".
+    /// "WxH", or "WxHxNf" for clips of N frames.
     pub bucket: String,
     /// Items in it.
     pub count: usize,
@@ -128,11 +128,22 @@ impl Summary {
             }
         }
         let total = plan.items.len();
-        let buckets = plan
-            .bucket_counts()
+        // Clips are bucketed by frame count too, labelled as AI Toolkit keys them (`WxHxNf`).
+        let mut counts: std::collections::BTreeMap<(crate::Bucket, Option<u32>), usize> =
+            std::collections::BTreeMap::new();
+        for item in &plan.items {
+            let key = (item.placement.bucket, item.clip.map(|c| c.frames));
+            *counts.entry(key).or_default() += 1;
+        }
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let buckets = counts
             .into_iter()
-            .map(|(b, count)| BucketRow {
-                bucket: b.to_string(),
+            .map(|((b, frames), count)| BucketRow {
+                bucket: match frames {
+                    Some(f) => format!("{b}x{f}f"),
+                    None => b.to_string(),
+                },
                 count,
                 share: count as f64 / total.max(1) as f64,
             })

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use larder::load::{Batch, Loader};
-use larder::{Config, FindingKind, PrepareOptions, Store, prepare, scan};
+use larder::{Config, FindingKind, Plan, PrepareOptions, Store, Summary, prepare, scan};
 use larder_synth::video::{frame_index, write_video};
 
 use crate::file;
@@ -81,6 +81,18 @@ fn clips_are_stored_with_the_frames_ai_toolkit_chooses_and_images_are_single_fra
     let config = video_dataset(dir.path(), "    num_frames: 5\n");
     let (store, report) = prepared(&config, &dir.path().join("store"));
     assert_eq!(report.items, 3, "{:#?}", report.findings);
+    // The scan's summary labels clip buckets as AI Toolkit keys them.
+    let loaded = Config::load(&config).expect("config");
+    let scanned = scan(&loaded).expect("scan");
+    let summary = Summary::new(
+        &loaded,
+        &scanned,
+        &Plan::new(&loaded, &scanned).expect("plan"),
+    );
+    let labels: Vec<(&str, usize)> = (summary.buckets.iter())
+        .map(|b| (b.bucket.as_str(), b.count))
+        .collect();
+    assert_eq!(labels, [("64x64x5f", 2), ("64x64", 1)]);
     // Spread over each clip: 89 / 4 = 22.25 apart; 19 / 4 = 4.75 apart.
     assert_eq!(
         stored_frames(&store),
