@@ -6,7 +6,7 @@
 //! reads it back from a decoded frame's middle row. Below the bars, a seeded image
 //! ([`crate::render`]) pans one pixel a frame to the left, so that clips of different seeds
 //! differ and the coder has texture and motion to work on. Clips are MPEG-4 Part 2 in MP4
-//! (FFmpeg's own encoder, in every build).
+//! (FFmpeg's own encoder, in every build), index first.
 
 use std::path::Path;
 
@@ -63,7 +63,10 @@ pub fn write_video(
     stream.set_time_base(time_base);
     stream.set_rate(ffmpeg::Rational(fps as i32, 1));
     stream.set_avg_frame_rate(ffmpeg::Rational(fps as i32, 1));
-    out.write_header().map_err(e("header"))?;
+    // The index first ("faststart"), as clips made for the web are.
+    let mut options = ffmpeg::Dictionary::new();
+    options.set("movflags", "faststart");
+    out.write_header_with(options).map_err(e("header"))?;
     let stream_time_base = out
         .stream(stream_index)
         .map(|s| s.time_base())

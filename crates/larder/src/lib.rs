@@ -59,6 +59,7 @@ pub use prepare::{MergeReport, PARTS_DIR, Part, merge_parts};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
 #[doc(hidden)]
 pub use scan::probe_image_bytes;
+pub use video::VideoInfo;
 pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
     ScannedImage, scan, scan_with,

@@ -66,9 +66,10 @@ fn init() {
     });
 }
 
-/// Reads `path`'s container: size, frame count, rate, rotation. Packets are read to check
-/// that the file holds every frame its header announces (a cut-off download usually still
-/// opens), but nothing is decoded.
+/// Reads `path`'s container: size, frame count, rate, rotation, and checks that the file holds
+/// every frame its header announces (a cut-off download usually still opens): from the
+/// container's index where it lists every frame (MP4, MOV), else by reading the packets.
+/// Nothing is decoded.
 pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem> {
     init();
     match std::fs::metadata(path) {
@@ -134,10 +135,60 @@ pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem>
             "the video stream has no frames".into(),
         ));
     }
+    let length = std::fs::metadata(path).map_or(0, |m| m.len());
+    match indexed_end(&input, index) {
+        // The container's index (an MP4's sample table) says where every frame lies: a file
+        // shorter than the last of them was cut off. Nothing more is read.
+        Some((entries, end)) if announced > 0 && entries >= announced => {
+            if end > length {
+                return Err(VideoProblem::Truncated(format!(
+                    "its frames reach byte {end} but the file has {length}"
+                )));
+            }
+        }
+        // No full index (Matroska and WebM index key frames only): read the packets.
+        _ => count_packets(&mut input, index, announced, info.frames)?,
+    }
+    Ok(info)
+}
+
+/// The number of entries of stream `index`'s index in the container, and the byte where the
+/// last of them ends; `None` without an index.
+fn indexed_end(input: &ffmpeg::format::context::Input, index: usize) -> Option<(u64, u64)> {
+    let stream = input.stream(index)?;
+    // SAFETY: the stream pointer is live while `input` is; the index functions read it only,
+    // and every entry they return is checked for null before it is read.
+    unsafe {
+        let st = stream.as_ptr().cast_mut();
+        let n = ffmpeg::ffi::avformat_index_get_entries_count(st);
+        if n <= 0 {
+            return None;
+        }
+        let mut end = 0u64;
+        for i in 0..n {
+            let entry = ffmpeg::ffi::avformat_index_get_entry(st, i);
+            if let Some(e) = entry.as_ref() {
+                let last = e.pos.max(0) as u64 + e.size().max(0) as u64;
+                end = end.max(last);
+            }
+        }
+        Some((n as u64, end))
+    }
+}
+
+/// Reads every packet of the file (without decoding) and checks stream `index` has the
+/// `announced` frames when the header announces a count, else about the `estimated` ones
+/// (duration × rate, within a frame), and at least one.
+fn count_packets(
+    input: &mut ffmpeg::format::context::Input,
+    index: usize,
+    announced: u64,
+    estimated: u64,
+) -> std::result::Result<(), VideoProblem> {
     let mut packets = 0u64;
     let mut packet = ffmpeg::Packet::empty();
     loop {
-        match packet.read(&mut input) {
+        match packet.read(input) {
             Ok(()) => packets += u64::from(packet.stream() == index),
             Err(ffmpeg::Error::Eof) => break,
             Err(e) => {
@@ -152,12 +203,17 @@ pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem>
             "the header announces {announced} frames but the file holds {packets}"
         )));
     }
+    if announced == 0 && packets + 1 < estimated {
+        return Err(VideoProblem::Truncated(format!(
+            "the header's duration makes {estimated} frames but the file holds {packets}"
+        )));
+    }
     if packets == 0 {
         return Err(VideoProblem::Truncated(
             "the file holds no video packets".into(),
         ));
     }
-    Ok(info)
+    Ok(())
 }
 
 /// The clockwise rotation a stream's display matrix asks for, as OpenCV applies it.
@@ -440,6 +496,28 @@ mod tests {
     }
 
     #[test]
+    fn a_matroska_clip_without_a_frame_count_is_counted_and_checked_by_its_packets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("clip.mkv");
+        write_video(&path, 64, 32, 45, 30, 4).expect("write clip");
+        let info = probe(&path).expect("probe");
+        assert_eq!((info.width, info.height, info.frames), (64, 32, 45));
+        let frames = decode_frames(&path, &info, &[0, 30, 44]).expect("decode");
+        assert_eq!(frames.iter().map(index_of).collect::<Vec<_>>(), [0, 30, 44]);
+        let bytes = std::fs::read(&path).expect("read");
+        let cut = dir.path().join("cut.mkv");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+        assert!(
+            matches!(
+                probe(&cut),
+                Err(VideoProblem::Truncated(_) | VideoProblem::Corrupt(_))
+            ),
+            "{:?}",
+            probe(&cut)
+        );
+    }
+
+    #[test]
     fn frames_past_the_end_are_the_last_frame_as_in_ai_toolkit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = clip(dir.path(), 20);
@@ -464,7 +542,16 @@ mod tests {
             "{:?}",
             probe(&garbage)
         );
-        for keep in [bytes.len() / 2, bytes.len() - 100, 200] {
+        // The clips have their index first (faststart): one cut in its frames is found from
+        // the index, without reading the frames.
+        let cut = dir.path().join("half.mp4");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+        assert!(
+            matches!(probe(&cut), Err(VideoProblem::Truncated(ref m)) if m.contains("reach byte")),
+            "{:?}",
+            probe(&cut)
+        );
+        for keep in [bytes.len() / 3, bytes.len() - 100, 200] {
             let cut = dir.path().join(format!("cut{keep}.mp4"));
             std::fs::write(&cut, &bytes[..keep]).expect("write");
             let got = probe(&cut);
