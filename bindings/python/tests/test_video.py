@@ -152,3 +152,36 @@ def test_the_frames_are_the_ones_ai_toolkit_picks(tmp_path):
             assert ours["slow.mp4"][1] - ours["slow.mp4"][0] == theirs["slow.mp4"][1] - theirs["slow.mp4"][0] == 1
         else:
             assert ours == theirs, name
+
+
+def test_a_video_vae_encodes_each_clip_once_and_the_store_serves_its_latents(tmp_path):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers", reason="did not run: diffusers is not installed (scripts/requirements-aitk.txt)")
+    torch.manual_seed(0)
+    # A tiny random Wan-style video VAE: frames 1 + 2k in, 1 + k latent frames out, half size.
+    vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[True]).eval()
+    calls = []
+
+    def encode(pixels):
+        calls.append(pixels.shape)
+        x = torch.from_numpy(pixels).permute(0, 2, 1, 3, 4)  # (N, 3, F, H, W), as the VAE takes
+        with torch.no_grad():
+            return vae.encode(x).latent_dist.mode()
+
+    clips = make_clips(tmp_path / "clips")
+    config = tmp_path / "v.yaml"
+    config.write_text(json.dumps({"datasets": [{"folder_path": str(clips), "resolution": [SIZE], "num_frames": 5}]}))
+    encoders = {"latent": larder.Encoder(encode, "tiny-wan-vae f32")}
+    first = larder.prepare(config, tmp_path / "store", image_encoders=encoders, latent_codec="f32", encode_batch_size=2)
+    assert all(shape[1:] == (5, 3, SIZE, SIZE) for shape in calls), calls
+    again = larder.prepare(config, tmp_path / "store", image_encoders=encoders, latent_codec="f32")
+    assert again["entries_computed"] == 0 and len(calls) == 2, "every clip's latents are reused"
+    assert first["entries_computed"] == 6  # three clips: pixels and latents
+    for batch in larder.DataLoader(tmp_path / "store", batch_size=3, shuffle=False, format="torch"):
+        latent = batch["latent"]
+        assert tuple(latent.shape) == (3, 4, 3, SIZE // 2, SIZE // 2)
+        # What the VAE gives the stored frames, as AI Toolkit feeds it: x / 127.5 - 1.
+        x = (batch["pixels"].float() / 127.5 - 1.0).permute(0, 2, 1, 3, 4)
+        with torch.no_grad():
+            expected = vae.encode(x).latent_dist.mode()
+        assert torch.allclose(latent, expected, atol=1e-5), (latent - expected).abs().max()

@@ -24,8 +24,9 @@ class Encoder:
     """A callable with the identity larder keys its outputs by.
 
     Image encoders (``image_encoders=``) receive one bucket's batch as a NumPy array
-    ``(N, 3, H, W)``: float32 in [-1, 1] (``pixels="float32"``, as AI Toolkit feeds its VAE) or
-    the stored uint8 values (``pixels="uint8"``). CLIP encoders (``clip_encoders=``) receive
+    ``(N, 3, H, W)``, or ``(N, F, 3, H, W)`` for video clips of F frames: float32 in [-1, 1]
+    (``pixels="float32"``, as AI Toolkit feeds its VAE) or the stored uint8 values
+    (``pixels="uint8"``). CLIP encoders (``clip_encoders=``) receive
     CLIP-preprocessed float32 ``(N, 3, S, S)``. Text encoders (``text_encoders=``) receive a
     list of N captions and return a dict of arrays with N first (``"embeds"``, ``"pooled"``,
     ``"mask"``...) or one array (stored as ``"embeds"``). Arrays may be NumPy arrays or torch
