@@ -59,7 +59,6 @@ pub use prepare::{MergeReport, PARTS_DIR, Part, merge_parts};
 pub use report::{BucketRow, CaptionCoverage, DatasetRow, ItemRecord, Summary};
 #[doc(hidden)]
 pub use scan::probe_image_bytes;
-pub use video::VideoInfo;
 pub use scan::{
     CaptionSource, Finding, FindingKind, ImageFormat, ScanOptions, ScanReport, ScannedDataset,
     ScannedImage, scan, scan_with,
@@ -68,3 +67,4 @@ pub use size::parse_size;
 pub use storage::Location;
 pub use store::{FieldData, Store, StoredItem};
 pub use transfer::{merge, prepare};
+pub use video::VideoInfo;

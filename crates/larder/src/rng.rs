@@ -30,6 +30,9 @@ pub enum Purpose {
     /// The start frame of a clip whose frames are taken at the dataset's `fps`, drawn once at
     /// planning time.
     Frames = 6,
+    /// The images of its own folder an image takes as controls (`control_from_same_folder`),
+    /// drawn once at scan time.
+    Controls = 7,
 }
 
 impl Stream {

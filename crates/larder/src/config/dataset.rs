@@ -171,6 +171,10 @@ pub struct DatasetConfig {
     pub control_paths: Vec<PathBuf>,
     /// Background color for transparent control images.
     pub control_transparent_color: [u8; 3],
+    /// `control_from_same_folder` with `num_controls_from_same_folder`: each image's controls
+    /// are this many other images of its own folder (drawn from the seed), in place of
+    /// `control_path`'s.
+    pub controls_from_same_folder: Option<u32>,
     /// Which frames of each video the dataset trains on; a video dataset when
     /// [`FrameRule::is_video`].
     pub frames: FrameRule,
@@ -232,6 +236,7 @@ pub(crate) fn parse_dataset(
     let mut bucket_list: Option<&Node> = None;
     let mut strategy_node: Option<&Node> = None;
     let mut batch_size_node: Option<&Node> = None;
+    let (mut same_folder, mut same_folder_count) = (false, 1);
 
     for (key_node, v) in entries {
         let key = key_node.as_key().unwrap_or_default();
@@ -302,6 +307,8 @@ pub(crate) fn parse_dataset(
                 }
             }
             "control_transparent_color" => cfg.control_transparent_color = color(&a, v)?,
+            "control_from_same_folder" => same_folder = a.bool(v)?,
+            "num_controls_from_same_folder" => same_folder_count = a.uint(v, 1, 64)?,
             "num_frames" => cfg.frames.num_frames = a.uint(v, 1, 100_000)?,
             "shrink_video_to_frames" => cfg.frames.shrink_video_to_frames = a.bool(v)?,
             "fps" => cfg.frames.fps = a.float(v, 0.001, 10_000.0)?,
@@ -455,6 +462,10 @@ pub(crate) fn parse_dataset(
         numbered_controls.sort_by_key(|(n, _)| *n);
         cfg.control_paths = numbered_controls.into_iter().map(|(_, p)| p).collect();
     }
+    // AI Toolkit draws same-folder controls in place of `control_path`'s when both are set.
+    if same_folder {
+        cfg.controls_from_same_folder = Some(same_folder_count);
+    }
     if let Some(node) = random_triggers_max_node
         && cfg.random_triggers_max as usize > cfg.random_triggers.len()
         && !cfg.random_triggers.is_empty()
@@ -492,6 +503,22 @@ pub(crate) fn parse_dataset(
 }
 
 impl DatasetConfig {
+    /// A number that names `path` within this dataset, for seeding the random choices made
+    /// for it (crops, frames, same-folder controls): from its path inside the dataset, not its
+    /// position in the folder nor where the dataset lives, so that adding an image changes no
+    /// other image's choices and a moved dataset keeps them.
+    pub(crate) fn path_key(&self, path: &Path) -> u64 {
+        let root = match &self.source {
+            Source::Folder(dir) => dir.as_path(),
+            other => other.path().parent().unwrap_or(other.path()),
+        };
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        let hash = blake3::hash(relative.to_string_lossy().as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+
     /// A dataset reading `source` with every setting at its default.
     pub fn new(source: Source) -> Self {
         Self::defaults(source, &LarderDefaults::default())
@@ -522,6 +549,7 @@ impl DatasetConfig {
             num_repeats: 1,
             control_paths: Vec::new(),
             control_transparent_color: [0, 0, 0],
+            controls_from_same_folder: None,
             frames: FrameRule {
                 temporal_compression: larder.temporal_compression.unwrap_or(8),
                 ..FrameRule::default()
@@ -858,9 +886,7 @@ fn not_implemented(key: &str) -> Option<&'static str> {
         | "clip_image_augmentations"
         | "clip_image_shuffle_augmentations" => "CLIP image inputs",
         "unconditional_path" => "unconditional images",
-        "controls" | "control_from_same_folder" | "num_controls_from_same_folder" => {
-            "generated or same-folder controls"
-        }
+        "controls" => "generated controls",
         "random_scale" => "random scaling",
         "standardize_images" => "image standardization",
         "extra_values" => "per-item extra values",
@@ -877,12 +903,10 @@ fn not_implemented(key: &str) -> Option<&'static str> {
 /// Returns true if and only if `node` holds AI Toolkit's default for `key`, so that leaving it
 /// in a config changes nothing and deserves no warning.
 fn is_default(key: &str, node: &Node) -> bool {
-    use super::yaml::Value::{Bool, Int, Str};
+    use super::yaml::Value::{Bool, Str};
     matches!(
         (key, &node.value),
-        ("replay_transforms", Bool(true))
-            | ("guidance_type", Str(_))
-            | ("num_controls_from_same_folder", Int(1))
+        ("replay_transforms", Bool(true)) | ("guidance_type", Str(_))
     )
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 pub use bucket::{Bucket, Placement};
 
-use crate::config::{BucketStrategy, Config, DatasetConfig, Source};
+use crate::config::{BucketStrategy, Config, DatasetConfig};
 use crate::rng::{Purpose, Stream};
 use crate::scan::{Finding, FindingKind, ScanReport, ScannedImage};
 use crate::{Error, Result};
@@ -228,9 +228,8 @@ fn place_item(
     if w == 0 || h == 0 {
         return None;
     }
-    // The crop of an item depends on the seed and on the item's identity — its path inside the
-    // dataset, not its position in the folder nor where the dataset lives — so that adding an
-    // image moves no other image's crop and a moved dataset keeps its crops.
+    // The crop of an item depends on the seed and on the item's identity (see
+    // `DatasetConfig::path_key`).
     let mut stream = cfg
         .random_crop
         .then(|| item_stream(Purpose::Crop, cfg, img, resolution, repeat, flip));
@@ -254,19 +253,11 @@ fn item_stream(
     repeat: u32,
     flip: Flip,
 ) -> Stream {
-    let root = match &cfg.source {
-        Source::Folder(dir) => dir.as_path(),
-        other => other.path().parent().unwrap_or(other.path()),
-    };
-    let relative = img.path.strip_prefix(root).unwrap_or(&img.path);
-    let path_hash = blake3::hash(relative.to_string_lossy().as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&path_hash.as_bytes()[..8]);
     Stream::new(
         purpose,
         &[
             cfg.seed,
-            u64::from_le_bytes(first),
+            cfg.path_key(&img.path),
             u64::from(resolution),
             u64::from(repeat),
             flip as u64,

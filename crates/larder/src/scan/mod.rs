@@ -253,6 +253,65 @@ fn probe_video(
     ))
 }
 
+/// The images (AI Toolkit's image extensions, not hidden) directly inside each folder that
+/// holds one of `candidates`, sorted: the pools of `control_from_same_folder`. A folder that
+/// cannot be listed has an empty pool.
+fn folder_images(candidates: &[Candidate]) -> HashMap<PathBuf, Vec<PathBuf>> {
+    let mut pools: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
+    for c in candidates {
+        let Some(dir) = c.path.parent() else { continue };
+        if pools.contains_key(dir) {
+            continue;
+        }
+        let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                !name.starts_with('.')
+                    && IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+                    && p.is_file()
+            })
+            .collect();
+        images.sort();
+        pools.insert(dir.to_path_buf(), images);
+    }
+    pools
+}
+
+/// `n` other images of `path`'s folder as its controls, as AI Toolkit's
+/// `control_from_same_folder` draws them (the image itself only when it is alone there, fewer
+/// when the folder has fewer), drawn once from the dataset's seed and the image's path where AI
+/// Toolkit draws anew at every load.
+fn same_folder_controls(
+    cfg: &DatasetConfig,
+    pools: &HashMap<PathBuf, Vec<PathBuf>>,
+    path: &Path,
+    n: u32,
+) -> Vec<Option<PathBuf>> {
+    let mut pool: Vec<&PathBuf> = path
+        .parent()
+        .and_then(|dir| pools.get(dir))
+        .map(|p| p.iter().collect())
+        .unwrap_or_default();
+    if pool.len() > 1 {
+        pool.retain(|p| p.as_path() != path);
+    }
+    let k = (n as usize).min(pool.len());
+    let mut rng = crate::rng::Stream::new(
+        crate::rng::Purpose::Controls,
+        &[cfg.seed, cfg.path_key(path)],
+    );
+    // A partial Fisher–Yates shuffle: the first k of a uniform permutation.
+    for i in 0..k {
+        let j = rng.between(i as u64, pool.len() as u64 - 1) as usize;
+        pool.swap(i, j);
+    }
+    pool.into_iter().take(k).map(|p| Some(p.clone())).collect()
+}
+
 /// One image to look at: its path and what a metadata file said of it.
 struct Candidate {
     path: PathBuf,
@@ -292,7 +351,10 @@ fn scan_dataset(
         Source::Csv(p) => wrap(metadata::read_csv(p)?),
     };
 
-    let pairing = Pairing::new(index, cfg, &mut findings);
+    let mut pairing = Pairing::new(index, cfg, &mut findings);
+    if cfg.controls_from_same_folder.is_some() {
+        pairing.same_folder = folder_images(&candidates);
+    }
     // Small folders scan faster than a bar can draw.
     let bar = crate::progress::bar(
         options.progress,
@@ -329,11 +391,13 @@ fn wrap(records: Vec<MetaRecord>) -> Vec<Candidate> {
         .collect()
 }
 
-/// The mask, control and inpaint folders of a dataset, each indexed by stem once.
+/// The mask, control and inpaint folders of a dataset, each indexed by stem once; with
+/// `control_from_same_folder`, the images of each folder the dataset's images are in.
 struct Pairing {
     masks: Option<HashMap<String, PathBuf>>,
     controls: Vec<Option<HashMap<String, PathBuf>>>,
     inpaint: Option<HashMap<String, PathBuf>>,
+    same_folder: HashMap<PathBuf, Vec<PathBuf>>,
 }
 
 impl Pairing {
@@ -355,15 +419,18 @@ impl Pairing {
                 .mask_path
                 .as_deref()
                 .and_then(|d| index(d, &IMAGE_EXTENSIONS)),
-            controls: cfg
-                .control_paths
-                .iter()
-                .map(|d| index(d, &IMAGE_EXTENSIONS))
-                .collect(),
+            // Same-folder controls replace control_path's, whose folders are then not read.
+            controls: match cfg.controls_from_same_folder {
+                Some(_) => Vec::new(),
+                None => (cfg.control_paths.iter())
+                    .map(|d| index(d, &IMAGE_EXTENSIONS))
+                    .collect(),
+            },
             inpaint: cfg
                 .inpaint_path
                 .as_deref()
                 .and_then(|d| index(d, &INPAINT_EXTENSIONS)),
+            same_folder: HashMap::new(),
         }
     }
 }
@@ -467,22 +534,25 @@ fn scan_one(
         }
         hit
     });
-    let controls: Vec<Option<PathBuf>> = pairing
-        .controls
-        .iter()
-        .zip(&cfg.control_paths)
-        .map(|(m, dir)| {
-            let hit = m.as_ref().and_then(|m| m.get(stem).cloned());
-            if hit.is_none() && m.is_some() {
-                finding(
-                    FindingKind::MissingControl,
-                    &path,
-                    format!("no control image with this stem in {}", dir.display()),
-                );
-            }
-            hit
-        })
-        .collect();
+    let controls: Vec<Option<PathBuf>> = match cfg.controls_from_same_folder {
+        Some(n) => same_folder_controls(cfg, &pairing.same_folder, &path, n),
+        None => pairing
+            .controls
+            .iter()
+            .zip(&cfg.control_paths)
+            .map(|(m, dir)| {
+                let hit = m.as_ref().and_then(|m| m.get(stem).cloned());
+                if hit.is_none() && m.is_some() {
+                    finding(
+                        FindingKind::MissingControl,
+                        &path,
+                        format!("no control image with this stem in {}", dir.display()),
+                    );
+                }
+                hit
+            })
+            .collect(),
+    };
     let inpaint = pairing.inpaint.as_ref().and_then(|m| {
         let hit = m.get(stem).cloned();
         if hit.is_none() {

@@ -1,6 +1,6 @@
 //! Scanning: sizes from headers, orientation, pairing, and problems as findings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use larder::{CaptionSource, Config, FindingKind, ImageFormat, ScanReport, scan};
 
@@ -786,4 +786,61 @@ fn a_dangling_symlink_is_named_with_its_target() {
     );
     // A link to a real image is read through the link.
     assert_eq!(report.datasets[0].images.len(), 2);
+}
+
+#[test]
+fn controls_from_the_same_folder_are_other_images_of_it_drawn_from_the_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["a", "b", "c", "d"] {
+        image(
+            &dir.path().join("pairs"),
+            &format!("{name}.png"),
+            16,
+            16,
+            Some("x"),
+        );
+    }
+    image(&dir.path().join("pairs/alone"), "e.png", 16, 16, Some("x"));
+    let scanned = |seed: u64| {
+        let config = file(
+            dir.path(),
+            "c.yaml",
+            &format!(
+                "larder:\n  seed: {seed}\ndatasets:\n  - folder_path: pairs\n    control_path: elsewhere\n    control_from_same_folder: true\n    num_controls_from_same_folder: 2\n"
+            ),
+        );
+        let config = Config::load(&config).expect("config");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let report = larder::scan(&config).expect("scan");
+        assert!(report.findings.is_empty(), "{:#?}", report.findings);
+        report.datasets[0].images.clone()
+    };
+    let images = scanned(1);
+    assert_eq!(images.len(), 5);
+    for img in &images {
+        let controls: Vec<&Path> = img
+            .controls
+            .iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect();
+        if img.path.ends_with("e.png") {
+            // Alone in its folder: AI Toolkit keeps the image itself as its control.
+            assert_eq!(controls, [img.path.as_path()]);
+        } else {
+            // Two others of its own folder, in place of control_path's.
+            assert_eq!(controls.len(), 2, "{controls:?}");
+            assert_ne!(controls[0], controls[1]);
+            for c in controls {
+                assert_ne!(c, img.path);
+                assert_eq!(c.parent(), img.path.parent());
+            }
+        }
+    }
+    assert_eq!(scanned(1), images, "the same seed draws the same controls");
+    let other_seeds: Vec<_> = (2..8).map(scanned).collect();
+    assert!(
+        other_seeds.iter().any(|s| *s != images),
+        "the seed draws them"
+    );
 }
