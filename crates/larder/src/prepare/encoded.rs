@@ -149,12 +149,11 @@ fn decode_batch<'p, 'a>(
     let per = frames.unwrap_or(1) * 3 * h * w;
     let decode = |item: &ItemPlan<'_>| -> Result<Vec<u8>> {
         let data = match input {
-            Input::Bucket(_) => decode_pixels(item, &item.planned.placement)?.1,
+            Input::Bucket(_) => decode_pixels(item, &item.planned.placement, false)?.1,
             // The scan's sizes are as displayed, which is what decoding yields.
             Input::Clip(clip) => {
                 let placement = clip.placement(item.image.width, item.image.height);
-                let (_, data) = decode_pixels(item, &placement)?;
-                data[..(3 * h * w).min(data.len())].to_vec()
+                decode_pixels(item, &placement, true)?.1
             }
         };
         if data.len() != per {

@@ -336,10 +336,7 @@ pub(super) fn decode_placed(
     placement: &Placement,
     flip: Flip,
 ) -> Result<([usize; 3], Vec<u8>)> {
-    // Decoders are fed untrusted files; should one panic on a hostile file, that file becomes
-    // a finding like any other undecodable image instead of ending the prepare.
-    let decoded = std::panic::catch_unwind(|| image::decode(source, convert))
-        .unwrap_or_else(|_| Err(Error::image(source, "the decoder crashed on this file")))?;
+    let decoded = guarded(source, || image::decode(source, convert))?;
     let channels = decoded.channels.count();
     // AI Toolkit neither flips nor crops controls of its own size: `load_control_image` only
     // applies the item's flip and crop to full-size controls of models that do not take them raw.
@@ -363,11 +360,21 @@ pub(super) fn decode_placed(
     Ok((shape, image::place(decoded, &placement, flip)?))
 }
 
+/// Runs `decode` on a file from a dataset. Decoders are fed untrusted files; should one panic
+/// on a hostile file, that file becomes a finding like any other undecodable one instead of
+/// ending the prepare.
+fn guarded<T>(source: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+        .unwrap_or_else(|_| Err(Error::image(source, "the decoder crashed on this file")))
+}
+
 /// Decodes and places an item's own pixels: its image ([3, H, W]), or the frames of its clip
-/// ([F, 3, H, W]), each frame through the item's geometry as AI Toolkit does.
+/// ([F, 3, H, W]; only the first with `first_frame`), each frame through the item's geometry
+/// as AI Toolkit does.
 pub(super) fn decode_pixels(
     item: &ItemPlan<'_>,
     placement: &Placement,
+    first_frame: bool,
 ) -> Result<(Vec<usize>, Vec<u8>)> {
     let (Some(frames), Some(video)) = (&item.frames, &item.image.video) else {
         let (shape, data) = decode_placed(
@@ -379,9 +386,13 @@ pub(super) fn decode_pixels(
         )?;
         return Ok((shape.to_vec(), data));
     };
+    let frames = if first_frame {
+        &frames[..1]
+    } else {
+        &frames[..]
+    };
     let path = &item.image.path;
-    let decoded = std::panic::catch_unwind(|| video::decode_frames(path, video, frames))
-        .unwrap_or_else(|_| Err(Error::image(path, "the decoder crashed on this file")))?;
+    let decoded = guarded(path, || video::decode_frames(path, video, frames))?;
     let (h, w) = (
         placement.bucket.height as usize,
         placement.bucket.width as usize,
@@ -411,7 +422,7 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
         ),
     };
     let placed = if job.what.field == "pixels" {
-        decode_pixels(item, &item.planned.placement)
+        decode_pixels(item, &item.planned.placement, false)
     } else {
         decode_placed(
             &job.what.source,

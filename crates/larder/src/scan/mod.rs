@@ -231,7 +231,7 @@ fn probe_video(
             "videos are read in video datasets only (`num_frames` above 1 or `auto_frame_count`), as in AI Toolkit; the file is left out".into(),
         ));
     }
-    let info = crate::video::probe(path).map_err(|p| match p {
+    let (info, bytes) = crate::video::probe(path).map_err(|p| match p {
         VideoProblem::Empty => (FindingKind::Empty, "zero-byte file".into()),
         VideoProblem::Truncated(m) => (
             FindingKind::Truncated,
@@ -240,7 +240,6 @@ fn probe_video(
         VideoProblem::Corrupt(m) => (FindingKind::Corrupt, m),
         VideoProblem::Unreadable(m) => dangling(path).unwrap_or((FindingKind::Unreadable, m)),
     })?;
-    let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
     *video = Some(info);
     Ok((
         bytes,
@@ -453,10 +452,7 @@ fn scan_one(
     };
     let path = c.path;
 
-    let is_video = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| walk::VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+    let is_video = walk::is_video(&path);
     let mut video = None;
     // Sizes from a metadata file are trusted and spare opening the image; a clip's container
     // is always read, for its frame count and rate.

@@ -16,8 +16,14 @@ const OTHER_IMAGE_EXTENSIONS: [&str; 10] = [
 
 /// AI Toolkit's video extensions (`video_extensions` in `toolkit/data_loader.py`): read beside
 /// images in a video dataset, reported in any other.
-pub(crate) const VIDEO_EXTENSIONS: [&str; 8] =
-    ["mp4", "avi", "mov", "webm", "mkv", "wmv", "m4v", "flv"];
+const VIDEO_EXTENSIONS: [&str; 8] = ["mp4", "avi", "mov", "webm", "mkv", "wmv", "m4v", "flv"];
+
+/// Returns true if and only if `path` has one of AI Toolkit's video extensions (any case).
+pub(crate) fn is_video(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
 
 /// Folders that hold AI Toolkit's own caches and generated controls, never training images.
 const SKIPPED_DIRS: [&str; 4] = [

@@ -1,4 +1,4 @@
-//! Video clips: what a container says about its video stream (without decoding it), which
+//! Video clips: what a container says about its video stream (without decoding the clip), which
 //! frames an item trains on, and decoding just those frames.
 //!
 //! FFmpeg's libraries do the reading, through the `ffmpeg-next` binding. The numbers AI
@@ -29,7 +29,7 @@ pub(crate) struct Frame {
 pub const PIPELINE: &str = "decode=ffmpeg+sws-bicubic-rgb24+rotate;select=aitk-v1";
 
 /// What a container says about its video stream.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct VideoInfo {
     /// Width as displayed (after the container's rotation).
     pub width: u32,
@@ -66,17 +66,17 @@ fn init() {
     });
 }
 
-/// Reads `path`'s container: size, frame count, rate, rotation, and checks that the file holds
-/// every frame its header announces (a cut-off download usually still opens): from the
+/// Reads `path`'s container: size, frame count, rate, rotation, returned with the file's
+/// length; and checks that the file holds every frame its header announces (a cut-off download usually still opens): from the
 /// container's index where it lists every frame (MP4, MOV), else by reading the packets.
-/// Nothing is decoded.
-pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem> {
+/// Nothing is decoded beyond what FFmpeg's stream probe decodes to read the codec's parameters.
+pub(crate) fn probe(path: &Path) -> std::result::Result<(VideoInfo, u64), VideoProblem> {
     init();
-    match std::fs::metadata(path) {
+    let length = match std::fs::metadata(path) {
         Ok(m) if m.len() == 0 => return Err(VideoProblem::Empty),
-        Ok(_) => {}
+        Ok(m) => m.len(),
         Err(e) => return Err(VideoProblem::Unreadable(e.to_string())),
-    }
+    };
     let mut input = ffmpeg::format::input(path)
         .map_err(|e| VideoProblem::Corrupt(format!("not a readable video container: {e}")))?;
     let (index, info, announced) = {
@@ -135,7 +135,6 @@ pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem>
             "the video stream has no frames".into(),
         ));
     }
-    let length = std::fs::metadata(path).map_or(0, |m| m.len());
     match indexed_end(&input, index) {
         // The container's index (an MP4's sample table) says where every frame lies: a file
         // shorter than the last of them was cut off. Nothing more is read.
@@ -149,7 +148,7 @@ pub(crate) fn probe(path: &Path) -> std::result::Result<VideoInfo, VideoProblem>
         // No full index (Matroska and WebM index key frames only): read the packets.
         _ => count_packets(&mut input, index, announced, info.frames)?,
     }
-    Ok(info)
+    Ok((info, length))
 }
 
 /// The number of entries of stream `index`'s index in the container, and the byte where the
@@ -472,7 +471,7 @@ mod tests {
     #[test]
     fn a_clip_is_probed_from_its_container() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let info = probe(&clip(dir.path(), 50)).expect("probe");
+        let info = probe(&clip(dir.path(), 50)).expect("probe").0;
         assert_eq!(
             (info.width, info.height, info.frames, info.rotation),
             (64, 32, 50, 0)
@@ -484,7 +483,7 @@ mod tests {
     fn the_frames_asked_for_are_decoded_in_the_order_asked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = clip(dir.path(), 100);
-        let info = probe(&path).expect("probe");
+        let info = probe(&path).expect("probe").0;
         // Starting past the first key frames (every 12) makes the decoder seek.
         for indices in [vec![0, 13, 25, 25, 99], vec![40, 41, 77, 60], vec![99]] {
             let frames = decode_frames(&path, &info, &indices).expect("decode");
@@ -500,7 +499,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("clip.mkv");
         write_video(&path, 64, 32, 45, 30, 4).expect("write clip");
-        let info = probe(&path).expect("probe");
+        let info = probe(&path).expect("probe").0;
         assert_eq!((info.width, info.height, info.frames), (64, 32, 45));
         let frames = decode_frames(&path, &info, &[0, 30, 44]).expect("decode");
         assert_eq!(frames.iter().map(index_of).collect::<Vec<_>>(), [0, 30, 44]);
@@ -521,7 +520,7 @@ mod tests {
     fn frames_past_the_end_are_the_last_frame_as_in_ai_toolkit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = clip(dir.path(), 20);
-        let mut info = probe(&path).expect("probe");
+        let mut info = probe(&path).expect("probe").0;
         info.frames = 25; // a header that overstates
         let frames = decode_frames(&path, &info, &[5, 19, 23]).expect("decode");
         assert_eq!(frames.iter().map(index_of).collect::<Vec<_>>(), [5, 19, 19]);
