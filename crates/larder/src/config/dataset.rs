@@ -178,6 +178,10 @@ pub struct DatasetConfig {
     /// Which frames of each video the dataset trains on; a video dataset when
     /// [`FrameRule::is_video`].
     pub frames: FrameRule,
+    /// `do_i2v`: each clip's first chosen frame is also encoded on its own by every image
+    /// encoder (the `<field>.first_frame` latents image-to-video models start from). Clips
+    /// only: AI Toolkit ignores the key for images.
+    pub encode_first_frame: bool,
     /// The size control images are stored at (see [`ControlSize`]): from
     /// `full_size_control_images` and the model.
     pub control_size: ControlSize,
@@ -322,6 +326,7 @@ pub(crate) fn parse_dataset(
                 }
             }
             "trim_auto_frame_count_tail" => cfg.frames.trim_auto_frame_count_tail = a.bool(v)?,
+            "do_i2v" => cfg.encode_first_frame = a.bool(v)?,
             // AI Toolkit's default is true; false scales every control to 512x512.
             "full_size_control_images" => {
                 if !a.bool(v)? {
@@ -554,6 +559,7 @@ impl DatasetConfig {
                 temporal_compression: larder.temporal_compression.unwrap_or(8),
                 ..FrameRule::default()
             },
+            encode_first_frame: false,
             control_size: if larder.raw_control_images {
                 ControlSize::Native
             } else {
@@ -878,7 +884,6 @@ fn list_strategy(at: &At<'_>, node: &Node) -> Result<BucketStrategy> {
 /// AI Toolkit keys larder reads but does not act on yet, with what they belong to.
 fn not_implemented(key: &str) -> Option<&'static str> {
     Some(match key {
-        "do_i2v" => "first-frame (image to video) latents",
         "do_audio" | "audio_preserve_pitch" | "audio_normalize" => "audio",
         "augments" | "augmentations" | "shuffle_augmentations" => "image augmentations",
         "clip_image_path"

@@ -126,7 +126,7 @@ impl Commit<'_> {
             for f in &item.fields {
                 ins_field.execute(params![id as i64, f.what.field, f.key])?;
             }
-            for (field, key) in &item.encoded {
+            for (field, key) in item.encoded.iter().chain(&item.first_frame) {
                 ins_field.execute(params![id as i64, field, key])?;
             }
         }

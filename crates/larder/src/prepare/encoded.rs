@@ -20,8 +20,12 @@ use crate::{Error, Result};
 /// Which preprocessing an image encoder's input gets.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Input {
-    /// The item's bucket crop, as the encoder's [`PixelFormat`] asks.
-    Bucket(PixelFormat),
+    /// The item's bucket crop, as the encoder's [`PixelFormat`] asks: all of a clip's frames,
+    /// or with `first_frame` only the first (a clip's `do_i2v` latents).
+    Bucket {
+        format: PixelFormat,
+        first_frame: bool,
+    },
     /// The whole source image, CLIP-preprocessed.
     Clip(ClipPreprocess),
 }
@@ -54,7 +58,7 @@ pub(super) fn encode_images(
     for i in 1..=jobs.len() {
         let split = i == jobs.len()
             || i - start == batch_size
-            || (matches!(input, Input::Bucket(_))
+            || (matches!(input, Input::Bucket { .. })
                 && (jobs[i].0.planned.placement.bucket != jobs[start].0.planned.placement.bucket
                     || frame_count(jobs[i].0) != frame_count(jobs[start].0)));
         if split {
@@ -83,7 +87,7 @@ pub(super) fn encode_images(
                 let mut group = Vec::with_capacity(n);
                 for (k, (item, key)) in jobs.iter().map(|j| (j.0, &j.1)).enumerate() {
                     let name = match input {
-                        Input::Bucket(_) => format!("{}/{field}", item.item_key),
+                        Input::Bucket { .. } => format!("{}/{field}", item.item_key),
                         Input::Clip(_) => format!("{key}/{field}"),
                     };
                     let entry = stored_entry(
@@ -135,21 +139,25 @@ fn decode_batch<'p, 'a>(
         return Ok(None);
     };
     let (h, w) = match input {
-        Input::Bucket(_) => {
+        Input::Bucket { .. } => {
             let b = first.0.planned.placement.bucket;
             (b.height as usize, b.width as usize)
         }
         Input::Clip(clip) => (clip.size as usize, clip.size as usize),
     };
-    // CLIP sees one image: a clip's first frame chosen.
+    // CLIP and first-frame latents see one image: a clip's first frame chosen.
     let frames = match input {
-        Input::Bucket(_) => frame_count(first.0),
-        Input::Clip(_) => None,
+        Input::Bucket {
+            first_frame: false, ..
+        } => frame_count(first.0),
+        Input::Bucket { .. } | Input::Clip(_) => None,
     };
     let per = frames.unwrap_or(1) * 3 * h * w;
     let decode = |item: &ItemPlan<'_>| -> Result<Vec<u8>> {
         let data = match input {
-            Input::Bucket(_) => decode_pixels(item, &item.planned.placement, false)?.1,
+            Input::Bucket { first_frame, .. } => {
+                decode_pixels(item, &item.planned.placement, first_frame)?.1
+            }
             // The scan's sizes are as displayed, which is what decoding yields.
             Input::Clip(clip) => {
                 let placement = clip.placement(item.image.width, item.image.height);
@@ -165,14 +173,20 @@ fn decode_batch<'p, 'a>(
         Ok(data)
     };
     let (values, results) = match input {
-        Input::Bucket(PixelFormat::U8) => {
+        Input::Bucket {
+            format: PixelFormat::U8,
+            ..
+        } => {
             let (buf, r) = fill(batch, per, 0u8, |item, out| {
                 out.copy_from_slice(&decode(item)?);
                 Ok(())
             });
             (PixelValues::U8(buf), r)
         }
-        Input::Bucket(PixelFormat::SignedUnit) => {
+        Input::Bucket {
+            format: PixelFormat::SignedUnit,
+            ..
+        } => {
             let (buf, r) = fill(batch, per, 0f32, |item, out| {
                 signed_unit(&decode(item)?, out);
                 Ok(())

@@ -62,6 +62,9 @@ pub(super) struct ItemPlan<'a> {
     pub(super) fields: Vec<FieldJob>,
     /// Fields filled by image and CLIP encoders: (field, entry key).
     pub(super) encoded: Vec<(String, String)>,
+    /// A clip of a `do_i2v` dataset: per image encoder, in order, its first-frame field
+    /// (`<field>.first_frame`) and entry key; empty otherwise.
+    pub(super) first_frame: Vec<(String, String)>,
     /// The item's control images in control order, with their content hashes: what a text
     /// encoder that takes controls is given with the caption, and keys its entries by.
     pub(super) controls: Vec<(PathBuf, String)>,
@@ -226,6 +229,12 @@ pub(super) fn item_plans<'a>(
             };
             let ikey = item_key(&content_hash, &planned.placement, planned.flip);
             let encoded = encoded_fields(encoders, options, &ikey, &content_hash, planned.flip);
+            let first_frame = match frames {
+                Some(_) if item.dataset.encode_first_frame => {
+                    first_frame_fields(encoders, options, &ikey, &content_hash)
+                }
+                _ => Vec::new(),
+            };
             let controls = (item.sources.iter())
                 .filter(|f| f.field.starts_with("control"))
                 .filter_map(|f| Some((f.source.clone(), hashes.get(&f.source)?.clone())))
@@ -260,6 +269,7 @@ pub(super) fn item_plans<'a>(
                 item_key: ikey,
                 fields,
                 encoded,
+                first_frame,
                 controls,
                 frames,
             })
@@ -325,6 +335,36 @@ pub(super) fn image_encoder_key(
 ) -> String {
     let params = format!("{};input={}", identity.key_text(), format.name());
     entry_key(item_key, field, content_hash, &params, codec, PIPELINE)
+}
+
+/// The field an image encoder's first-frame latents are stored as.
+pub(super) fn first_frame_field(field: &str) -> String {
+    format!("{field}.first_frame")
+}
+
+/// The entry keys of a clip's first-frame fields, one per image encoder in order: the
+/// encoder's key with the field named for the first frame.
+fn first_frame_fields(
+    encoders: &Encoders,
+    options: &PrepareOptions,
+    item_key: &str,
+    content_hash: &str,
+) -> Vec<(String, String)> {
+    let codec = options.latent_codec.name();
+    (encoders.image.iter())
+        .map(|(name, e)| {
+            let field = first_frame_field(name);
+            let key = image_encoder_key(
+                item_key,
+                content_hash,
+                &field,
+                &e.identity(),
+                e.pixel_format(),
+                &codec,
+            );
+            (field, key)
+        })
+        .collect()
 }
 
 /// The entry keys of an item's encoder fields: image encoders in order, then CLIP encoders.

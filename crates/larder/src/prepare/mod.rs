@@ -394,8 +394,9 @@ fn execute(
     Ok(report)
 }
 
-/// Image and CLIP encoders, one after the other, each over the entries it lacks. Returns the
-/// catalog, the encoders' rows, and how many entries they computed.
+/// Image and CLIP encoders, one after the other, each over the entries it lacks; an image
+/// encoder then encodes the first frames of `do_i2v` clips. Returns the catalog, the
+/// encoders' rows, and how many entries they computed.
 fn run_image_encoders<'p>(
     mut catalog: Catalog,
     target: &Target<'_>,
@@ -416,44 +417,87 @@ fn run_image_encoders<'p>(
         .enumerate()
     {
         let identity = encoder.identity();
-        let input = if e < image_count {
-            encoded::Input::Bucket(encoder.pixel_format())
+        let passes = if e < image_count {
+            let format = encoder.pixel_format();
+            let all = encoded::Input::Bucket {
+                format,
+                first_frame: false,
+            };
+            let first = encoded::Input::Bucket {
+                format,
+                first_frame: true,
+            };
+            vec![all, first]
         } else {
-            encoded::Input::Clip(options.clip)
+            vec![encoded::Input::Clip(options.clip)]
         };
-        let mut jobs: Vec<encoded::Job<'_, '_>> = Vec::new();
-        for item in items {
-            let key = &item.encoded[e].1;
-            if seen.insert(key) && !stored.contains(key) {
-                jobs.push((item, key.clone()));
+        for input in passes {
+            let first_frame = matches!(
+                input,
+                encoded::Input::Bucket {
+                    first_frame: true,
+                    ..
+                }
+            );
+            // The item's entry of this pass (field and key), if it has one.
+            let entry = |item: &'p ItemPlan<'_>| -> Option<&'p (String, String)> {
+                if first_frame {
+                    item.first_frame.get(e)
+                } else {
+                    item.encoded.get(e)
+                }
+            };
+            let field = if first_frame {
+                // Only `do_i2v` clips have first-frame latents.
+                if items.iter().all(|item| item.first_frame.is_empty()) {
+                    continue;
+                }
+                items::first_frame_field(name)
+            } else {
+                name.clone()
+            };
+            let mut jobs: Vec<encoded::Job<'_, '_>> = Vec::new();
+            for item in items {
+                if let Some((_, key)) = entry(item)
+                    && seen.insert(key)
+                    && !stored.contains(key)
+                {
+                    jobs.push((item, key.clone()));
+                }
             }
+            computed += jobs.len();
+            jobs.sort_by_key(|(item, _)| {
+                (item.planned.placement.bucket, item.image.path.as_path())
+            });
+            let bar = crate::progress::bar(
+                options.progress,
+                jobs.len(),
+                1,
+                &format!("{{bar:30}} {{pos}}/{{len}} {field} {{per_sec}} ETA {{eta}}"),
+            );
+            let (c, w) = with_writer(catalog, target.out, options, target.sink, |tx| {
+                encoded::encode_images(tx, encoder.as_mut(), &field, input, &jobs, options, &bar)
+            })?;
+            bar.finish_and_clear();
+            catalog = c;
+            done.absorb(w);
+            let params = match input {
+                encoded::Input::Bucket {
+                    format,
+                    first_frame: false,
+                } => serde_json::json!({"kind": "image", "pixel_format": format}),
+                encoded::Input::Bucket { format, .. } => {
+                    serde_json::json!({"kind": "first_frame", "pixel_format": format})
+                }
+                encoded::Input::Clip(clip) => serde_json::json!({"kind": "clip", "clip": clip}),
+            };
+            rows.push(EncoderRow::new(
+                &field,
+                &identity,
+                options.latent_codec,
+                params,
+            ));
         }
-        computed += jobs.len();
-        jobs.sort_by_key(|(item, _)| (item.planned.placement.bucket, item.image.path.as_path()));
-        let bar = crate::progress::bar(
-            options.progress,
-            jobs.len(),
-            1,
-            &format!("{{bar:30}} {{pos}}/{{len}} {name} {{per_sec}} ETA {{eta}}"),
-        );
-        let (c, w) = with_writer(catalog, target.out, options, target.sink, |tx| {
-            encoded::encode_images(tx, encoder.as_mut(), name, input, &jobs, options, &bar)
-        })?;
-        bar.finish_and_clear();
-        catalog = c;
-        done.absorb(w);
-        let params = match input {
-            encoded::Input::Bucket(format) => {
-                serde_json::json!({"kind": "image", "pixel_format": format})
-            }
-            encoded::Input::Clip(clip) => serde_json::json!({"kind": "clip", "clip": clip}),
-        };
-        rows.push(EncoderRow::new(
-            name,
-            &identity,
-            options.latent_codec,
-            params,
-        ));
     }
     Ok((catalog, rows, computed))
 }
@@ -473,7 +517,8 @@ fn complete_items<'p, 'a>(
         .iter()
         .filter(|item| {
             item.fields.iter().all(|f| !failed_keys.contains(&f.key))
-                && item.encoded.iter().all(|(_, k)| !failed_keys.contains(k))
+                && (item.encoded.iter().chain(&item.first_frame))
+                    .all(|(_, k)| !failed_keys.contains(k))
         })
         .collect()
 }

@@ -3,10 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use larder::encode::{
+    EncodedTensor, EncoderError, EncoderIdentity, Encoders, ImageEncoder, PixelBatch, PixelFormat,
+    PixelValues,
+};
 use larder::load::{Batch, Loader};
-use larder::{Config, FindingKind, Plan, PrepareOptions, Store, Summary, prepare, scan};
+use larder::store::codec::Codec;
+use larder::{
+    Config, FieldData, FindingKind, Plan, Prepare, PrepareOptions, Store, Summary, prepare, scan,
+};
 use larder_synth::video::{frame_index, write_video};
 
 use crate::file;
@@ -259,4 +266,122 @@ fn video_settings_are_checked_and_the_model_sets_the_frame_rule() {
         err.contains("auto_frame_count") && err.contains("minimax_h3"),
         "{err}"
     );
+}
+
+/// An image encoder that returns its uint8 input as floats, shape and all, and records the
+/// shapes it was given.
+struct Echo {
+    shapes: Arc<Mutex<Vec<Vec<usize>>>>,
+}
+
+impl ImageEncoder for Echo {
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity::new("echo")
+    }
+
+    fn pixel_format(&self) -> PixelFormat {
+        PixelFormat::U8
+    }
+
+    fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
+        self.shapes.lock().expect("lock").push(batch.shape.clone());
+        let PixelValues::U8(values) = batch.values else {
+            return Err("expected uint8 pixels".into());
+        };
+        Ok(EncodedTensor {
+            shape: batch.shape,
+            values: values.into_iter().map(f32::from).collect(),
+        })
+    }
+}
+
+#[test]
+fn do_i2v_encodes_each_clips_first_chosen_frame_on_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Frames at 10 fps from a drawn start: the first chosen frame is rarely frame 0.
+    let settings = "    num_frames: 5\n    shrink_video_to_frames: false\n    fps: 10\n";
+    let config = video_dataset(dir.path(), &format!("{settings}    do_i2v: true\n"));
+    let out = dir.path().join("store");
+    let shapes = Arc::new(Mutex::new(Vec::new()));
+    let run = |config: &Path| -> larder::PrepareReport {
+        let mut encoders = Encoders {
+            image: vec![(
+                "latent".into(),
+                Box::new(Echo {
+                    shapes: shapes.clone(),
+                }),
+            )],
+            ..Encoders::default()
+        };
+        let mut opts = PrepareOptions::default();
+        opts.latent_codec = Codec::parse("f32").expect("codec");
+        Prepare::new(&Config::load(config).expect("config"))
+            .options(opts)
+            .encoders(&mut encoders)
+            .run(&out)
+            .expect("prepare")
+    };
+    let report = run(&config);
+    assert_eq!(report.items, 3, "{:#?}", report.findings);
+    let store = Arc::new(Store::open(&out).expect("open"));
+    let clips: Vec<_> = (store.items().expect("items").into_iter())
+        .filter(|i| i.frames.is_some())
+        .collect();
+    assert_eq!(clips.len(), 2);
+    for item in &clips {
+        let (clip, shape) = floats(store.read_field(item, "latent").expect("latent"));
+        assert_eq!(shape, [5, 3, 64, 64]);
+        let (first, shape) = floats(store.read_field(item, "latent.first_frame").expect("first"));
+        assert_eq!(shape, [3, 64, 64]);
+        // The clip's first frame, encoded alone: the same values as frame 0 of its latents,
+        // and the index drawn into it is the first frame the clip trains with.
+        assert_eq!(first[..], clip[..3 * 64 * 64]);
+        let row: Vec<u8> = first[32 * 64..33 * 64].iter().map(|&v| v as u8).collect();
+        let chosen = item.frames.as_ref().expect("frames")[0];
+        assert_eq!(u64::from(frame_index(&row)), chosen);
+    }
+    assert!(
+        clips
+            .iter()
+            .any(|i| i.frames.as_ref().expect("frames")[0] > 0)
+    );
+    // Images are not clips: no first-frame latents.
+    let still = (store.items().expect("items").into_iter())
+        .find(|i| i.path.ends_with("still.png"))
+        .expect("image");
+    assert!(store.read_field(&still, "latent.first_frame").is_err());
+    // The encoder saw the clips whole, the image, then the first frames as images.
+    let seen = std::mem::take(&mut *shapes.lock().expect("lock"));
+    let clip_count = clips.len();
+    assert!(seen.contains(&vec![clip_count, 5, 3, 64, 64]), "{seen:?}");
+    assert!(seen.contains(&vec![1, 3, 64, 64]), "{seen:?}");
+    assert!(seen.contains(&vec![clip_count, 3, 64, 64]), "{seen:?}");
+    // Batches of clips carry the field, stacked [B, 3, H, W].
+    let batches = epoch(&store, 4);
+    let with: Vec<&Vec<usize>> = (batches.iter())
+        .filter_map(|b| b.fields.get("latent.first_frame").map(|t| &t.shape))
+        .collect();
+    assert_eq!(with, [&vec![clip_count, 3, 64, 64]]);
+    // Without do_i2v the latents are reused and the field is gone; with it again, reused too.
+    let plain = video_dataset(dir.path(), settings);
+    let again = run(&plain);
+    assert_eq!(again.entries_computed, 0);
+    let store = Store::open(&out).expect("open");
+    let item = (store.items().expect("items").into_iter())
+        .find(|i| i.frames.is_some())
+        .expect("clip");
+    assert!(store.read_field(&item, "latent.first_frame").is_err());
+    let back = run(&video_dataset(
+        dir.path(),
+        &format!("{settings}    do_i2v: true\n"),
+    ));
+    assert_eq!(back.entries_computed, 0);
+    assert!(shapes.lock().expect("lock").is_empty());
+}
+
+fn floats(data: FieldData) -> (Vec<f32>, Vec<usize>) {
+    match data {
+        FieldData::F32 { values, shape } => (values, shape),
+        FieldData::U8 { .. } => panic!("expected floats"),
+    }
 }
