@@ -313,10 +313,11 @@ fn do_i2v_encodes_each_clips_first_chosen_frame_on_its_own() {
             )],
             ..Encoders::default()
         };
-        let mut opts = PrepareOptions::default();
-        opts.latent_codec = Codec::parse("f32").expect("codec");
         Prepare::new(&Config::load(config).expect("config"))
-            .options(opts)
+            .options(PrepareOptions {
+                latent_codec: Codec::parse("f32").expect("codec"),
+                ..PrepareOptions::default()
+            })
             .encoders(&mut encoders)
             .run(&out)
             .expect("prepare")
