@@ -88,8 +88,8 @@ def make_controls(folder, n=4, size=(80, 72), rgba=(1,)):
 
 def aitk_job(kind, name, training_folder, dataset_folder, model_path, steps=2,
              process_type="larder_sd_trainer", **dataset_extra):
-    """A LoRA training job for AI Toolkit as a dict: ``kind`` "sd15", "flux" or "flux_kontext"
-    (the tiny Flux model), ``steps`` steps of batch 1 at 64 px on the CPU in fp32, no sampling;
+    """A LoRA training job for AI Toolkit as a dict: ``kind`` "sd15", "flux", "flux_kontext"
+    (the tiny Flux model) or "wan21", ``steps`` steps of batch 1 at 64 px on the CPU in fp32, no sampling;
     ``dataset_extra`` adds keys to the dataset."""
     arch, scheduler = {
         "sd15": ("sd1", "ddpm"),
@@ -97,6 +97,7 @@ def aitk_job(kind, name, training_folder, dataset_folder, model_path, steps=2,
         # Flux Kontext (an edit model: the control image's latents join the target's) loads
         # the same folders as Flux.
         "flux_kontext": ("flux_kontext", "flowmatch"),
+        "wan21": ("wan21", "flowmatch"),
     }[kind]
     process = {
         "type": process_type,
@@ -193,6 +194,53 @@ def build_tiny_flux(out_dir):
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return str(out_dir)
+
+
+def build_tiny_wan21(out_dir):
+    """A tiny random Wan 2.1-style WanPipeline (UMT5 text encoder, a 3D transformer, a video VAE
+    with Wan's 16 latent channels, 8x spatial and 4x temporal compression) saved in ``out_dir``;
+    returns its path. The VAE's posterior has variance ~0, as ``_tiny_vae``'s."""
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizer = _tiny_t5_tokenizer()
+    # AI Toolkit loads the tokenizer with T5's 100 extra ids added.
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer) + 100, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    with torch.no_grad():
+        vae.quant_conv.weight[16:] = 0.0
+        vae.quant_conv.bias[16:] = LOGVAR_FLOOR
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return str(out_dir)
+
+
+def make_clips(folder, lengths=((30, 30), (24, 24), (40, 20)), size=64):
+    """MPEG-4 clips clip{i}.mp4 written by OpenCV, (frames, fps) from ``lengths``, each frame
+    a gray level and a split that move with the frame index; captions clip{i}.txt."""
+    import cv2
+
+    os.makedirs(folder, exist_ok=True)
+    for i, (frames, fps) in enumerate(lengths):
+        writer = cv2.VideoWriter(os.path.join(folder, f"clip{i}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+        for f in range(frames):
+            frame = np.full((size, size, 3), (8 * f + 60 * i) % 256, np.uint8)
+            frame[:, (2 * f) % size:] = 255 - frame[:, (2 * f) % size:]
+            frame[: size // 4, :, i % 3] = 255
+            writer.write(frame)
+        writer.release()
+        with open(os.path.join(folder, f"clip{i}.txt"), "w") as f:
+            f.write(f"a clip of thing {i}")
 
 
 def _tiny_vae(latent_channels, **config):

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"did not run: {MISSING}")
 def models(tmp_path_factory):
     """Tiny models by family, built on first use."""
     built = {}
-    builders = {"sd15": fx.build_tiny_sd15, "flux": fx.build_tiny_flux}
+    builders = {"sd15": fx.build_tiny_sd15, "flux": fx.build_tiny_flux, "wan21": fx.build_tiny_wan21}
 
     def model(kind):
         if kind not in built:
@@ -93,14 +93,14 @@ def _log(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def _store_latents(store_dir):
-    """Each stored image's latent, by source path (flip-free items only)."""
+def _store_latents(store_dir, field="latent"):
+    """Each stored item's latent (``field``), by source path (flip-free items only)."""
     store = larder.Store.open(store_dir)
     paths = {item["id"]: item["path"] for item in store.items()}
     latents = {}
     loader = larder.DataLoader(store, batch_size=1, shuffle=False, format="torch")
     for batch in loader:
-        latents[paths[int(batch["items"][0])]] = batch["latent"][0].float().numpy()
+        latents[paths[int(batch["items"][0])]] = batch[field][0].float().numpy()
     return latents
 
 
@@ -154,6 +154,45 @@ def test_a_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_path, m
     again = _run(["run", _job(tmp_path, model, "tiny", data, steps=3, kind=kind), "--aitk", AITK], tmp_path)
     computed = re.findall(r"(\d+) entries computed, (\d+) reused", again.stderr + again.stdout)
     assert computed and computed[0][0] == "0" and int(computed[0][1]) > 0, again.stderr[-2000:]
+
+
+def test_a_video_job_trains_on_larder_with_the_clip_latents_ai_toolkit_computes(tmp_path, models):
+    """Wan 2.1 on clips of 5 frames with first-frame latents (``do_i2v``): the trainer gets
+    [B, C, f, h, w] latents and [B, C, 1, h, w] first-frame latents, those AI Toolkit's own
+    caching computes from the same clips."""
+    model = models("wan21")
+    data = tmp_path / "clips"
+    fx.make_clips(str(data))
+    video = {"num_frames": 5, "do_i2v": True}
+    log = tmp_path / "batches.jsonl"
+    done = _run(["run", _job(tmp_path, model, "video", data, kind="wan21", **video), "--aitk", AITK], tmp_path,
+                {"LARDER_AITK_BATCH_LOG": str(log)})
+    save_root = tmp_path / "output" / "video"
+    assert (save_root / "video.safetensors").is_file(), done.stdout[-2000:]
+    served = _log(log)
+    assert len(served) == 2
+    clips = {str(p) for p in data.glob("*.mp4")}
+    assert all(set(b["items"]) <= clips for b in served)
+    # 5 frames → 1 + 4/4 = 2 latent frames of 64/8 = 8; the first frame alone → 1.
+    assert all(b["shapes"] == {"latents": [1, 16, 2, 8, 8], "first_frame_latents": [1, 16, 1, 8, 8]} for b in served)
+
+    own = tmp_path / "own"
+    shutil.copytree(data, own)
+    subprocess.run(
+        [sys.executable, "-c", OWN_DATA_PATH, AITK, _job(tmp_path, model, "own", own, kind="wan21", **video)],
+        cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), check=True, capture_output=True, timeout=900,
+    )
+    from safetensors.numpy import load_file
+
+    store = save_root / ".larder" / "store" / "train"
+    ours = {"latent": _store_latents(store), "first_frame_latent": _store_latents(store, "latent.first_frame")}
+    assert len(ours["latent"]) == 3
+    for name, latents in ours.items():
+        for path, latent in latents.items():
+            (cache,) = (own / "_latent_cache").glob(f"{Path(path).stem}_*.safetensors")
+            theirs = load_file(str(cache))[name]
+            assert latent.shape == theirs.shape
+            np.testing.assert_allclose(latent, theirs, atol=1e-5, err_msg=f"{name} of {path}")
 
 
 # SD1.5: CLIP's embeddings alone; Flux: T5's with an attention mask, and CLIP's pooled.
@@ -467,10 +506,10 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     assert {e for e, _, _ in order(whole)} == {0, 1}
 
 
-# A video dataset: larder prepares it but does not serve it to the trainer yet; the run stops
-# before the model's weights load.
+# Audio from video datasets: larder does not store it yet; the run stops before the model's
+# weights load.
 @pytest.mark.parametrize("arch, extra, key, reason", [
-    (None, {"num_frames": 33}, "num_frames", "video"),
+    (None, {"num_frames": 5, "do_audio": True}, "do_audio", "audio"),
 ])
 def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15, arch, extra, key, reason):
     data = tmp_path / "data"

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 #: `use_raw_control_images`), one tensor per item.
 CONTROL_PREFIX = "control."
 RAW_CONTROL_PREFIX = "control_raw."
+#: A clip's first frame encoded alone (``do_i2v``): AI Toolkit's ``first_frame_latent``.
+FIRST_FRAME_LATENT = "latent.first_frame"
 
 
 class BatchMaker:
@@ -62,11 +64,14 @@ class BatchMaker:
             file_item.caption = caption
             file_item.caption_short = caption
             if "pixels" in batch:
-                # AI Toolkit's images are float in [-1, 1] (ToTensor, then Normalize(0.5, 0.5)).
+                # AI Toolkit's images are float in [-1, 1] (ToTensor, then Normalize(0.5, 0.5));
+                # a clip's frames (F, 3, H, W) the same.
                 file_item.tensor = batch["pixels"][k].float() / 127.5 - 1.0
             if "latent" in batch:
                 file_item.is_latent_cached = True
                 file_item._encoded_latent = batch["latent"][k]
+            if FIRST_FRAME_LATENT in batch:
+                file_item._cached_first_frame_latent = batch[FIRST_FRAME_LATENT][k]
             if "mask" in batch:
                 # Stored with invert_mask and mask_min_value applied, as 0..255.
                 file_item.mask_tensor = batch["mask"][k].float() / 255.0
@@ -107,11 +112,20 @@ class BatchMaker:
 
         item = self._items[item_id]
         path = item["path"]
-        sizes = {os.path.basename(path): (item["width"], item["height"], get_quick_signature_string(path))}
+        entry = (item["width"], item["height"], get_quick_signature_string(path))
+        frames = item.get("frames")
+        dataset = self._datasets[item["dataset"]]
+        if frames is not None:
+            # A clip's entry also has its frame count and rate, from which the constructor
+            # counts `auto_frame_count` frames. larder records the frames it chose, not the
+            # file's count: the clip is given as those frames at the dataset's rate, so the
+            # constructor's count is the stored one (snapped already), and it is set below.
+            entry += (len(frames), dataset.fps)
+        sizes = {os.path.basename(path): entry}
         flip = item["flip"]
         file_item = self._file_item_class(
             path=path,
-            dataset_config=self._datasets[item["dataset"]],
+            dataset_config=dataset,
             size_database=sizes,
             raw_caption=item["caption"],
             scale_to_width=item["scale_to_w"],
@@ -125,6 +139,8 @@ class BatchMaker:
         )
         # AI Toolkit's constructor reads flip_y from the flip_x argument; set what was stored.
         file_item.flip_y = flip in ("y", "xy")
+        if frames is not None:
+            file_item.num_frames = len(frames)
         file_item.network_weight = item["network_weight"]
         file_item.loss_multiplier = item["loss_multiplier"]
         self._made[item_id] = file_item
@@ -228,6 +244,12 @@ class Loader:
                     "index": int(batch["index"]),
                     "items": [f.path for f in dto.file_items],
                     "captions": list(batch["captions"]),
+                    # The shapes of the tensors the trainer gets, where the batch has them.
+                    "shapes": {
+                        name: list(getattr(dto, name).shape)
+                        for name in ("tensor", "latents", "first_frame_latents")
+                        if getattr(dto, name, None) is not None
+                    },
                 }
                 with open(self.batch_log, "a") as log:
                     log.write(json.dumps(record) + "\n")

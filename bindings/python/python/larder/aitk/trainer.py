@@ -139,14 +139,6 @@ class DataPath:
                 continue
             at = f"config.process[{process}].datasets[{index}].{name}" if match else key
             problems.append(f"{at}: {why.replace('; ignored', '')}")
-        for index, dataset in datasets:
-            # larder prepares video datasets, but the trainer's video batches (frames, video
-            # latents, first-frame latents) are not built from them yet.
-            key = "auto_frame_count" if dataset.get("auto_frame_count") else "num_frames"
-            if dataset.get("auto_frame_count") or int(dataset.get("num_frames") or 1) > 1:
-                problems.append(
-                    f"config.process[{process}].datasets[{index}].{key}: video datasets are prepared by larder (`larder prepare`) but not yet served to AI Toolkit's trainer"
-                )
         return problems
 
     def check_model(self, sd: Any) -> None:
@@ -157,6 +149,30 @@ class DataPath:
         raw = bool(getattr(sd, "use_raw_control_images", False))
         if self.section.get("raw_control_images") != raw:
             self.section["raw_control_images"] = raw
+            self.configs = self._write_configs()
+        if getattr(sd, "encode_first_frame_in_text_embeddings", False):
+            # Such a model's cached text embedding of a clip also sees its first frame; larder
+            # encodes captions from their text (and control images) only.
+            at = [
+                f"config.process[{self.trainer.process_id}].datasets[{i}].do_i2v"
+                for datasets in self.groups.values()
+                for i, d in datasets
+                if d.get("do_i2v") and d.get("cache_text_embeddings") and _is_video(d)
+            ]
+            if at:
+                raise _cannot_serve(
+                    [f"{key}: this model encodes a clip's first frame into its cached text embeddings, which larder does not do yet" for key in at],
+                    "Set cache_text_embeddings: false, or train this job with AI Toolkit's own `sd_trainer`.",
+                )
+
+    def _use_model_frame_rule(self, sd: Any) -> None:
+        """Writes the configs again when the loaded model's temporal compression (what
+        ``auto_frame_count`` snaps to) is not the one larder's architecture table gave."""
+        if not any(_is_video(d) for datasets in self.groups.values() for _, d in datasets):
+            return
+        compression = _temporal_compression(sd)
+        if self.section.get("temporal_compression") != compression:
+            self.section["temporal_compression"] = compression
             self.configs = self._write_configs()
 
     def hide_datasets(self) -> None:
@@ -171,6 +187,7 @@ class DataPath:
 
         t = self.trainer
         t.datasets, t.datasets_reg = self._hidden
+        self._use_model_frame_rule(t.sd)
         model = _file_item_model_args(t.sd)
         layout = self._prompt_layout(model)
         for group, config in self.configs.items():
@@ -409,9 +426,29 @@ def _file_item_model_args(sd: Any) -> Dict[str, Any]:
     return {
         "sd": sd,
         "encode_control_in_text_embeddings": getattr(sd, "encode_control_in_text_embeddings", False),
+        "encode_first_frame_in_text_embeddings": getattr(sd, "encode_first_frame_in_text_embeddings", False),
         "text_embedding_space_version": getattr(sd, "text_embedding_space_version", "sd1"),
         "te_padding_side": getattr(sd, "te_padding_side", "right"),
+        "temporal_compression": _temporal_compression(sd),
     }
+
+
+def _temporal_compression(sd: Any) -> int:
+    """Frames per latent frame of the loaded model, as AI Toolkit's loader reads it (its VAE's
+    ``scale_factor_temporal``, else its transformer's ``temporal_compression_ratio``, else 8)."""
+    compression = 8
+    vae = getattr(getattr(sd, "vae", None), "config", None)
+    if vae is not None and hasattr(vae, "scale_factor_temporal"):
+        compression = vae.scale_factor_temporal
+    unet = getattr(getattr(sd, "unet", None), "config", None)
+    if unet is not None and hasattr(unet, "temporal_compression_ratio"):
+        compression = unet.temporal_compression_ratio
+    return int(compression)
+
+
+def _is_video(dataset: Dict[str, Any]) -> bool:
+    """Whether a dataset as written is a video dataset (AI Toolkit's test)."""
+    return bool(dataset.get("auto_frame_count")) or int(dataset.get("num_frames") or 1) > 1
 
 
 def _cannot_serve(problems: List[str], advice: str) -> Exception:
