@@ -29,6 +29,21 @@ pub fn write_video(
     fps: u32,
     seed: u64,
 ) -> Result<(), String> {
+    write_rotated_video(path, width, height, frames, fps, seed, 0)
+}
+
+/// [`write_video`], with the container asking players to turn the clip `rotate` degrees
+/// clockwise (0, 90, 180 or 270) when they show it, as phones record portrait clips: the
+/// frames are stored `width`×`height` and the MP4 track's display matrix says to turn them.
+pub fn write_rotated_video(
+    path: &Path,
+    width: u32,
+    height: u32,
+    frames: u32,
+    fps: u32,
+    seed: u64,
+    rotate: u32,
+) -> Result<(), String> {
     let e =
         |what: &'static str| move |err: ffmpeg::Error| format!("{}: {what}: {err}", path.display());
     ffmpeg::init().map_err(e("init"))?;
@@ -93,7 +108,43 @@ pub fn write_video(
     encoder.send_eof().map_err(e("flush"))?;
     drain(&mut encoder, &mut out)?;
     out.write_trailer().map_err(e("trailer"))?;
+    if rotate != 0 {
+        set_display_rotation(path, rotate)?;
+    }
     Ok(())
+}
+
+/// Writes the display matrix of the (only) track of the MP4 at `path`: turn `rotate` degrees
+/// clockwise. The matrix is patched into the track header's bytes, where phones write it, because
+/// FFmpeg's muxer API to set it differs between the FFmpeg versions this builds against.
+fn set_display_rotation(path: &Path, rotate: u32) -> Result<(), String> {
+    let fail = |what: String| format!("{}: {what}", path.display());
+    // ISO/IEC 14496-12's matrix {a, b, u, c, d, v, x, y, w}: a..d and x, y in 16.16 fixed
+    // point, u, v, w in 2.30; (x', y') = (a·x + c·y, b·x + d·y).
+    let (a, b, c, d): (i32, i32, i32, i32) = match rotate {
+        90 => (0, 1, -1, 0),
+        180 => (-1, 0, 0, -1),
+        270 => (0, -1, 1, 0),
+        other => return Err(fail(format!("cannot rotate by {other} degrees"))),
+    };
+    let one = 1 << 16;
+    let matrix = [a * one, b * one, 0, c * one, d * one, 0, 0, 0, 1 << 30];
+    let mut bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"tkhd")
+        .ok_or_else(|| fail("no track header".into()))?;
+    // After the box type: version and flags (4 bytes), then times, ids and duration (20 bytes
+    // in version 0, 32 in version 1), 8 reserved, layer, group, volume, 2 reserved.
+    let times = if bytes[at + 4] == 1 { 32 } else { 20 };
+    let start = at + 4 + 4 + times + 8 + 8;
+    let slot = bytes
+        .get_mut(start..start + 36)
+        .ok_or_else(|| fail("track header cut short".into()))?;
+    for (chunk, value) in slot.chunks_exact_mut(4).zip(matrix) {
+        chunk.copy_from_slice(&value.to_be_bytes());
+    }
+    std::fs::write(path, bytes).map_err(|e| fail(e.to_string()))
 }
 
 /// An RGB image as full-resolution Y, U and V planes (BT.601, video range).

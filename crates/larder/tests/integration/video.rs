@@ -386,3 +386,44 @@ fn floats(data: FieldData) -> (Vec<f32>, Vec<usize>) {
         FieldData::U8 { .. } => panic!("expected floats"),
     }
 }
+
+#[test]
+fn a_clip_recorded_sideways_is_read_upright_as_its_container_asks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clips = dir.path().join("clips");
+    std::fs::create_dir_all(&clips).expect("folder");
+    // Stored 64 wide and 32 tall; played turned 90° clockwise: 32 wide, 64 tall.
+    larder_synth::video::write_rotated_video(&clips.join("phone.mp4"), 64, 32, 20, 30, 4, 90)
+        .expect("clip");
+    let config = file(
+        dir.path(),
+        "r.yaml",
+        "datasets:\n  - folder_path: clips\n    resolution: [64]\n    num_frames: 3\n    default_caption: a clip\n",
+    );
+    let loaded = Config::load(&config).expect("config");
+    let scanned = scan(&loaded).expect("scan");
+    let clip = &scanned.datasets[0].images[0];
+    let video = clip.video.expect("a clip");
+    assert_eq!((clip.width, clip.height, video.rotation), (32, 64, 90));
+    let (store, report) = prepared(&config, &dir.path().join("store"));
+    assert_eq!(report.items, 1, "{:#?}", report.findings);
+    let batch = epoch(&store, 1).remove(0);
+    let pixels = &batch.fields["pixels"];
+    let [_, f, _, h, w] = pixels.shape[..] else {
+        panic!("not a clip: {:?}", pixels.shape)
+    };
+    assert_eq!((f, h, w), (3, 64, 32));
+    // Turned clockwise, the stored frame's middle row (its bar code, left to right) is the
+    // upright frame's middle column, top to bottom (OpenCV, AI Toolkit's reader, shows this
+    // file the same way: 32x64, the bar code down its middle column, most significant bit on
+    // top; checked by hand with opencv-python-headless 5.1).
+    let data = pixels.data.as_slice();
+    let indices: Vec<u32> = (0..f)
+        .map(|k| {
+            let red = &data[k * 3 * h * w..][..h * w];
+            let column: Vec<u8> = (0..h).map(|y| red[y * w + w / 2]).collect();
+            frame_index(&column)
+        })
+        .collect();
+    assert_eq!(indices, [0, 10, 19]);
+}
