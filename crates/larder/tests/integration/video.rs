@@ -268,8 +268,8 @@ fn video_settings_are_checked_and_the_model_sets_the_frame_rule() {
     );
 }
 
-/// An image encoder that returns its uint8 input as floats, shape and all, and records the
-/// shapes it was given.
+/// An image encoder that returns its input as floats, shape and all, and records the shapes it
+/// was given.
 struct Echo {
     shapes: Arc<Mutex<Vec<Vec<usize>>>>,
 }
@@ -285,12 +285,13 @@ impl ImageEncoder for Echo {
 
     fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
         self.shapes.lock().expect("lock").push(batch.shape.clone());
-        let PixelValues::U8(values) = batch.values else {
-            return Err("expected uint8 pixels".into());
+        let values = match batch.values {
+            PixelValues::U8(values) => values.into_iter().map(f32::from).collect(),
+            PixelValues::F32(values) => values,
         };
         Ok(EncodedTensor {
             shape: batch.shape,
-            values: values.into_iter().map(f32::from).collect(),
+            values,
         })
     }
 }
@@ -426,4 +427,56 @@ fn a_clip_recorded_sideways_is_read_upright_as_its_container_asks() {
         })
         .collect();
     assert_eq!(indices, [0, 10, 19]);
+}
+
+#[test]
+fn a_clip_encoder_sees_a_clips_first_chosen_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = "    num_frames: 5\n    shrink_video_to_frames: false\n    fps: 10\n";
+    let config = video_dataset(dir.path(), settings);
+    let out = dir.path().join("store");
+    let shapes = Arc::new(Mutex::new(Vec::new()));
+    let mut encoders = Encoders {
+        clip: vec![(
+            "clip".into(),
+            Box::new(Echo {
+                shapes: shapes.clone(),
+            }),
+        )],
+        ..Encoders::default()
+    };
+    let mut options = PrepareOptions {
+        latent_codec: Codec::parse("f32").expect("codec"),
+        ..PrepareOptions::default()
+    };
+    // The clips' own size: CLIP's resize and crop leave the frame as it is.
+    options.clip.size = 64;
+    let report = Prepare::new(&Config::load(&config).expect("config"))
+        .options(options)
+        .encoders(&mut encoders)
+        .run(&out)
+        .expect("prepare");
+    assert_eq!(report.items, 3, "{:#?}", report.findings);
+    // One image per item, clips and the still alike.
+    let seen = shapes.lock().expect("lock").clone();
+    assert!(seen.iter().all(|s| s[1..] == [3, 64, 64]), "{seen:?}");
+    assert_eq!(seen.iter().map(|s| s[0]).sum::<usize>(), 3);
+    let store = Store::open(&out).expect("open");
+    let mut firsts = Vec::new();
+    for item in store.items().expect("items") {
+        let Some(frames) = &item.frames else { continue };
+        firsts.push(frames[0]);
+        let (clip, shape) = floats(store.read_field(&item, "clip").expect("clip"));
+        assert_eq!(shape, [3, 64, 64]);
+        // The red plane's middle row, CLIP's normalization undone.
+        let [mean, std] = [larder::encode::CLIP_MEAN[0], larder::encode::CLIP_STD[0]];
+        let row: Vec<u8> = clip[32 * 64..33 * 64]
+            .iter()
+            .map(|v| ((v * std + mean) * 255.0).round() as u8)
+            .collect();
+        assert_eq!(u64::from(frame_index(&row)), frames[0], "{}", item.path);
+    }
+    // Not simply each clip's frame 0.
+    assert_eq!(firsts.len(), 2);
+    assert!(firsts.iter().any(|&f| f > 0), "{firsts:?}");
 }
