@@ -29,21 +29,72 @@ pub fn write_video(
     fps: u32,
     seed: u64,
 ) -> Result<(), String> {
-    write_rotated_video(path, width, height, frames, fps, seed, 0)
+    write_clip(
+        path,
+        &Clip {
+            width,
+            height,
+            frames,
+            fps,
+            seed,
+            rotate: 0,
+            audio: None,
+        },
+    )
 }
 
-/// [`write_video`], with the container asking players to turn the clip `rotate` degrees
-/// clockwise (0, 90, 180 or 270) when they show it, as phones record portrait clips: the
-/// frames are stored `width`×`height` and the MP4 track's display matrix says to turn them.
-pub fn write_rotated_video(
-    path: &Path,
-    width: u32,
-    height: u32,
-    frames: u32,
-    fps: u32,
-    seed: u64,
-    rotate: u32,
-) -> Result<(), String> {
+/// A synthetic clip: its frames (as [`write_video`] draws them), how players are to turn it,
+/// and its audio.
+#[derive(Debug, Clone, Copy)]
+pub struct Clip {
+    /// Frame width (even).
+    pub width: u32,
+    /// Frame height (even).
+    pub height: u32,
+    /// Number of frames.
+    pub frames: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Seed of the texture.
+    pub seed: u64,
+    /// Degrees (0, 90, 180 or 270) the container asks players to turn the clip clockwise, as
+    /// phones record portrait clips: the frames are stored `width`×`height` and the MP4 track's
+    /// display matrix says to turn them.
+    pub rotate: u32,
+    /// An audio track, if any.
+    pub audio: Option<Tone>,
+}
+
+/// A 16-bit PCM audio track whose samples count: sample `i` of channel `c` is `i` (mod
+/// 32768) for even channels and `-i` for odd ones, so a decoded sample says where it was.
+/// PCM needs a QuickTime container: write it to a `.mov`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tone {
+    /// Samples per second.
+    pub rate: u32,
+    /// Channels.
+    pub channels: u16,
+    /// Length in samples.
+    pub samples: u32,
+}
+
+/// The value [`Tone`] writes at sample `i` of channel `c`.
+pub fn tone_sample(i: u32, c: u16) -> i16 {
+    let v = (i % 32_768) as i16;
+    if c.is_multiple_of(2) { v } else { -v }
+}
+
+/// Writes `clip` to `path`.
+pub fn write_clip(path: &Path, clip: &Clip) -> Result<(), String> {
+    let &Clip {
+        width,
+        height,
+        frames,
+        fps,
+        seed,
+        rotate,
+        audio,
+    } = clip;
     let e =
         |what: &'static str| move |err: ffmpeg::Error| format!("{}: {what}: {err}", path.display());
     ffmpeg::init().map_err(e("init"))?;
@@ -78,6 +129,10 @@ pub fn write_rotated_video(
     stream.set_time_base(time_base);
     stream.set_rate(ffmpeg::Rational(fps as i32, 1));
     stream.set_avg_frame_rate(ffmpeg::Rational(fps as i32, 1));
+    let mut sound = match audio {
+        Some(tone) => Some(add_tone(&mut out, tone).map_err(e("audio"))?),
+        None => None,
+    };
     // The index first ("faststart"), as clips made for the web are.
     let mut options = ffmpeg::Dictionary::new();
     options.set("movflags", "faststart");
@@ -107,11 +162,89 @@ pub fn write_rotated_video(
     }
     encoder.send_eof().map_err(e("flush"))?;
     drain(&mut encoder, &mut out)?;
+    if let (Some(sound), Some(tone)) = (sound.as_mut(), audio) {
+        write_tone(&mut out, sound, tone).map_err(e("audio"))?;
+    }
     out.write_trailer().map_err(e("trailer"))?;
     if rotate != 0 {
         set_display_rotation(path, rotate)?;
     }
     Ok(())
+}
+
+/// The audio encoder of a tone and its stream's index.
+struct Sound {
+    encoder: ffmpeg::encoder::Audio,
+    stream: usize,
+}
+
+/// Adds a 16-bit PCM stream for `tone` to `out`.
+fn add_tone(out: &mut ffmpeg::format::context::Output, tone: Tone) -> Result<Sound, ffmpeg::Error> {
+    let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::PCM_S16LE)
+        .ok_or(ffmpeg::Error::EncoderNotFound)?;
+    let mut stream = out.add_stream(codec)?;
+    let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .audio()?;
+    encoder.set_rate(tone.rate as i32);
+    encoder.set_channel_layout(ffmpeg::ChannelLayout::default(i32::from(tone.channels)));
+    encoder.set_format(ffmpeg::format::Sample::I16(
+        ffmpeg::format::sample::Type::Packed,
+    ));
+    encoder.set_time_base(ffmpeg::Rational(1, tone.rate as i32));
+    let encoder = encoder.open_as(codec)?;
+    stream.set_parameters(&encoder);
+    stream.set_time_base(ffmpeg::Rational(1, tone.rate as i32));
+    Ok(Sound {
+        encoder,
+        stream: stream.index(),
+    })
+}
+
+/// Encodes and writes every sample of `tone`.
+fn write_tone(
+    out: &mut ffmpeg::format::context::Output,
+    sound: &mut Sound,
+    tone: Tone,
+) -> Result<(), ffmpeg::Error> {
+    let time_base = ffmpeg::Rational(1, tone.rate as i32);
+    let stream_time_base = out
+        .stream(sound.stream)
+        .map(|s| s.time_base())
+        .unwrap_or(time_base);
+    let layout = ffmpeg::ChannelLayout::default(i32::from(tone.channels));
+    let format = ffmpeg::format::Sample::I16(ffmpeg::format::sample::Type::Packed);
+    let mut packet = ffmpeg::Packet::empty();
+    let mut drain = |encoder: &mut ffmpeg::encoder::Audio,
+                     out: &mut ffmpeg::format::context::Output|
+     -> Result<(), ffmpeg::Error> {
+        while encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(sound.stream);
+            packet.rescale_ts(time_base, stream_time_base);
+            packet.write_interleaved(out)?;
+        }
+        Ok(())
+    };
+    let channels = usize::from(tone.channels);
+    let mut start = 0u32;
+    while start < tone.samples {
+        let n = (tone.samples - start).min(1024);
+        let mut frame = ffmpeg::frame::Audio::new(format, n as usize, layout);
+        frame.set_rate(tone.rate);
+        let data = frame.data_mut(0);
+        for i in 0..n {
+            for c in 0..tone.channels {
+                let at = 2 * ((i as usize) * channels + usize::from(c));
+                data[at..at + 2].copy_from_slice(&tone_sample(start + i, c).to_ne_bytes());
+            }
+        }
+        frame.set_pts(Some(i64::from(start)));
+        sound.encoder.send_frame(&frame)?;
+        drain(&mut sound.encoder, out)?;
+        start += n;
+    }
+    sound.encoder.send_eof()?;
+    drain(&mut sound.encoder, out)
 }
 
 /// Writes the display matrix of the (only) track of the MP4 at `path`: turn `rotate` degrees

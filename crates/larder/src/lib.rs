@@ -45,9 +45,9 @@ mod video;
 
 pub use caption::{CaptionContext, CaptionRecipe};
 pub use config::{
-    BucketStrategy, CacheOptions, Config, ConfigWarning, ControlSize, DEFAULT_DIVISIBILITY,
-    DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, FrameRule, Source,
-    divisibility_for_arch,
+    AudioRule, BucketStrategy, CacheOptions, Config, ConfigWarning, ControlSize,
+    DEFAULT_DIVISIBILITY, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys, DatasetConfig, FrameRule,
+    Source, divisibility_for_arch,
 };
 pub use error::{Error, Result, SourceError};
 pub use plan::{Bucket, Clip, Flip, Placement, Plan, PlannedItem, place};
@@ -67,4 +67,4 @@ pub use size::parse_size;
 pub use storage::Location;
 pub use store::{FieldData, Store, StoredItem};
 pub use transfer::{merge, prepare};
-pub use video::VideoInfo;
+pub use video::{AudioTrack, VideoInfo};

@@ -182,6 +182,9 @@ pub struct DatasetConfig {
     /// encoder (the `<field>.first_frame` latents image-to-video models start from). Clips
     /// only: AI Toolkit ignores the key for images.
     pub encode_first_frame: bool,
+    /// `do_audio` (with `audio_normalize`): each clip's audio under the frames it trains with,
+    /// stored as `audio` beside its frames. Clips only.
+    pub audio: Option<AudioRule>,
     /// The size control images are stored at (see [`ControlSize`]): from
     /// `full_size_control_images` and the model.
     pub control_size: ControlSize,
@@ -241,6 +244,7 @@ pub(crate) fn parse_dataset(
     let mut strategy_node: Option<&Node> = None;
     let mut batch_size_node: Option<&Node> = None;
     let (mut same_folder, mut same_folder_count) = (false, 1);
+    let (mut do_audio, mut audio_normalize) = (false, false);
 
     for (key_node, v) in entries {
         let key = key_node.as_key().unwrap_or_default();
@@ -327,6 +331,8 @@ pub(crate) fn parse_dataset(
             }
             "trim_auto_frame_count_tail" => cfg.frames.trim_auto_frame_count_tail = a.bool(v)?,
             "do_i2v" => cfg.encode_first_frame = a.bool(v)?,
+            "do_audio" => do_audio = a.bool(v)?,
+            "audio_normalize" => audio_normalize = a.bool(v)?,
             // AI Toolkit's default is true; false scales every control to 512x512.
             "full_size_control_images" => {
                 if !a.bool(v)? {
@@ -471,6 +477,11 @@ pub(crate) fn parse_dataset(
     if same_folder {
         cfg.controls_from_same_folder = Some(same_folder_count);
     }
+    if do_audio {
+        cfg.audio = Some(AudioRule {
+            normalize: audio_normalize,
+        });
+    }
     if let Some(node) = random_triggers_max_node
         && cfg.random_triggers_max as usize > cfg.random_triggers.len()
         && !cfg.random_triggers.is_empty()
@@ -560,6 +571,7 @@ impl DatasetConfig {
                 ..FrameRule::default()
             },
             encode_first_frame: false,
+            audio: None,
             control_size: if larder.raw_control_images {
                 ControlSize::Native
             } else {
@@ -634,6 +646,13 @@ pub struct FrameRule {
     /// Frames per latent frame of the model's VAE (AI Toolkit's `temporal_compression`, 8
     /// unless the model says otherwise; Wan's VAE has 4).
     pub temporal_compression: u32,
+}
+
+/// How a clip's audio is taken (`do_audio`): see `video::audio` for what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AudioRule {
+    /// `audio_normalize`: the whole track scaled to a peak of 0.999 before it is cut.
+    pub normalize: bool,
 }
 
 impl Default for FrameRule {
@@ -884,7 +903,7 @@ fn list_strategy(at: &At<'_>, node: &Node) -> Result<BucketStrategy> {
 /// AI Toolkit keys larder reads but does not act on yet, with what they belong to.
 fn not_implemented(key: &str) -> Option<&'static str> {
     Some(match key {
-        "do_audio" | "audio_preserve_pitch" | "audio_normalize" => "audio",
+        "audio_preserve_pitch" => "pitch-preserving audio stretch",
         "augments" | "augmentations" | "shuffle_augmentations" => "image augmentations",
         "clip_image_path"
         | "clip_image_from_same_folder"

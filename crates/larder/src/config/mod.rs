@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use dataset::{
-    BucketStrategy, CacheOptions, ControlSize, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys,
+    AudioRule, BucketStrategy, CacheOptions, ControlSize, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys,
     DatasetConfig, FrameRule, RAW_CONTROL, Source,
 };
 use model::takes_raw_control_images;

@@ -154,9 +154,10 @@ fn zero_when_missing(field: &str) -> bool {
 }
 
 /// Returns true if and only if a batch carries `field` as one tensor per item rather than
-/// stacked: controls at their own size, whose sizes differ from item to item.
+/// stacked: controls at their own size, whose sizes differ from item to item, and clips'
+/// audio, whose length depends on each track's rate.
 fn per_item(field: &str) -> bool {
-    field.split('.').next() == Some(RAW_CONTROL)
+    field.split('.').next() == Some(RAW_CONTROL) || field == "audio"
 }
 
 /// Mirrors, left to right, the flipped items of a [B, C, H, W] or [B, F, C, H, W] u8 tensor (an

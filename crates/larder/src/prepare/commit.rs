@@ -126,7 +126,8 @@ impl Commit<'_> {
             for f in &item.fields {
                 ins_field.execute(params![id as i64, f.what.field, f.key])?;
             }
-            for (field, key) in item.encoded.iter().chain(&item.first_frame) {
+            let audio = item.audio.iter().flatten();
+            for (field, key) in item.encoded.iter().chain(&item.first_frame).chain(audio) {
                 ins_field.execute(params![id as i64, field, key])?;
             }
         }

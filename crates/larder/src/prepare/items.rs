@@ -65,6 +65,8 @@ pub(super) struct ItemPlan<'a> {
     /// A clip of a `do_i2v` dataset: per image encoder, in order, its first-frame field
     /// (`<field>.first_frame`) and entry key; empty otherwise.
     pub(super) first_frame: Vec<(String, String)>,
+    /// A clip with audio in a `do_audio` dataset: its audio fields and their entry keys.
+    pub(super) audio: Option<Vec<(String, String)>>,
     /// The item's control images in control order, with their content hashes: what a text
     /// encoder that takes controls is given with the caption, and keys its entries by.
     pub(super) controls: Vec<(PathBuf, String)>,
@@ -235,6 +237,17 @@ pub(super) fn item_plans<'a>(
                 }
                 _ => Vec::new(),
             };
+            let audio = match (item.dataset.audio, &frames, item.image.video) {
+                (Some(rule), Some(_), Some(video)) if video.audio.is_some() => {
+                    let f = &item.dataset.frames;
+                    let params = format!(
+                        "normalize={};fps={};auto={};trim={}",
+                        rule.normalize, f.fps, f.auto_frame_count, f.trim_auto_frame_count_tail
+                    );
+                    Some(super::audio::audio_keys(&content_hash, &params))
+                }
+                _ => None,
+            };
             let controls = (item.sources.iter())
                 .filter(|f| f.field.starts_with("control"))
                 .filter_map(|f| Some((f.source.clone(), hashes.get(&f.source)?.clone())))
@@ -270,6 +283,7 @@ pub(super) fn item_plans<'a>(
                 fields,
                 encoded,
                 first_frame,
+                audio,
                 controls,
                 frames,
             })

@@ -13,6 +13,7 @@
 //! once, by [`Prepare::run`] in [`transfer`](crate::transfer), the layer above this one.
 
 mod aitk;
+mod audio;
 mod commit;
 mod encoded;
 mod items;
@@ -358,11 +359,13 @@ fn execute(
     let mut seen: HashSet<&str> = HashSet::new();
     let todo = items::field_todo(&items, &stored, &mut seen);
     let (catalog, mut done) = run_pipeline(catalog, target.out, options, &todo, sink)?;
+    let (catalog, audio) =
+        audio::run_audio(catalog, &target, &items, &stored, &mut seen, &mut done)?;
     let (catalog, mut encoder_rows, encoded) = run_image_encoders(
         catalog, &target, encoders, &items, &stored, &mut seen, &mut done,
     )?;
     report.entries = seen.len();
-    report.entries_reused = seen.len() - todo.len() - encoded;
+    report.entries_reused = seen.len() - todo.len() - audio - encoded;
 
     let kept = complete_items(&items, &mut done, &mut report);
     let (catalog, text_rows, text_plans) = run_text_encoders(
@@ -518,6 +521,7 @@ fn complete_items<'p, 'a>(
         .filter(|item| {
             item.fields.iter().all(|f| !failed_keys.contains(&f.key))
                 && (item.encoded.iter().chain(&item.first_frame))
+                    .chain(item.audio.iter().flatten())
                     .all(|(_, k)| !failed_keys.contains(k))
         })
         .collect()

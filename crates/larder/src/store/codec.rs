@@ -132,6 +132,11 @@ impl Codec {
         repr: Repr::U8,
         compression: Compression::None,
     };
+    /// 32-bit floats, uncompressed: lossless (audio waveforms).
+    pub const RAW_F32: Codec = Codec {
+        repr: Repr::F32,
+        compression: Compression::None,
+    };
     /// bfloat16, uncompressed: the usual choice for latents and embeddings.
     pub const BF16: Codec = Codec {
         repr: Repr::BF16,

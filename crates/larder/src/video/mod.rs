@@ -5,7 +5,10 @@
 //! Toolkit keys its frame choice on come from OpenCV's `VideoCapture`, which wraps the same
 //! libraries; they are read here the way OpenCV reads them (see [`probe`]).
 
+pub(crate) mod audio;
 mod frames;
+
+pub use audio::AudioTrack;
 
 use std::path::Path;
 use std::sync::Once;
@@ -41,6 +44,8 @@ pub struct VideoInfo {
     pub fps: f64,
     /// Clockwise rotation, in degrees (0, 90, 180 or 270), applied to every decoded frame.
     pub rotation: u32,
+    /// The clip's audio track, if it has one.
+    pub audio: Option<AudioTrack>,
 }
 
 /// Why a file cannot be read as a video.
@@ -126,6 +131,7 @@ pub(crate) fn probe(path: &Path) -> std::result::Result<(VideoInfo, u64), VideoP
                 frames,
                 fps,
                 rotation,
+                audio: audio::audio_track(&input),
             },
             announced,
         )

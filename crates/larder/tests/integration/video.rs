@@ -14,7 +14,7 @@ use larder::store::codec::Codec;
 use larder::{
     Config, FieldData, FindingKind, Plan, Prepare, PrepareOptions, Store, Summary, prepare, scan,
 };
-use larder_synth::video::{frame_index, write_video};
+use larder_synth::video::{Clip, Tone, frame_index, tone_sample, write_clip, write_video};
 
 use crate::file;
 use crate::load::options;
@@ -394,8 +394,16 @@ fn a_clip_recorded_sideways_is_read_upright_as_its_container_asks() {
     let clips = dir.path().join("clips");
     std::fs::create_dir_all(&clips).expect("folder");
     // Stored 64 wide and 32 tall; played turned 90° clockwise: 32 wide, 64 tall.
-    larder_synth::video::write_rotated_video(&clips.join("phone.mp4"), 64, 32, 20, 30, 4, 90)
-        .expect("clip");
+    let clip = Clip {
+        width: 64,
+        height: 32,
+        frames: 20,
+        fps: 30,
+        seed: 4,
+        rotate: 90,
+        audio: None,
+    };
+    write_clip(&clips.join("phone.mp4"), &clip).expect("clip");
     let config = file(
         dir.path(),
         "r.yaml",
@@ -479,4 +487,76 @@ fn a_clip_encoder_sees_a_clips_first_chosen_frame() {
     // Not simply each clip's frame 0.
     assert_eq!(firsts.len(), 2);
     assert!(firsts.iter().any(|&f| f > 0), "{firsts:?}");
+}
+
+#[test]
+fn do_audio_stores_the_audio_under_the_chosen_frames_stretched_to_the_training_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clips = dir.path().join("clips");
+    std::fs::create_dir_all(&clips).expect("folder");
+    let tone = Tone {
+        rate: 8000,
+        channels: 2,
+        samples: 16_000,
+    };
+    let talk = Clip {
+        width: 64,
+        height: 64,
+        frames: 60,
+        fps: 30,
+        seed: 5,
+        rotate: 0,
+        audio: Some(tone),
+    };
+    write_clip(&clips.join("talk.mov"), &talk).expect("clip");
+    write_video(&clips.join("silent.mp4"), 64, 64, 60, 30, 6).expect("clip");
+    // 5 frames 3 apart (10 of the clip's 30 fps) from a drawn start: 13 frames of source,
+    // 0.433 s, trained as 5 frames at 10 fps, 0.5 s.
+    let config = file(
+        dir.path(),
+        "a.yaml",
+        "datasets:\n  - folder_path: clips\n    resolution: [64]\n    num_frames: 5\n    shrink_video_to_frames: false\n    fps: 10\n    do_audio: true\n    default_caption: a clip\n",
+    );
+    let (store, report) = prepared(&config, &dir.path().join("store"));
+    assert_eq!(report.items, 2, "{:#?}", report.findings);
+    let items = store.items().expect("items");
+    let talk = items
+        .iter()
+        .find(|i| i.path.ends_with("talk.mov"))
+        .expect("talk");
+    let frames = talk.frames.as_ref().expect("frames");
+    let (waveform, shape) = floats(store.read_field(talk, "audio").expect("audio"));
+    assert_eq!(shape, [2, 4000], "0.5 s at 8 kHz");
+    let (rate, shape) = floats(store.read_field(talk, "audio.sample_rate").expect("rate"));
+    assert_eq!((rate, shape), (vec![8000.0], vec![]));
+    // The window starts at the first chosen frame's time, round(f / 30 · 8000), and ends at
+    // the sample before the last chosen frame's successor; in between it is stretched.
+    let start = (frames[0] as f64 / 30.0 * 8000.0).round_ties_even() as u32;
+    let end = ((frames[4] + 1) as f64 / 30.0 * 8000.0).round_ties_even() as u32;
+    let (left, right) = waveform.split_at(4000);
+    let sample = |i: u32, c: u16| f32::from(tone_sample(i, c)) / 32_768.0;
+    assert_eq!(left[0], sample(start, 0));
+    assert_eq!(right[0], sample(start, 1));
+    assert_eq!(left[3999], sample(end - 1, 0));
+    assert!(
+        left.windows(2).all(|w| w[1] >= w[0]),
+        "the stretched ramp still rises"
+    );
+    assert!(frames[0] > 0, "a drawn start: {frames:?}");
+    // A clip without an audio track trains without audio, as in AI Toolkit.
+    let silent = items
+        .iter()
+        .find(|i| i.path.ends_with("silent.mp4"))
+        .expect("silent");
+    assert!(store.read_field(silent, "audio").is_err());
+    // Batches carry each clip's audio as its own tensor, and the rates stacked.
+    let batch = epoch(&store, 1)
+        .into_iter()
+        .find(|b| b.per_item_fields.contains_key("audio"))
+        .expect("a batch with audio");
+    assert_eq!(batch.per_item_fields["audio"][0].shape, [2, 4000]);
+    assert_eq!(batch.fields["audio.sample_rate"].shape, [1]);
+    // Nothing is decoded again.
+    let (_, again) = prepared(&config, &dir.path().join("store"));
+    assert_eq!(again.entries_computed, 0);
 }
