@@ -243,6 +243,42 @@ def make_clips(folder, lengths=((30, 30), (24, 24), (40, 20)), size=64):
             f.write(f"a clip of thing {i}")
 
 
+def make_talking_clips(folder, specs, size=64, bits=8):
+    """MP4s with sound, written by PyAV: ``specs`` maps a file name to (frames, fps, sample
+    rate, channels). Frame i shows i as ``bits`` vertical bars (light = 1, most significant
+    on the left); the AAC audio is a rising tone, louder over time, each channel at its own
+    pitch. Captions <stem>.txt."""
+    import av
+
+    os.makedirs(folder, exist_ok=True)
+    for name, (frames, fps, rate, channels) in specs.items():
+        out = av.open(os.path.join(folder, name), "w")
+        video = out.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = size, size, "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "stereo" if channels == 2 else "mono"
+        for i in range(frames):
+            row = np.repeat(np.array([(i >> (bits - 1 - b)) & 1 for b in range(bits)], np.uint8) * 255, size // bits)
+            picture = np.ascontiguousarray(np.broadcast_to(row[None, :, None], (size, size, 3)))
+            for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                out.mux(packet)
+        t = np.arange(int(frames / fps * rate)) / rate
+        tone = np.stack([0.2 * (1 + t) * np.sin(2 * np.pi * (220 * (c + 1) + 50 * t) * t) for c in range(channels)])
+        tone = tone.astype(np.float32)
+        for start in range(0, tone.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
+                                               layout=audio.layout.name)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                out.mux(packet)
+        out.close()
+        with open(os.path.join(folder, os.path.splitext(name)[0] + ".txt"), "w") as f:
+            f.write(f"a clip that says {os.path.splitext(name)[0]}")
+
+
 def _tiny_vae(latent_channels, **config):
     """A 4-level AutoencoderKL (8x downscale, as the real ones) whose posterior has variance
     ~0: AI Toolkit encodes with latent_dist.sample() and the tests compare its latents with the

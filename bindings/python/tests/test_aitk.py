@@ -157,29 +157,38 @@ def test_a_job_trains_on_larder_with_the_latents_ai_toolkit_computes(tmp_path, m
 
 
 def test_a_video_job_trains_on_larder_with_the_clip_latents_ai_toolkit_computes(tmp_path, models):
-    """Wan 2.1 on clips of 5 frames with first-frame latents (``do_i2v``): the trainer gets
-    [B, C, f, h, w] latents and [B, C, 1, h, w] first-frame latents, those AI Toolkit's own
-    caching computes from the same clips."""
+    """Wan 2.1 on clips of 5 frames with first-frame latents (``do_i2v``) and audio
+    (``do_audio``): the trainer gets [B, C, f, h, w] latents and [B, C, 1, h, w] first-frame
+    latents, those AI Toolkit's own caching computes from the same clips, and each clip's
+    stereo waveform."""
     model = models("wan21")
     data = tmp_path / "clips"
-    fx.make_clips(str(data))
-    video = {"num_frames": 5, "do_i2v": True}
+    # Three clips; the last has a 16 kHz mono track (served as stereo).
+    fx.make_clips(str(data), lengths=((30, 30), (24, 24)))
+    fx.make_talking_clips(str(data), {"clip2.mp4": (40, 20, 16_000, 1)})
+    video = {"num_frames": 5, "do_i2v": True, "do_audio": True}
     log = tmp_path / "batches.jsonl"
-    done = _run(["run", _job(tmp_path, model, "video", data, kind="wan21", **video), "--aitk", AITK], tmp_path,
+    done = _run(["run", _job(tmp_path, model, "video", data, steps=3, kind="wan21", **video), "--aitk", AITK], tmp_path,
                 {"LARDER_AITK_BATCH_LOG": str(log)})
     save_root = tmp_path / "output" / "video"
     assert (save_root / "video.safetensors").is_file(), done.stdout[-2000:]
+    # One epoch: each clip once.
     served = _log(log)
-    assert len(served) == 2
-    clips = {str(p) for p in data.glob("*.mp4")}
-    assert all(set(b["items"]) <= clips for b in served)
-    # 5 frames → 1 + 4/4 = 2 latent frames of 64/8 = 8; the first frame alone → 1.
-    assert all(b["shapes"] == {"latents": [1, 16, 2, 8, 8], "first_frame_latents": [1, 16, 1, 8, 8]} for b in served)
+    assert sorted(p for b in served for p in b["items"]) == sorted(str(p) for p in data.glob("*.mp4"))
+    # 5 frames → 1 + 4/4 = 2 latent frames of 64/8 = 8; the first frame alone → 1. The clip
+    # with sound also has its audio: 5 frames at the default 24 fps, 5 / 24 s of 16 kHz.
+    latents = {"latents": [1, 16, 2, 8, 8], "first_frame_latents": [1, 16, 1, 8, 8]}
+    for b in served:
+        sound = {"audio_tensor": [1, 2, round(5 / 24 * 16_000)]} if b["items"] == [str(data / "clip2.mp4")] else {}
+        assert b["shapes"] == {**latents, **sound}, b
 
+    # AI Toolkit's own caching of the same clips (without the audio, which it would encode
+    # with the model's encode_audio, which Wan does not have).
     own = tmp_path / "own"
     shutil.copytree(data, own)
+    own_settings = {**video, "do_audio": False}
     subprocess.run(
-        [sys.executable, "-c", OWN_DATA_PATH, AITK, _job(tmp_path, model, "own", own, kind="wan21", **video)],
+        [sys.executable, "-c", OWN_DATA_PATH, AITK, _job(tmp_path, model, "own", own, kind="wan21", **own_settings)],
         cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)), check=True, capture_output=True, timeout=900,
     )
     from safetensors.numpy import load_file
@@ -506,10 +515,11 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     assert {e for e, _, _ in order(whole)} == {0, 1}
 
 
-# Audio from video datasets: larder does not store it yet; the run stops before the model's
-# weights load.
+# A pitch-preserving audio stretch and image augmentations: larder does not do them yet; the
+# run stops before the model's weights load.
 @pytest.mark.parametrize("arch, extra, key, reason", [
-    (None, {"num_frames": 5, "do_audio": True}, "do_audio", "audio"),
+    (None, {"num_frames": 5, "do_audio": True, "audio_preserve_pitch": True}, "audio_preserve_pitch", "pitch"),
+    (None, {"augments": [{"method": "ColorJitter"}]}, "augments", "augmentations"),
 ])
 def test_a_job_asking_for_what_larder_cannot_serve_stops_before_loading_the_model(tmp_path, sd15, arch, extra, key, reason):
     data = tmp_path / "data"

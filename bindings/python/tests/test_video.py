@@ -89,13 +89,14 @@ def test_clips_are_served_stacked_with_the_frames_they_were_stored_with(tmp_path
     assert tuple(batch["pixels"].shape) == (3, 5, 3, SIZE, SIZE)
 
 
-AITK_FRAMES = textwrap.dedent("""
+AITK_LOAD = textwrap.dedent("""
     import json, sys, types
     from torchvision import transforms
     from toolkit.dataloader_mixins import ImageProcessingDTOMixin
 
     DEFAULTS = dict(num_frames=1, shrink_video_to_frames=True, fps=24, auto_frame_count=False,
-                    trim_auto_frame_count_tail=True, buckets=True, do_audio=False, debug=False)
+                    trim_auto_frame_count_tail=True, buckets=True, do_audio=False, audio_normalize=False,
+                    audio_preserve_pitch=False, debug=False)
 
     def load(path, config):
         item = types.SimpleNamespace(path=path, dataset_config=config, augments=None, has_augmentations=False,
@@ -104,31 +105,42 @@ AITK_FRAMES = textwrap.dedent("""
                                      crop_x=0, crop_y=0, crop_width=64, crop_height=64)
         item.get_auto_frame_count = types.MethodType(ImageProcessingDTOMixin.get_auto_frame_count, item)
         ImageProcessingDTOMixin.load_and_process_video(item, transforms.ToTensor())
-        return (item.tensor * 255).round().byte().numpy().tolist()
+        audio = getattr(item, "audio_data", None)
+        return {
+            "frames": (item.tensor * 255).round().byte().numpy().tolist(),
+            "audio": audio["waveform"].numpy().tolist() if audio else None,
+            "rate": audio["sample_rate"] if audio else None,
+        }
 
     clips, every = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     out = {}
     for name, settings in every.items():
         config = types.SimpleNamespace(**{**DEFAULTS, **settings})
-        out[name] = {path.rsplit("/", 1)[-1]: load(path, config) for path in clips}
+        out[name] = {clip: load(path, config) for clip, path in clips.items()}
     print(json.dumps(out))
 """)
 
 
 
-def aitk_frames(tmp_path, settings):
-    """{setting: {clip name: frame indices}} as AI Toolkit's ``load_and_process_video`` loads
-    the clips under each of ``settings`` (one process: AI Toolkit takes seconds to import)."""
-    clips = make_clips(tmp_path / "aitk-clips")
-    paths = [str(clips / name) for name in CLIPS]
+def aitk_load(tmp_path, paths, settings):
+    """{setting: {clip name: {"frames", "audio", "rate"}}}: the clips ``paths`` ({name: path})
+    as AI Toolkit's ``load_and_process_video`` loads them under each of ``settings`` (one
+    process: AI Toolkit takes seconds to import)."""
     done = subprocess.run(
-        [sys.executable, "-c", AITK_FRAMES, json.dumps(paths), json.dumps(settings)],
+        [sys.executable, "-c", AITK_LOAD, json.dumps(paths), json.dumps(settings)],
         env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    every = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def aitk_frames(tmp_path, settings):
+    """{setting: {clip name: frame indices}} as AI Toolkit loads the clips under each of
+    ``settings``."""
+    clips = make_clips(tmp_path / "aitk-clips")
+    every = aitk_load(tmp_path, {name: str(clips / name) for name in CLIPS}, settings)
     return {
-        setting: {name: clip_frames(np.array(frames, np.uint8)) for name, frames in clips.items()}
+        setting: {name: clip_frames(np.array(loaded["frames"], np.uint8)) for name, loaded in clips.items()}
         for setting, clips in every.items()
     }
 
@@ -185,3 +197,38 @@ def test_a_video_vae_encodes_each_clip_once_and_the_store_serves_its_latents(tmp
         with torch.no_grad():
             expected = vae.encode(x).latent_dist.mode()
         assert torch.allclose(latent, expected, atol=1e-5), (latent - expected).abs().max()
+
+
+# Spread frames stretch the window of the whole clip; auto_frame_count with its trimmed tail
+# pads or cuts instead; audio_normalize scales the track first.
+AUDIO_SETTINGS = {
+    "spread": {"num_frames": 5, "fps": 16, "do_audio": True},
+    "auto_normalized": {"auto_frame_count": True, "fps": 16, "do_audio": True, "audio_normalize": True},
+}
+TALKING = {"stereo.mp4": (48, 24, 44_100, 2), "mono.mp4": (30, 30, 16_000, 1)}
+
+
+@pytest.mark.skipif(AITK is None, reason="did not run: AITK_PATH does not name an AI Toolkit checkout (scripts/test sets it)")
+def test_the_audio_is_the_window_ai_toolkit_cuts_and_stretches(tmp_path):
+    pytest.importorskip("av", reason="did not run: PyAV is not installed (scripts/requirements-aitk.txt)")
+    clips = tmp_path / "talking"
+    fx.make_talking_clips(str(clips), TALKING)
+    theirs = aitk_load(tmp_path, {name: str(clips / name) for name in TALKING}, AUDIO_SETTINGS)
+    for setting, settings in AUDIO_SETTINGS.items():
+        config = tmp_path / f"{setting}.yaml"
+        config.write_text(json.dumps({"datasets": [{"folder_path": str(clips), "resolution": [SIZE], **settings}]}))
+        store = tmp_path / f"{setting}-store"
+        larder.prepare(config, store)
+        items = larder.Store.open(store).items()
+        served = {}
+        for batch in larder.DataLoader(store, batch_size=1, shuffle=False):
+            name = items[int(batch["items"][0])]["path"].rsplit("/", 1)[-1]
+            served[name] = (batch["audio"][0], int(batch["audio.sample_rate"][0]), clip_frames(batch["pixels"][0]))
+        assert sorted(served) == sorted(TALKING)
+        for name, (waveform, rate, frames) in served.items():
+            aitk = theirs[setting][name]
+            assert frames == clip_frames(np.array(aitk["frames"], np.uint8)), (setting, name)
+            expected = np.array(aitk["audio"], np.float32)
+            assert rate == aitk["rate"] == TALKING[name][2]
+            assert waveform.shape == expected.shape == (2, round(len(frames) / settings["fps"] * rate)), (setting, name)
+            np.testing.assert_allclose(waveform, expected, atol=1e-6, err_msg=f"{setting} {name}")

@@ -72,7 +72,7 @@ pub(super) fn assemble(
             return Err(Error::Store {
                 path: store.root().to_path_buf(),
                 message: format!(
-                    "item {} ({}) has no {name} while other items of its batch do (as AI Toolkit, only a missing mask, control or inpaint image is filled with zeros); run `larder prepare` again so that every item gets one, or load without the field",
+                    "item {} ({}) has no {name} while other items of its batch do (as AI Toolkit, only a missing mask, control, inpaint image or audio track is filled with zeros); run `larder prepare` again so that every item gets one, or load without the field",
                     ids[k], rows[k].path
                 ),
             });
@@ -81,14 +81,38 @@ pub(super) fn assemble(
             // Each item's own tensor: a batch of one, without its batch dimension.
             let mut own = Vec::with_capacity(ids.len());
             for k in 0..ids.len() {
+                if positions[k] == NO_ENTRY {
+                    own.push(None);
+                    continue;
+                }
                 let one = k..k + 1;
                 let (ids, rows, positions) =
                     (&ids[one.clone()], &rows[one.clone()], &positions[one]);
                 let mut tensor = stack(store, pool, ids, rows, positions, name, &shared.metrics)?;
                 mirror_flipped(&mut tensor, &flipped[k..k + 1]);
                 tensor.shape.remove(0);
-                own.push(tensor);
+                own.push(Some(tensor));
             }
+            // An item without the field (a clip without audio) gets zeros shaped like the
+            // first item's that has it, as AI Toolkit's `zeros_like`.
+            let zeros = (own.iter().flatten().next())
+                .map(|t| (t.dtype, t.shape.clone(), t.data.as_slice().len()));
+            let own = (own.into_iter())
+                .map(|t| match (t, &zeros) {
+                    (Some(t), _) => Some(t),
+                    (None, Some((dtype, shape, len))) => {
+                        let mut data = pool.take(*len);
+                        data.as_mut_slice().fill(0);
+                        Some(Tensor {
+                            dtype,
+                            shape: shape.clone(),
+                            data,
+                        })
+                    }
+                    (None, None) => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
             per_item_fields.insert(name.clone(), own);
             continue;
         }
@@ -145,11 +169,12 @@ pub(super) fn assemble(
 }
 
 /// Returns true if and only if an item that lacks `field` gets zeros in its place in the batch
-/// (AI Toolkit's `zeros_like` for masks, controls and inpaint images) rather than failing it.
+/// (AI Toolkit's `zeros_like` for masks, controls, inpaint images and audio: a clip without a
+/// track is silence, its `audio.sample_rate` 0) rather than failing it.
 fn zero_when_missing(field: &str) -> bool {
     matches!(
         field.split('.').next().unwrap_or(field),
-        "mask" | "control" | "inpaint"
+        "mask" | "control" | "inpaint" | "audio"
     )
 }
 

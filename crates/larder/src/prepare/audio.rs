@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::Target;
 use super::items::ItemPlan;
-use super::writer::{Produced, Written, stored_entry, with_writer};
+use super::writer::{Produced, Written, guarded, stored_entry, with_writer};
 use crate::scan::{Finding, FindingKind};
 use crate::store::catalog::Catalog;
 use crate::store::codec::{Codec, Values};
@@ -102,7 +102,7 @@ fn produce(item: &ItemPlan<'_>) -> Vec<Produced> {
     else {
         return failed(FindingKind::Corrupt, "not a clip with audio".into());
     };
-    let track = match decode_audio(path) {
+    let track = match guarded(path, || decode_audio(path)) {
         Ok(track) => track,
         Err(e) => return failed(FindingKind::Corrupt, e.to_string()),
     };

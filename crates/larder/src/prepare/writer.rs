@@ -363,7 +363,7 @@ pub(super) fn decode_placed(
 /// Runs `decode` on a file from a dataset. Decoders are fed untrusted files; should one panic
 /// on a hostile file, that file becomes a finding like any other undecodable one instead of
 /// ending the prepare.
-fn guarded<T>(source: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(super) fn guarded<T>(source: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
         .unwrap_or_else(|_| Err(Error::image(source, "the decoder crashed on this file")))
 }

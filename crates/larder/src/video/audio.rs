@@ -120,41 +120,48 @@ fn append_samples(
             channels.len()
         ));
     }
+    let (size, planar) = match frame.format() {
+        Sample::U8(layout) => (1, layout == Layout::Planar),
+        Sample::I16(layout) => (2, layout == Layout::Planar),
+        Sample::I32(layout) | Sample::F32(layout) => (4, layout == Layout::Planar),
+        Sample::I64(layout) | Sample::F64(layout) => (8, layout == Layout::Planar),
+        Sample::None => return Err("its audio frames have no sample format".into()),
+    };
     let format = frame.format();
-    let planar = matches!(format, Sample::U8(Layout::Planar))
-        || matches!(format, Sample::I16(Layout::Planar))
-        || matches!(format, Sample::I32(Layout::Planar))
-        || matches!(format, Sample::I64(Layout::Planar))
-        || matches!(format, Sample::F32(Layout::Planar))
-        || matches!(format, Sample::F64(Layout::Planar));
     for (c, out) in channels.iter_mut().enumerate() {
-        // Planar: one plane per channel; packed: the channels interleaved in plane 0.
+        // Planar: one plane per channel; packed: the channels interleaved in plane 0. FFmpeg
+        // sets only the first plane's line size for audio, so each plane's length is computed.
         let (plane, at, stride) = if planar { (c, 0, 1) } else { (0, c, count) };
-        let data = frame.data(plane);
-        let take = |size: usize| (0..n).map(move |i| (at + i * stride) * size);
-        match format {
-            Sample::U8(_) => out.extend(take(1).map(|o| (f32::from(data[o]) - 128.0) / 128.0)),
-            Sample::I16(_) => out.extend(
-                take(2).map(|o| f32::from(i16::from_ne_bytes([data[o], data[o + 1]])) / 32_768.0),
-            ),
-            Sample::I32(_) => out.extend(take(4).map(|o| {
-                let v = i32::from_ne_bytes(data[o..o + 4].try_into().unwrap_or_default());
-                (f64::from(v) / 2_147_483_648.0) as f32
-            })),
-            Sample::I64(_) => out.extend(take(8).map(|o| {
-                let v = i64::from_ne_bytes(data[o..o + 8].try_into().unwrap_or_default());
-                (v as f64 / 9_223_372_036_854_775_808.0) as f32
-            })),
-            Sample::F32(_) => out.extend(
-                take(4).map(|o| f32::from_ne_bytes(data[o..o + 4].try_into().unwrap_or_default())),
-            ),
-            Sample::F64(_) => {
-                out.extend(take(8).map(|o| {
-                    f64::from_ne_bytes(data[o..o + 8].try_into().unwrap_or_default()) as f32
-                }))
+        let bytes = if planar { n * size } else { n * count * size };
+        // SAFETY: a decoded audio frame has `extended_data[plane]` for every plane (one per
+        // channel when planar, one otherwise) holding at least `bytes` bytes.
+        let data = unsafe {
+            let planes = (*frame.as_ptr()).extended_data;
+            std::slice::from_raw_parts(*planes.add(plane), bytes)
+        };
+        let value = |i: usize| -> [u8; 8] {
+            let o = (at + i * stride) * size;
+            let mut b = [0u8; 8];
+            b[..size].copy_from_slice(&data[o..o + size]);
+            b
+        };
+        out.extend((0..n).map(|i| {
+            let b = value(i);
+            match format {
+                Sample::U8(_) => (f32::from(b[0]) - 128.0) / 128.0,
+                Sample::I16(_) => f32::from(i16::from_ne_bytes([b[0], b[1]])) / 32_768.0,
+                Sample::I32(_) => {
+                    (f64::from(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])) / 2_147_483_648.0)
+                        as f32
+                }
+                Sample::I64(_) => {
+                    (i64::from_ne_bytes(b) as f64 / 9_223_372_036_854_775_808.0) as f32
+                }
+                Sample::F32(_) => f32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                Sample::F64(_) => f64::from_ne_bytes(b) as f32,
+                Sample::None => 0.0,
             }
-            Sample::None => return Err("its audio frames have no sample format".into()),
-        }
+        }));
     }
     Ok(())
 }

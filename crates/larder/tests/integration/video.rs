@@ -543,19 +543,32 @@ fn do_audio_stores_the_audio_under_the_chosen_frames_stretched_to_the_training_t
         "the stretched ramp still rises"
     );
     assert!(frames[0] > 0, "a drawn start: {frames:?}");
-    // A clip without an audio track trains without audio, as in AI Toolkit.
+    // A clip without an audio track has none stored.
     let silent = items
         .iter()
         .find(|i| i.path.ends_with("silent.mp4"))
         .expect("silent");
     assert!(store.read_field(silent, "audio").is_err());
-    // Batches carry each clip's audio as its own tensor, and the rates stacked.
-    let batch = epoch(&store, 1)
-        .into_iter()
-        .find(|b| b.per_item_fields.contains_key("audio"))
-        .expect("a batch with audio");
-    assert_eq!(batch.per_item_fields["audio"][0].shape, [2, 4000]);
-    assert_eq!(batch.fields["audio.sample_rate"].shape, [1]);
+    // Batches carry each clip's audio as its own tensor, and the rates stacked; in a batch
+    // with a clip that has audio, one without gets silence of the same length and rate 0, as
+    // AI Toolkit's batch fills it with zeros.
+    let batch = epoch(&store, 2).remove(0);
+    let audio = &batch.per_item_fields["audio"];
+    assert_eq!(audio.len(), 2);
+    assert!(audio.iter().all(|t| t.shape == [2, 4000]));
+    let rates: Vec<f32> = (batch.fields["audio.sample_rate"].data.as_slice())
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let k = batch
+        .items
+        .iter()
+        .position(|&id| id as u64 == silent.id)
+        .expect("silent in the batch");
+    assert_eq!(rates[k], 0.0);
+    assert_eq!(rates[1 - k], 8000.0);
+    assert!(audio[k].data.as_slice().iter().all(|&b| b == 0));
+    assert!(audio[1 - k].data.as_slice().iter().any(|&b| b != 0));
     // Nothing is decoded again.
     let (_, again) = prepared(&config, &dir.path().join("store"));
     assert_eq!(again.entries_computed, 0);

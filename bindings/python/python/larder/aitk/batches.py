@@ -72,6 +72,14 @@ class BatchMaker:
                 file_item._encoded_latent = batch["latent"][k]
             if FIRST_FRAME_LATENT in batch:
                 file_item._cached_first_frame_latent = batch[FIRST_FRAME_LATENT][k]
+            if "audio" in batch:
+                # A clip's stereo waveform (do_audio) at its track's rate, as AI Toolkit's
+                # load_and_process_video leaves it; rate 0 marks a clip without a track, which
+                # AI Toolkit's batch fills with silence.
+                rate = int(batch["audio.sample_rate"][k])
+                if rate > 0:
+                    file_item.audio_data = {"waveform": batch["audio"][k], "sample_rate": rate}
+                    file_item.audio_tensor = batch["audio"][k]
             if "mask" in batch:
                 # Stored with invert_mask and mask_min_value applied, as 0..255.
                 file_item.mask_tensor = batch["mask"][k].float() / 255.0
@@ -247,7 +255,7 @@ class Loader:
                     # The shapes of the tensors the trainer gets, where the batch has them.
                     "shapes": {
                         name: list(getattr(dto, name).shape)
-                        for name in ("tensor", "latents", "first_frame_latents")
+                        for name in ("tensor", "latents", "first_frame_latents", "audio_tensor")
                         if getattr(dto, name, None) is not None
                     },
                 }
