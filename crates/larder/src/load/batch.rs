@@ -195,7 +195,7 @@ pub struct Batch {
     pub fields: BTreeMap<String, Tensor>,
     /// Fields whose items have sizes of their own, one tensor per item without a batch
     /// dimension: controls at their own size ("control_raw.0", ...; AI Toolkit's
-    /// `control_tensor_list`).
+    /// `control_tensor_list`) and clips' audio ("audio", [2, L] at each track's rate).
     pub per_item_fields: BTreeMap<String, Vec<Tensor>>,
     /// Captions after this epoch's transforms.
     pub captions: Vec<String>,
