@@ -181,7 +181,7 @@ fn unimplemented_and_unknown_keys_warn_once_each() {
     let path = file(
         dir.path(),
         "w.yaml",
-        "datasets:\n  - folder_path: imgs\n    do_audio: true\n    augments: [ColorJitter]\n    shufle_tokens: true\n    num_frames_default: 1\n    fps: 16\n",
+        "datasets:\n  - folder_path: imgs\n    audio_preserve_pitch: true\n    augments: [ColorJitter]\n    shufle_tokens: true\n    num_frames_default: 1\n    fps: 16\n",
     );
     let config = Config::load(&path).expect("valid");
     let keys: Vec<(&str, u64)> = config
@@ -192,14 +192,14 @@ fn unimplemented_and_unknown_keys_warn_once_each() {
     assert_eq!(
         keys,
         vec![
-            ("datasets[0].do_audio", 3),
+            ("datasets[0].audio_preserve_pitch", 3),
             ("datasets[0].augments", 4),
             ("datasets[0].shufle_tokens", 5),
             ("datasets[0].num_frames_default", 6)
         ]
     );
-    assert!(config.warnings[0].message.contains("audio"));
-    // Audio and augmentations ask for data larder does not serve; typos do not.
+    assert!(config.warnings[0].message.contains("pitch"));
+    // A pitch-preserving stretch and augmentations ask for data larder does not serve; typos do not.
     let not_served: Vec<bool> = config.warnings.iter().map(|w| w.not_served).collect();
     assert_eq!(not_served, [true, true, false, false]);
     assert!(
