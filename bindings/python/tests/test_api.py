@@ -13,10 +13,10 @@ from conftest import make_dataset
 def test_load_config_reports_warnings_and_errors(tmp_path):
     make_dataset(str(tmp_path), n=3)
     path = tmp_path / "w.yaml"
-    path.write_text("datasets:\n  - folder_path: imgs\n    do_audio: true\n")
+    path.write_text("datasets:\n  - folder_path: imgs\n    augments: [ColorJitter]\n")
     config = larder.load_config(path)
     assert len(config) == 1 and config.divisibility == 16
-    assert any("do_audio" in w for w in config.warnings)
+    assert any("augments" in w for w in config.warnings)
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets:\n  - folder_path: imgs\n    resolution: huge\n")
     with pytest.raises(larder.ConfigError) as err:
