@@ -133,7 +133,11 @@ fn an_unusable_config_fails_with_file_line_and_key() {
 fn ignored_keys_are_warned_about_on_stderr() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("w.yaml");
-    std::fs::write(&path, "datasets:\n  - folder_path: .\n    augments: [ColorJitter]\n").expect("write");
+    std::fs::write(
+        &path,
+        "datasets:\n  - folder_path: .\n    augments: [ColorJitter]\n",
+    )
+    .expect("write");
     let out = larder(&["scan", path.to_str().expect("utf-8 path")]);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
