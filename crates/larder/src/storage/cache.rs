@@ -329,6 +329,13 @@ impl ChunkCache {
         if !state.chunks.contains_key(key) {
             state.add(key.clone(), place.offset, size, true);
         }
+        drop(state);
+        // The batch that pinned the chunk may have been released (its loader dropped) between
+        // the pin check above and now; its unpin found nothing to evict then, so the chunk
+        // would stay over the limit with nothing left to evict it. It goes now if unpinned.
+        if pinned {
+            self.evict_to(0);
+        }
         Ok(())
     }
 
