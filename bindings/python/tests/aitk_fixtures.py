@@ -243,11 +243,22 @@ def make_clips(folder, lengths=((30, 30), (24, 24), (40, 20)), size=64):
             f.write(f"a clip of thing {i}")
 
 
-def make_talking_clips(folder, specs, size=64, bits=8):
+#: The bars of ``bar_code``: one per bit of the frame index.
+BAR_CODE_BITS = 8
+
+
+def bar_code(i, size):
+    """A ``size``x``size`` gray frame showing ``i`` as vertical bars, one per bit (light = 1,
+    most significant on the left), wide enough to survive lossy coding."""
+    bits = np.array([(i >> (BAR_CODE_BITS - 1 - b)) & 1 for b in range(BAR_CODE_BITS)], np.uint8) * 255
+    row = np.repeat(bits, size // BAR_CODE_BITS)
+    return np.ascontiguousarray(np.broadcast_to(row[None, :, None], (size, size, 3)))
+
+
+def make_talking_clips(folder, specs, size=64):
     """MP4s with sound, written by PyAV: ``specs`` maps a file name to (frames, fps, sample
-    rate, channels). Frame i shows i as ``bits`` vertical bars (light = 1, most significant
-    on the left); the AAC audio is a rising tone, louder over time, each channel at its own
-    pitch. Captions <stem>.txt."""
+    rate, channels). Frame i shows i as a ``bar_code``; the AAC audio is a rising tone,
+    louder over time, each channel at its own pitch. Captions <stem>.txt."""
     import av
 
     os.makedirs(folder, exist_ok=True)
@@ -258,9 +269,7 @@ def make_talking_clips(folder, specs, size=64, bits=8):
         audio = out.add_stream("aac", rate=rate)
         audio.layout = "stereo" if channels == 2 else "mono"
         for i in range(frames):
-            row = np.repeat(np.array([(i >> (bits - 1 - b)) & 1 for b in range(bits)], np.uint8) * 255, size // bits)
-            picture = np.ascontiguousarray(np.broadcast_to(row[None, :, None], (size, size, 3)))
-            for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+            for packet in video.encode(av.VideoFrame.from_ndarray(bar_code(i, size), format="rgb24")):
                 out.mux(packet)
         t = np.arange(int(frames / fps * rate)) / rate
         tone = np.stack([0.2 * (1 + t) * np.sin(2 * np.pi * (220 * (c + 1) + 50 * t) * t) for c in range(channels)])

@@ -17,18 +17,16 @@ import larder
 cv2 = pytest.importorskip("cv2", reason="did not run: opencv-python-headless is not installed (scripts/requirements-aitk.txt)")
 
 AITK = fx.aitk_path()
-BITS = 8
+BITS = fx.BAR_CODE_BITS
 SIZE = 64
 
 
 def write_clip(path, frames, fps):
-    """An MPEG-4 clip whose frame i shows i as eight vertical bars (light = 1, MSB left)."""
+    """An MPEG-4 clip whose frame i shows i as a bar code (``fx.bar_code``)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (SIZE, SIZE))
     assert writer.isOpened()
     for i in range(frames):
-        bits = np.array([(i >> (BITS - 1 - b)) & 1 for b in range(BITS)], np.uint8) * 255
-        row = np.repeat(bits, SIZE // BITS)
-        writer.write(np.ascontiguousarray(np.broadcast_to(row[None, :, None], (SIZE, SIZE, 3))))
+        writer.write(fx.bar_code(i, SIZE))
     writer.release()
 
 

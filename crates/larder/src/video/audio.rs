@@ -14,6 +14,7 @@ use ffmpeg::format::sample::Type as Layout;
 use ffmpeg::media::Type;
 use ffmpeg_next as ffmpeg;
 
+use super::python_round;
 use crate::config::{AudioRule, FrameRule};
 use crate::{Error, Result};
 
@@ -104,6 +105,9 @@ pub(crate) fn decode_audio(path: &Path) -> Result<Waveform> {
     })
 }
 
+/// Converts one sample's bytes (native endian) to f32.
+type ToF32 = fn(&[u8]) -> f32;
+
 /// Appends a decoded frame's samples to `channels`, converted to f32 in [-1, 1] as FFmpeg's
 /// resampler converts them (integers divided by their full scale).
 fn append_samples(
@@ -120,14 +124,30 @@ fn append_samples(
             channels.len()
         ));
     }
-    let (size, planar) = match frame.format() {
-        Sample::U8(layout) => (1, layout == Layout::Planar),
-        Sample::I16(layout) => (2, layout == Layout::Planar),
-        Sample::I32(layout) | Sample::F32(layout) => (4, layout == Layout::Planar),
-        Sample::I64(layout) | Sample::F64(layout) => (8, layout == Layout::Planar),
+    // Each format's sample size, and its conversion to f32 (chosen once per frame, not per
+    // sample).
+    let (size, planar, convert): (usize, bool, ToF32) = match frame.format() {
+        Sample::U8(l) => (1, l == Layout::Planar, |b| {
+            (f32::from(b[0]) - 128.0) / 128.0
+        }),
+        Sample::I16(l) => (2, l == Layout::Planar, |b| {
+            f32::from(i16::from_ne_bytes([b[0], b[1]])) / 32_768.0
+        }),
+        Sample::I32(l) => (4, l == Layout::Planar, |b| {
+            (f64::from(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])) / 2_147_483_648.0) as f32
+        }),
+        Sample::F32(l) => (4, l == Layout::Planar, |b| {
+            f32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+        }),
+        Sample::I64(l) => (8, l == Layout::Planar, |b| {
+            let v = i64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            (v as f64 / 9_223_372_036_854_775_808.0) as f32
+        }),
+        Sample::F64(l) => (8, l == Layout::Planar, |b| {
+            f64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+        }),
         Sample::None => return Err("its audio frames have no sample format".into()),
     };
-    let format = frame.format();
     for (c, out) in channels.iter_mut().enumerate() {
         // Planar: one plane per channel; packed: the channels interleaved in plane 0. FFmpeg
         // sets only the first plane's line size for audio, so each plane's length is computed.
@@ -139,28 +159,9 @@ fn append_samples(
             let planes = (*frame.as_ptr()).extended_data;
             std::slice::from_raw_parts(*planes.add(plane), bytes)
         };
-        let value = |i: usize| -> [u8; 8] {
-            let o = (at + i * stride) * size;
-            let mut b = [0u8; 8];
-            b[..size].copy_from_slice(&data[o..o + size]);
-            b
-        };
         out.extend((0..n).map(|i| {
-            let b = value(i);
-            match format {
-                Sample::U8(_) => (f32::from(b[0]) - 128.0) / 128.0,
-                Sample::I16(_) => f32::from(i16::from_ne_bytes([b[0], b[1]])) / 32_768.0,
-                Sample::I32(_) => {
-                    (f64::from(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])) / 2_147_483_648.0)
-                        as f32
-                }
-                Sample::I64(_) => {
-                    (i64::from_ne_bytes(b) as f64 / 9_223_372_036_854_775_808.0) as f32
-                }
-                Sample::F32(_) => f32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-                Sample::F64(_) => f64::from_ne_bytes(b) as f32,
-                Sample::None => 0.0,
-            }
+            let o = (at + i * stride) * size;
+            convert(&data[o..o + size])
         }));
     }
     Ok(())
@@ -290,11 +291,6 @@ fn stretch_linear(input: &[f32], target: usize) -> Vec<f32> {
             input[i0] * (1.0 - lambda) + input[i1] * lambda
         })
         .collect()
-}
-
-/// Python's `round(x)` (halves to even), as a signed count.
-fn python_round(x: f64) -> i64 {
-    x.round_ties_even() as i64
 }
 
 #[cfg(test)]

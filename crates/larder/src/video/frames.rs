@@ -83,9 +83,9 @@ impl FrameRule {
     }
 }
 
-/// Python's `int(round(x))` for x ≥ 0: halves go to the even neighbour.
+/// Python's `int(round(x))` as a frame index (x ≥ 0).
 fn python_round(x: f64) -> u64 {
-    x.round_ties_even().max(0.0) as u64
+    super::python_round(x).max(0) as u64
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub(crate) struct Frame {
     pub data: Vec<u8>,
 }
 
+/// Python's `round(x)`: halves go to the even neighbour. AI Toolkit's frame and sample
+/// choices round this way; one frame or sample off is other training data.
+fn python_round(x: f64) -> i64 {
+    x.round_ties_even() as i64
+}
+
 /// Identity of the frame pipeline, part of the key of every stored clip.
 pub const PIPELINE: &str = "decode=ffmpeg+sws-bicubic-rgb24+rotate;select=aitk-v1";
 
