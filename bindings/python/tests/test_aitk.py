@@ -515,6 +515,49 @@ def test_a_resumed_job_continues_the_exact_data_order(tmp_path, sd15):
     assert {e for e, _, _ in order(whole)} == {0, 1}
 
 
+def test_two_ranks_serve_their_shares_take_equal_steps_and_resume_the_exact_order(tmp_path, sd15):
+    """AI Toolkit's trainer on two CPU ranks under torchrun (gloo), with accelerate's GPU rule
+    for frozen modules (aitk_cpu_ranks.py says why). Five images, batch 1: an epoch is five
+    global batches, which two ranks cannot split evenly."""
+    data = tmp_path / "data"
+    fx.make_images(str(data), n=5)
+    log = tmp_path / "ranks.jsonl"
+    ranks = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             str(Path(__file__).with_name("aitk_cpu_ranks.py"))]
+    outputs = []
+    # Two steps, then the same job resumed to five: across the epoch boundary.
+    for steps in (2, 5):
+        env = fx.aitk_env(AITK, str(tmp_path))
+        env["LARDER_AITK_BATCH_LOG"] = str(log)
+        done = subprocess.run(
+            [*ranks, "run", _job(tmp_path, sd15, "ranks", data, steps=steps), "--aitk", AITK],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )
+        assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        outputs.append(done.stdout + done.stderr)
+    assert (tmp_path / "output" / "ranks" / "ranks.safetensors").is_file()
+    # Rank 0 prepared the store (encoding all five images on the first run, none on the
+    # resumed one); rank 1 waited for it.
+    assert [len(re.findall(r"larder: train store .*: 5 items", out)) for out in outputs] == [1, 1]
+    assert "5 entries computed, 0 reused" in outputs[0] and "0 entries computed, 5 reused" in outputs[1]
+
+    served = {rank: [(b["epoch"], b["index"], b["items"]) for b in _log(log) if b["rank"] == rank] for rank in (0, 1)}
+    # Equal step counts: each rank trained on five batches, two before the stop, three after.
+    assert [len(served[0]), len(served[1])] == [5, 5]
+    # The global order, as one process serves it: rank r takes global batches r, r + 2, ...,
+    # and the rank short of a batch at an epoch's end repeats the epoch's first.
+    store = larder.Store.open(tmp_path / "output" / "ranks" / ".larder" / "store" / "train")
+    paths = {item["id"]: item["path"] for item in store.items()}
+    order = larder.DataLoader(store, batch_size=1, shuffle=True, seed=0)
+    epochs = []
+    for _ in range(2):
+        epochs.append([[paths[int(i)] for i in batch["items"]] for batch in order])
+    assert all(sorted(sum(epoch, [])) == sorted(str(p) for p in data.glob("*.png")) for epoch in epochs)
+    assert [items for _, _, items in served[0]] == [epochs[0][0], epochs[0][2], epochs[0][4], epochs[1][0], epochs[1][2]]
+    assert [items for _, _, items in served[1]] == [epochs[0][1], epochs[0][3], epochs[0][0], epochs[1][1], epochs[1][3]]
+    assert [e for e, _, _ in served[0]] == [e for e, _, _ in served[1]] == [0, 0, 0, 1, 1]
+
+
 # A pitch-preserving audio stretch and image augmentations: larder does not do them yet; the
 # run stops before the model's weights load.
 @pytest.mark.parametrize("arch, extra, key, reason", [

@@ -233,10 +233,11 @@ class Loader:
     next epoch on the next ``iter()`` by itself, so ``setup_epoch`` has nothing to do.
     """
 
-    def __init__(self, native: Any, make_batch: BatchMaker, group: str = "train"):
+    def __init__(self, native: Any, make_batch: BatchMaker, group: str = "train", rank: int = 0):
         self.native = native
         self.make_batch = make_batch
         self.group = group
+        self.rank = rank
         self.len = None
         self.dataset = _Epochs()
         # What the run trained on, batch by batch, for checking a data order (docs/aitk.md).
@@ -248,6 +249,7 @@ class Loader:
             if self.batch_log:
                 record = {
                     "group": self.group,
+                    "rank": self.rank,
                     "epoch": int(batch["epoch"]),
                     "index": int(batch["index"]),
                     "items": [f.path for f in dto.file_items],

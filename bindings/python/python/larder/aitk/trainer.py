@@ -187,6 +187,7 @@ class DataPath:
 
         t = self.trainer
         t.datasets, t.datasets_reg = self._hidden
+        self._share_the_resumed_step()
         self._use_model_frame_rule(t.sd)
         model = _file_item_model_args(t.sd)
         layout = self._prompt_layout(model)
@@ -237,7 +238,7 @@ class DataPath:
             )
             aitk = self._hidden[0] if group == "train" else self._hidden[1]
             views = dataset_views(raw, aitk)
-            self.loaders[group] = Loader(native, BatchMaker(store.items(), views, model, prompts), group)
+            self.loaders[group] = Loader(native, BatchMaker(store.items(), views, model, prompts), group, t.accelerator.process_index)
         self._restore_position()
         return self.loaders.get("train"), self.loaders.get("reg")
 
@@ -271,12 +272,34 @@ class DataPath:
         with torch.no_grad():
             return PromptLayout(self.trainer.sd.encode_prompt(""))
 
+    def _share_the_resumed_step(self) -> None:
+        """Gives every rank the step and epoch the main process resumes at.
+
+        AI Toolkit reads them from the checkpoint on the main process only
+        (``load_training_state_from_metadata``), while every rank loads the weights: the other
+        ranks would start again at step 0, train more steps than the main process, and serve
+        the data order from its start.
+        """
+        t = self.trainer
+        if t.accelerator.num_processes == 1:
+            return
+        from accelerate.utils import broadcast_object_list
+
+        resumed = broadcast_object_list([t.step_num, t.start_step, t.epoch_num], from_process=0)
+        t.step_num, t.start_step, t.epoch_num = resumed
+
     def _position_file(self, step: int) -> Path:
         return self.work / "positions" / f"step-{step:09d}.json"
 
     def save_position(self) -> None:
         """Saves each loader's position beside the checkpoint AI Toolkit just wrote (keyed by
-        the step it records in it), keeping as many as AI Toolkit keeps checkpoints."""
+        the step it records in it), keeping as many as AI Toolkit keeps checkpoints.
+
+        The position is the global one (how many batches all ranks together have served), the
+        same on every rank, so the main process writes it, as AI Toolkit writes its checkpoint.
+        """
+        if not self.trainer.accelerator.is_main_process:
+            return
         step = int(self.trainer.step_num)
         path = self._position_file(step)
         path.parent.mkdir(parents=True, exist_ok=True)
