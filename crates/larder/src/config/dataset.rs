@@ -198,6 +198,9 @@ pub struct DatasetConfig {
     pub mask_min_value: f64,
     /// Folder of RGBA inpainting images paired by stem.
     pub inpaint_path: Option<PathBuf>,
+    /// Folder of the images CLIP encoders see in place of each item's own, paired by stem
+    /// (`clip_image_path`: the reference images of IP-Adapter-style training).
+    pub clip_image_path: Option<PathBuf>,
     /// A regularization dataset (the trigger word is not forced into captions).
     pub is_reg: bool,
     /// Weight of the network for this dataset.
@@ -340,6 +343,9 @@ pub(crate) fn parse_dataset(
                 }
             }
             "mask_path" => cfg.mask_path = a.opt_string(v)?.map(|p| resolve_path(at.file, &p)),
+            "clip_image_path" => {
+                cfg.clip_image_path = a.opt_string(v)?.map(|p| resolve_path(at.file, &p))
+            }
             "alpha_mask" => cfg.alpha_mask = a.bool(v)?,
             "invert_mask" => cfg.invert_mask = a.bool(v)?,
             "mask_min_value" => cfg.mask_min_value = a.float(v, 0.0, 1.0)?,
@@ -578,6 +584,7 @@ impl DatasetConfig {
                 ControlSize::Item
             },
             mask_path: None,
+            clip_image_path: None,
             alpha_mask: false,
             invert_mask: false,
             mask_min_value: 0.0,
@@ -905,8 +912,7 @@ fn not_implemented(key: &str) -> Option<&'static str> {
     Some(match key {
         "audio_preserve_pitch" => "pitch-preserving audio stretch",
         "augments" | "augmentations" | "shuffle_augmentations" => "image augmentations",
-        "clip_image_path"
-        | "clip_image_from_same_folder"
+        "clip_image_from_same_folder"
         | "clip_image_augmentations"
         | "clip_image_shuffle_augmentations" => "CLIP image inputs",
         "unconditional_path" => "unconditional images",

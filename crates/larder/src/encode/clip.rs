@@ -5,8 +5,16 @@
 //! to `size`×`size`, scaled to [0, 1] and normalized with CLIP's mean and standard deviation.
 //! AI Toolkit feeds its CLIP vision cache through that processor from the full image, not the
 //! bucket crop, so larder does the same.
+//!
+//! A dataset with `clip_image_path` gives CLIP another image of the same stem instead, squared
+//! first as AI Toolkit's `load_clip_image` squares it ([`Squaring`]).
 
-use crate::plan::{Bucket, Placement};
+use std::path::Path;
+
+use crate::config::DatasetConfig;
+use crate::image::{self, Convert, Decoded};
+use crate::plan::{Bucket, Flip, Placement};
+use crate::{Error, Result};
 
 /// CLIP's per-channel mean (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -60,6 +68,12 @@ impl ClipPreprocess {
         }
     }
 
+    /// `img` (flipped already) resized and cropped as CLIP takes it, as C×H×W bytes.
+    pub(crate) fn resize(&self, img: Decoded) -> Result<Vec<u8>> {
+        let placement = self.placement(img.width, img.height);
+        image::place(img, &placement, Flip::None)
+    }
+
     /// Normalizes C×H×W u8 RGB values into `out` (of the same length).
     pub(crate) fn normalize(&self, pixels: &[u8], out: &mut [f32]) {
         let plane = (self.size as usize).pow(2).max(1);
@@ -77,9 +91,85 @@ impl ClipPreprocess {
     }
 }
 
+/// How a dataset's CLIP image (`clip_image_path`) is made square before CLIP's preprocessing,
+/// as AI Toolkit's `load_clip_image` does after flipping it as the item: a center crop to its
+/// shorter side with `square_crop`, else a bicubic resize of the whole image to its shorter
+/// side, so that nothing is cut away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Squaring {
+    CenterCrop,
+    Squish,
+}
+
+impl Squaring {
+    pub(crate) fn of(cfg: &DatasetConfig) -> Self {
+        if cfg.square_crop {
+            Squaring::CenterCrop
+        } else {
+            Squaring::Squish
+        }
+    }
+
+    /// The text that enters the cache key.
+    pub(crate) fn key_text(self) -> &'static str {
+        match self {
+            Squaring::CenterCrop => "reference-square=center-crop",
+            Squaring::Squish => "reference-square=bicubic-squish",
+        }
+    }
+
+    /// `img` made square.
+    pub(crate) fn apply(self, img: Decoded) -> Result<Decoded> {
+        let side = img.width.min(img.height);
+        match self {
+            Squaring::Squish => image::resize(img, side, side),
+            Squaring::CenterCrop => {
+                // torchvision's CenterCrop: int(round((size - side) / 2.0)), ties to even.
+                let offset = |size: u32| (f64::from(size - side) / 2.0).round_ties_even() as u32;
+                let (x, y) = (offset(img.width), offset(img.height));
+                image::crop(&img, x, y, side, side).ok_or(Error::InvalidArgument {
+                    name: "image",
+                    message: format!("no {side}x{side} square at ({x}, {y})"),
+                })
+            }
+        }
+    }
+}
+
+/// The dataset's CLIP image at `path` as CLIP sees it for an item flipped by `flip`, before
+/// CLIP's own preprocessing: decoded, flipped, then squared.
+pub(crate) fn squared_reference(path: &Path, flip: Flip, squaring: Squaring) -> Result<Decoded> {
+    let mut img = image::decode(path, Convert::Rgb)?;
+    image::flip_in_place(&mut img, flip);
+    let img = squaring.apply(img)?;
+    if img.width == 0 {
+        return Err(Error::image(path, "an image without pixels"));
+    }
+    Ok(img)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::Channels;
+
+    #[test]
+    fn a_center_crop_square_starts_where_torchvision_rounds_half_to_even() {
+        // One grey row whose pixel values are their column: the crop's first column shows.
+        let strip = |width: u32| Decoded {
+            width,
+            height: 4,
+            channels: Channels::L,
+            data: (0..4).flat_map(|_| 0..width as u8).collect(),
+        };
+        for (width, first) in [(7, 2), (9, 2), (8, 2), (11, 4)] {
+            let square = Squaring::CenterCrop.apply(strip(width)).expect("square");
+            assert_eq!((square.width, square.height), (4, 4));
+            assert_eq!(square.data[0], first, "width {width}");
+        }
+        let squished = Squaring::Squish.apply(strip(9)).expect("square");
+        assert_eq!((squished.width, squished.height), (4, 4));
+    }
 
     #[test]
     fn the_shorter_side_becomes_the_size_and_the_crop_is_centered() {

@@ -15,6 +15,7 @@
 mod clip;
 
 pub use clip::{CLIP_MEAN, CLIP_STD, ClipPreprocess};
+pub(crate) use clip::{Squaring, squared_reference};
 
 /// The error an encoder returns: anything that can be shown. Prepare wraps it in
 /// [`Error::Encoder`](crate::Error::Encoder) with the field and the item it concerns.
@@ -140,8 +141,9 @@ pub trait ImageEncoder: Send {
     /// What identifies this encoder's output.
     fn identity(&self) -> EncoderIdentity;
 
-    /// How the encoder wants its pixels (ignored for CLIP encoders, which always get
-    /// CLIP-normalized f32).
+    /// How the encoder wants its pixels. A CLIP encoder gets CLIP-normalized f32, or with
+    /// [`PixelFormat::U8`] the image CLIP sees at its own size, one per batch, to preprocess
+    /// itself (as AI Toolkit's adapters run their own image processor).
     fn pixel_format(&self) -> PixelFormat {
         PixelFormat::SignedUnit
     }

@@ -146,28 +146,7 @@ pub(crate) fn place(mut img: Decoded, placement: &Placement, flip: Flip) -> Resu
     flip_in_place(&mut img, flip);
     let (sw, sh) = (placement.scale_to_width, placement.scale_to_height);
     let c = img.channels.count();
-    let resized = if (img.width, img.height) == (sw, sh) {
-        img.data
-    } else {
-        let pixel_type = img.channels.pixel_type();
-        let src = fr::images::Image::from_vec_u8(img.width, img.height, img.data, pixel_type)
-            .map_err(|e| Error::InvalidArgument {
-                name: "image",
-                message: e.to_string(),
-            })?;
-        let mut dst = fr::images::Image::new(sw, sh, pixel_type);
-        // Alpha is resized as its own channel, as Pillow does for RGBA without premultiplying.
-        let options = fr::ResizeOptions::new()
-            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
-            .use_alpha(false);
-        fr::Resizer::new()
-            .resize(&src, &mut dst, &options)
-            .map_err(|e| Error::InvalidArgument {
-                name: "image",
-                message: format!("resize {}x{} to {sw}x{sh}: {e}", img.width, img.height),
-            })?;
-        dst.into_vec()
-    };
+    let resized = resize(img, sw, sh)?.data;
     let (bw, bh) = (
         placement.bucket.width as usize,
         placement.bucket.height as usize,
@@ -197,7 +176,66 @@ pub(crate) fn place(mut img: Decoded, placement: &Placement, flip: Flip) -> Resu
     Ok(out)
 }
 
-fn flip_in_place(img: &mut Decoded, flip: Flip) {
+/// `img` resized to `width`×`height` with Pillow's bicubic filter (Catmull-Rom); alpha is
+/// resized as its own channel, as Pillow does for RGBA without premultiplying.
+pub(crate) fn resize(img: Decoded, width: u32, height: u32) -> Result<Decoded> {
+    if (img.width, img.height) == (width, height) {
+        return Ok(img);
+    }
+    let (from_w, from_h, channels) = (img.width, img.height, img.channels);
+    let pixel_type = channels.pixel_type();
+    let src =
+        fr::images::Image::from_vec_u8(from_w, from_h, img.data, pixel_type).map_err(|e| {
+            Error::InvalidArgument {
+                name: "image",
+                message: e.to_string(),
+            }
+        })?;
+    let mut dst = fr::images::Image::new(width, height, pixel_type);
+    let options = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
+        .use_alpha(false);
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| Error::InvalidArgument {
+            name: "image",
+            message: format!("resize {from_w}x{from_h} to {width}x{height}: {e}"),
+        })?;
+    Ok(Decoded {
+        width,
+        height,
+        channels,
+        data: dst.into_vec(),
+    })
+}
+
+/// The `width`×`height` region of `img` whose top left corner is (`x`, `y`); `None` when it
+/// does not fit.
+pub(crate) fn crop(img: &Decoded, x: u32, y: u32, width: u32, height: u32) -> Option<Decoded> {
+    if x + width > img.width || y + height > img.height {
+        return None;
+    }
+    let c = img.channels.count();
+    let stride = img.width as usize * c;
+    let row = width as usize * c;
+    let mut data = Vec::with_capacity(row * height as usize);
+    for line in img
+        .data
+        .chunks_exact(stride)
+        .skip(y as usize)
+        .take(height as usize)
+    {
+        data.extend_from_slice(&line[x as usize * c..][..row]);
+    }
+    Some(Decoded {
+        width,
+        height,
+        channels: img.channels,
+        data,
+    })
+}
+
+pub(crate) fn flip_in_place(img: &mut Decoded, flip: Flip) {
     let (w, h, c) = (
         img.width as usize,
         img.height as usize,

@@ -41,6 +41,17 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The whole `width`×`height` image as it is: no resize, no crop.
+    pub(crate) fn unchanged(width: u32, height: u32) -> Placement {
+        Placement {
+            bucket: Bucket { width, height },
+            scale_to_width: width,
+            scale_to_height: height,
+            crop_x: 0,
+            crop_y: 0,
+        }
+    }
+
     /// Places the crop: centered, as AI Toolkit and kohya compute it (`(scaled - bucket) // 2`),
     /// or at an offset drawn from `random` (x first, then y, each uniform and inclusive).
     pub(crate) fn crop(

@@ -9,10 +9,14 @@
 use crossbeam_channel::Sender;
 use rayon::prelude::*;
 
+use super::writer::guarded;
 use super::{ItemPlan, PrepareOptions, Produced, decode_pixels, stored_entry};
 use crate::encode::{
-    ClipPreprocess, EncodedTensor, ImageEncoder, PixelBatch, PixelFormat, PixelValues, signed_unit,
+    ClipPreprocess, EncodedTensor, ImageEncoder, PixelBatch, PixelFormat, PixelValues, Squaring,
+    signed_unit, squared_reference,
 };
+use crate::image;
+use crate::plan::{Flip, Placement};
 use crate::scan::{Finding, FindingKind};
 use crate::store::codec::Values;
 use crate::{Error, Result};
@@ -26,8 +30,10 @@ pub(super) enum Input {
         format: PixelFormat,
         first_frame: bool,
     },
-    /// The whole source image, CLIP-preprocessed.
-    Clip(ClipPreprocess),
+    /// The image CLIP sees (the whole source image, or the dataset's CLIP image squared),
+    /// CLIP-preprocessed; with `None`, u8 at its own size for an encoder that preprocesses
+    /// itself (its pixel format is u8), one per batch.
+    Clip(Option<ClipPreprocess>),
 }
 
 /// One entry to compute: an item and the entry's key.
@@ -50,7 +56,11 @@ pub(super) fn encode_images(
     options: &PrepareOptions,
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
-    let batch_size = options.encode_batch_size.max(1);
+    // Images at their own size cannot share a batch.
+    let batch_size = match input {
+        Input::Clip(None) => 1,
+        _ => options.encode_batch_size.max(1),
+    };
     // Batches never span two buckets (nor clips of different lengths): the encoder gets one
     // N×3×H×W array, or N×F×3×H×W for clips.
     let mut batches: Vec<&[Job<'_, '_>]> = Vec::new();
@@ -143,7 +153,24 @@ fn decode_batch<'p, 'a>(
             let b = first.0.planned.placement.bucket;
             (b.height as usize, b.width as usize)
         }
-        Input::Clip(clip) => (clip.size as usize, clip.size as usize),
+        Input::Clip(Some(clip)) => (clip.size as usize, clip.size as usize),
+        Input::Clip(None) => {
+            // A batch of one (see `encode_images`), at the image's own size.
+            return match clip_image(first.0, None) {
+                Ok((h, w, data)) => Ok(Some(Decoded {
+                    jobs: vec![first],
+                    batch: PixelBatch {
+                        shape: vec![1, 3, h, w],
+                        values: PixelValues::U8(data),
+                    },
+                })),
+                Err(e) => {
+                    // A closed channel means the writer stopped: its error is the one reported.
+                    let _ = tx.send(vec![vec![failure(first, &e)]]);
+                    Ok(None)
+                }
+            };
+        }
     };
     // CLIP and first-frame latents see one image: a clip's first frame chosen.
     let frames = match input {
@@ -158,11 +185,7 @@ fn decode_batch<'p, 'a>(
             Input::Bucket { first_frame, .. } => {
                 decode_pixels(item, &item.planned.placement, first_frame)?.1
             }
-            // The scan's sizes are as displayed, which is what decoding yields.
-            Input::Clip(clip) => {
-                let placement = clip.placement(item.image.width, item.image.height);
-                decode_pixels(item, &placement, true)?.1
-            }
+            Input::Clip(clip) => clip_image(item, clip)?.2,
         };
         if data.len() != per {
             return Err(Error::image(
@@ -195,7 +218,10 @@ fn decode_batch<'p, 'a>(
         }
         Input::Clip(clip) => {
             let (buf, r) = fill(batch, per, 0f32, |item, out| {
-                clip.normalize(&decode(item)?, out);
+                let data = decode(item)?;
+                if let Some(clip) = clip {
+                    clip.normalize(&data, out);
+                }
                 Ok(())
             });
             (PixelValues::F32(buf), r)
@@ -206,15 +232,7 @@ fn decode_batch<'p, 'a>(
     for (job, result) in batch.iter().zip(&results) {
         match result {
             Ok(()) => jobs.push(job),
-            Err(e) => failed.push(vec![Produced::Failed {
-                key: job.1.clone(),
-                finding: Finding::new(
-                    job.0.planned.dataset,
-                    FindingKind::Corrupt,
-                    &job.0.image.path,
-                    format!("cannot decode for encoding: {e}"),
-                ),
-            }]),
+            Err(e) => failed.push(vec![failure(job, e)]),
         }
     }
     if !failed.is_empty() && tx.send(failed).is_err() {
@@ -240,6 +258,60 @@ fn decode_batch<'p, 'a>(
         },
         jobs,
     }))
+}
+
+/// A job whose input could not be made: a finding, and the item is left out.
+fn failure(job: &Job<'_, '_>, e: &Error) -> Produced {
+    Produced::Failed {
+        key: job.1.clone(),
+        finding: Finding::new(
+            job.0.planned.dataset,
+            FindingKind::Corrupt,
+            &job.0.image.path,
+            format!("cannot decode for encoding: {e}"),
+        ),
+    }
+}
+
+/// The image a CLIP encoder sees for `item`, as (height, width, C×H×W bytes): the dataset's
+/// CLIP image squared as AI Toolkit squares it (`clip_image_path`), else the item's own image
+/// (a clip's first chosen frame), flipped as the item; resized and cropped by `preprocess`,
+/// else at its own size.
+fn clip_image(
+    item: &ItemPlan<'_>,
+    preprocess: Option<ClipPreprocess>,
+) -> Result<(usize, usize, Vec<u8>)> {
+    match (&item.dataset.clip_image_path, &item.clip_image) {
+        (None, _) => {
+            // The scan's sizes are as displayed, which is what decoding yields.
+            let (w, h) = (item.image.width, item.image.height);
+            let placement = match preprocess {
+                Some(clip) => clip.placement(w, h),
+                None => Placement::unchanged(w, h),
+            };
+            let data = decode_pixels(item, &placement, true)?.1;
+            let b = placement.bucket;
+            Ok((b.height as usize, b.width as usize, data))
+        }
+        (Some(_), Some((path, _))) => {
+            let squaring = Squaring::of(item.dataset);
+            let img = guarded(path, || {
+                squared_reference(path, item.planned.flip, squaring)
+            })?;
+            let (h, w) = (img.height as usize, img.width as usize);
+            match preprocess {
+                Some(clip) => Ok((clip.size as usize, clip.size as usize, clip.resize(img)?)),
+                None => {
+                    let placement = Placement::unchanged(img.width, img.height);
+                    Ok((h, w, image::place(img, &placement, Flip::None)?))
+                }
+            }
+        }
+        (Some(dir), None) => Err(Error::image(
+            &item.image.path,
+            format!("no readable CLIP image with this stem in {}", dir.display()),
+        )),
+    }
 }
 
 /// The number of frames of an item that is a clip; `None` for an image.
@@ -273,20 +345,20 @@ fn keep<T: Copy>(values: Vec<T>, per: usize, ok: &[bool]) -> Vec<T> {
         .collect()
 }
 
-/// The key of a CLIP entry: the source content, the flip, the preprocessing and the encoder.
+/// The key of a CLIP entry: the source content (`source`, its hash and how it is read), the flip, the preprocessing and the encoder.
 /// Not the bucket: CLIP sees the whole image, so every resolution of it shares one entry.
 pub(super) fn clip_key(
-    content_hash: &str,
-    flip: crate::plan::Flip,
-    clip: &ClipPreprocess,
+    source: &str,
+    flip: Flip,
+    preprocess: &str,
     field: &str,
     identity: &str,
     codec: &str,
 ) -> String {
     crate::store::key::KeyBuilder::new("larder/clip/v1")
-        .text(content_hash)
+        .text(source)
         .text(flip.name())
-        .text(&clip.key_text())
+        .text(preprocess)
         .text(field)
         .text(identity)
         .text(codec)

@@ -9,7 +9,7 @@ use super::encoded;
 use super::sources::hash_sources;
 use super::{PrepareOptions, PrepareReport};
 use crate::config::{Config, ControlSize, DatasetConfig};
-use crate::encode::Encoders;
+use crate::encode::{Encoders, PixelFormat, Squaring};
 use crate::image::{Convert, PIPELINE};
 use crate::plan::{Flip, Plan, PlannedItem};
 use crate::scan::{Finding, FindingKind, ScanReport, ScannedImage};
@@ -70,6 +70,10 @@ pub(super) struct ItemPlan<'a> {
     /// The item's control images in control order, with their content hashes: what a text
     /// encoder that takes controls is given with the caption, and keys its entries by.
     pub(super) controls: Vec<(PathBuf, String)>,
+    /// In a dataset with `clip_image_path`: the image CLIP encoders see in place of the item's
+    /// own, with its content hash; `None` where the folder has none (or it cannot be read),
+    /// and CLIP encoders then fail on the item.
+    pub(super) clip_image: Option<(PathBuf, String)>,
     /// For a clip: the indices of the frames it trains with, in order.
     pub(super) frames: Option<Vec<u64>>,
 }
@@ -186,10 +190,9 @@ pub(super) fn source_hashes(
 ) -> Result<HashMap<PathBuf, String>> {
     let mut dataset_of: HashMap<&Path, usize> = HashMap::new();
     for item in items {
-        for f in &item.sources {
-            dataset_of
-                .entry(f.source.as_path())
-                .or_insert(item.planned.dataset);
+        let sources = item.sources.iter().map(|f| f.source.as_path());
+        for path in sources.chain(item.image.clip_image.as_deref()) {
+            dataset_of.entry(path).or_insert(item.planned.dataset);
         }
     }
     let mut all_sources: Vec<PathBuf> = dataset_of.keys().map(|p| p.to_path_buf()).collect();
@@ -230,7 +233,24 @@ pub(super) fn item_plans<'a>(
                 None => file_hash.clone(),
             };
             let ikey = item_key(&content_hash, &planned.placement, planned.flip);
-            let encoded = encoded_fields(encoders, options, &ikey, &content_hash, planned.flip);
+            let clip_image = (item.image.clip_image.as_ref())
+                .and_then(|p| Some((p.clone(), hashes.get(p)?.clone())));
+            // CLIP sees the dataset's CLIP image where it has them; its key follows that image.
+            let clip_source = match (&item.dataset.clip_image_path, &clip_image) {
+                (None, _) => ClipSource::Item(&content_hash),
+                (Some(_), Some((_, hash))) => {
+                    ClipSource::Reference(hash, Squaring::of(item.dataset))
+                }
+                (Some(_), None) => ClipSource::Missing,
+            };
+            let encoded = encoded_fields(
+                encoders,
+                options,
+                &ikey,
+                &content_hash,
+                clip_source,
+                planned.flip,
+            );
             let first_frame = match frames {
                 Some(_) if item.dataset.encode_first_frame => {
                     first_frame_fields(encoders, options, &ikey, &content_hash)
@@ -285,6 +305,7 @@ pub(super) fn item_plans<'a>(
                 first_frame,
                 audio,
                 controls,
+                clip_image,
                 frames,
             })
         })
@@ -381,12 +402,24 @@ fn first_frame_fields(
         .collect()
 }
 
+/// What a CLIP entry's key names as its source.
+#[derive(Clone, Copy)]
+enum ClipSource<'h> {
+    /// The item's own image, by content hash.
+    Item(&'h str),
+    /// The dataset's CLIP image for the item, by content hash, and its squaring.
+    Reference(&'h str, Squaring),
+    /// The dataset has CLIP images but none for this item: its CLIP entries fail.
+    Missing,
+}
+
 /// The entry keys of an item's encoder fields: image encoders in order, then CLIP encoders.
 fn encoded_fields(
     encoders: &Encoders,
     options: &PrepareOptions,
     item_key: &str,
     content_hash: &str,
+    clip_source: ClipSource<'_>,
     flip: Flip,
 ) -> Vec<(String, String)> {
     let codec = options.latent_codec.name();
@@ -403,7 +436,17 @@ fn encoded_fields(
     });
     let clip = encoders.clip.iter().map(|(name, e)| {
         let identity = e.identity().key_text();
-        let key = encoded::clip_key(content_hash, flip, &options.clip, name, &identity, &codec);
+        let source = match clip_source {
+            ClipSource::Item(hash) => hash.to_owned(),
+            ClipSource::Reference(hash, squaring) => format!("{hash};{}", squaring.key_text()),
+            ClipSource::Missing => format!("{content_hash};no-clip-image"),
+        };
+        // An encoder that takes u8 pixels preprocesses them itself (`Input::Clip(None)`).
+        let preprocess = match e.pixel_format() {
+            PixelFormat::U8 => "own-size-u8".to_owned(),
+            PixelFormat::SignedUnit => options.clip.key_text(),
+        };
+        let key = encoded::clip_key(&source, flip, &preprocess, name, &identity, &codec);
         (name.clone(), key)
     });
     image.chain(clip).collect()

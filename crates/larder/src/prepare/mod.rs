@@ -40,7 +40,7 @@ use self::items::ItemPlan;
 use self::items::image_encoder_key;
 use self::writer::{Produced, Written, decode_pixels, run_pipeline, stored_entry, with_writer};
 use crate::config::Config;
-use crate::encode::{ClipPreprocess, Encoders};
+use crate::encode::{ClipPreprocess, Encoders, PixelFormat};
 use crate::plan::Plan;
 use crate::scan::{Finding, ScanOptions, ScanReport};
 use crate::storage::RemoteOptions;
@@ -432,7 +432,9 @@ fn run_image_encoders<'p>(
             };
             vec![all, first]
         } else {
-            vec![encoded::Input::Clip(options.clip)]
+            // An encoder that takes u8 pixels preprocesses them itself.
+            let preprocess = (encoder.pixel_format() != PixelFormat::U8).then_some(options.clip);
+            vec![encoded::Input::Clip(preprocess)]
         };
         for input in passes {
             let first_frame = matches!(
@@ -492,7 +494,12 @@ fn run_image_encoders<'p>(
                 encoded::Input::Bucket { format, .. } => {
                     serde_json::json!({"kind": "first_frame", "pixel_format": format})
                 }
-                encoded::Input::Clip(clip) => serde_json::json!({"kind": "clip", "clip": clip}),
+                encoded::Input::Clip(Some(clip)) => {
+                    serde_json::json!({"kind": "clip", "clip": clip})
+                }
+                encoded::Input::Clip(None) => {
+                    serde_json::json!({"kind": "clip", "pixel_format": PixelFormat::U8})
+                }
             };
             rows.push(EncoderRow::new(
                 &field,

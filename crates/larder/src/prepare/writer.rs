@@ -13,7 +13,7 @@ use super::PrepareOptions;
 use super::items::{FieldJob, ItemPlan};
 use crate::config::ControlSize;
 use crate::image::{self, Convert};
-use crate::plan::{Bucket, Flip, Placement};
+use crate::plan::{Flip, Placement};
 use crate::scan::{Finding, FindingKind};
 use crate::store::catalog::Catalog;
 use crate::store::codec::{self, Codec, Values};
@@ -340,17 +340,13 @@ pub(super) fn decode_placed(
     let channels = decoded.channels.count();
     // AI Toolkit neither flips nor crops controls of its own size: `load_control_image` only
     // applies the item's flip and crop to full-size controls of models that do not take them raw.
-    let own = |width: u32, height: u32| Placement {
-        bucket: Bucket { width, height },
-        scale_to_width: width,
-        scale_to_height: height,
-        crop_x: 0,
-        crop_y: 0,
-    };
     let (placement, flip) = match size {
         ControlSize::Item => (*placement, flip),
-        ControlSize::Square512 => (own(512, 512), Flip::None),
-        ControlSize::Native => (own(decoded.width, decoded.height), Flip::None),
+        ControlSize::Square512 => (Placement::unchanged(512, 512), Flip::None),
+        ControlSize::Native => (
+            Placement::unchanged(decoded.width, decoded.height),
+            Flip::None,
+        ),
     };
     let shape = [
         channels,

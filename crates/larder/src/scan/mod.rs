@@ -63,6 +63,8 @@ pub enum FindingKind {
     MissingControl,
     /// `inpaint_path` is set but this image has no inpaint image.
     MissingInpaint,
+    /// `clip_image_path` is set but this image has no CLIP image.
+    MissingClipImage,
     /// `scale` shrinks the image to nothing; it is left out of the plan.
     TooSmall,
     /// The header gives more pixels than `max_image_pixels` (Pillow's decompression-bomb
@@ -153,6 +155,8 @@ pub struct ScannedImage {
     pub mask: Option<PathBuf>,
     /// The paired control image of each `control_path` folder, in config order.
     pub controls: Vec<Option<PathBuf>>,
+    /// The paired CLIP image, when `clip_image_path` is set and one exists.
+    pub clip_image: Option<PathBuf>,
     /// The paired inpaint image, when `inpaint_path` is set and one exists.
     pub inpaint: Option<PathBuf>,
     /// What the container says of a video clip; `None` for images.
@@ -337,6 +341,7 @@ fn scan_dataset(
             let mut exclude: Vec<PathBuf> = cfg.control_paths.clone();
             exclude.extend(cfg.mask_path.iter().cloned());
             exclude.extend(cfg.inpaint_path.iter().cloned());
+            exclude.extend(cfg.clip_image_path.iter().cloned());
             let listing = walk::list_images(root, &exclude, index, cfg.frames.is_video());
             findings.extend(listing.findings);
             listing
@@ -396,6 +401,7 @@ struct Pairing {
     masks: Option<HashMap<String, PathBuf>>,
     controls: Vec<Option<HashMap<String, PathBuf>>>,
     inpaint: Option<HashMap<String, PathBuf>>,
+    clip_images: Option<HashMap<String, PathBuf>>,
     same_folder: HashMap<PathBuf, Vec<PathBuf>>,
 }
 
@@ -429,6 +435,10 @@ impl Pairing {
                 .inpaint_path
                 .as_deref()
                 .and_then(|d| index(d, &INPAINT_EXTENSIONS)),
+            clip_images: cfg
+                .clip_image_path
+                .as_deref()
+                .and_then(|d| index(d, &IMAGE_EXTENSIONS)),
             same_folder: HashMap::new(),
         }
     }
@@ -560,6 +570,17 @@ fn scan_one(
         }
         hit
     });
+    let clip_image = pairing.clip_images.as_ref().and_then(|m| {
+        let hit = m.get(stem).cloned();
+        if hit.is_none() {
+            finding(
+                FindingKind::MissingClipImage,
+                &path,
+                "no image with this stem in clip_image_path".into(),
+            );
+        }
+        hit
+    });
     // `prepare` decodes the paired files with the image, so a decompression bomb among them is
     // as dangerous as one in the dataset folder. Their headers are read here (a page each) and
     // an item with an oversized partner is left out whole: AI Toolkit's Pillow refuses such a
@@ -569,7 +590,8 @@ fn scan_one(
             .iter()
             .map(|p| ("mask", p))
             .chain(controls.iter().flatten().map(|p| ("control image", p)))
-            .chain(inpaint.iter().map(|p| ("inpaint image", p)));
+            .chain(inpaint.iter().map(|p| ("inpaint image", p)))
+            .chain(clip_image.iter().map(|p| ("CLIP image", p)));
         let mut oversized = false;
         for (what, paired_path) in paired {
             // Other problems with a paired file are `prepare`'s to report, as before.
@@ -611,6 +633,7 @@ fn scan_one(
         caption_source,
         mask,
         controls,
+        clip_image,
         inpaint,
         video,
     };

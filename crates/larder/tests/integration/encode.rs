@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use larder::encode::{
-    EncodedTensor, EncoderError, EncoderIdentity, Encoders, ImageEncoder, PixelBatch, PixelValues,
-    TextEncoder,
+    CLIP_MEAN, CLIP_STD, EncodedTensor, EncoderError, EncoderIdentity, Encoders, ImageEncoder,
+    PixelBatch, PixelValues, TextEncoder,
 };
 use larder::load::{Loader, LoaderOptions, Padding};
 use larder::{Config, Error, FieldData, Prepare, PrepareOptions, PrepareReport, Store};
@@ -770,6 +770,188 @@ fn clip_encoders_see_the_whole_image_clip_normalized() {
         assert!(v.iter().all(|x| x.abs() < 2.2), "{v:?}");
         assert!(v.iter().any(|x| x.abs() > 1e-3));
     }
+}
+
+/// A CLIP encoder that returns what it is given, so a test can look at CLIP's input; counts
+/// the images it encodes.
+struct ClipInput(Arc<AtomicUsize>);
+
+impl ImageEncoder for ClipInput {
+    fn identity(&self) -> EncoderIdentity {
+        EncoderIdentity::new("clip-input")
+    }
+    fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
+        let PixelValues::F32(values) = batch.values else {
+            return Err("expected f32".into());
+        };
+        self.0.fetch_add(batch.shape[0], Ordering::SeqCst);
+        let per = values.len() / batch.shape[0].max(1);
+        Ok(EncodedTensor {
+            shape: vec![batch.shape[0], per],
+            values,
+        })
+    }
+}
+
+/// A 96×32 reference image of three 32-pixel bands: red, green, blue from left to right.
+fn bands(path: &Path) {
+    let band = |x: u32| match x / 32 {
+        0 => image::Rgb([255, 0, 0]),
+        1 => image::Rgb([0, 255, 0]),
+        _ => image::Rgb([0, 0, 255]),
+    };
+    std::fs::create_dir_all(path.parent().expect("folder")).expect("create folder");
+    image::RgbImage::from_fn(96, 32, |x, _| band(x))
+        .save(path)
+        .expect("write reference image");
+}
+
+/// The RGB colour at column `x` of the middle row of a stored CLIP input of `size`², undoing
+/// CLIP's normalization.
+fn clip_colour(v: &[f32], size: usize, x: usize) -> [f32; 3] {
+    let at = |c: usize| v[(c * size + size / 2) * size + x] * CLIP_STD[c] + CLIP_MEAN[c];
+    [at(0), at(1), at(2)]
+}
+
+fn near(got: [f32; 3], want: [f32; 3]) -> bool {
+    got.iter().zip(want).all(|(g, w)| (g - w).abs() < 0.03)
+}
+
+#[test]
+fn clip_image_path_gives_clip_encoders_each_items_reference_squared_as_ai_toolkit_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refs = dir.path().join("refs");
+    // References for img0 and img1 (img1's a WebP: any image extension pairs), none for the
+    // other three.
+    bands(&refs.join("img0.png"));
+    bands(&refs.join("img1.webp"));
+    let size = 16;
+    let count = Arc::new(AtomicUsize::new(0));
+    let prepare = |extra: &str, out: &str| {
+        let config = dataset(dir.path(), &format!("    clip_image_path: refs\n{extra}"));
+        let mut encoders = Encoders {
+            clip: vec![("clip".into(), Box::new(ClipInput(count.clone())))],
+            ..Encoders::default()
+        };
+        let mut opts = options(8);
+        opts.clip.size = size as u32;
+        let report = run(&config, &dir.path().join(out), &opts, &mut encoders).expect("prepare");
+        let store = Store::open(dir.path().join(out)).expect("open");
+        let clips: Vec<(PathBuf, larder::Flip, Vec<f32>)> = (store.items().expect("items").iter())
+            .map(|item| {
+                let (v, shape) = f32s(store.read_field(item, "clip").expect("clip"));
+                assert_eq!(shape, [3 * size * size]);
+                (PathBuf::from(&item.path), item.flip, v)
+            })
+            .collect();
+        (report, clips)
+    };
+    let (red, green, blue) = ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]);
+
+    // Squished (AI Toolkit's default): the whole reference, its three bands side by side.
+    let (report, clips) = prepare("", "squish");
+    let stem = |p: &Path| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let names: Vec<String> = clips.iter().map(|(p, _, _)| stem(p)).collect();
+    assert_eq!(names, ["img0", "img1"], "{names:?}");
+    for (_, _, v) in &clips {
+        assert!(
+            near(clip_colour(v, size, 0), red),
+            "{:?}",
+            clip_colour(v, size, 0)
+        );
+        assert!(near(clip_colour(v, size, size / 2), green));
+        assert!(near(clip_colour(v, size, size - 1), blue));
+    }
+    // The scan says which item has no reference; prepare leaves it out, naming the folder.
+    let missing: Vec<_> = (report.findings.iter())
+        .filter(|f| f.kind == larder::FindingKind::MissingClipImage)
+        .map(|f| stem(&f.path))
+        .collect();
+    assert_eq!(missing, ["img2", "img3", "img4"]);
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.detail.contains("no readable CLIP image") && f.detail.contains("refs")),
+        "{:?}",
+        report.findings
+    );
+
+    // square_crop: the middle of the reference, all green; flipped items see it flipped.
+    let (_, clips) = prepare("    square_crop: true\n", "crop");
+    for (_, _, v) in &clips {
+        for x in [0, size / 2, size - 1] {
+            assert!(
+                near(clip_colour(v, size, x), green),
+                "{:?}",
+                clip_colour(v, size, x)
+            );
+        }
+    }
+    let (_, clips) = prepare("    flip_x: true\n", "flip");
+    let flipped: Vec<_> = (clips.iter())
+        .filter(|(_, flip, _)| *flip == larder::Flip::X)
+        .collect();
+    assert_eq!(flipped.len(), 2);
+    for (_, _, v) in flipped {
+        assert!(near(clip_colour(v, size, 0), blue) && near(clip_colour(v, size, size - 1), red));
+    }
+
+    // An encoder that takes u8 pixels gets the squared reference at its own size (32², the
+    // reference's shorter side), one per batch, to preprocess as it likes.
+    struct Unprocessed(Arc<std::sync::Mutex<Vec<Vec<usize>>>>);
+    impl ImageEncoder for Unprocessed {
+        fn identity(&self) -> EncoderIdentity {
+            EncoderIdentity::new("own-processor")
+        }
+        fn pixel_format(&self) -> larder::encode::PixelFormat {
+            larder::encode::PixelFormat::U8
+        }
+        fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
+            let PixelValues::U8(values) = batch.values else {
+                return Err("expected u8".into());
+            };
+            self.0.lock().expect("lock").push(batch.shape.clone());
+            Ok(EncodedTensor {
+                shape: vec![1, values.len()],
+                values: values.into_iter().map(f32::from).collect(),
+            })
+        }
+    }
+    let shapes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let config = dataset(dir.path(), "    clip_image_path: refs\n");
+    let mut encoders = Encoders {
+        clip: vec![("clip".into(), Box::new(Unprocessed(shapes.clone())))],
+        ..Encoders::default()
+    };
+    let raw = dir.path().join("raw");
+    run(&config, &raw, &options(8), &mut encoders).expect("prepare");
+    assert_eq!(*shapes.lock().expect("lock"), vec![vec![1, 3, 32, 32]; 2]);
+    let store = Store::open(&raw).expect("open");
+    for item in store.items().expect("items") {
+        let (v, _) = f32s(store.read_field(&item, "clip").expect("clip"));
+        let at = |c: usize, x: usize| v[(c * 32 + 16) * 32 + x];
+        assert_eq!([at(0, 0), at(1, 0), at(2, 0)], [255.0, 0.0, 0.0]);
+        assert_eq!([at(0, 16), at(1, 16), at(2, 16)], [0.0, 255.0, 0.0]);
+        assert_eq!([at(0, 31), at(1, 31), at(2, 31)], [0.0, 0.0, 255.0]);
+    }
+
+    // The entry is the reference's: a new item image reuses it, a new reference re-encodes it.
+    let before = count.load(Ordering::SeqCst);
+    larder_synth::write_image(&dir.path().join("imgs/img0.png"), 64, 64, 99).expect("image");
+    prepare("", "squish");
+    assert_eq!(count.load(Ordering::SeqCst), before);
+    image::RgbImage::from_pixel(40, 20, image::Rgb([0, 0, 255]))
+        .save(refs.join("img0.png"))
+        .expect("write reference image");
+    let (_, clips) = prepare("", "squish");
+    assert_eq!(count.load(Ordering::SeqCst), before + 1);
+    assert!(near(clip_colour(&clips[0].2, size, 0), blue));
 }
 
 #[test]

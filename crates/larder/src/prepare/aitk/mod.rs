@@ -202,7 +202,7 @@ fn import_caches(
         check_latent,
         &mut report,
     );
-    let (clips, clip_encoder) = find_described(
+    let (mut clips, clip_encoder) = find_described(
         &items,
         &mut dirs,
         ("clip", "_clip_vision_cache"),
@@ -210,6 +210,11 @@ fn import_caches(
         check_clip,
         &mut report,
     );
+    // Where a dataset gives CLIP images of their own (`clip_image_path`), larder keys CLIP
+    // entries by those; they are encoded, not imported.
+    clips.retain(|(i, _)| {
+        (config.datasets.get(items[*i].dataset)).is_some_and(|d| d.clip_image_path.is_none())
+    });
     let texts = find_texts(config, &items, &mut dirs, arch.as_deref(), &mut report);
     report.arch = arch.clone();
 
@@ -487,7 +492,7 @@ impl Targets<'_> {
                 let key = encoded::clip_key(
                     &item.content_hash,
                     item.flip,
-                    &self.options.clip,
+                    &self.options.clip.key_text(),
                     &name,
                     &identity,
                     &codec.name(),
