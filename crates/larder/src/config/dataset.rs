@@ -700,6 +700,11 @@ pub enum ControlSize {
     Native,
 }
 
+/// The field of an item's CLIP image (`clip_image_path`) where its CLIP embeddings are not
+/// cached: flipped as the item, squared as AI Toolkit squares it, at its own size, one tensor
+/// per item in a batch (AI Toolkit's `clip_image_tensor` before the adapter's processor).
+pub const CLIP_IMAGE: &str = "clip_image";
+
 /// The field prefix of control images kept at their own size (`control_raw.0`, ...): a batch
 /// carries them one array per item rather than stacked, since their sizes differ.
 pub const RAW_CONTROL: &str = "control_raw";

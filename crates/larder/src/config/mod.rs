@@ -19,8 +19,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use dataset::{
-    AudioRule, BucketStrategy, CacheOptions, ControlSize, DEFAULT_MAX_IMAGE_PIXELS, DataloaderKeys,
-    DatasetConfig, FrameRule, RAW_CONTROL, Source,
+    AudioRule, BucketStrategy, CLIP_IMAGE, CacheOptions, ControlSize, DEFAULT_MAX_IMAGE_PIXELS,
+    DataloaderKeys, DatasetConfig, FrameRule, RAW_CONTROL, Source,
 };
 use model::takes_raw_control_images;
 pub use model::{DEFAULT_DIVISIBILITY, divisibility_for_arch};

@@ -148,6 +148,18 @@ pub(crate) fn squared_reference(path: &Path, flip: Flip, squaring: Squaring) -> 
     Ok(img)
 }
 
+/// [`squared_reference`] as (height, width, C×H×W bytes) at its own size.
+pub(crate) fn squared_reference_chw(
+    path: &Path,
+    flip: Flip,
+    squaring: Squaring,
+) -> Result<(usize, usize, Vec<u8>)> {
+    let img = squared_reference(path, flip, squaring)?;
+    let (height, width) = (img.height, img.width);
+    let data = image::place(img, &Placement::unchanged(width, height), Flip::None)?;
+    Ok((height as usize, width as usize, data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

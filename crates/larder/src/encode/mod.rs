@@ -15,7 +15,7 @@
 mod clip;
 
 pub use clip::{CLIP_MEAN, CLIP_STD, ClipPreprocess};
-pub(crate) use clip::{Squaring, squared_reference};
+pub(crate) use clip::{Squaring, squared_reference, squared_reference_chw};
 
 /// The error an encoder returns: anything that can be shown. Prepare wraps it in
 /// [`Error::Encoder`](crate::Error::Encoder) with the field and the item it concerns.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::batch::{Batch, BufferPool, Tensor};
 use super::text::{self, Padding};
 use crate::caption::{CaptionContext, CaptionRecipe};
-use crate::config::RAW_CONTROL;
+use crate::config::{CLIP_IMAGE, RAW_CONTROL};
 use crate::metrics::LoaderMetrics;
 use crate::rng::{Purpose, Stream};
 use crate::store::{DANGLING, ItemColumns, ItemRow, NO_ENTRY, Store, TextTable};
@@ -170,19 +170,20 @@ pub(super) fn assemble(
 
 /// Returns true if and only if an item that lacks `field` gets zeros in its place in the batch
 /// (AI Toolkit's `zeros_like` for masks, controls, inpaint images and audio: a clip without a
-/// track is silence, its `audio.sample_rate` 0) rather than failing it.
+/// track is silence, its `audio.sample_rate` 0; and the black image its loader gives an item
+/// without a CLIP image) rather than failing it.
 fn zero_when_missing(field: &str) -> bool {
     matches!(
         field.split('.').next().unwrap_or(field),
-        "mask" | "control" | "inpaint" | "audio"
+        "mask" | "control" | "inpaint" | "audio" | CLIP_IMAGE
     )
 }
 
 /// Returns true if and only if a batch carries `field` as one tensor per item rather than
-/// stacked: controls at their own size, whose sizes differ from item to item, and clips'
-/// audio, whose length depends on each track's rate.
+/// stacked: controls and CLIP images at their own size, whose sizes differ from item to item,
+/// and clips' audio, whose length depends on each track's rate.
 fn per_item(field: &str) -> bool {
-    field.split('.').next() == Some(RAW_CONTROL) || field == "audio"
+    field.split('.').next() == Some(RAW_CONTROL) || field == "audio" || field == CLIP_IMAGE
 }
 
 /// Mirrors, left to right, the flipped items of a [B, C, H, W] or [B, F, C, H, W] u8 tensor (an

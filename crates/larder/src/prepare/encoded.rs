@@ -13,9 +13,8 @@ use super::writer::guarded;
 use super::{ItemPlan, PrepareOptions, Produced, decode_pixels, stored_entry};
 use crate::encode::{
     ClipPreprocess, EncodedTensor, ImageEncoder, PixelBatch, PixelFormat, PixelValues, Squaring,
-    signed_unit, squared_reference,
+    signed_unit, squared_reference, squared_reference_chw,
 };
-use crate::image;
 use crate::plan::{Flip, Placement};
 use crate::scan::{Finding, FindingKind};
 use crate::store::codec::Values;
@@ -294,17 +293,13 @@ fn clip_image(
             Ok((b.height as usize, b.width as usize, data))
         }
         (Some(_), Some((path, _))) => {
-            let squaring = Squaring::of(item.dataset);
-            let img = guarded(path, || {
-                squared_reference(path, item.planned.flip, squaring)
-            })?;
-            let (h, w) = (img.height as usize, img.width as usize);
+            let (flip, squaring) = (item.planned.flip, Squaring::of(item.dataset));
             match preprocess {
-                Some(clip) => Ok((clip.size as usize, clip.size as usize, clip.resize(img)?)),
-                None => {
-                    let placement = Placement::unchanged(img.width, img.height);
-                    Ok((h, w, image::place(img, &placement, Flip::None)?))
+                Some(clip) => {
+                    let img = guarded(path, || squared_reference(path, flip, squaring))?;
+                    Ok((clip.size as usize, clip.size as usize, clip.resize(img)?))
                 }
+                None => guarded(path, || squared_reference_chw(path, flip, squaring)),
             }
         }
         (Some(dir), None) => Err(Error::image(

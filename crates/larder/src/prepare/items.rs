@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::encoded;
 use super::sources::hash_sources;
 use super::{PrepareOptions, PrepareReport};
-use crate::config::{Config, ControlSize, DatasetConfig};
+use crate::config::{CLIP_IMAGE, Config, ControlSize, DatasetConfig};
 use crate::encode::{Encoders, PixelFormat, Squaring};
 use crate::image::{Convert, PIPELINE};
 use crate::plan::{Flip, Plan, PlannedItem};
@@ -28,6 +28,8 @@ pub(super) struct FieldSource {
     pub(super) size: ControlSize,
     /// Mask mapping: (invert, min_value).
     pub(super) mask: Option<(bool, f64)>,
+    /// A CLIP image ([`CLIP_IMAGE`]): flipped as the item and squared so, at its own size.
+    pub(super) squaring: Option<Squaring>,
 }
 
 /// A field to store, with its entry key.
@@ -137,6 +139,7 @@ fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
         convert,
         size: ControlSize::Item,
         mask,
+        squaring: None,
     };
     let mut out = vec![field("pixels".into(), &img.path, Convert::Rgb, None)];
     let mask_map = Some((cfg.invert_mask, cfg.mask_min_value));
@@ -158,10 +161,24 @@ fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
     if let Some(p) = &img.inpaint {
         out.push(field("inpaint".into(), p, Convert::Rgba, None));
     }
+    // With its embeddings cached, AI Toolkit's loader gives the item its CLIP embeddings (CLIP
+    // encoders' fields) instead of the image.
+    if let Some(p) = img
+        .clip_image
+        .as_ref()
+        .filter(|_| !cfg.cache.clip_vision_to_disk)
+    {
+        out.push(FieldSource {
+            size: ControlSize::Native,
+            squaring: Some(Squaring::of(cfg)),
+            ..field(CLIP_IMAGE.into(), p, Convert::Rgb, None)
+        });
+    }
     out
 }
 
-fn convert_params(convert: Convert, size: ControlSize, mask: Option<(bool, f64)>) -> String {
+fn convert_params(what: &FieldSource) -> String {
+    let (convert, size, mask) = (what.convert, what.size, what.mask);
     let mut base = match convert {
         Convert::Rgb => "rgb".to_owned(),
         Convert::RgbOver(c) => format!("rgb-over:{},{},{}", c[0], c[1], c[2]),
@@ -174,6 +191,10 @@ fn convert_params(convert: Convert, size: ControlSize, mask: Option<(bool, f64)>
         ControlSize::Item => {}
         ControlSize::Square512 => base.push_str(";size=512x512"),
         ControlSize::Native => base.push_str(";size=native"),
+    }
+    if let Some(squaring) = what.squaring {
+        base.push(';');
+        base.push_str(squaring.key_text());
     }
     match mask {
         Some((invert, min)) => format!("{base};invert={invert};min={min}"),
@@ -277,19 +298,27 @@ pub(super) fn item_plans<'a>(
                 .into_iter()
                 .filter(|what| options.store_pixels || what.field != "pixels")
                 .map(|what| {
-                    let params = convert_params(what.convert, what.size, what.mask);
+                    let params = convert_params(&what);
                     let src_hash = hashes
                         .get(&what.source)
                         .map(String::as_str)
                         .unwrap_or_default();
                     // A control of its own size does not depend on the item's geometry: the
                     // item's flipped copies and other resolutions share one entry.
-                    let owner = match what.size {
-                        ControlSize::Item => ikey.as_str(),
-                        ControlSize::Square512 | ControlSize::Native => "own size",
+                    // A CLIP image depends on the item's flip alone.
+                    let owner = match (what.squaring, what.size) {
+                        (Some(_), _) => format!("own size, flip {}", planned.flip.name()),
+                        (None, ControlSize::Item) => ikey.clone(),
+                        (None, ControlSize::Square512 | ControlSize::Native) => "own size".into(),
                     };
-                    let key =
-                        entry_key(owner, &what.field, src_hash, &params, &codec_name, PIPELINE);
+                    let key = entry_key(
+                        &owner,
+                        &what.field,
+                        src_hash,
+                        &params,
+                        &codec_name,
+                        PIPELINE,
+                    );
                     FieldJob { what, key }
                 })
                 .collect();

@@ -12,6 +12,7 @@ use rusqlite::params;
 use super::PrepareOptions;
 use super::items::{FieldJob, ItemPlan};
 use crate::config::ControlSize;
+use crate::encode::squared_reference_chw;
 use crate::image::{self, Convert};
 use crate::plan::{Flip, Placement};
 use crate::scan::{Finding, FindingKind};
@@ -417,8 +418,14 @@ fn produce(item: &ItemPlan<'_>, job: &FieldJob, image_codec: Codec) -> Produced 
             format!("cannot decode for field {}: {e}", job.what.field),
         ),
     };
+    let source = &job.what.source;
     let placed = if job.what.field == "pixels" {
         decode_pixels(item, &item.planned.placement, false)
+    } else if let Some(squaring) = job.what.squaring {
+        guarded(source, || {
+            squared_reference_chw(source, item.planned.flip, squaring)
+        })
+        .map(|(h, w, data)| (vec![3, h, w], data))
     } else {
         decode_placed(
             &job.what.source,

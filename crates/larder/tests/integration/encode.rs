@@ -955,6 +955,98 @@ fn clip_image_path_gives_clip_encoders_each_items_reference_squared_as_ai_toolki
 }
 
 #[test]
+fn without_cached_clip_embeddings_each_item_carries_its_squared_clip_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    bands(&dir.path().join("refs/img0.png"));
+    image::RgbImage::from_pixel(20, 50, image::Rgb([9, 99, 199]))
+        .save(dir.path().join("refs/img2.jpg"))
+        .expect("write reference image");
+    let prepare = |extra: &str, out: &str| {
+        let config = dataset(dir.path(), &format!("    clip_image_path: refs\n{extra}"));
+        let report = run(
+            &config,
+            &dir.path().join(out),
+            &options(8),
+            &mut Encoders::default(),
+        )
+        .expect("prepare");
+        (
+            report,
+            Arc::new(Store::open(dir.path().join(out)).expect("open")),
+        )
+    };
+    let (report, store) = prepare("    flip_x: true\n", "images");
+    // Three of the five images have no CLIP image: findings, and they are kept.
+    let missing = (report.findings.iter())
+        .filter(|f| f.kind == larder::FindingKind::MissingClipImage)
+        .count();
+    assert_eq!((missing, store.items().expect("items").len()), (3, 10));
+    let items = store.items().expect("items");
+    let mut seen = 0;
+    let options = LoaderOptions {
+        batch_size: 10,
+        threads: 2,
+        ..LoaderOptions::default()
+    };
+    for batch in Loader::new(store.clone(), options).expect("loader") {
+        let batch = batch.expect("batch");
+        assert!(
+            !batch.fields.contains_key("clip_image"),
+            "one tensor per item"
+        );
+        // A batch none of whose items has a CLIP image has no such field.
+        let Some(own) = batch.per_item_fields.get("clip_image") else {
+            continue;
+        };
+        for (t, &id) in own.iter().zip(&batch.items) {
+            let item = &items[id as usize];
+            let flipped = item.flip == larder::Flip::X;
+            let pixel = |x: usize| {
+                let plane = t.shape[1] * t.shape[2];
+                let at = (t.shape[1] / 2) * t.shape[2] + x;
+                [0, 1, 2].map(|c| t.data.as_slice()[c * plane + at])
+            };
+            match Path::new(&item.path).file_stem().and_then(|s| s.to_str()) {
+                // Squished to its shorter side, mirrored with a flipped item.
+                Some("img0") => {
+                    seen += 1;
+                    assert_eq!(t.shape, [3, 32, 32]);
+                    let (left, right) = if flipped {
+                        ([0, 0, 255], [255, 0, 0])
+                    } else {
+                        ([255, 0, 0], [0, 0, 255])
+                    };
+                    assert_eq!((pixel(0), pixel(16), pixel(31)), (left, [0, 255, 0], right));
+                }
+                Some("img2") => {
+                    seen += 1;
+                    assert_eq!(t.shape, [3, 20, 20]);
+                    let px = pixel(10);
+                    assert!(
+                        px.iter().zip([9, 99, 199]).all(|(a, b)| a.abs_diff(b) <= 3),
+                        "{px:?}"
+                    );
+                }
+                // No CLIP image: black, shaped like the batch's first (AI Toolkit's loader
+                // gives such an item a black image).
+                _ => assert!(t.data.as_slice().iter().all(|&v| v == 0)),
+            }
+        }
+    }
+    assert_eq!(seen, 4, "img0, img2 and their flipped copies");
+
+    // With the embeddings cached, the image is not stored.
+    let (_, store) = prepare("    cache_clip_vision_to_disk: true\n", "cached");
+    assert!(
+        !store
+            .inspect()
+            .expect("inspect")
+            .fields
+            .contains_key("clip_image")
+    );
+}
+
+#[test]
 fn bad_encoder_names_and_byte_codecs_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dataset(dir.path(), "");

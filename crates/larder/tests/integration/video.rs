@@ -269,9 +269,10 @@ fn video_settings_are_checked_and_the_model_sets_the_frame_rule() {
 }
 
 /// An image encoder that returns its input as floats, shape and all, and records the shapes it
-/// was given.
+/// was given; it asks for pixels in `format`.
 struct Echo {
     shapes: Arc<Mutex<Vec<Vec<usize>>>>,
+    format: PixelFormat,
 }
 
 impl ImageEncoder for Echo {
@@ -280,7 +281,7 @@ impl ImageEncoder for Echo {
     }
 
     fn pixel_format(&self) -> PixelFormat {
-        PixelFormat::U8
+        self.format
     }
 
     fn encode(&mut self, batch: PixelBatch) -> Result<EncodedTensor, EncoderError> {
@@ -310,6 +311,7 @@ fn do_i2v_encodes_each_clips_first_chosen_frame_on_its_own() {
                 "latent".into(),
                 Box::new(Echo {
                     shapes: shapes.clone(),
+                    format: PixelFormat::U8,
                 }),
             )],
             ..Encoders::default()
@@ -449,6 +451,8 @@ fn a_clip_encoder_sees_a_clips_first_chosen_frame() {
             "clip".into(),
             Box::new(Echo {
                 shapes: shapes.clone(),
+                // CLIP-normalized f32, larder preprocessing.
+                format: PixelFormat::SignedUnit,
             }),
         )],
         ..Encoders::default()
