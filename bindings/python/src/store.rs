@@ -25,7 +25,8 @@ fn json<T: serde::Serialize>(value: &T) -> PyResult<String> {
 ///     progress: Show a progress bar on a terminal.
 ///     image_encoders: {field: callable} run on each item's bucket crop.
 ///     text_encoders: {field: callable} run on each distinct caption.
-///     clip_encoders: {field: callable} run on each CLIP-preprocessed image.
+///     clip_encoders: {field: callable} run on each CLIP-preprocessed image (uint8 at its own
+///         size for an encoder with `larder_pixels = "uint8"`).
 ///     encode_batch_size: Images or captions per call.
 ///     latent_codec: Codec of image and CLIP encoder outputs.
 ///     text_codec: Codec of text encoder outputs.

@@ -236,6 +236,34 @@ def test_clip_encoders_get_clip_normalized_squares(tmp_path):
     assert batch["clip"].shape == (1, 3)
 
 
+def test_clip_image_path_images_reach_a_uint8_clip_encoder_and_the_batches_squared(tmp_path):
+    """Each item's image of the same stem in ``clip_image_path``, squared (here 48x32 -> 32x32)
+    for a CLIP encoder that runs its own processor, and served per item where CLIP embeddings
+    are not cached."""
+    from PIL import Image
+
+    config = make_dataset(str(tmp_path), n=3)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        Image.new("RGB", (48, 32), (40 * i, 100, 200)).save(refs / f"img{i:03d}.png")
+    with open(config, "a") as f:
+        f.write("    clip_image_path: refs\n")
+    seen = []
+
+    def clip(pixels):
+        seen.append((pixels.shape, pixels.dtype, int(pixels[0, 0, 0, 0])))
+        return pixels.reshape(1, -1)[:, :3].astype(np.float32)
+
+    larder.prepare(config, tmp_path / "s", clip_encoders={"clip": larder.Encoder(clip, "own-processor", pixels="uint8")})
+    assert sorted(seen) == [((1, 3, 32, 32), np.uint8, 40 * i) for i in range(3)]
+    larder.prepare(config, tmp_path / "images")
+    for batch in larder.DataLoader(tmp_path / "images", batch_size=1):
+        (own,) = batch["clip_image"]
+        assert own.shape == (3, 32, 32) and own.dtype == np.uint8
+        assert own[:, 16, 16].tolist() == [40 * int(batch["items"][0]), 100, 200]
+
+
 def test_a_callable_without_identity_is_refused(tmp_path):
     config = make_dataset(str(tmp_path), n=1)
     with pytest.raises(larder.ArgumentError, match="identity"):

@@ -157,7 +157,9 @@ def prepare(
         progress: Show a progress bar when standard error is a terminal.
         image_encoders: ``{field: Encoder}`` run on each item's bucket crop (VAE latents).
         text_encoders: ``{field: Encoder}`` run once per distinct caption and variant.
-        clip_encoders: ``{field: Encoder}`` run on each CLIP-preprocessed image.
+        clip_encoders: ``{field: Encoder}`` run on each CLIP-preprocessed image (the item's,
+            or its dataset's ``clip_image_path`` image), or on the image as uint8 at its own
+            size for an encoder made with ``pixels="uint8"``.
         encode_batch_size: Images or captions per encoder call.
         latent_codec: Codec of image and CLIP encoder outputs (``"bf16"``, ``"fp8"``,
             ``"int8+zstd"``, ...).

@@ -27,7 +27,9 @@ class Encoder:
     ``(N, 3, H, W)``, or ``(N, F, 3, H, W)`` for video clips of F frames: float32 in [-1, 1]
     (``pixels="float32"``, as AI Toolkit feeds its VAE) or the stored uint8 values
     (``pixels="uint8"``). CLIP encoders (``clip_encoders=``) receive
-    CLIP-preprocessed float32 ``(N, 3, S, S)``. Text encoders (``text_encoders=``) receive a
+    CLIP-preprocessed float32 ``(N, 3, S, S)``, or with ``pixels="uint8"`` the image CLIP sees
+    as uint8 ``(1, 3, H, W)`` at its own size (a dataset's ``clip_image_path`` image squared),
+    one per call, to run their own image processor. Text encoders (``text_encoders=``) receive a
     list of N captions and return a dict of arrays with N first (``"embeds"``, ``"pooled"``,
     ``"mask"``...) or one array (stored as ``"embeds"``). Arrays may be NumPy arrays or torch
     tensors on any device; larder copies them to host float32 and stores them with the codec.
