@@ -288,6 +288,32 @@ def make_talking_clips(folder, specs, size=64):
             f.write(f"a clip that says {os.path.splitext(name)[0]}")
 
 
+def build_tiny_clip_vision(out_dir):
+    """A tiny random CLIPVisionModelWithProjection (32 px input, 2 layers, 32 wide) and its
+    CLIPImageProcessor saved in ``out_dir``: an IP-Adapter's image encoder. Returns the path."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=32)
+    CLIPVisionModelWithProjection(config).save_pretrained(out_dir)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out_dir)
+    return out_dir
+
+
+def make_clip_images(folder, sizes):
+    """CLIP images img{i}.png for ``make_images``' images, one per (width, height) in ``sizes``,
+    none square: AI Toolkit squares them (a bicubic resize to the shorter side)."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        ys, xs = np.mgrid[0:h, 0:w]
+        pixels = np.stack([(xs * 7 + 30 * i) % 256, (ys * 5) % 256, ((xs + ys) * 3 + 50 * i) % 256], axis=-1)
+        Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"img{i}.png"))
+
+
 def _tiny_vae(latent_channels, **config):
     """A 4-level AutoencoderKL (8x downscale, as the real ones) whose posterior has variance
     ~0: AI Toolkit encodes with latent_dist.sample() and the tests compare its latents with the

@@ -558,6 +558,129 @@ def test_two_ranks_serve_their_shares_take_equal_steps_and_resume_the_exact_orde
     assert [e for e, _, _ in served[0]] == [e for e, _, _ in served[1]] == [0, 0, 0, 1, 1]
 
 
+def _adapter_job(tmp, model, vision, data, refs, name, cached, process_type="larder_sd_trainer", **train):
+    """An IP-Adapter trained from scratch (no LoRA) on the tiny CLIP's projected image
+    embeddings, with each image's CLIP image in ``refs``; ``train`` adds keys to the train
+    section."""
+    job = fx.aitk_job("sd15", name, tmp / "output", data, model, process_type=process_type,
+                      clip_image_path=str(refs), cache_clip_vision_to_disk=cached)
+    process = job["config"]["process"][0]
+    del process["network"]
+    process["adapter"] = {"type": "ip", "clip_layer": "image_embeds", "image_encoder_path": str(vision), "train": True}
+    process["train"].update(train)
+    return fx.write_job(job, str(tmp / f"{name}.yaml"))
+
+
+@pytest.fixture(scope="module")
+def clip_vision(tmp_path_factory):
+    return fx.build_tiny_clip_vision(str(tmp_path_factory.mktemp("models") / "tiny-clip-vision"))
+
+
+CLIP_SIZES = [(90, 40), (50, 70), (64, 64), (33, 47)]
+
+
+def test_cached_clip_vision_embeddings_are_the_ones_ai_toolkit_caches_and_an_adapter_trains_on_them(tmp_path, sd15, clip_vision):
+    data, refs, log = tmp_path / "data", tmp_path / "refs", tmp_path / "batches.jsonl"
+    fx.make_images(str(data))
+    fx.make_clip_images(str(refs), CLIP_SIZES)
+    # do_cfg: each step also takes an item's unconditional embedding (of noise images, as the
+    # IP-Adapter draws noise for a dropped image: AI Toolkit caches twenty).
+    job = _adapter_job(tmp_path, sd15, clip_vision, data, refs, "ip", cached=True, do_cfg=True)
+    done = _run(["run", job, "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
+    assert "4 items, 8 entries computed, 0 reused" in done.stdout + done.stderr
+    assert (tmp_path / "output" / "ip" / "ip.safetensors").is_file()
+    assert len(_log(log)) == 2
+    unconditional = sorted((tmp_path / "output" / "ip" / ".larder" / "clip_unconditional" / "train").glob("*.safetensors"))
+    assert len(unconditional) == 20
+    stored = _store_latents(tmp_path / "output" / "ip" / ".larder" / "store" / "train", field="clip")
+
+    # AI Toolkit's own data path writes its CLIP vision cache beside the CLIP images. (At the
+    # commit tested its run then stops at the first batch, whose collation reads the
+    # clip_image_tensor its caching deleted: AI Toolkit alone cannot train on cached CLIP
+    # embeddings. Its exit status is not what this test is about.)
+    own = _adapter_job(tmp_path, sd15, clip_vision, data, refs, "own", cached=True, process_type="sd_trainer")
+    subprocess.run([sys.executable, "-c", OWN_DATA_PATH, AITK, own], cwd=tmp_path, env=fx.aitk_env(AITK, str(tmp_path)),
+                   capture_output=True, text=True, timeout=900)
+    from safetensors.numpy import load_file
+
+    for i in range(4):
+        (cache,) = (refs / "_clip_vision_cache").glob(f"img{i}_*.safetensors")
+        theirs = load_file(str(cache))["image_embeds"]
+        ours = stored[str(data / f"img{i}.png")]
+        assert ours.shape == theirs.shape == (1, 32)
+        # One squared pixel in a thousand may differ by one level from Pillow's resize.
+        np.testing.assert_allclose(ours, theirs, atol=1e-4, err_msg=f"img{i}")
+
+    # Content-addressed: a second run encodes nothing.
+    done = _run(["run", job, "--aitk", AITK], tmp_path)
+    assert "4 items, 0 entries computed, 8 reused" in done.stdout + done.stderr
+
+
+AITK_CLIP_IMAGE = (
+    "import json, sys, types\n"
+    "from transformers import CLIPImageProcessor\n"
+    "from toolkit.dataloader_mixins import ClipImageFileItemDTOMixin as Mixin\n"
+    "processor = CLIPImageProcessor.from_pretrained(sys.argv[1])\n"
+    "out = {}\n"
+    "for path in json.loads(sys.argv[2]):\n"
+    "    config = types.SimpleNamespace(clip_image_from_same_folder=False, square_crop=False, resolution=64)\n"
+    "    item = types.SimpleNamespace(clip_image_path=path, dataset_config=config, clip_image_processor=processor,\n"
+    "                                 is_vision_clip_cached=False, flip_x=False, flip_y=False, has_clip_augmentations=False)\n"
+    "    item.get_new_clip_image_path = types.MethodType(Mixin.get_new_clip_image_path, item)\n"
+    "    Mixin.load_clip_image(item)\n"
+    "    out[path] = item.clip_image_tensor.float().numpy().tolist()\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def test_clip_images_without_cached_embeddings_reach_the_adapter_as_ai_toolkit_loads_them(tmp_path, sd15, clip_vision):
+    from transformers import CLIPImageProcessor
+
+    data, refs, log = tmp_path / "data", tmp_path / "refs", tmp_path / "batches.jsonl"
+    fx.make_images(str(data))
+    fx.make_clip_images(str(refs), CLIP_SIZES)
+    job = _adapter_job(tmp_path, sd15, clip_vision, data, refs, "ip", cached=False)
+    _run(["run", job, "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
+    assert (tmp_path / "output" / "ip" / "ip.safetensors").is_file()
+    assert [b["shapes"]["clip_image_tensor"] for b in _log(log)] == [[1, 3, 32, 32]] * 2
+
+    # What AI Toolkit's own load_clip_image makes of each CLIP image, with the adapter's
+    # processor, against the squared image larder stored through the same processor.
+    paths = [str(refs / f"img{i}.png") for i in range(4)]
+    done = subprocess.run([sys.executable, "-c", AITK_CLIP_IMAGE, clip_vision, json.dumps(paths)], cwd=tmp_path,
+                          env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    processor = CLIPImageProcessor.from_pretrained(clip_vision)
+    store = larder.Store.open(tmp_path / "output" / "ip" / ".larder" / "store" / "train")
+    stems = {item["id"]: Path(item["path"]).stem for item in store.items()}
+    for batch in larder.DataLoader(store, batch_size=1, shuffle=False, format="torch"):
+        (image,) = batch["clip_image"]
+        ours = processor(images=(image.float() / 255.0).half(), return_tensors="pt", do_resize=True,
+                         do_rescale=False).pixel_values[0].float().numpy()
+        expected = np.array(theirs[str(refs / f"{stems[int(batch['items'][0])]}.png")], np.float32)
+        assert ours.shape == expected.shape == (3, 32, 32)
+        # Equal but where the squaring rounds one pixel a level apart from Pillow's.
+        differ = np.abs(ours - expected) > 1e-3
+        assert differ.mean() < 0.01 and np.abs(ours - expected).max() < 0.02, stems[int(batch["items"][0])]
+
+
+def test_a_group_mixing_datasets_with_and_without_clip_images_stops_before_loading_the_model(tmp_path, sd15, clip_vision):
+    fx.make_images(str(tmp_path / "data"))
+    fx.make_images(str(tmp_path / "more"))
+    fx.make_clip_images(str(tmp_path / "refs"), CLIP_SIZES)
+    import yaml
+
+    job = _adapter_job(tmp_path, sd15, clip_vision, tmp_path / "data", tmp_path / "refs", "mixed", cached=True)
+    with open(job) as f:
+        document = yaml.safe_load(f)
+    datasets = document["config"]["process"][0]["datasets"]
+    datasets.append({**datasets[0], "folder_path": str(tmp_path / "more"), "clip_image_path": None})
+    done = _run(["run", fx.write_job(document, job), "--aitk", AITK], tmp_path, expect=2)
+    assert "config.process[0].datasets[0].clip_image_path" in done.stderr and "not served" in done.stderr
+    assert "Loading" not in done.stdout + done.stderr, "stopped before the weights load"
+
+
 # A pitch-preserving audio stretch and image augmentations: larder does not do them yet; the
 # run stops before the model's weights load.
 @pytest.mark.parametrize("arch, extra, key, reason", [

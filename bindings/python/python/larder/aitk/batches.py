@@ -26,6 +26,7 @@ class BatchMaker:
             (``sd``, ``te_padding_side``, ``text_embedding_space_version``, ...).
         prompts: How stored text embeddings become the model's ``PromptEmbeds``, when the store
             has them.
+        clip: The adapter's CLIP vision inputs, when the datasets have ``clip_image_path``.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class BatchMaker:
         datasets: Sequence[Any],
         model: Dict[str, Any],
         prompts: Optional["PromptLayout"] = None,
+        clip: Optional[Any] = None,
     ):
         from toolkit.data_transfer_object.data_loader import (  # type: ignore[import-not-found]
             DataLoaderBatchDTO,
@@ -46,6 +48,7 @@ class BatchMaker:
         self._datasets = list(datasets)
         self._model = dict(model)
         self._prompts = prompts
+        self._clip = clip
         # Each item's FileItemDTO as its constructor leaves it, made on first use: the
         # constructor probes the file system (the image's signature, control and mask files),
         # which AI Toolkit does once per item, not once per step.
@@ -101,6 +104,8 @@ class BatchMaker:
                     file_item.control_tensor_list = tensors
             if "inpaint" in batch:
                 file_item.inpaint_tensor = batch["inpaint"][k].float() / 255.0
+            if self._clip is not None:
+                self._clip.fill(file_item, batch, k)
             if self._prompts is not None:
                 file_item.prompt_embeds = self._prompts.embeds(batch, k)
                 if f"{PromptLayout.DOP_FIELD}.embeds" in batch:
@@ -257,7 +262,7 @@ class Loader:
                     # The shapes of the tensors the trainer gets, where the batch has them.
                     "shapes": {
                         name: list(getattr(dto, name).shape)
-                        for name in ("tensor", "latents", "first_frame_latents", "audio_tensor")
+                        for name in ("tensor", "latents", "first_frame_latents", "audio_tensor", "clip_image_tensor")
                         if getattr(dto, name, None) is not None
                     },
                 }
@@ -270,7 +275,12 @@ class Loader:
 
 
 class _Epochs:
-    """The ``dataset`` AI Toolkit calls ``setup_epoch`` on between epochs."""
+    """The ``dataset`` AI Toolkit calls ``setup_epoch`` on between epochs, and whose
+    ``clip_vision_unconditional_cache`` (files of unconditional CLIP vision embeddings) its
+    trainer reads for regularisation batches of an adapter with cached embeddings."""
+
+    def __init__(self) -> None:
+        self.clip_vision_unconditional_cache: List[str] = []
 
     def setup_epoch(self) -> None:
         pass

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .batches import BatchMaker, Loader, PromptLayout, dataset_views
+from .clip_vision import FIELD as CLIP_FIELD
+from .clip_vision import ClipVision
 
 log = logging.getLogger("larder.aitk")
 
@@ -87,6 +89,7 @@ class DataPath:
         problems = []
         for group, datasets in self.groups.items():
             problems += self._unserved(self.configs[group], datasets)
+            problems += self._clip_image_mix(datasets)
         self.dop = {group: self._dop_words(datasets, problems) for group, datasets in self.groups.items()}
         if problems:
             raise _cannot_serve(problems, "Remove these keys, or train this job with AI Toolkit's own `sd_trainer`.")
@@ -196,6 +199,7 @@ class DataPath:
             raw = [d for _, d in self.groups[group]]
             caches_latents = all(d.get("cache_latents") or d.get("cache_latents_to_disk") for d in raw)
             prompts = layout if any(d.get("cache_text_embeddings") for d in raw) else None
+            clip = self._clip_vision(group, raw)
             # One process prepares (and encodes); under torchrun or accelerate the other ranks
             # wait for it, then open the finished store.
             if t.accelerator.is_main_process:
@@ -208,11 +212,16 @@ class DataPath:
                 if texts:
                     # AI Toolkit's own caching has the text encoder on the device for this.
                     t.sd.text_encoder_to(t.device_torch)
+                clips = None
+                if clip and clip.cached:
+                    clips = {CLIP_FIELD: clip.encoder()}
+                    clip.write_unconditionals()
                 report = larder.prepare(
                     config,
                     location,
                     image_encoders=encoders,
                     text_encoders=texts,
+                    clip_encoders=clips,
                     # One image or caption per call, as AI Toolkit encodes them: the padding
                     # of a caption's embedding then never depends on the others in its batch.
                     encode_batch_size=1,
@@ -238,9 +247,36 @@ class DataPath:
             )
             aitk = self._hidden[0] if group == "train" else self._hidden[1]
             views = dataset_views(raw, aitk)
-            self.loaders[group] = Loader(native, BatchMaker(store.items(), views, model, prompts), group, t.accelerator.process_index)
+            batches = BatchMaker(store.items(), views, model, prompts, clip)
+            self.loaders[group] = Loader(native, batches, group, t.accelerator.process_index)
+            if clip and clip.cached:
+                # AI Toolkit's trainer reads these files for regularisation batches.
+                self.loaders[group].dataset.clip_vision_unconditional_cache = clip.read_unconditionals()
         self._restore_position()
         return self.loaders.get("train"), self.loaders.get("reg")
+
+    def _clip_image_mix(self, datasets: List[Tuple[int, Dict[str, Any]]]) -> List[str]:
+        """What larder cannot serve in how a group's datasets give CLIP images: some with
+        ``clip_image_path`` and some without, or some caching their embeddings and some not."""
+        with_clip = [(i, d) for i, d in datasets if d.get("clip_image_path")]
+        cached = {bool(d.get("cache_clip_vision_to_disk")) for _, d in with_clip}
+        if not with_clip or (len(with_clip) == len(datasets) and len(cached) == 1):
+            return []
+        at = ", ".join(f"config.process[{self.trainer.process_id}].datasets[{i}].clip_image_path" for i, _ in with_clip)
+        return [f"{at}: datasets with and without clip_image_path, or with and without cache_clip_vision_to_disk, in one group (training or regularisation) are not served by larder yet; give them the same"]
+
+    def _clip_vision(self, group: str, raw: List[Dict[str, Any]]) -> Optional[ClipVision]:
+        """The group's CLIP vision inputs, when its datasets have ``clip_image_path``; stops
+        the run when the job's adapter takes images larder cannot give it."""
+        if not any(d.get("clip_image_path") for d in raw):
+            return None
+        adapter = getattr(self.trainer.sd, "adapter", None)
+        cached = bool(raw[0].get("cache_clip_vision_to_disk"))
+        problems = ClipVision.problems(adapter, cached)
+        if problems:
+            at = ", ".join(f"config.process[{self.trainer.process_id}].datasets[{i}].clip_image_path" for i, _ in self.groups[group])
+            raise _cannot_serve([f"{at}: {p}" for p in problems], "Train this job with AI Toolkit's own `sd_trainer`.")
+        return ClipVision(self.trainer, cached, self.seed, self.work / "clip_unconditional" / group)
 
     def _dop_words(self, datasets: List[Tuple[int, Dict[str, Any]]], problems: List[str]) -> Optional[Tuple[str, str]]:
         """The (trigger word, class word) of differential output preservation when the group's
