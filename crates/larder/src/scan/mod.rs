@@ -529,58 +529,42 @@ fn scan_one(
     }
 
     let stem = stem(&path);
-    let mask = pairing.masks.as_ref().and_then(|m| {
-        let hit = m.get(stem).cloned();
+    // An item's file of the same stem in a partner folder (mask, control, inpaint, CLIP image),
+    // when the dataset names that folder; an item without one is a finding of `kind`.
+    let mut partner = |index: &Option<HashMap<String, PathBuf>>, kind, detail: &str| {
+        let hit = index.as_ref()?.get(stem).cloned();
         if hit.is_none() {
-            finding(
-                FindingKind::MissingMask,
-                &path,
-                "no mask with this stem in mask_path".into(),
-            );
+            finding(kind, &path, detail.to_owned());
         }
         hit
-    });
+    };
+    let mask = partner(
+        &pairing.masks,
+        FindingKind::MissingMask,
+        "no mask with this stem in mask_path",
+    );
     let controls: Vec<Option<PathBuf>> = match cfg.controls_from_same_folder {
         Some(n) => same_folder_controls(cfg, &pairing.same_folder, &path, n),
         None => pairing
             .controls
             .iter()
             .zip(&cfg.control_paths)
-            .map(|(m, dir)| {
-                let hit = m.as_ref().and_then(|m| m.get(stem).cloned());
-                if hit.is_none() && m.is_some() {
-                    finding(
-                        FindingKind::MissingControl,
-                        &path,
-                        format!("no control image with this stem in {}", dir.display()),
-                    );
-                }
-                hit
+            .map(|(index, dir)| {
+                let detail = format!("no control image with this stem in {}", dir.display());
+                partner(index, FindingKind::MissingControl, &detail)
             })
             .collect(),
     };
-    let inpaint = pairing.inpaint.as_ref().and_then(|m| {
-        let hit = m.get(stem).cloned();
-        if hit.is_none() {
-            finding(
-                FindingKind::MissingInpaint,
-                &path,
-                "no .png or .webp with this stem in inpaint_path".into(),
-            );
-        }
-        hit
-    });
-    let clip_image = pairing.clip_images.as_ref().and_then(|m| {
-        let hit = m.get(stem).cloned();
-        if hit.is_none() {
-            finding(
-                FindingKind::MissingClipImage,
-                &path,
-                "no image with this stem in clip_image_path".into(),
-            );
-        }
-        hit
-    });
+    let inpaint = partner(
+        &pairing.inpaint,
+        FindingKind::MissingInpaint,
+        "no .png or .webp with this stem in inpaint_path",
+    );
+    let clip_image = partner(
+        &pairing.clip_images,
+        FindingKind::MissingClipImage,
+        "no image with this stem in clip_image_path",
+    );
     // `prepare` decodes the paired files with the image, so a decompression bomb among them is
     // as dangerous as one in the dataset folder. Their headers are read here (a page each) and
     // an item with an oversized partner is left out whole: AI Toolkit's Pillow refuses such a
