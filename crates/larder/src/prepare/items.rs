@@ -161,13 +161,8 @@ fn field_sources(cfg: &DatasetConfig, img: &ScannedImage) -> Vec<FieldSource> {
     if let Some(p) = &img.inpaint {
         out.push(field("inpaint".into(), p, Convert::Rgba, None));
     }
-    // With its embeddings cached, AI Toolkit's loader gives the item its CLIP embeddings (CLIP
-    // encoders' fields) instead of the image.
-    if let Some(p) = img
-        .clip_image
-        .as_ref()
-        .filter(|_| !cfg.cache.clip_vision_to_disk)
-    {
+    // Left out by `item_plans` where CLIP encoders' embeddings stand for it.
+    if let Some(p) = &img.clip_image {
         out.push(FieldSource {
             size: ControlSize::Native,
             squaring: Some(Squaring::of(cfg)),
@@ -293,10 +288,15 @@ pub(super) fn item_plans<'a>(
                 .filter(|f| f.field.starts_with("control"))
                 .filter_map(|f| Some((f.source.clone(), hashes.get(&f.source)?.clone())))
                 .collect();
+            // With its embeddings cached, AI Toolkit's loader gives the item its CLIP
+            // embeddings instead of the image; without a CLIP encoder to compute them, the
+            // image is kept (and prepare warns).
+            let clip_embedded = item.dataset.cache.clip_vision_to_disk && !encoders.clip.is_empty();
             let fields = item
                 .sources
                 .into_iter()
                 .filter(|what| options.store_pixels || what.field != "pixels")
+                .filter(|what| what.field != CLIP_IMAGE || !clip_embedded)
                 .map(|what| {
                     let params = convert_params(&what);
                     let src_hash = hashes

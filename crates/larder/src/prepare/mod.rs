@@ -278,8 +278,9 @@ fn check_options(options: &PrepareOptions, encoders: &Encoders) -> Result<()> {
 }
 
 /// Says, once per kind, which datasets ask for a cache (`cache_latents(_to_disk)`,
-/// `cache_text_embeddings`) that this run cannot fill because no encoder of that kind was
-/// given: AI Toolkit computes those with its model, and a store without them serves pixels.
+/// `cache_text_embeddings`, `cache_clip_vision_to_disk`) that this run cannot fill because no
+/// encoder of that kind was given: AI Toolkit computes those with its model, and a store without
+/// them serves pixels (or the squared CLIP images).
 fn uncached_warnings(config: &Config, encoders: &Encoders) -> Vec<String> {
     let asking = |wants: fn(&crate::config::CacheOptions) -> bool| -> Vec<String> {
         config
@@ -302,6 +303,13 @@ fn uncached_warnings(config: &Config, encoders: &Encoders) -> Vec<String> {
         warnings.push(format!(
             "{} asks for cached text embeddings (cache_text_embeddings), but no text encoder was given: the store holds captions only. Give larder.prepare your text encoders as `text_encoders` (docs/encoders.md), or bring AI Toolkit's caches with `larder import-aitk`",
             texts.join(", ")
+        ));
+    }
+    let clips = asking(|c| c.clip_vision_to_disk);
+    if !clips.is_empty() && encoders.clip.is_empty() {
+        warnings.push(format!(
+            "{} asks for cached CLIP vision embeddings (cache_clip_vision_to_disk), but no CLIP encoder was given: the store holds the squared CLIP images (clip_image). Give larder.prepare the adapter's vision model as `clip_encoders` (docs/encoders.md)",
+            clips.join(", ")
         ));
     }
     warnings

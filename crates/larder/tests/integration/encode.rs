@@ -961,21 +961,16 @@ fn without_cached_clip_embeddings_each_item_carries_its_squared_clip_image() {
     image::RgbImage::from_pixel(20, 50, image::Rgb([9, 99, 199]))
         .save(dir.path().join("refs/img2.jpg"))
         .expect("write reference image");
-    let prepare = |extra: &str, out: &str| {
+    let prepare = |extra: &str, out: &str, encoders: &mut Encoders| {
         let config = dataset(dir.path(), &format!("    clip_image_path: refs\n{extra}"));
-        let report = run(
-            &config,
-            &dir.path().join(out),
-            &options(8),
-            &mut Encoders::default(),
-        )
-        .expect("prepare");
+        let report = run(&config, &dir.path().join(out), &options(8), encoders).expect("prepare");
         (
             report,
             Arc::new(Store::open(dir.path().join(out)).expect("open")),
         )
     };
-    let (report, store) = prepare("    flip_x: true\n", "images");
+    let (report, store) = prepare("    flip_x: true\n", "images", &mut Encoders::default());
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     // Three of the five images have no CLIP image: findings, and they are kept.
     let missing = (report.findings.iter())
         .filter(|f| f.kind == larder::FindingKind::MissingClipImage)
@@ -1035,14 +1030,27 @@ fn without_cached_clip_embeddings_each_item_carries_its_squared_clip_image() {
     }
     assert_eq!(seen, 4, "img0, img2 and their flipped copies");
 
-    // With the embeddings cached, the image is not stored.
-    let (_, store) = prepare("    cache_clip_vision_to_disk: true\n", "cached");
+    // With the embeddings cached, the CLIP encoder's embeddings stand for the image, which is
+    // not stored.
+    let cached = "    cache_clip_vision_to_disk: true\n";
+    let mut clip = Encoders {
+        clip: vec![("clip".into(), Box::new(ClipInput(Arc::default())))],
+        ..Encoders::default()
+    };
+    let (report, store) = prepare(cached, "cached", &mut clip);
+    let fields = store.inspect().expect("inspect").fields;
+    assert!(fields.contains_key("clip") && !fields.contains_key("clip_image"));
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+    // Asked for but with no CLIP encoder to compute them, the images are kept (nothing is
+    // silently lost) and the run says so.
+    let (report, store) = prepare(cached, "uncomputed", &mut Encoders::default());
+    let fields = store.inspect().expect("inspect").fields;
+    assert!(fields.contains_key("clip_image") && !fields.contains_key("clip"));
     assert!(
-        !store
-            .inspect()
-            .expect("inspect")
-            .fields
-            .contains_key("clip_image")
+        report.warnings.len() == 1 && report.warnings[0].contains("cache_clip_vision_to_disk"),
+        "{:?}",
+        report.warnings
     );
 }
 
