@@ -354,6 +354,8 @@ RECORD = (
     "                        seen[f'{stem}.{j}'] = t.float().numpy().copy()\n"
     "                elif sys.argv[5] == 'controls':\n"
     "                    seen[stem] = b.control_tensor[k].float().numpy().copy()\n"
+    "                elif sys.argv[5] == 'clip':\n"
+    "                    seen[stem] = b.clip_image_tensor[k].float().numpy().copy()\n"
     "                else:\n"
     "                    seen[stem + '.prompt'] = item.prompt_embeds.text_embeds[0].float().numpy().copy()\n"
     "                    if item.dop_prompt_embeds is not None:\n"
@@ -571,6 +573,17 @@ def _adapter_job(tmp, model, vision, data, refs, name, cached, process_type="lar
     return fx.write_job(job, str(tmp / f"{name}.yaml"))
 
 
+def _add_dataset(job, dataset):
+    """Adds to the job file ``job`` the dataset ``dataset`` makes of its first one."""
+    import yaml
+
+    with open(job) as f:
+        document = yaml.safe_load(f)
+    datasets = document["config"]["process"][0]["datasets"]
+    datasets.append(dataset(datasets[0]))
+    return fx.write_job(document, job)
+
+
 @pytest.fixture(scope="module")
 def clip_vision(tmp_path_factory):
     return fx.build_tiny_clip_vision(str(tmp_path_factory.mktemp("models") / "tiny-clip-vision"))
@@ -588,10 +601,12 @@ def test_cached_clip_vision_embeddings_are_the_ones_ai_toolkit_caches_and_an_ada
     job = _adapter_job(tmp_path, sd15, clip_vision, data, refs, "ip", cached=True, do_cfg=True)
     done = _run(["run", job, "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
     assert "4 items, 8 entries computed, 0 reused" in done.stdout + done.stderr
+    assert "20 unconditional CLIP vision embeddings computed" in done.stdout + done.stderr
     assert (tmp_path / "output" / "ip" / "ip.safetensors").is_file()
     assert len(_log(log)) == 2
     unconditional = sorted((tmp_path / "output" / "ip" / ".larder" / "clip_unconditional" / "train").glob("*.safetensors"))
     assert len(unconditional) == 20
+    written = {path: path.stat().st_mtime_ns for path in unconditional}
     stored = _store_latents(tmp_path / "output" / "ip" / ".larder" / "store" / "train", field="clip")
 
     # AI Toolkit's own data path writes its CLIP vision cache beside the CLIP images. (At the
@@ -611,72 +626,45 @@ def test_cached_clip_vision_embeddings_are_the_ones_ai_toolkit_caches_and_an_ada
         # One squared pixel in a thousand may differ by one level from Pillow's resize.
         np.testing.assert_allclose(ours, theirs, atol=1e-4, err_msg=f"img{i}")
 
-    # Content-addressed: a second run encodes nothing.
+    # Content-addressed: a second run encodes nothing, the unconditional embeddings included.
     done = _run(["run", job, "--aitk", AITK], tmp_path)
     assert "4 items, 0 entries computed, 8 reused" in done.stdout + done.stderr
-
-
-AITK_CLIP_IMAGE = (
-    "import json, sys, types\n"
-    "from transformers import CLIPImageProcessor\n"
-    "from toolkit.dataloader_mixins import ClipImageFileItemDTOMixin as Mixin\n"
-    "processor = CLIPImageProcessor.from_pretrained(sys.argv[1])\n"
-    "out = {}\n"
-    "for path in json.loads(sys.argv[2]):\n"
-    "    config = types.SimpleNamespace(clip_image_from_same_folder=False, square_crop=False, resolution=64)\n"
-    "    item = types.SimpleNamespace(clip_image_path=path, dataset_config=config, clip_image_processor=processor,\n"
-    "                                 is_vision_clip_cached=False, flip_x=False, flip_y=False, has_clip_augmentations=False)\n"
-    "    item.get_new_clip_image_path = types.MethodType(Mixin.get_new_clip_image_path, item)\n"
-    "    Mixin.load_clip_image(item)\n"
-    "    out[path] = item.clip_image_tensor.float().numpy().tolist()\n"
-    "print(json.dumps(out))\n"
-)
+    assert "20 unconditional CLIP vision embeddings reused" in done.stdout + done.stderr
+    assert {path: path.stat().st_mtime_ns for path in unconditional} == written
 
 
 def test_clip_images_without_cached_embeddings_reach_the_adapter_as_ai_toolkit_loads_them(tmp_path, sd15, clip_vision):
-    from transformers import CLIPImageProcessor
-
-    data, refs, log = tmp_path / "data", tmp_path / "refs", tmp_path / "batches.jsonl"
+    data, refs = tmp_path / "data", tmp_path / "refs"
     fx.make_images(str(data))
     fx.make_clip_images(str(refs), CLIP_SIZES)
-    job = _adapter_job(tmp_path, sd15, clip_vision, data, refs, "ip", cached=False)
-    _run(["run", job, "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
-    assert (tmp_path / "output" / "ip" / "ip.safetensors").is_file()
-    assert [b["shapes"]["clip_image_tensor"] for b in _log(log)] == [[1, 3, 32, 32]] * 2
-
-    # What AI Toolkit's own load_clip_image makes of each CLIP image, with the adapter's
-    # processor, against the squared image larder stored through the same processor.
-    paths = [str(refs / f"img{i}.png") for i in range(4)]
-    done = subprocess.run([sys.executable, "-c", AITK_CLIP_IMAGE, clip_vision, json.dumps(paths)], cwd=tmp_path,
-                          env=fx.aitk_env(AITK, str(tmp_path)), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = json.loads(done.stdout.strip().splitlines()[-1])
-    processor = CLIPImageProcessor.from_pretrained(clip_vision)
-    store = larder.Store.open(tmp_path / "output" / "ip" / ".larder" / "store" / "train")
-    stems = {item["id"]: Path(item["path"]).stem for item in store.items()}
-    for batch in larder.DataLoader(store, batch_size=1, shuffle=False, format="torch"):
-        (image,) = batch["clip_image"]
-        ours = processor(images=(image.float() / 255.0).half(), return_tensors="pt", do_resize=True,
-                         do_rescale=False).pixel_values[0].float().numpy()
-        expected = np.array(theirs[str(refs / f"{stems[int(batch['items'][0])]}.png")], np.float32)
-        assert ours.shape == expected.shape == (3, 32, 32)
+    # img3 has no CLIP image: in a batch with others AI Toolkit gives it zeros.
+    (refs / "img3.png").unlink()
+    # The clip_image_tensor each trainer gets in one step of the four images: AI Toolkit's own
+    # load_clip_image and batch, and larder's stored squared image through the adapter's
+    # processor.
+    recorded = {}
+    for who in ("larder", "aitk"):
+        job = _adapter_job(tmp_path, sd15, clip_vision, data, refs, f"ip-{who}", cached=False,
+                           process_type="sd_trainer", batch_size=4, steps=1)
+        recorded[who] = _record(tmp_path, job, who, "clip")
+        assert (tmp_path / "output" / f"ip-{who}" / f"ip-{who}.safetensors").is_file()
+    ours, theirs = recorded["larder"], recorded["aitk"]
+    assert sorted(ours) == sorted(theirs) == [f"img{i}" for i in range(4)]
+    for stem in ours:
+        assert ours[stem].shape == theirs[stem].shape == (3, 32, 32)
         # Equal but where the squaring rounds one pixel a level apart from Pillow's.
-        differ = np.abs(ours - expected) > 1e-3
-        assert differ.mean() < 0.01 and np.abs(ours - expected).max() < 0.02, stems[int(batch["items"][0])]
+        differ = np.abs(ours[stem] - theirs[stem]) > 1e-3
+        assert differ.mean() < 0.01 and np.abs(ours[stem] - theirs[stem]).max() < 0.02, stem
+    assert not ours["img3"].any() and ours["img0"].any()
 
 
 def test_a_group_mixing_datasets_with_and_without_clip_images_stops_before_loading_the_model(tmp_path, sd15, clip_vision):
     fx.make_images(str(tmp_path / "data"))
     fx.make_images(str(tmp_path / "more"))
     fx.make_clip_images(str(tmp_path / "refs"), CLIP_SIZES)
-    import yaml
-
     job = _adapter_job(tmp_path, sd15, clip_vision, tmp_path / "data", tmp_path / "refs", "mixed", cached=True)
-    with open(job) as f:
-        document = yaml.safe_load(f)
-    datasets = document["config"]["process"][0]["datasets"]
-    datasets.append({**datasets[0], "folder_path": str(tmp_path / "more"), "clip_image_path": None})
-    done = _run(["run", fx.write_job(document, job), "--aitk", AITK], tmp_path, expect=2)
+    job = _add_dataset(job, lambda first: {**first, "folder_path": str(tmp_path / "more"), "clip_image_path": None})
+    done = _run(["run", job, "--aitk", AITK], tmp_path, expect=2)
     assert "config.process[0].datasets[0].clip_image_path" in done.stderr and "not served" in done.stderr
     assert "Loading" not in done.stdout + done.stderr, "stopped before the weights load"
 

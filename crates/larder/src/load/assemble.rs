@@ -170,8 +170,8 @@ pub(super) fn assemble(
 
 /// Returns true if and only if an item that lacks `field` gets zeros in its place in the batch
 /// (AI Toolkit's `zeros_like` for masks, controls, inpaint images and audio: a clip without a
-/// track is silence, its `audio.sample_rate` 0; and the black image its loader gives an item
-/// without a CLIP image) rather than failing it.
+/// track is silence, its `audio.sample_rate` 0; an item without a CLIP image is black, where
+/// AI Toolkit's batch has zeros after its processor) rather than failing it.
 fn zero_when_missing(field: &str) -> bool {
     matches!(
         field.split('.').next().unwrap_or(field),

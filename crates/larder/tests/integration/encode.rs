@@ -1022,8 +1022,8 @@ fn without_cached_clip_embeddings_each_item_carries_its_squared_clip_image() {
                         "{px:?}"
                     );
                 }
-                // No CLIP image: black, shaped like the batch's first (AI Toolkit's loader
-                // gives such an item a black image).
+                // No CLIP image: black, shaped like the batch's first (a gap filled, so the
+                // batch still serves; the AI Toolkit drop-in gives such an item no tensor).
                 _ => assert!(t.data.as_slice().iter().all(|&v| v == 0)),
             }
         }

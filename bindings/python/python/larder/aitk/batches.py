@@ -57,7 +57,8 @@ class BatchMaker:
     def __call__(self, batch: Dict[str, Any]) -> Any:
         # A shallow copy per batch slot: the tensors set below belong to this batch (an item
         # can fill two slots of a topped-up batch), the rest is shared with the made item.
-        file_items = [copy.copy(self._file_item(int(i))) for i in batch["items"].tolist()]
+        ids = [int(i) for i in batch["items"].tolist()]
+        file_items = [copy.copy(self._file_item(i)) for i in ids]
         controls = sorted(k for k in batch if k.startswith(CONTROL_PREFIX))
         raw_controls = sorted(k for k in batch if k.startswith(RAW_CONTROL_PREFIX))
         if len(raw_controls) == 1:
@@ -105,7 +106,7 @@ class BatchMaker:
             if "inpaint" in batch:
                 file_item.inpaint_tensor = batch["inpaint"][k].float() / 255.0
             if self._clip is not None:
-                self._clip.fill(file_item, batch, k)
+                self._clip.fill(file_item, batch, k, self._items[ids[k]]["fields"])
             if self._prompts is not None:
                 file_item.prompt_embeds = self._prompts.embeds(batch, k)
                 if f"{PromptLayout.DOP_FIELD}.embeds" in batch:

@@ -14,6 +14,8 @@ dataset's ``clip_image_path`` folder. larder squares that image as AI Toolkit's
 
 import hashlib
 import json
+import logging
+import os
 import random
 from pathlib import Path
 from typing import Any, Dict, List
@@ -26,6 +28,8 @@ IMAGE_FIELD = "clip_image"
 # AI Toolkit caches this many unconditional embeddings of noise images when its adapter draws
 # noise for a dropped CLIP image (`clip_noise_zero`), else one of a black image.
 NOISE_UNCONDITIONALS = 20
+
+log = logging.getLogger("larder.aitk")
 
 
 class ClipVision:
@@ -89,6 +93,20 @@ class ClipVision:
             "penultimate_hidden_states": out.hidden_states[-2].detach().cpu(),
         }
 
+    def identity(self) -> str:
+        """What the cached embeddings depend on: the adapter's vision model and processor, the
+        layer it reads and the dtype it runs in. A change of any re-encodes them."""
+        processor = json.dumps(self.processor.to_dict(), sort_keys=True, default=str)
+        return " ".join([
+            "ai-toolkit clip vision",
+            f"image_encoder={self.config.image_encoder_path}",
+            f"arch={self.config.image_encoder_arch}",
+            f"layer={self.layer}",
+            f"dtype={self.sd.torch_dtype}",
+            f"model={self.trainer.model_config.name_or_path}",
+            f"processor={hashlib.sha256(processor.encode()).hexdigest()[:16]}",
+        ])
+
     def encoder(self) -> Any:
         """A larder CLIP encoder (one squared image per call, uint8) storing the layer the
         adapter reads, shaped as AI Toolkit caches it ([1, ...] per item)."""
@@ -101,40 +119,45 @@ class ClipVision:
                 processed = self._processed(torch.from_numpy(pixels[0]))
                 return self._outputs(processed.unsqueeze(0))[self.layer].unsqueeze(0)
 
-        model = self.trainer.model_config
-        processor = json.dumps(self.processor.to_dict(), sort_keys=True, default=str)
-        identity = " ".join([
-            "ai-toolkit clip vision",
-            f"image_encoder={self.config.image_encoder_path}",
-            f"arch={self.config.image_encoder_arch}",
-            f"layer={self.layer}",
-            f"dtype={self.sd.torch_dtype}",
-            f"model={model.name_or_path}",
-            f"processor={hashlib.sha256(processor.encode()).hexdigest()[:16]}",
-        ])
         self.vision.to(self.sd.device)
-        return larder.Encoder(encode, identity, pixels="uint8")
+        return larder.Encoder(encode, self.identity(), pixels="uint8")
 
     def _unconditional_files(self) -> List[Path]:
+        # Named by what they depend on, as the store keys its entries: a rerun finds them, a
+        # changed model or seed does not.
         count = NOISE_UNCONDITIONALS if self.noise else 1
-        return [self.work / f"uncond_{i}.safetensors" for i in range(count)]
+        key = json.dumps([self.identity(), self.noise, self.seed, self.input_size])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return [self.work / f"uncond_{digest}_{i}.safetensors" for i in range(count)]
 
     def write_unconditionals(self) -> None:
         """Encodes and writes the unconditional embeddings AI Toolkit caches with its CLIP
         vision cache: of ``NOISE_UNCONDITIONALS`` noise images (seeded here) when the adapter
-        draws noise for a dropped image, else of one black image. One process writes them;
-        every rank reads them (:meth:`read_unconditionals`)."""
+        draws noise for a dropped image, else of one black image. Those already written for
+        the same model and seed are kept, others in the folder removed. One process writes
+        them; every rank reads them (:meth:`read_unconditionals`)."""
         import torch
         from safetensors.torch import save_file
 
+        files = self._unconditional_files()
+        self.work.mkdir(parents=True, exist_ok=True)
+        for stale in set(self.work.glob("uncond_*.safetensors")) - set(files):
+            stale.unlink()
+        if all(path.is_file() for path in files):
+            log.info("larder: %d unconditional CLIP vision embeddings reused", len(files))
+            return
+        # Every file is drawn from one generator in order, so all are written again together.
         generator = torch.Generator().manual_seed(self.seed)
         shape = (1, 3, self.input_size, self.input_size)
         with torch.no_grad():
-            for path in self._unconditional_files():
+            for path in files:
                 images = torch.rand(shape, generator=generator) if self.noise else torch.zeros(shape)
                 processed = self.processor(images=images, return_tensors="pt", do_resize=True, do_rescale=False).pixel_values
-                self.work.mkdir(parents=True, exist_ok=True)
-                save_file(self._outputs(processed), str(path))
+                # Written whole or not at all: a stopped run leaves no file a rerun would reuse.
+                partial = path.with_suffix(".partial")
+                save_file(self._outputs(processed), str(partial))
+                os.replace(partial, path)
+        log.info("larder: %d unconditional CLIP vision embeddings computed", len(files))
 
     def read_unconditionals(self) -> List[str]:
         """Reads the unconditional embeddings; returns their files, which AI Toolkit's trainer
@@ -145,12 +168,16 @@ class ClipVision:
         self._unconditional = [load_file(p) for p in paths]
         return paths
 
-    def fill(self, file_item: Any, batch: Dict[str, Any], k: int) -> None:
-        """Sets item ``k``'s CLIP inputs on its FileItemDTO, as AI Toolkit's loader does."""
+    def fill(self, file_item: Any, batch: Dict[str, Any], k: int, fields: Dict[str, str]) -> None:
+        """Sets item ``k``'s CLIP inputs on its FileItemDTO, as AI Toolkit's loader does;
+        ``fields`` are the item's stored fields."""
         if FIELD in batch:
             file_item.clip_image_embeds = {self.layer: batch[FIELD][k]}
             file_item.is_vision_clip_cached = True
             if self._unconditional:
                 file_item.clip_image_embeds_unconditional = self._rng.choice(self._unconditional)
-        elif IMAGE_FIELD in batch:
+        elif IMAGE_FIELD in fields:
             file_item.clip_image_tensor = self._processed(batch[IMAGE_FIELD][k])
+        # An item without a CLIP image keeps None: AI Toolkit's batch gives it zeros shaped as
+        # its batch mates' processed images (the engine serves it a black image, which the
+        # processor would normalise to something else).
