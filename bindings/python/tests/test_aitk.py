@@ -669,6 +669,19 @@ def test_a_group_mixing_datasets_with_and_without_clip_images_stops_before_loadi
     assert "Loading" not in done.stdout + done.stderr, "stopped before the weights load"
 
 
+def test_cached_clip_embeddings_with_a_regularisation_dataset_stop_before_loading_the_model(tmp_path, sd15, clip_vision):
+    # AI Toolkit's trainer loads a regularisation batch's unconditional CLIP embeddings as files
+    # its batches do not hold: the step would fail, so the run stops at start, naming the key.
+    fx.make_images(str(tmp_path / "data"))
+    fx.make_images(str(tmp_path / "reg"))
+    fx.make_clip_images(str(tmp_path / "refs"), CLIP_SIZES)
+    job = _adapter_job(tmp_path, sd15, clip_vision, tmp_path / "data", tmp_path / "refs", "reg", cached=True)
+    job = _add_dataset(job, lambda first: {"folder_path": str(tmp_path / "reg"), "caption_ext": "txt", "resolution": [64], "is_reg": True})
+    done = _run(["run", job, "--aitk", AITK], tmp_path, expect=2)
+    assert "config.process[0].datasets[0].cache_clip_vision_to_disk" in done.stderr and "regularisation" in done.stderr
+    assert "Loading" not in done.stdout + done.stderr, "stopped before the weights load"
+
+
 # A pitch-preserving audio stretch and image augmentations: larder does not do them yet; the
 # run stops before the model's weights load.
 @pytest.mark.parametrize("arch, extra, key, reason", [

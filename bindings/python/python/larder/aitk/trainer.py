@@ -90,6 +90,7 @@ class DataPath:
         for group, datasets in self.groups.items():
             problems += self._unserved(self.configs[group], datasets)
             problems += self._clip_image_mix(datasets)
+        problems += self._cached_clip_with_reg()
         self.dop = {group: self._dop_words(datasets, problems) for group, datasets in self.groups.items()}
         if problems:
             raise _cannot_serve(problems, "Remove these keys, or train this job with AI Toolkit's own `sd_trainer`.")
@@ -128,9 +129,12 @@ class DataPath:
                 dataset[key] = _absolute(value)
         return dataset
 
+    def _key(self, index: Optional[int], name: str = "") -> str:
+        """A key of the job's dataset ``index``, as the job file names it."""
+        return f"config.process[{self.trainer.process_id}].datasets[{index}]" + (f".{name}" if name else "")
+
     def _unserved(self, config: Any, datasets: List[Tuple[int, Dict[str, Any]]]) -> List[str]:
         """What the group's datasets ask for that larder cannot serve, named as in the job."""
-        process = self.trainer.process_id
         problems = []
 
         for key, why in config.not_served:
@@ -140,7 +144,7 @@ class DataPath:
             name = match.group(2) if match else key
             if name in SERVED_HERE:
                 continue
-            at = f"config.process[{process}].datasets[{index}].{name}" if match else key
+            at = self._key(index, name) if match else key
             problems.append(f"{at}: {why.replace('; ignored', '')}")
         return problems
 
@@ -157,7 +161,7 @@ class DataPath:
             # Such a model's cached text embedding of a clip also sees its first frame; larder
             # encodes captions from their text (and control images) only.
             at = [
-                f"config.process[{self.trainer.process_id}].datasets[{i}].do_i2v"
+                self._key(i, "do_i2v")
                 for datasets in self.groups.values()
                 for i, d in datasets
                 if d.get("do_i2v") and d.get("cache_text_embeddings") and _is_video(d)
@@ -250,7 +254,7 @@ class DataPath:
             batches = BatchMaker(store.items(), views, model, prompts, clip)
             self.loaders[group] = Loader(native, batches, group, t.accelerator.process_index)
             if clip and clip.cached:
-                # AI Toolkit's trainer reads these files for regularisation batches.
+                # Where AI Toolkit's dataset lists them.
                 self.loaders[group].dataset.clip_vision_unconditional_cache = clip.read_unconditionals()
         self._restore_position()
         return self.loaders.get("train"), self.loaders.get("reg")
@@ -262,8 +266,20 @@ class DataPath:
         cached = {bool(d.get("cache_clip_vision_to_disk")) for _, d in with_clip}
         if not with_clip or (len(with_clip) == len(datasets) and len(cached) == 1):
             return []
-        at = ", ".join(f"config.process[{self.trainer.process_id}].datasets[{i}].clip_image_path" for i, _ in with_clip)
+        at = ", ".join(self._key(i, "clip_image_path") for i, _ in with_clip)
         return [f"{at}: datasets with and without clip_image_path, or with and without cache_clip_vision_to_disk, in one group (training or regularisation) are not served by larder yet; give them the same"]
+
+    def _cached_clip_with_reg(self) -> List[str]:
+        """Cached CLIP vision embeddings with a regularisation dataset: AI Toolkit's trainer
+        gives a regularisation batch unconditional embeddings by loading files named in the
+        batch (``load_file(random.choice(batch.clip_image_embeds_unconditional))``), but its
+        batches hold loaded embeddings there, or none; the step would fail, in AI Toolkit as
+        through larder."""
+        cached = [i for i, d in self.groups.get("train", []) if d.get("clip_image_path") and d.get("cache_clip_vision_to_disk")]
+        if not cached or "reg" not in self.groups:
+            return []
+        at = ", ".join(self._key(i, "cache_clip_vision_to_disk") for i in cached)
+        return [f"{at}: cached CLIP vision embeddings with a regularisation dataset (is_reg) are not served: AI Toolkit's trainer loads a regularisation batch's unconditional embeddings as files its batches do not hold; leave the embeddings uncached or train without the regularisation dataset"]
 
     def _clip_vision(self, group: str, raw: List[Dict[str, Any]]) -> Optional[ClipVision]:
         """The group's CLIP vision inputs, when its datasets have ``clip_image_path``; stops
@@ -274,7 +290,7 @@ class DataPath:
         cached = bool(raw[0].get("cache_clip_vision_to_disk"))
         problems = ClipVision.problems(adapter, cached)
         if problems:
-            at = ", ".join(f"config.process[{self.trainer.process_id}].datasets[{i}].clip_image_path" for i, _ in self.groups[group])
+            at = ", ".join(self._key(i, "clip_image_path") for i, _ in self.groups[group])
             raise _cannot_serve([f"{at}: {p}" for p in problems], "Train this job with AI Toolkit's own `sd_trainer`.")
         return ClipVision(self.trainer, cached, self.seed, self.work / "clip_unconditional" / group)
 
@@ -291,7 +307,7 @@ class DataPath:
         dop = [(i, d) for i, d in datasets if d.get("cache_text_embeddings") and d.get("diff_output_preservation")]
         triggers = sorted({d["trigger_word"] for _, d in dop if d.get("trigger_word")})
         if len(triggers) > 1:
-            at = ", ".join(f"config.process[{self.trainer.process_id}].datasets[{i}]" for i, _ in dop)
+            at = ", ".join(self._key(i) for i, _ in dop)
             problems.append(
                 f"{at}: differential output preservation with cached text embeddings for datasets with different trigger words ({', '.join(triggers)}) is not served by larder yet; give them one trigger word"
             )
