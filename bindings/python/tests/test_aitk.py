@@ -669,17 +669,37 @@ def test_a_group_mixing_datasets_with_and_without_clip_images_stops_before_loadi
     assert "Loading" not in done.stdout + done.stderr, "stopped before the weights load"
 
 
-def test_cached_clip_embeddings_with_a_regularisation_dataset_stop_before_loading_the_model(tmp_path, sd15, clip_vision):
-    # AI Toolkit's trainer loads a regularisation batch's unconditional CLIP embeddings as files
-    # its batches do not hold: the step would fail, so the run stops at start, naming the key.
-    fx.make_images(str(tmp_path / "data"))
-    fx.make_images(str(tmp_path / "reg"))
+def test_regularisation_steps_of_an_adapter_with_cached_clip_embeddings_train_on_unconditional_ones(tmp_path, sd15, clip_vision):
+    # AI Toolkit's trainer gives a regularisation step of an adapter with cached CLIP embeddings
+    # unconditional ones, loading each as a file the batch names; its own batches hold loaded
+    # embeddings there (or none) and the step fails. larder's regularisation batches name the
+    # training datasets' unconditional files, so the step trains.
+    data, reg, log = tmp_path / "data", tmp_path / "reg", tmp_path / "batches.jsonl"
+    fx.make_images(str(data))
+    fx.make_images(str(reg), n=3)
     fx.make_clip_images(str(tmp_path / "refs"), CLIP_SIZES)
-    job = _adapter_job(tmp_path, sd15, clip_vision, tmp_path / "data", tmp_path / "refs", "reg", cached=True)
-    job = _add_dataset(job, lambda first: {"folder_path": str(tmp_path / "reg"), "caption_ext": "txt", "resolution": [64], "is_reg": True})
-    done = _run(["run", job, "--aitk", AITK], tmp_path, expect=2)
-    assert "config.process[0].datasets[0].cache_clip_vision_to_disk" in done.stderr and "regularisation" in done.stderr
-    assert "Loading" not in done.stdout + done.stderr, "stopped before the weights load"
+    job = _adapter_job(tmp_path, sd15, clip_vision, data, tmp_path / "refs", "ip-reg", cached=True, do_cfg=True, steps=4)
+    job = _add_dataset(job, lambda first: {"folder_path": str(reg), "caption_ext": "txt", "resolution": [64], "is_reg": True})
+    _run(["run", job, "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
+    assert (tmp_path / "output" / "ip-reg" / "ip-reg.safetensors").is_file()
+    served = _log(log)
+    assert "reg" in [b["group"] for b in served]
+    assert all(Path(p).parent == reg for b in served if b["group"] == "reg" for p in b["items"])
+
+
+def test_a_regularisation_dataset_is_served_at_the_steps_ai_toolkit_takes_it(tmp_path, sd15):
+    data, reg, log = tmp_path / "data", tmp_path / "reg", tmp_path / "batches.jsonl"
+    fx.make_images(str(data))
+    fx.make_images(str(reg), n=3)
+    job = _add_dataset(_job(tmp_path, sd15, "reg", data, steps=6), lambda first: {**first, "folder_path": str(reg), "is_reg": True})
+    _run(["run", job, "--aitk", AITK], tmp_path, {"LARDER_AITK_BATCH_LOG": str(log)})
+    assert (tmp_path / "output" / "reg" / "reg.safetensors").is_file()
+    served = _log(log)
+    # AI Toolkit takes a regularisation batch at each even step that is not a save step (step
+    # 0 is one: save_every divides it).
+    assert [b["group"] for b in served] == ["train", "train", "reg", "train", "reg", "train"]
+    for b in served:
+        assert {Path(p).parent for p in b["items"]} == {reg if b["group"] == "reg" else data}, b
 
 
 # A pitch-preserving audio stretch and image augmentations: larder does not do them yet; the

@@ -49,6 +49,9 @@ class BatchMaker:
         self._model = dict(model)
         self._prompts = prompts
         self._clip = clip
+        # Files of unconditional CLIP vision embeddings a regularisation batch names for AI
+        # Toolkit's trainer to load (set by the data path; see `DataPath.open`).
+        self.unconditional_files: List[str] = []
         # Each item's FileItemDTO as its constructor leaves it, made on first use: the
         # constructor probes the file system (the image's signature, control and mask files),
         # which AI Toolkit does once per item, not once per step.
@@ -111,7 +114,10 @@ class BatchMaker:
                 file_item.prompt_embeds = self._prompts.embeds(batch, k)
                 if f"{PromptLayout.DOP_FIELD}.embeds" in batch:
                     file_item.dop_prompt_embeds = self._prompts.embeds(batch, k, PromptLayout.DOP_FIELD)
-        return self._batch_class(file_items=file_items)
+        made = self._batch_class(file_items=file_items)
+        if self.unconditional_files:
+            made.clip_image_embeds_unconditional = list(self.unconditional_files)
+        return made
 
     def _file_item(self, item_id: int) -> Any:
         """The stored item's FileItemDTO, made by AI Toolkit's constructor once.

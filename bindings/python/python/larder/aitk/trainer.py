@@ -90,7 +90,6 @@ class DataPath:
         for group, datasets in self.groups.items():
             problems += self._unserved(self.configs[group], datasets)
             problems += self._clip_image_mix(datasets)
-        problems += self._cached_clip_with_reg()
         self.dop = {group: self._dop_words(datasets, problems) for group, datasets in self.groups.items()}
         if problems:
             raise _cannot_serve(problems, "Remove these keys, or train this job with AI Toolkit's own `sd_trainer`.")
@@ -256,8 +255,16 @@ class DataPath:
             if clip and clip.cached:
                 # Where AI Toolkit's dataset lists them.
                 self.loaders[group].dataset.clip_vision_unconditional_cache = clip.read_unconditionals()
+        train, reg = self.loaders.get("train"), self.loaders.get("reg")
+        if train is not None and reg is not None and train.dataset.clip_vision_unconditional_cache:
+            # AI Toolkit's trainer gives a regularisation step of an adapter with cached CLIP
+            # embeddings unconditional ones, loading each of the batch's
+            # `clip_image_embeds_unconditional` as a file (`load_file(random.choice(...))`);
+            # its own batches hold loaded embeddings there, or none, and the step fails.
+            # Regularisation batches name the training datasets' files there instead.
+            reg.make_batch.unconditional_files = list(train.dataset.clip_vision_unconditional_cache)
         self._restore_position()
-        return self.loaders.get("train"), self.loaders.get("reg")
+        return train, reg
 
     def _clip_image_mix(self, datasets: List[Tuple[int, Dict[str, Any]]]) -> List[str]:
         """What larder cannot serve in how a group's datasets give CLIP images: some with
@@ -268,18 +275,6 @@ class DataPath:
             return []
         at = ", ".join(self._key(i, "clip_image_path") for i, _ in with_clip)
         return [f"{at}: datasets with and without clip_image_path, or with and without cache_clip_vision_to_disk, in one group (training or regularisation) are not served by larder yet; give them the same"]
-
-    def _cached_clip_with_reg(self) -> List[str]:
-        """Cached CLIP vision embeddings with a regularisation dataset: AI Toolkit's trainer
-        gives a regularisation batch unconditional embeddings by loading files named in the
-        batch (``load_file(random.choice(batch.clip_image_embeds_unconditional))``), but its
-        batches hold loaded embeddings there, or none; the step would fail, in AI Toolkit as
-        through larder."""
-        cached = [i for i, d in self.groups.get("train", []) if d.get("clip_image_path") and d.get("cache_clip_vision_to_disk")]
-        if not cached or "reg" not in self.groups:
-            return []
-        at = ", ".join(self._key(i, "cache_clip_vision_to_disk") for i in cached)
-        return [f"{at}: cached CLIP vision embeddings with a regularisation dataset (is_reg) are not served: AI Toolkit's trainer loads a regularisation batch's unconditional embeddings as files its batches do not hold; leave the embeddings uncached or train without the regularisation dataset"]
 
     def _clip_vision(self, group: str, raw: List[Dict[str, Any]]) -> Optional[ClipVision]:
         """The group's CLIP vision inputs, when its datasets have ``clip_image_path``; stops
