@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::families::Family;
+use crate::config::CLIP_IMAGE;
 use crate::plan::{Bucket, Plan};
-use crate::scan::ScanReport;
+use crate::scan::{ScanReport, header};
 use crate::store::catalog::EntryRow;
 use crate::store::codec::Codec;
 use crate::store::key::{entry_key, item_key};
@@ -183,7 +184,7 @@ struct Acc {
 
 impl Workload {
     /// The workload a config would produce: latents (for datasets that cache them, when the
-    /// family is known) or pixels, masks, controls and inpaint images as larder prepares them,
+    /// family is known) or pixels, masks, controls, inpaint and CLIP images as larder prepares them,
     /// and text embeddings for datasets with `cache_text_embeddings`.
     ///
     /// Entries are counted as prepare stores them: once per content-addressed key
@@ -302,6 +303,24 @@ impl Workload {
                     source,
                     (4 * area) as f64,
                     4 * area,
+                    false,
+                ));
+            }
+            // The CLIP image squared to its shorter side, which prepare stores unless CLIP
+            // embeddings replace it (`cache_clip_vision_to_disk`: their size is the encoder's,
+            // unknown here). One whose header cannot be read is left out, as prepare leaves it.
+            if let Some(clip) = img.clip_image.as_deref()
+                && !cfg.cache.clip_vision_to_disk
+                && let Ok((_, header)) = header::probe(clip)
+            {
+                let side = u64::from(header.width.min(header.height));
+                let bytes = 3 * side * side;
+                fields.push((
+                    "clip_image",
+                    CLIP_IMAGE.into(),
+                    id(clip),
+                    bytes as f64,
+                    bytes,
                     false,
                 ));
             }
@@ -469,6 +488,7 @@ fn content_ids(scan: &ScanReport, plan: &Plan) -> HashMap<PathBuf, String> {
         sources.extend(img.mask.as_deref());
         sources.extend(img.controls.iter().flatten().map(PathBuf::as_path));
         sources.extend(img.inpaint.as_deref());
+        sources.extend(img.clip_image.as_deref());
     }
     let mut by_size: HashMap<u64, Vec<&Path>> = HashMap::new();
     for path in sources {
@@ -713,6 +733,55 @@ mod tests {
         let plan = Plan::new(&config, &scanned).expect("plan");
         let w = Workload::from_plan(&config, &scanned, &plan, &options);
         assert_eq!((w.items, w.fields[0].entries), (4, 2));
+    }
+
+    #[test]
+    fn clip_images_are_counted_squared_to_their_shorter_side_as_prepare_stores_them() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (imgs, refs) = (tmp.path().join("imgs"), tmp.path().join("refs"));
+        std::fs::create_dir_all(&imgs).expect("mkdir");
+        std::fs::create_dir_all(&refs).expect("mkdir");
+        for (i, (w, h)) in [(90, 40), (30, 70), (50, 50)].into_iter().enumerate() {
+            larder_synth::write_image(&imgs.join(format!("{i}.png")), 64, 64, i as u64)
+                .expect("image");
+            larder_synth::write_image(&refs.join(format!("{i}.png")), w, h, 9 + i as u64)
+                .expect("clip image");
+        }
+        // The third image has no CLIP image: nothing is counted for it.
+        std::fs::remove_file(refs.join("2.png")).expect("rm");
+        let workload = |extra: &str| {
+            let yaml = format!(
+                "datasets:\n  - folder_path: {}\n    resolution: 64\n    clip_image_path: {}\n{extra}",
+                imgs.display(),
+                refs.display()
+            );
+            let config = Config::from_yaml(&yaml, &tmp.path().join("c.yaml")).expect("config");
+            let scanned = scan(&config).expect("scan");
+            let plan = Plan::new(&config, &scanned).expect("plan");
+            let w = Workload::from_plan(&config, &scanned, &plan, &EstimateOptions::default());
+            (config, w)
+        };
+        let (config, w) = workload("");
+        let clip = w
+            .fields
+            .iter()
+            .find(|f| f.name == CLIP_IMAGE)
+            .expect("clip_image");
+        assert_eq!(clip.entries, 2);
+        assert_eq!(clip.stored_bytes, 3 * (40 * 40 + 30 * 30));
+        // prepare agrees.
+        let root = tmp.path().join("store");
+        crate::prepare(&config, &root, &PrepareOptions::default()).expect("prepare");
+        let inspection = Store::open(&root)
+            .expect("open")
+            .inspect()
+            .expect("inspect");
+        let stored = &inspection.fields[CLIP_IMAGE];
+        assert_eq!(stored.entries, clip.entries);
+        assert_eq!(stored.raw_bytes, clip.decoded_bytes);
+        // With cached CLIP embeddings the store holds those instead.
+        let (_, w) = workload("    cache_clip_vision_to_disk: true\n");
+        assert!(w.fields.iter().all(|f| f.name != CLIP_IMAGE));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Scanning datasets: list images, read their sizes from headers, pair captions, masks and
 //! controls, and record every problem as a finding instead of failing.
 
-mod header;
+pub(crate) mod header;
 mod metadata;
 mod walk;
 
