@@ -690,6 +690,15 @@ mod tests {
     use super::*;
     use crate::{PrepareOptions, scan};
 
+    /// Prepares `config` into `root` and checks that the store holds `field` as estimated.
+    fn assert_prepare_stores(config: &Config, root: &Path, field: &FieldEstimate) {
+        crate::prepare(config, root, &PrepareOptions::default()).expect("prepare");
+        let inspection = Store::open(root).expect("open").inspect().expect("inspect");
+        let stored = &inspection.fields[&field.name];
+        assert_eq!(stored.entries, field.entries, "{}", field.name);
+        assert_eq!(stored.raw_bytes, field.decoded_bytes, "{}", field.name);
+    }
+
     #[test]
     fn store_estimate_counted_identical_images_twice() {
         // Regression: diagnose keyed entries by path, so the same picture under two names (or
@@ -718,15 +727,7 @@ mod tests {
         // The batch still reads one 64x64 RGB image per item.
         assert_eq!(pixels.bytes_per_pixel, 3.0);
         // prepare agrees: two pixel entries, the same bytes.
-        let root = tmp.path().join("store");
-        crate::prepare(&config, &root, &PrepareOptions::default()).expect("prepare");
-        let inspection = Store::open(&root)
-            .expect("open")
-            .inspect()
-            .expect("inspect");
-        let stored = &inspection.fields["pixels"];
-        assert_eq!(stored.entries, pixels.entries);
-        assert_eq!(stored.raw_bytes, pixels.decoded_bytes);
+        assert_prepare_stores(&config, &tmp.path().join("store"), pixels);
         // Without the copy, the sizes differ and nothing is read to hash: still 2 entries.
         std::fs::remove_file(imgs.join("a_copy.png")).expect("rm");
         let scanned = scan(&config).expect("scan");
@@ -769,16 +770,7 @@ mod tests {
             .expect("clip_image");
         assert_eq!(clip.entries, 2);
         assert_eq!(clip.stored_bytes, 3 * (40 * 40 + 30 * 30));
-        // prepare agrees.
-        let root = tmp.path().join("store");
-        crate::prepare(&config, &root, &PrepareOptions::default()).expect("prepare");
-        let inspection = Store::open(&root)
-            .expect("open")
-            .inspect()
-            .expect("inspect");
-        let stored = &inspection.fields[CLIP_IMAGE];
-        assert_eq!(stored.entries, clip.entries);
-        assert_eq!(stored.raw_bytes, clip.decoded_bytes);
+        assert_prepare_stores(&config, &tmp.path().join("store"), clip);
         // With cached CLIP embeddings the store holds those instead.
         let (_, w) = workload("    cache_clip_vision_to_disk: true\n");
         assert!(w.fields.iter().all(|f| f.name != CLIP_IMAGE));
