@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::families::Family;
 use crate::config::CLIP_IMAGE;
 use crate::plan::{Bucket, Plan};
+use crate::prepare::entry_owner;
 use crate::scan::{ScanReport, header};
 use crate::store::catalog::EntryRow;
 use crate::store::codec::Codec;
@@ -325,8 +326,14 @@ impl Workload {
                 ));
             }
             for (name, field, source, stored, decoded, in_memory) in &fields {
-                // prepare's entry key: the item key, the field and the field's own source.
-                let fresh = seen.insert(entry_key(&ikey, field, source, "", "", ""));
+                // prepare's entry key: what of the item the field depends on, the field and
+                // the field's own source.
+                let size = match *name {
+                    "control" => cfg.control_size,
+                    _ => ControlSize::Item,
+                };
+                let owner = entry_owner(&ikey, size, *name == CLIP_IMAGE, item.flip);
+                let fresh = seen.insert(entry_key(&owner, field, source, "", "", ""));
                 let a = acc.entry(name).or_default();
                 a.items += 1;
                 if fresh {
@@ -748,11 +755,12 @@ mod tests {
             larder_synth::write_image(&refs.join(format!("{i}.png")), w, h, 9 + i as u64)
                 .expect("clip image");
         }
-        // The third image has no CLIP image: nothing is counted for it.
+        // The third image has no CLIP image: nothing is counted for it. Each image is an item
+        // at two resolutions, whose CLIP image is one entry.
         std::fs::remove_file(refs.join("2.png")).expect("rm");
         let workload = |extra: &str| {
             let yaml = format!(
-                "datasets:\n  - folder_path: {}\n    resolution: 64\n    clip_image_path: {}\n{extra}",
+                "datasets:\n  - folder_path: {}\n    resolution: [64, 32]\n    clip_image_path: {}\n{extra}",
                 imgs.display(),
                 refs.display()
             );

@@ -303,14 +303,8 @@ pub(super) fn item_plans<'a>(
                         .get(&what.source)
                         .map(String::as_str)
                         .unwrap_or_default();
-                    // A control of its own size does not depend on the item's geometry: the
-                    // item's flipped copies and other resolutions share one entry.
-                    // A CLIP image depends on the item's flip alone.
-                    let owner = match (what.squaring, what.size) {
-                        (Some(_), _) => format!("own size, flip {}", planned.flip.name()),
-                        (None, ControlSize::Item) => ikey.clone(),
-                        (None, ControlSize::Square512 | ControlSize::Native) => "own size".into(),
-                    };
+                    let owner =
+                        entry_owner(&ikey, what.size, what.squaring.is_some(), planned.flip);
                     let key = entry_key(
                         &owner,
                         &what.field,
@@ -429,6 +423,18 @@ fn first_frame_fields(
             (field, key)
         })
         .collect()
+}
+
+/// What of its item a field's entry key names (`item_key`: the item's). A field that follows
+/// the item's geometry depends on all of it; a control of its own size on none of it, so the
+/// item's flipped copies and other resolutions share one entry; a CLIP image (`squared`) on the
+/// item's flip alone. `larder diagnose` counts entries by the same rule.
+pub(crate) fn entry_owner(item_key: &str, size: ControlSize, squared: bool, flip: Flip) -> String {
+    match (squared, size) {
+        (true, _) => format!("own size, flip {}", flip.name()),
+        (false, ControlSize::Item) => item_key.to_owned(),
+        (false, ControlSize::Square512 | ControlSize::Native) => "own size".into(),
+    }
 }
 
 /// What a CLIP entry's key names as its source.

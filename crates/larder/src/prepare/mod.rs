@@ -24,6 +24,7 @@ mod texts;
 mod writer;
 
 pub use aitk::{AitkImportOptions, AitkImportReport, ImportCounts, ImportMismatch};
+pub(crate) use items::entry_owner;
 pub use merge::{MergeReport, merge_parts};
 pub use part::{PARTS_DIR, Part};
 
@@ -282,30 +283,30 @@ fn check_options(options: &PrepareOptions, encoders: &Encoders) -> Result<()> {
 /// encoder of that kind was given: AI Toolkit computes those with its model, and a store without
 /// them serves pixels (or the squared CLIP images).
 fn uncached_warnings(config: &Config, encoders: &Encoders) -> Vec<String> {
-    let asking = |wants: fn(&crate::config::CacheOptions) -> bool| -> Vec<String> {
+    let asking = |wants: fn(&crate::DatasetConfig) -> bool| -> Vec<String> {
         config
             .datasets
             .iter()
-            .filter(|d| wants(&d.cache))
+            .filter(|d| wants(d))
             .map(|d| d.source.path().display().to_string())
             .collect()
     };
     let mut warnings = Vec::new();
-    let latents = asking(|c| c.latents || c.latents_to_disk);
+    let latents = asking(|d| d.cache.latents || d.cache.latents_to_disk);
     if !latents.is_empty() && encoders.image.is_empty() {
         warnings.push(format!(
             "{} asks for cached latents (cache_latents / cache_latents_to_disk), but no image encoder was given: the store holds pixels only. Give larder.prepare your VAE as `image_encoders` (docs/encoders.md), or bring AI Toolkit's caches with `larder import-aitk`",
             latents.join(", ")
         ));
     }
-    let texts = asking(|c| c.text_embeddings);
+    let texts = asking(|d| d.cache.text_embeddings);
     if !texts.is_empty() && encoders.text.is_empty() {
         warnings.push(format!(
             "{} asks for cached text embeddings (cache_text_embeddings), but no text encoder was given: the store holds captions only. Give larder.prepare your text encoders as `text_encoders` (docs/encoders.md), or bring AI Toolkit's caches with `larder import-aitk`",
             texts.join(", ")
         ));
     }
-    let clips = asking(|c| c.clip_vision_to_disk);
+    let clips = asking(|d| d.cache.clip_vision_to_disk && d.clip_image_path.is_some());
     if !clips.is_empty() && encoders.clip.is_empty() {
         warnings.push(format!(
             "{} asks for cached CLIP vision embeddings (cache_clip_vision_to_disk), but no CLIP encoder was given: the store holds the squared CLIP images (clip_image). Give larder.prepare the adapter's vision model as `clip_encoders` (docs/encoders.md)",

@@ -978,12 +978,12 @@ fn without_cached_clip_embeddings_each_item_carries_its_squared_clip_image() {
     assert_eq!((missing, store.items().expect("items").len()), (3, 10));
     let items = store.items().expect("items");
     let mut seen = 0;
-    let options = LoaderOptions {
+    let loading = LoaderOptions {
         batch_size: 10,
         threads: 2,
         ..LoaderOptions::default()
     };
-    for batch in Loader::new(store.clone(), options).expect("loader") {
+    for batch in Loader::new(store.clone(), loading).expect("loader") {
         let batch = batch.expect("batch");
         assert!(
             !batch.fields.contains_key("clip_image"),
@@ -1052,6 +1052,11 @@ fn without_cached_clip_embeddings_each_item_carries_its_squared_clip_image() {
         "{:?}",
         report.warnings
     );
+    // A dataset without CLIP images has nothing of the kind to keep or lose: no warning.
+    let config = dataset(dir.path(), cached);
+    let out = dir.path().join("no-clip-images");
+    let report = run(&config, &out, &options(8), &mut Encoders::default()).expect("prepare");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 }
 
 #[test]

@@ -141,7 +141,7 @@ class ClipVision:
 
         files = self._unconditional_files()
         self.work.mkdir(parents=True, exist_ok=True)
-        for stale in set(self.work.glob("uncond_*.safetensors")) - set(files):
+        for stale in set(self.work.glob("uncond_*")) - set(files):
             stale.unlink()
         if all(path.is_file() for path in files):
             log.info("larder: %d unconditional CLIP vision embeddings reused", len(files))
