@@ -7,7 +7,6 @@ pytest's summary (``-rs`` in scripts/test) says so in one line with the reason.
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess

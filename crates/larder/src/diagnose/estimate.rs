@@ -183,6 +183,24 @@ struct Acc {
     in_memory: bool,
 }
 
+/// One field of a planned item, as [`Workload::from_plan`] counts it.
+struct Planned {
+    /// The estimate it adds to (`"control"` for every control field).
+    name: &'static str,
+    /// The field as prepare names it.
+    field: String,
+    /// What of the item its entry key names ([`entry_owner`]).
+    owner: String,
+    /// The source it is made from (its content id).
+    source: String,
+    /// Bytes stored.
+    stored: f64,
+    /// Bytes decoded into a batch.
+    decoded: u64,
+    /// Held in memory by AI Toolkit's loader (`cache_latents`).
+    in_memory: bool,
+}
+
 impl Workload {
     /// The workload a config would produce: latents (for datasets that cache them, when the
     /// family is known) or pixels, masks, controls, inpaint and CLIP images as larder prepares them,
@@ -243,9 +261,17 @@ impl Workload {
                 let source = u64::from(img.width) * u64::from(img.height);
                 largest_decode = largest_decode.max(3 * source + 12 * area);
             }
-            // The item's fields: (name, the field as prepare names it, the source it is made
-            // from, stored bytes, decoded bytes, held in memory).
-            let mut fields: Vec<(&'static str, String, String, f64, u64, bool)> = Vec::new();
+            // The item's fields. Most follow the item's geometry (its key names all of it).
+            let at_item = |name, field: &str, source: String, bytes: u64| Planned {
+                name,
+                field: field.to_owned(),
+                owner: ikey.clone(),
+                source,
+                stored: bytes as f64,
+                decoded: bytes,
+                in_memory: false,
+            };
+            let mut fields: Vec<Planned> = Vec::new();
             match options
                 .family
                 .filter(|_| cfg.cache.latents || cfg.cache.latents_to_disk)
@@ -253,25 +279,13 @@ impl Workload {
                 Some(family) => {
                     let values = family.latent_elements(w, h);
                     let bytes = values * options.latent_codec.repr.element_size() as u64;
-                    let stored = values as f64 * latent_bytes_per_value(options.latent_codec);
-                    let in_memory = cfg.cache.latents && !cfg.cache.latents_to_disk;
-                    fields.push((
-                        "latent",
-                        "latent".into(),
-                        content.clone(),
-                        stored,
-                        bytes,
-                        in_memory,
-                    ));
+                    fields.push(Planned {
+                        stored: values as f64 * latent_bytes_per_value(options.latent_codec),
+                        in_memory: cfg.cache.latents && !cfg.cache.latents_to_disk,
+                        ..at_item("latent", "latent", content.clone(), bytes)
+                    });
                 }
-                None => fields.push((
-                    "pixels",
-                    "pixels".into(),
-                    content.clone(),
-                    (3 * area) as f64,
-                    3 * area,
-                    false,
-                )),
+                None => fields.push(at_item("pixels", "pixels", content.clone(), 3 * area)),
             }
             // alpha_mask takes priority over a mask file, as in prepare.
             let mask = if cfg.alpha_mask {
@@ -280,7 +294,7 @@ impl Workload {
                 img.mask.as_deref().map(&id)
             };
             if let Some(source) = mask {
-                fields.push(("mask", "mask".into(), source, area as f64, area, false));
+                fields.push(at_item("mask", "mask", source, area));
             }
             // Controls are numbered fields in the store (control.0, control.1, ...), at the
             // item's bucket, at 512x512, or at their own size (control_raw.N), which the
@@ -292,20 +306,15 @@ impl Workload {
             };
             for (n, control) in img.controls.iter().enumerate() {
                 if let Some(control) = control {
-                    let (field, bytes) = (cfg.control_size.field(n), 3 * control_area);
-                    fields.push(("control", field, id(control), bytes as f64, bytes, false));
+                    let field = cfg.control_size.field(n);
+                    fields.push(Planned {
+                        owner: entry_owner(&ikey, cfg.control_size, false, item.flip),
+                        ..at_item("control", &field, id(control), 3 * control_area)
+                    });
                 }
             }
             if let Some(inpaint) = &img.inpaint {
-                let source = id(inpaint);
-                fields.push((
-                    "inpaint",
-                    "inpaint".into(),
-                    source,
-                    (4 * area) as f64,
-                    4 * area,
-                    false,
-                ));
+                fields.push(at_item("inpaint", "inpaint", id(inpaint), 4 * area));
             }
             // The CLIP image squared to its shorter side, which prepare stores unless CLIP
             // embeddings replace it (`cache_clip_vision_to_disk`: their size is the encoder's,
@@ -315,33 +324,23 @@ impl Workload {
                 && let Ok((_, header)) = header::probe(clip)
             {
                 let side = u64::from(header.width.min(header.height));
-                let bytes = 3 * side * side;
-                fields.push((
-                    "clip_image",
-                    CLIP_IMAGE.into(),
-                    id(clip),
-                    bytes as f64,
-                    bytes,
-                    false,
-                ));
+                fields.push(Planned {
+                    owner: entry_owner(&ikey, ControlSize::Native, true, item.flip),
+                    ..at_item(CLIP_IMAGE, CLIP_IMAGE, id(clip), 3 * side * side)
+                });
             }
-            for (name, field, source, stored, decoded, in_memory) in &fields {
+            for f in &fields {
                 // prepare's entry key: what of the item the field depends on, the field and
                 // the field's own source.
-                let size = match *name {
-                    "control" => cfg.control_size,
-                    _ => ControlSize::Item,
-                };
-                let owner = entry_owner(&ikey, size, *name == CLIP_IMAGE, item.flip);
-                let fresh = seen.insert(entry_key(&owner, field, source, "", "", ""));
-                let a = acc.entry(name).or_default();
+                let fresh = seen.insert(entry_key(&f.owner, &f.field, &f.source, "", "", ""));
+                let a = acc.entry(f.name).or_default();
                 a.items += 1;
                 if fresh {
                     a.entries += 1;
-                    a.stored += stored;
-                    a.decoded += decoded;
+                    a.stored += f.stored;
+                    a.decoded += f.decoded;
                     a.pixels += area;
-                    a.in_memory |= in_memory;
+                    a.in_memory |= f.in_memory;
                 }
             }
             max_fields = max_fields.max(fields.len() as u64);

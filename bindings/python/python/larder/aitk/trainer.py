@@ -253,7 +253,8 @@ class DataPath:
             batches = BatchMaker(store.items(), views, model, prompts, clip)
             self.loaders[group] = Loader(native, batches, group, t.accelerator.process_index)
             if clip and clip.cached:
-                # Where AI Toolkit's dataset lists them.
+                # Where AI Toolkit's dataset lists them: its trainer collects them from the
+                # training loader's datasets when the job has a regularisation dataset.
                 self.loaders[group].dataset.clip_vision_unconditional_cache = clip.read_unconditionals()
         train, reg = self.loaders.get("train"), self.loaders.get("reg")
         if train is not None and reg is not None and train.dataset.clip_vision_unconditional_cache:
